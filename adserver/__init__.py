@@ -1,0 +1,1 @@
+"""Command line and local orchestration: ``adserver demo|edge|control-plane|collector|admin``."""

@@ -1,0 +1,3 @@
+from adserver.cli import main
+
+main()

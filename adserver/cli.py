@@ -1,0 +1,120 @@
+"""``adserver``: one console script for every process of the system and for the local demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+
+def _serve(target: str, host: str, port: int, workers: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        target=target,
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        log_access=False,
+        backlog=2048,
+    ).serve()
+
+
+def _check_settings(load: object) -> None:
+    from replication.settings import SettingsError
+
+    try:
+        load()  # type: ignore[operator]
+    except SettingsError as exc:
+        sys.exit(str(exc))
+
+
+def cmd_edge(args: argparse.Namespace) -> None:
+    from edge.settings import EdgeSettings
+
+    _check_settings(EdgeSettings.from_env)
+    _serve("edge.app:create_app", args.host, args.port, args.workers)
+
+
+def cmd_control_plane(args: argparse.Namespace) -> None:
+    from control_plane.settings import ControlPlaneSettings
+    from control_plane.state import check_topology
+
+    _check_settings(ControlPlaneSettings.from_env)
+    check_topology(ControlPlaneSettings.from_env())
+    # One worker: the control plane owns the chdb directory in the embedded default.
+    _serve("control_plane.state:create_app", args.host, args.port, 1)
+
+
+def cmd_collector(args: argparse.Namespace) -> None:
+    from control_plane.collector_main import run_collector
+    from control_plane.settings import ControlPlaneSettings
+
+    _check_settings(ControlPlaneSettings.from_env)
+    asyncio.run(run_collector(ControlPlaneSettings.from_env()))
+
+
+def cmd_admin(args: argparse.Namespace) -> None:
+    from control_plane.admin import create_advertiser
+
+    nats_url = os.environ.get("ADSERVER_NATS_URL", "nats://127.0.0.1:4222")
+    advertiser_id, token = asyncio.run(create_advertiser(nats_url, args.name))
+    print(f"advertiser_id={advertiser_id}")
+    print(f"token={token}")
+    print("store the token now: only its hash is kept", file=sys.stderr)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from adserver.demo import run_demo
+
+    sys.exit(run_demo(duration_s=args.duration, concurrency=args.concurrency, report=args.report,
+                      data_dir=args.data_dir, seed=args.seed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=os.environ.get("ADSERVER_LOG_LEVEL", "INFO"),
+                        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo's output
+    parser = argparse.ArgumentParser(prog="adserver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("edge", help="serve one edge PoP (settings: ADSERVER_EDGE_*)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("control-plane", help="serve the control plane (settings: ADSERVER_CP_*)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_control_plane)
+
+    p = sub.add_parser("collector", help="run the event collector alone (with a ClickHouse server)")
+    p.set_defaults(func=cmd_collector)
+
+    p = sub.add_parser("admin", help="admin commands")
+    admin = p.add_subparsers(dest="admin_command", required=True)
+    a = admin.add_parser("create-advertiser", help="create an advertiser and print its bearer token once")
+    a.add_argument("name")
+    a.set_defaults(func=cmd_admin)
+
+    p = sub.add_parser("demo", help="run the whole system locally, drive traffic, print a summary")
+    p.add_argument("--duration", type=float, default=45.0, help="seconds of publisher traffic")
+    p.add_argument("--concurrency", type=int, default=24, help="concurrent simulated page views")
+    p.add_argument("--report", help="also write the summary as JSON to this file")
+    p.add_argument("--data-dir", help="keep NATS and chdb data here instead of a temporary directory")
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""A whole local deployment on one machine: nats-server, control plane (+ collector on chdb), edge PoPs.
+
+This is the embedded default of ARCHITECTURE §2. Production runs the same processes with a NATS cluster,
+leaf nodes per region and a ClickHouse server, by configuration only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from adserver.processes import (
+    Proc,
+    ProcessGroup,
+    adserver_argv,
+    free_port,
+    start_nats,
+    wait_ready,
+)
+
+
+@dataclass
+class EdgeProc:
+    region: str
+    pop: str
+    url: str
+    proc: Proc
+
+
+@dataclass
+class LocalStack:
+    regions: tuple[str, ...] = ("eu", "us")
+    pops_per_region: int = 1
+    edge_workers: int = 1
+    data_dir: Path | None = None
+    group: ProcessGroup = field(init=False)
+    nats_url: str = ""
+    cp_url: str = ""
+    admin_token: str = ""
+    signing_keys: str = ""
+    edges: list[EdgeProc] = field(default_factory=list)
+    nats: Proc | None = None
+    control_plane: Proc | None = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self) -> LocalStack:
+        if self.data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="adserver-")
+            self.data_dir = Path(self._tmp.name)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.group = ProcessGroup(self.data_dir)
+        try:
+            self.nats, self.nats_url = start_nats(self.group, self.data_dir / "jetstream")
+            self.admin_token = secrets.token_urlsafe(24)
+            self.signing_keys = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+            cp_port = free_port()
+            self.cp_url = f"http://127.0.0.1:{cp_port}"
+            self.control_plane = self.group.start(
+                "control-plane",
+                adserver_argv("control-plane", "--port", str(cp_port)),
+                {
+                    "ADSERVER_NATS_URL": self.nats_url,
+                    "ADSERVER_CP_REGIONS": ",".join(self.regions),
+                    "ADSERVER_CP_STORE_URL": f"chdb://{self.data_dir / 'chdb'}",
+                    "ADSERVER_CP_ADMIN_TOKEN": self.admin_token,
+                },
+            )
+            wait_ready(f"{self.cp_url}/readyz", self.control_plane, timeout=60)
+            for region in self.regions:
+                for i in range(self.pops_per_region):
+                    self.start_edge(region, f"pop{i + 1}")
+            for edge in self.edges:
+                wait_ready(f"{edge.url}/readyz", edge.proc, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_edge(self, region: str, pop: str) -> EdgeProc:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = self.group.start(
+            f"edge-{region}-{pop}",
+            adserver_argv("edge", "--port", str(port), "--workers", str(self.edge_workers)),
+            {
+                "ADSERVER_NATS_URL": self.nats_url,
+                "ADSERVER_EDGE_REGION": region,
+                "ADSERVER_EDGE_POP": pop,
+                "ADSERVER_EDGE_SIGNING_KEYS": self.signing_keys,
+                "ADSERVER_EDGE_PUBLIC_URL": url,
+            },
+        )
+        edge = EdgeProc(region, pop, url, proc)
+        self.edges.append(edge)
+        return edge
+
+    def create_advertiser(self, name: str) -> tuple[str, str]:
+        from control_plane.admin import create_advertiser
+
+        return asyncio.run(create_advertiser(self.nats_url, name))
+
+    def admin_stats(self) -> dict:
+        r = httpx.get(f"{self.cp_url}/v1/admin/stats", headers={"Authorization": f"Bearer {self.admin_token}"},
+                      timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def stop(self) -> None:
+        if hasattr(self, "group"):
+            self.group.stop_all()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Central region: advertiser API, campaign store, snapshot builder, budget allocator, collector, reporting."""

@@ -1,0 +1,71 @@
+"""Budget allocator arithmetic: how much of a campaign's budget one edge process may spend next. Pure.
+
+The allocator hands out slices of what is left of the daily and the total budget and records what it has
+granted. It never grants past either budget, so the sum of everything every edge can spend is bounded by
+the budget no matter how many edges ask or how long a region is cut off. Slices shrink near the end of the
+budget so the last micros are spread across the askers instead of stranded in one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+
+@dataclass(frozen=True, slots=True)
+class GrantState:
+    day: str  # the campaign's local date the daily counter belongs to
+    granted_day: int
+    granted_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetTerms:
+    daily_budget_micros: int
+    total_budget_micros: int
+    timezone: str
+    unit_ceiling_micros: int  # the most one billable unit can cost: below this a grant is useless
+
+
+@dataclass(frozen=True, slots=True)
+class GrantDecision:
+    state: GrantState
+    granted: int
+    exhausted: bool
+
+
+def local_day(now_s: float, timezone: str) -> str:
+    return datetime.fromtimestamp(now_s, ZoneInfo(timezone)).date().isoformat()
+
+
+def decide_grant(
+    state: GrantState | None,
+    terms: BudgetTerms,
+    want: int,
+    *,
+    now_s: float,
+    max_slice_fraction: float = 0.05,
+) -> GrantDecision:
+    day = local_day(now_s, terms.timezone)
+    if state is None:
+        state = GrantState(day=day, granted_day=0, granted_total=0)
+    elif state.day != day:
+        state = GrantState(day=day, granted_day=0, granted_total=state.granted_total)
+    remaining = min(
+        terms.daily_budget_micros - state.granted_day, terms.total_budget_micros - state.granted_total
+    )
+    unit = max(1, terms.unit_ceiling_micros)
+    if remaining < unit:
+        return GrantDecision(state=state, granted=0, exhausted=True)
+    slice_cap = max(unit, int(terms.daily_budget_micros * max_slice_fraction))
+    # Near the end, hand out a quarter of what is left at a time (never less than one unit).
+    grant = min(max(0, want), slice_cap, max(unit, remaining // 4), remaining)
+    if grant <= 0:
+        return GrantDecision(state=state, granted=0, exhausted=False)
+    new_state = GrantState(
+        day=day, granted_day=state.granted_day + grant, granted_total=state.granted_total + grant
+    )
+    left = min(terms.daily_budget_micros - new_state.granted_day,
+               terms.total_budget_micros - new_state.granted_total)
+    return GrantDecision(state=new_state, granted=grant, exhausted=left < unit)

@@ -1,0 +1,363 @@
+"""The advertiser-facing HTTP API (starlette). Thin: parse, authenticate, call the models and the store.
+
+Every handler resolves the caller's advertiser id from its bearer token first and addresses only that
+advertiser's keys, so another tenant's object is a 404 (not a 403, which would confirm it exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from control_plane import models
+from control_plane.auth import new_id, parse_bearer, token_matches
+from control_plane.openapi import OPENAPI
+from control_plane.state import ControlPlaneState
+from control_plane.store import Conflict, NotFound, Versioned
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error(status: int, message: str, fields: list[models.FieldError] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if fields:
+        body["fields"] = [{"field": f.field, "message": f.message} for f in fields]
+    return JSONResponse(body, status_code=status)
+
+
+def state_of(request: Request) -> ControlPlaneState:
+    return request.app.state.cp
+
+
+async def authenticate(request: Request) -> str | Response:
+    parsed = parse_bearer(request.headers.get("authorization"))
+    if parsed is None:
+        return error(401, "missing or malformed bearer token (Authorization: Bearer <advertiser_id>.<secret>)")
+    advertiser_id, token = parsed
+    advertiser = await state_of(request).store.get_advertiser(advertiser_id)
+    if advertiser is None or not token_matches(token, advertiser["token_sha256"]):
+        return error(401, "invalid bearer token")
+    return advertiser_id
+
+
+async def read_json(request: Request) -> Any | Response:
+    limit = state_of(request).settings.cp_max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return error(413, f"request body larger than {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return error(413, f"request body larger than {limit} bytes")
+    if not body:
+        return error(400, "request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error(400, f"request body is not valid JSON: {exc}")
+
+
+def present(v: Versioned) -> dict[str, Any]:
+    return {**v.value, "revision": v.revision}
+
+
+def campaign_response(v: Versioned, status: int = 200) -> JSONResponse:
+    return JSONResponse(present(v), status_code=status, headers={"ETag": f'"{v.revision}"'})
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _new_creative(raw: Any, prefix: str = "") -> dict[str, Any]:
+    creative = models.validate_creative(raw, prefix)
+    creative["id"] = new_id("cr")
+    creative["status"] = "active"
+    return creative
+
+
+async def create_campaign(request: Request) -> Response:
+    advertiser_id = await authenticate(request)
+    if isinstance(advertiser_id, Response):
+        return advertiser_id
+    data = await read_json(request)
+    if isinstance(data, Response):
+        return data
+    try:
+        fields = models.validate_campaign(data)
+        creatives_raw = data.get("creatives", []) if isinstance(data, dict) else []
+        if not isinstance(creatives_raw, list) or len(creatives_raw) > 50:
+            raise models.ValidationFailed([models.FieldError("creatives", "must be a list of at most 50")])
+        creatives = [_new_creative(c, f"creatives[{i}].") for i, c in enumerate(creatives_raw)]
+    except models.ValidationFailed as exc:
+        return error(422, "validation failed", exc.errors)
+    now = _now_iso()
+    campaign = {
+        **fields,
+        "id": new_id("cmp"),
+        "advertiser_id": advertiser_id,
+        "status": models.Status.DRAFT.value,
+        "creatives": creatives,
+        "review": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    stored = await state_of(request).store.create_campaign(campaign)
+    return campaign_response(stored, 201)
+
+
+async def list_campaigns(request: Request) -> Response:
+    advertiser_id = await authenticate(request)
+    if isinstance(advertiser_id, Response):
+        return advertiser_id
+    items = await state_of(request).store.list_campaigns(advertiser_id)
+    return JSONResponse({"campaigns": [present(v) for v in items]})
+
+
+async def _load(request: Request) -> tuple[str, Versioned] | Response:
+    advertiser_id = await authenticate(request)
+    if isinstance(advertiser_id, Response):
+        return advertiser_id
+    campaign_id = request.path_params["campaign_id"]
+    try:
+        return advertiser_id, await state_of(request).store.get_campaign(advertiser_id, campaign_id)
+    except NotFound:
+        return error(404, f"campaign {campaign_id!r} not found")
+
+
+async def get_campaign(request: Request) -> Response:
+    loaded = await _load(request)
+    if isinstance(loaded, Response):
+        return loaded
+    return campaign_response(loaded[1])
+
+
+def _expected_revision(request: Request, current: Versioned) -> int | Response:
+    """The revision the client edits: from If-Match when given, else the one just read."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return current.revision
+    cleaned = header.strip().strip('"')
+    if not cleaned.isdigit():
+        return error(400, "If-Match must be a campaign revision such as \"12\"")
+    return int(cleaned)
+
+
+async def _write(request: Request, current: Versioned, updated: dict[str, Any], revision: int) -> Response:
+    updated["updated_at"] = _now_iso()
+    try:
+        stored = await state_of(request).store.update_campaign(updated, revision)
+    except Conflict:
+        return error(409, "campaign was changed by another request; re-read it and retry with its revision")
+    return campaign_response(stored)
+
+
+async def patch_campaign(request: Request) -> Response:
+    loaded = await _load(request)
+    if isinstance(loaded, Response):
+        return loaded
+    _, current = loaded
+    data = await read_json(request)
+    if isinstance(data, Response):
+        return data
+    revision = _expected_revision(request, current)
+    if isinstance(revision, Response):
+        return revision
+    if current.value["status"] == models.Status.COMPLETED.value:
+        return error(409, "a completed campaign cannot be changed")
+    try:
+        fields = models.validate_campaign(data, existing=current.value)
+    except models.ValidationFailed as exc:
+        return error(422, "validation failed", exc.errors)
+    # Yield once between read and write: concurrent PATCHes then really race on the revision, as they would
+    # across replicas, and CAS decides.
+    await asyncio.sleep(0)
+    return await _write(request, current, {**current.value, **fields}, revision)
+
+
+async def add_creative(request: Request) -> Response:
+    loaded = await _load(request)
+    if isinstance(loaded, Response):
+        return loaded
+    _, current = loaded
+    data = await read_json(request)
+    if isinstance(data, Response):
+        return data
+    if len(current.value.get("creatives", [])) >= 50:
+        return error(422, "a campaign has at most 50 creatives",
+                     [models.FieldError("creatives", "limit reached")])
+    try:
+        creative = _new_creative(data)
+    except models.ValidationFailed as exc:
+        return error(422, "validation failed", exc.errors)
+    if current.value["status"] in (models.Status.ACTIVE.value, models.Status.PAUSED.value):
+        # A creative added to a live campaign is reviewed on its own; a rejected one never serves.
+        reasons = models.review_creative(creative)
+        if reasons:
+            creative["status"] = "rejected"
+            creative["review_reasons"] = reasons
+    updated = {**current.value, "creatives": [*current.value.get("creatives", []), creative]}
+    response = await _write(request, current, updated, current.revision)
+    if response.status_code == 200:
+        response.status_code = 201
+    return response
+
+
+def lifecycle(action: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        loaded = await _load(request)
+        if isinstance(loaded, Response):
+            return loaded
+        _, current = loaded
+        try:
+            updated = models.apply_action(current.value, action)
+        except models.TransitionRefused as exc:
+            return error(409, str(exc))
+        return await _write(request, current, updated, current.revision)
+
+    return handler
+
+
+def _parse_time(raw: str | None, name: str, default_ms: int) -> int | Response:
+    if raw is None or raw == "":
+        return default_ms
+    if raw.isdigit():
+        return int(raw)
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        return error(400, f"{name} must be epoch milliseconds or an ISO 8601 date-time")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+MAX_BUCKETS = 10_000
+
+
+async def campaign_metrics(request: Request) -> Response:
+    loaded = await _load(request)
+    if isinstance(loaded, Response):
+        return loaded
+    _, current = loaded
+    now_ms = int(time.time() * 1000)
+    start = _parse_time(request.query_params.get("from"), "from", now_ms - 24 * 3600 * 1000)
+    if isinstance(start, Response):
+        return start
+    end = _parse_time(request.query_params.get("to"), "to", now_ms + 60_000)
+    if isinstance(end, Response):
+        return end
+    granularity = request.query_params.get("granularity", "hour")
+    if granularity not in ("minute", "hour", "day"):
+        return error(400, "granularity must be minute, hour or day")
+    if end <= start:
+        return error(400, "to must be after from")
+    bucket_ms = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}[granularity]
+    if (end - start) // bucket_ms > MAX_BUCKETS:
+        return error(400, f"range too long for {granularity} granularity (at most {MAX_BUCKETS} buckets)")
+    cp = state_of(request)
+    if cp.reports is None:
+        return error(503, "reporting store not configured in this process")
+    rows = await cp.run_storage(cp.reports.campaign_metrics, current.value["id"], start, end, granularity)
+    series = [r.as_dict() for r in rows]
+    totals: dict[str, int] = {}
+    for row in series:
+        for key, value in row.items():
+            if key not in ("bucket_start_ms", "ctr") and isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+    impressions = totals.get("impressions", 0)
+    totals_out: dict[str, Any] = {**totals, "ctr": (totals.get("clicks", 0) / impressions) if impressions else 0.0}
+    return JSONResponse({
+        "campaign_id": current.value["id"], "from": start, "to": end, "granularity": granularity,
+        "totals": totals_out, "series": series,
+        "budget": {"daily_budget_micros": current.value["daily_budget_micros"],
+                   "total_budget_micros": current.value["total_budget_micros"]},
+    })
+
+
+async def admin_stats(request: Request) -> Response:
+    cp = state_of(request)
+    expected = cp.settings.cp_admin_token
+    given = request.headers.get("authorization", "")
+    import hmac
+
+    if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+        return error(401, "admin token required")
+    if cp.reports is None:
+        return error(503, "reporting store not configured in this process")
+    stats = await cp.run_storage(cp.reports.stats)
+    spend = await cp.run_storage(cp.reports.campaign_spend, None)
+    return JSONResponse({
+        "store": stats.as_dict(),
+        "spend_micros": spend,
+        "collector": cp.collector_stats(),
+        "snapshot": {"version": cp.builder.stats.version, "campaigns": cp.builder.stats.campaigns,
+                     "size": cp.builder.stats.last_size, "build_ms": cp.builder.stats.last_build_ms},
+        "granted_micros": cp.grants.granted_micros,
+    })
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
+async def livez(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    cp = state_of(request)
+    ready = cp.builder.stats.builds > 0
+    return JSONResponse({"ready": ready, "snapshot_version": cp.builder.stats.version},
+                        status_code=200 if ready else 503)
+
+
+async def dashboard(request: Request) -> Response:
+    return HTMLResponse(DASHBOARD_HTML)
+
+
+DASHBOARD_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>edge-adserver</title>
+<style>body{font:14px system-ui;margin:2em}td,th{padding:4px 10px;text-align:right}
+td:first-child{text-align:left}</style>
+</head><body><h1>edge-adserver: campaigns</h1>
+<p><input id="tok" size="60" placeholder="advertiser token"> <button id="go">Sign in</button></p>
+<table id="t"><thead><tr><th>campaign</th><th>status</th><th>impressions</th><th>clicks</th>
+<th>spend</th><th>daily budget</th></tr></thead><tbody></tbody></table>
+<script>
+async function load(){const tok=document.getElementById('tok').value;const h={Authorization:'Bearer '+tok};
+const r=await fetch('/v1/campaigns',{headers:h});if(!r.ok){alert((await r.json()).error);return}
+const tb=document.querySelector('#t tbody');tb.textContent='';
+for(const c of (await r.json()).campaigns){const m=await (await fetch('/v1/campaigns/'+c.id+'/metrics',
+{headers:h})).json();const tr=document.createElement('tr');
+for(const v of [c.name,c.status,m.totals.impressions||0,m.totals.clicks||0,
+((m.totals.spend_micros||0)/1e6).toFixed(2),(c.daily_budget_micros/1e6).toFixed(2)]){
+const td=document.createElement('td');td.textContent=v;tr.appendChild(td)}tb.appendChild(tr)}}
+document.getElementById('go').onclick=load;setInterval(()=>{if(document.getElementById('tok').value)load()},5000);
+</script></body></html>"""
+
+
+ROUTES = [
+    Route("/", dashboard, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/v1/campaigns", create_campaign, methods=["POST"]),
+    Route("/v1/campaigns", list_campaigns, methods=["GET"]),
+    Route("/v1/campaigns/{campaign_id}", get_campaign, methods=["GET"]),
+    Route("/v1/campaigns/{campaign_id}", patch_campaign, methods=["PATCH"]),
+    Route("/v1/campaigns/{campaign_id}/creatives", add_creative, methods=["POST"]),
+    Route("/v1/campaigns/{campaign_id}/submit", lifecycle("submit"), methods=["POST"]),
+    Route("/v1/campaigns/{campaign_id}/pause", lifecycle("pause"), methods=["POST"]),
+    Route("/v1/campaigns/{campaign_id}/resume", lifecycle("resume"), methods=["POST"]),
+    Route("/v1/campaigns/{campaign_id}/metrics", campaign_metrics, methods=["GET"]),
+    Route("/v1/admin/stats", admin_stats, methods=["GET"]),
+]

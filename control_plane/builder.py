@@ -1,0 +1,129 @@
+"""Snapshot builder: watches the campaign store and publishes a new snapshot per region on every change.
+
+It keeps the latest value of every campaign from a KV watcher (so a rebuild reads memory, not NATS),
+debounces bursts of writes, compiles the servable campaigns into an immutable index and publishes it to
+each region. A periodic rebuild picks up schedule changes (a campaign's end passing) with no write at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+
+from control_plane.allocator import BudgetTerms
+from control_plane.models import is_servable, to_snapshot_campaign
+from replication import subjects as S
+from replication.nats_io import publish_snapshot
+from replication.snapshot import build_snapshot, encode_snapshot, unit_cost_ceiling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BuilderStats:
+    version: int = 0
+    builds: int = 0
+    campaigns: int = 0
+    last_build_ms: float = 0.0
+    last_size: int = 0
+    revisions: dict[str, int] = field(default_factory=dict)
+
+
+class SnapshotBuilder:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        regions: tuple[str, ...],
+        *,
+        reserve_cpm_micros: int,
+        debounce_s: float = 0.01,
+        refresh_s: float = 5.0,
+    ) -> None:
+        self._js = js
+        self._regions = regions
+        self._reserve = reserve_cpm_micros
+        self._debounce = debounce_s
+        self._refresh = refresh_s
+        self._campaigns: dict[str, tuple[dict, int]] = {}
+        self._key_of: dict[str, str] = {}  # campaign id -> KV key
+        self._dirty = asyncio.Event()
+        self._initial_done = asyncio.Event()
+        self.stats = BuilderStats()
+
+    async def _watch(self) -> None:
+        kv = await self._js.key_value(S.CAMPAIGNS_BUCKET)
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:
+                self._initial_done.set()
+                self._dirty.set()
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self._campaigns.pop(entry.key, None)
+            else:
+                value = json.loads(entry.value)
+                self._campaigns[entry.key] = (value, entry.revision or 0)
+                self._key_of[value["id"]] = entry.key
+            if self._initial_done.is_set():
+                self._dirty.set()
+
+    def terms(self, campaign_id: str) -> BudgetTerms | None:
+        """Budget terms of a servable campaign, for the grant service; None when it must not spend."""
+        found = self._campaigns.get(self._key_of.get(campaign_id, ""))
+        if found is None or not is_servable(found[0], time.time()):
+            return None
+        c = found[0]
+        return BudgetTerms(
+            daily_budget_micros=c["daily_budget_micros"],
+            total_budget_micros=c["total_budget_micros"],
+            timezone=c["timezone"],
+            unit_ceiling_micros=unit_cost_ceiling(c["bid_type"], c["max_bid_micros"]),
+        )
+
+    async def build_and_publish(self) -> None:
+        now = time.time()
+        started = time.perf_counter()
+        servable = [
+            to_snapshot_campaign(value, revision)
+            for value, revision in self._campaigns.values()
+            if is_servable(value, now)
+        ]
+        # Versions only grow, even if the clock steps back: an edge ignores anything not newer.
+        version = max(self.stats.version + 1, int(now * 1000))
+        snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),
+                                  reserve_cpm_micros=self._reserve)
+        data = encode_snapshot(snapshot)
+        for region in self._regions:
+            await publish_snapshot(self._js, region, version, data)
+        self.stats.version = version
+        self.stats.builds += 1
+        self.stats.campaigns = len(servable)
+        self.stats.last_size = len(data)
+        self.stats.last_build_ms = (time.perf_counter() - started) * 1000
+
+    async def run(self) -> None:
+        watch = asyncio.create_task(self._watch())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), timeout=self._refresh)
+                if not self._initial_done.is_set():
+                    continue
+                await asyncio.sleep(self._debounce)  # let a burst of writes land in one snapshot
+                self._dirty.clear()
+                try:
+                    await self.build_and_publish()
+                except Exception:
+                    log.exception("snapshot build failed; will retry")
+                    await asyncio.sleep(0.5)
+                    self._dirty.set()
+                if watch.done():
+                    watch.result()  # surface a dead watcher instead of serving stale snapshots silently
+        finally:
+            watch.cancel()

@@ -1,0 +1,61 @@
+"""Control-plane settings, from ``ADSERVER_CP_*`` (and the shared ``ADSERVER_NATS_URL``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from replication import settings as s
+from replication.subjects import check_token
+
+PREFIX = "ADSERVER_"
+
+
+def _regions(raw: str) -> tuple[str, ...]:
+    regions = s.parse_list(raw)
+    if not regions:
+        raise ValueError("at least one region is required")
+    for r in regions:
+        check_token(r, "region")
+    return regions
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 1:
+        raise ValueError("must be in (0, 1]")
+    return value
+
+
+SPECS = [
+    s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL"),
+    s.Spec("CP_REGIONS", _regions, "eu,us", "regions to publish snapshots for, comma-separated"),
+    s.Spec("CP_STORE_URL", s.parse_nonempty, "chdb://var/chdb",
+           "ClickHouse: chdb://<dir> (embedded) or http(s)://user:pass@host:8123/db (server)"),
+    s.Spec("CP_EMBEDDED_COLLECTOR", s.parse_bool, "true",
+           "run the collector in this process (required with chdb: one process owns its data dir)"),
+    s.Spec("CP_ADMIN_TOKEN", s.parse_str, "", "bearer token for /v1/admin/*; empty disables them", secret=True),
+    s.Spec("CP_RESERVE_CPM_MICROS", s.parse_int(0), "100000", "auction reserve price, micros per mille"),
+    s.Spec("CP_GRANT_SLICE", _fraction, "0.05", "largest budget slice one edge process gets, as a fraction"),
+    s.Spec("CP_MAX_BODY_BYTES", s.parse_int(1024, 10_000_000), "65536", "largest request body accepted"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneSettings:
+    nats_url: str
+    cp_regions: tuple[str, ...]
+    cp_store_url: str
+    cp_embedded_collector: bool
+    cp_admin_token: str
+    cp_reserve_cpm_micros: int
+    cp_grant_slice: float
+    cp_max_body_bytes: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ControlPlaneSettings:
+        return cls(**s.load(PREFIX, SPECS, os.environ if env is None else env))
+
+    def __repr__(self) -> str:  # never print the admin token
+        return f"ControlPlaneSettings(regions={self.cp_regions}, store={self.cp_store_url.split('@')[-1]})"

@@ -1,0 +1,104 @@
+"""Control-plane process wiring: connect, open the stores, start the builder, grant service and collector.
+
+Granian runs the lifespan once per worker; the control plane runs one worker, because it owns the chdb data
+directory in the embedded default (chdb allows one process per data path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from starlette.applications import Starlette
+
+from control_plane.builder import SnapshotBuilder
+from control_plane.collector import Collector
+from control_plane.grants import GrantService
+from control_plane.settings import ControlPlaneSettings
+from control_plane.storage import EventStore, open_store
+from control_plane.store import Store
+from replication.nats_io import close_quietly, connect, ensure_jetstream
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class ControlPlaneState:
+    settings: ControlPlaneSettings
+    nc: NATS
+    js: JetStreamContext
+    store: Store
+    builder: SnapshotBuilder
+    grants: GrantService
+    executor: ThreadPoolExecutor
+    reports: EventStore | None = None
+    collector: Collector | None = None
+    tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+
+    async def run_storage(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def collector_stats(self) -> dict[str, int] | None:
+        return dataclasses.asdict(self.collector.stats) if self.collector else None
+
+
+def uses_chdb(url: str) -> bool:
+    return not url.startswith(("http://", "https://", "clickhouse://"))
+
+
+def check_topology(settings: ControlPlaneSettings) -> None:
+    if uses_chdb(settings.cp_store_url) and not settings.cp_embedded_collector:
+        raise SystemExit(
+            "ADSERVER_CP_STORE_URL is a chdb directory but ADSERVER_CP_EMBEDDED_COLLECTOR is false: chdb allows "
+            "one process per data directory, so run the collector inside the control plane or use a "
+            "ClickHouse server URL"
+        )
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: ControlPlaneSettings = app.state.settings
+    check_topology(settings)
+    nc = await connect(settings.nats_url, "control-plane")
+    js = nc.jetstream()
+    await ensure_jetstream(js)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
+    store = await Store(js).open()
+    builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros)
+    grants = GrantService(nc, store, builder.terms, settings.cp_grant_slice)
+    cp = ControlPlaneState(settings, nc, js, store, builder, grants, executor)
+    cp.reports = await cp.run_storage(open_store, settings.cp_store_url)
+    await cp.run_storage(cp.reports.ensure_schema)
+    await grants.start()
+    cp.tasks.append(asyncio.create_task(builder.run(), name="snapshot-builder"))
+    if settings.cp_embedded_collector:
+        cp.collector = Collector(js, cp.reports, executor)
+        cp.tasks.append(asyncio.create_task(cp.collector.run(), name="collector"))
+    app.state.cp = cp
+    log.info("control plane up: %r", settings)
+    try:
+        yield
+    finally:
+        for task in cp.tasks:
+            task.cancel()
+        await asyncio.gather(*cp.tasks, return_exceptions=True)
+        await close_quietly(nc)
+        if cp.reports is not None:
+            await cp.run_storage(cp.reports.close)
+        executor.shutdown(wait=True)
+
+
+def create_app(settings: ControlPlaneSettings | None = None) -> Starlette:
+    from control_plane.api import ROUTES
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    app.state.settings = settings or ControlPlaneSettings.from_env()
+    return app

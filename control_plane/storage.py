@@ -1,0 +1,651 @@
+"""Event storage in ClickHouse: the one place that knows the schema, the SQL and the deduplication rules.
+
+Events arrive at least once (JetStream redelivers, a collector may crash after inserting but before
+acking), yet billing must count each ``event_id`` once. This module makes a write idempotent in three
+layers: duplicates inside a batch are dropped, event ids already stored are looked up and skipped, and
+every INSERT carries an ``insert_deduplication_token`` on tables with a
+``non_replicated_deduplication_window``, so ClickHouse itself drops a retried block that raced past the
+lookup. Reports read a per-minute rollup
+that a materialized view writes in the same INSERT as the raw rows, so the two cannot drift apart.
+
+Two adapters share every SQL string and every row conversion; each supplies only how to run a statement,
+run a query and insert rows:
+
+- ``ChdbStore``: embedded chdb, the default for ``adserver demo`` and the integration tests. chdb runs the
+  engine inside this process and locks its data directory: one process per data path, and one data path
+  per process (opening a second path while a session is open raises ``RuntimeError``). Share one store
+  between the collector thread and the reporting API instead of opening two.
+- ``ClickHouseConnectStore``: a ClickHouse server over HTTP(S) through clickhouse-connect.
+
+``open_store(url)`` picks the adapter from a URL. Money is integer micros; times are epoch milliseconds,
+bucketed in UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from replication.events import Event, EventType
+
+if TYPE_CHECKING:
+    from chdb.session import Session
+    from clickhouse_connect.driver.client import Client
+
+Granularity = Literal["minute", "hour", "day"]
+SqlValue = str | int
+Row = tuple[SqlValue, ...]
+
+DATABASE = "ads"
+EVENTS_TABLE = f"{DATABASE}.events"
+ROLLUP_TABLE = f"{DATABASE}.events_minute"
+ROLLUP_VIEW = f"{DATABASE}.events_minute_mv"
+
+# How many recent insert blocks each table remembers for token deduplication. A retry arrives within seconds
+# of the original, so this only has to cover the blocks written in between, with a wide margin.
+DEDUP_WINDOW = 10_000
+
+# The SQL parser rejects queries over max_query_size (256 KiB by default); the event-id lookup is chunked
+# well below that. INSERT data after VALUES is read by the format parser and does not count.
+_LOOKUP_CHUNK_CHARS = 100_000
+
+# toDateTime takes UInt32 seconds; clamp query bounds so "everything" (0 .. a huge end) stays valid.
+_MAX_EPOCH_S = 2**32 - 1
+
+
+# --- the port -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsRow:
+    """A time bucket of a campaign's report. Valid counts exclude IVT; gross is valid + invalid."""
+
+    bucket_start_ms: int
+    impressions: int
+    clicks: int
+    conversions: int
+    spend_micros: int
+    invalid_impressions: int
+    invalid_clicks: int
+    invalid_conversions: int
+    gross_impressions: int
+    gross_clicks: int
+    ctr: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Raw-table health: ``duplicates`` must stay 0, or billing double counts."""
+
+    rows: int
+    unique_events: int
+    duplicates: int
+    # Raw rows per event type; every EventType value is present.
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    def ensure_schema(self) -> None: ...
+
+    def insert_events(self, events: Sequence[Event], dedup_token: str) -> int: ...
+
+    def campaign_metrics(
+        self, campaign_id: str, start_ms: int, end_ms: int, granularity: Granularity
+    ) -> list[MetricsRow]: ...
+
+    def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]: ...
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None: ...
+
+
+# --- schema ---------------------------------------------------------------------------------------------
+
+# Per-event ids stay String; everything with a bounded set of values is LowCardinality, which also degrades
+# gracefully (falls back to plain strings per part) if a "bounded" column turns out not to be.
+_EVENT_COLUMN_TYPES: dict[str, str] = {
+    "event_id": "String",
+    "type": "LowCardinality(String)",
+    "ts_ms": "Int64",
+    "region": "LowCardinality(String)",
+    "pop": "LowCardinality(String)",
+    "auction_id": "String",
+    "impression_id": "String",
+    "campaign_id": "LowCardinality(String)",
+    "creative_id": "LowCardinality(String)",
+    "advertiser_id": "LowCardinality(String)",
+    "placement": "LowCardinality(String)",
+    "bid_type": "LowCardinality(String)",
+    "price_micros": "Int64",
+    "cost_micros": "Int64",
+    "value_micros": "Int64",
+    "invalid_reason": "LowCardinality(String)",
+    "geo": "LowCardinality(String)",
+    "device": "LowCardinality(String)",
+}
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
+
+# Fail at import, not at the first INSERT, when replication/events.py gains a field the schema lacks.
+if set(EVENT_COLUMNS) != set(_EVENT_COLUMN_TYPES):
+    raise RuntimeError(
+        "control_plane.storage schema is out of step with replication.events.Event: "
+        f"missing {sorted(set(EVENT_COLUMNS) - set(_EVENT_COLUMN_TYPES))}, "
+        f"extra {sorted(set(_EVENT_COLUMN_TYPES) - set(EVENT_COLUMNS))}"
+    )
+
+_INT_COLUMNS = frozenset(name for name, ch_type in _EVENT_COLUMN_TYPES.items() if "Int" in ch_type)
+
+_VALID = "invalid_reason = ''"
+_INVALID = "invalid_reason != ''"
+
+_COLUMN_SEP = ",\n"
+_EVENT_COLUMNS_DDL = _COLUMN_SEP.join(f"    {name} {_EVENT_COLUMN_TYPES[name]}" for name in EVENT_COLUMNS)
+
+CREATE_DATABASE_SQL = f"CREATE DATABASE IF NOT EXISTS {DATABASE}"
+
+# ORDER BY event_id makes the pre-insert lookup a primary-key search. Reports never scan this table (they
+# read the rollup), so nothing is lost by not sorting it by campaign and time. ts is derived from ts_ms, so
+# both adapters insert plain integers and never convert datetimes.
+CREATE_EVENTS_SQL = f"""
+CREATE TABLE IF NOT EXISTS {EVENTS_TABLE}
+(
+{_EVENT_COLUMNS_DDL},
+    ts DateTime64(3, 'UTC') MATERIALIZED fromUnixTimestamp64Milli(ts_ms, 'UTC')
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY event_id
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""".strip()
+
+_ROLLUP_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    # (column, type, aggregate over the raw rows of one minute)
+    ("decisions", "UInt64", f"countIf(type = '{EventType.DECISION}')"),
+    ("impressions", "UInt64", f"countIf(type = '{EventType.IMPRESSION}' AND {_VALID})"),
+    ("clicks", "UInt64", f"countIf(type = '{EventType.CLICK}' AND {_VALID})"),
+    ("conversions", "UInt64", f"countIf(type = '{EventType.CONVERSION}' AND {_VALID})"),
+    ("spend_micros", "Int64", f"sumIf(cost_micros, {_VALID})"),
+    ("invalid_impressions", "UInt64", f"countIf(type = '{EventType.IMPRESSION}' AND {_INVALID})"),
+    ("invalid_clicks", "UInt64", f"countIf(type = '{EventType.CLICK}' AND {_INVALID})"),
+    ("invalid_conversions", "UInt64", f"countIf(type = '{EventType.CONVERSION}' AND {_INVALID})"),
+)
+
+_ROLLUP_COUNTERS_DDL = _COLUMN_SEP.join(f"    {name} {ch_type}" for name, ch_type, _ in _ROLLUP_COUNTERS)
+_ROLLUP_COUNTERS_SELECT = _COLUMN_SEP.join(f"    {expr} AS {name}" for name, _, expr in _ROLLUP_COUNTERS)
+
+# SummingMergeTree adds up rows with the same key only when parts merge, which may be never for recent
+# data: every read must sum() and GROUP BY. The dedup window matters here too: the view's block for a
+# retried INSERT carries a token derived from the source block's, so ClickHouse drops it with the source.
+CREATE_ROLLUP_SQL = f"""
+CREATE TABLE IF NOT EXISTS {ROLLUP_TABLE}
+(
+    campaign_id LowCardinality(String),
+    minute DateTime('UTC'),
+    region LowCardinality(String),
+    creative_id LowCardinality(String),
+{_ROLLUP_COUNTERS_DDL}
+)
+ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (campaign_id, minute, region, creative_id)
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+""".strip()
+
+# A TO view runs inside the INSERT into ads.events, so the rollup is written with the raw rows or not at all.
+CREATE_ROLLUP_VIEW_SQL = f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS {ROLLUP_VIEW} TO {ROLLUP_TABLE} AS
+SELECT
+    campaign_id,
+    toStartOfMinute(ts) AS minute,
+    region,
+    creative_id,
+{_ROLLUP_COUNTERS_SELECT}
+FROM {EVENTS_TABLE}
+GROUP BY campaign_id, minute, region, creative_id
+""".strip()
+
+SCHEMA_SQL: tuple[str, ...] = (
+    CREATE_DATABASE_SQL,
+    CREATE_EVENTS_SQL,
+    CREATE_ROLLUP_SQL,
+    CREATE_ROLLUP_VIEW_SQL,
+)
+
+_BUCKET_EXPR: dict[str, str] = {
+    "minute": "minute",
+    "hour": "toStartOfHour(minute)",
+    "day": "toStartOfDay(minute)",
+}
+
+_METRICS_SQL = f"""
+SELECT
+    toInt64(toUnixTimestamp({{bucket}})) * 1000 AS bucket_start_ms,
+    sum(impressions), sum(clicks), sum(conversions), sum(spend_micros),
+    sum(invalid_impressions), sum(invalid_clicks), sum(invalid_conversions)
+FROM {ROLLUP_TABLE}
+WHERE campaign_id = {{campaign}}
+  AND minute >= toDateTime({{lo_s}}, 'UTC') AND minute < toDateTime({{hi_s}}, 'UTC')
+GROUP BY bucket_start_ms
+ORDER BY bucket_start_ms
+""".strip()
+
+_SPEND_SQL = (
+    f"SELECT campaign_id, sum(spend_micros) FROM {ROLLUP_TABLE}{{where}}"
+    " GROUP BY campaign_id ORDER BY campaign_id"
+)
+
+_STATS_SQL = (
+    "SELECT count(), uniqExact(event_id), "
+    + ", ".join(f"countIf(type = '{t}')" for t in EventType)
+    + f" FROM {EVENTS_TABLE}"
+)
+
+_EXISTING_IDS_SQL = f"SELECT DISTINCT event_id FROM {EVENTS_TABLE} WHERE event_id IN ({{ids}})"
+
+
+def insert_settings(token: str) -> dict[str, SqlValue]:
+    """Settings for every INSERT into ads.events; both adapters send exactly these."""
+    return {
+        # Superseded by deduplicate_insert (default "enable") from ClickHouse 26, but still what older
+        # servers read; sending deduplicate_insert would be an unknown-setting error on those.
+        "insert_deduplicate": 1,
+        "insert_deduplication_token": token,
+        # The rollup table drops the view's block of a retried INSERT through its own dedup log (measured:
+        # without its window, a retry dropped from ads.events was still counted in the rollup).
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
+
+
+# --- shared SQL and row building ------------------------------------------------------------------------
+
+# One pass with translate, so an escaped backslash is never escaped again. Newlines and NUL are escaped so
+# a statement stays one readable line in logs and never carries a byte that a C string would cut short.
+_STRING_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "'": "\\'", "\0": "\\0", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+)
+
+
+def sql_literal(value: SqlValue) -> str:
+    """A ClickHouse literal for a str or int: the only way values enter SQL text in this module."""
+    # bool is an int subclass; a True that became 1 would hide a bug in the caller.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"cannot write {type(value).__name__} {value!r} as a SQL literal")
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).translate(_STRING_ESCAPES) + "'"
+
+
+def event_row(event: Event) -> Row:
+    """The values of one event in EVENT_COLUMNS order, as plain str and int."""
+    row: list[SqlValue] = []
+    for name in EVENT_COLUMNS:
+        value = getattr(event, name)
+        if name in _INT_COLUMNS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"event {event.event_id!r}: {name} must be an int, not {value!r}")
+            row.append(int(value))
+        else:
+            if not isinstance(value, str):
+                raise TypeError(f"event {event.event_id!r}: {name} must be a str, not {value!r}")
+            # The enum's value, as a plain str, is what both the SQL text and clickhouse-connect expect.
+            row.append(str(value) if isinstance(value, StrEnum) else value)
+    return tuple(row)
+
+
+def values_insert_sql(rows: Sequence[Row], token: str) -> str:
+    """An INSERT of literal rows, for adapters that send SQL text (chdb)."""
+    settings = dict(insert_settings(token))
+    # Refuse, rather than silently take the slow per-row SQL parser path, if a value is ever not a literal.
+    settings["input_format_values_interpret_expressions"] = 0
+    settings_sql = ", ".join(f"{name} = {sql_literal(value)}" for name, value in settings.items())
+    values_sql = ", ".join("(" + ", ".join(sql_literal(v) for v in row) + ")" for row in rows)
+    columns = ", ".join(EVENT_COLUMNS)
+    return f"INSERT INTO {EVENTS_TABLE} ({columns}) SETTINGS {settings_sql} VALUES {values_sql}"
+
+
+def batch_token(dedup_token: str, event_ids: Iterable[str]) -> str:
+    """The token sent to ClickHouse: the caller's token plus a digest of the event ids actually inserted.
+
+    ClickHouse drops any block whose token it has seen, whatever the block holds. A caller that reuses a
+    token for a batch with different contents (say, a redelivered batch that grew) would lose those events
+    silently; with the digest, only a truly identical block is dropped.
+    """
+    digest = hashlib.sha256("\n".join(sorted(event_ids)).encode()).hexdigest()[:32]
+    return f"{dedup_token}:{digest}"
+
+
+def _id_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    size = 0
+    for event_id in ids:
+        literal = sql_literal(event_id)
+        if chunk and size + len(literal) > _LOOKUP_CHUNK_CHARS:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(literal)
+        size += len(literal) + 2
+    if chunk:
+        yield chunk
+
+
+def _metrics_row(row: Sequence[Any]) -> MetricsRow:
+    # int(): JSON formats may quote 64-bit integers, and clickhouse-connect returns ints already.
+    bucket, imps, clicks, convs, spend, inv_imps, inv_clicks, inv_convs = (int(v) for v in row)
+    return MetricsRow(
+        bucket_start_ms=bucket,
+        impressions=imps,
+        clicks=clicks,
+        conversions=convs,
+        spend_micros=spend,
+        invalid_impressions=inv_imps,
+        invalid_clicks=inv_clicks,
+        invalid_conversions=inv_convs,
+        gross_impressions=imps + inv_imps,
+        gross_clicks=clicks + inv_clicks,
+        ctr=clicks / imps if imps else 0.0,
+    )
+
+
+def _minute_bound_s(ms: int) -> int:
+    # A report covers the minutes that start in [start_ms, end_ms): round both bounds up to a minute.
+    return min(max(-(-ms // 60_000) * 60, 0), _MAX_EPOCH_S)
+
+
+# --- the shared implementation --------------------------------------------------------------------------
+
+
+class SqlEventStore(ABC):
+    """EventStore over any ClickHouse. Adapters supply ``_exec``, ``_query_rows``, ``_insert``, ``close``."""
+
+    def __init__(self) -> None:
+        # Lookup-then-insert must not interleave with another writer in this process, or both would see an
+        # id as new. Writers in other processes are caught by the insert token instead.
+        self._write_lock = threading.Lock()
+
+    @abstractmethod
+    def _exec(self, sql: str) -> None: ...
+
+    @abstractmethod
+    def _query_rows(self, sql: str) -> list[Sequence[Any]]: ...
+
+    @abstractmethod
+    def _insert(self, rows: Sequence[Row], token: str) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> SqlEventStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def ensure_schema(self) -> None:
+        for sql in SCHEMA_SQL:
+            self._exec(sql)
+
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these ids are already stored. Not bounded by time: a click on an old impression has the
+        same id as the first click, however much later it comes."""
+        found: set[str] = set()
+        for chunk in _id_chunks(event_ids):
+            rows = self._query_rows(_EXISTING_IDS_SQL.format(ids=", ".join(chunk)))
+            found.update(str(row[0]) for row in rows)
+        return found
+
+    def insert_events(self, events: Sequence[Event], dedup_token: str) -> int:
+        """Store the events not stored yet and return how many that was. Safe to retry as it was called."""
+        if not isinstance(dedup_token, str) or not dedup_token:
+            raise ValueError("dedup_token must be a non-empty string")
+        first_seen: dict[str, Event] = {}
+        for event in events:
+            # First copy wins: copies of one event id are the same event seen twice.
+            first_seen.setdefault(event.event_id, event)
+        if not first_seen:
+            return 0
+        # Convert before touching the database, so a malformed event fails the batch before any I/O.
+        rows = {event_id: event_row(event) for event_id, event in first_seen.items()}
+        with self._write_lock:
+            stored = self.existing_event_ids(list(rows))
+            fresh = [row for event_id, row in rows.items() if event_id not in stored]
+            if not fresh:
+                return 0
+            self._insert(fresh, batch_token(dedup_token, (str(row[0]) for row in fresh)))
+        return len(fresh)
+
+    def campaign_metrics(
+        self, campaign_id: str, start_ms: int, end_ms: int, granularity: Granularity
+    ) -> list[MetricsRow]:
+        """Buckets of ``granularity`` (UTC) over the minutes starting in [start_ms, end_ms); empty buckets are
+        left out. The first bucket may start before start_ms and then holds only the minutes inside."""
+        bucket = _BUCKET_EXPR.get(granularity)
+        if bucket is None:
+            raise ValueError(f"granularity must be one of {sorted(_BUCKET_EXPR)}, not {granularity!r}")
+        if end_ms < start_ms:
+            raise ValueError(f"end_ms ({end_ms}) is before start_ms ({start_ms})")
+        sql = _METRICS_SQL.format(
+            bucket=bucket,
+            campaign=sql_literal(campaign_id),
+            lo_s=_minute_bound_s(start_ms),
+            hi_s=_minute_bound_s(end_ms),
+        )
+        return [_metrics_row(row) for row in self._query_rows(sql)]
+
+    def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Valid spend in micros per campaign; every requested campaign is present, 0 if it spent nothing."""
+        if isinstance(campaign_ids, str):
+            raise TypeError("campaign_ids must be a sequence of ids, not one str")
+        if campaign_ids is None:
+            where = ""
+        elif not campaign_ids:
+            return {}
+        else:
+            where = " WHERE campaign_id IN (" + ", ".join(sql_literal(c) for c in campaign_ids) + ")"
+        spend = {str(row[0]): int(row[1]) for row in self._query_rows(_SPEND_SQL.format(where=where))}
+        if campaign_ids is not None:
+            return {c: spend.get(c, 0) for c in campaign_ids}
+        return spend
+
+    def stats(self) -> StoreStats:
+        rows, unique, *per_type = (int(v) for v in self._query_rows(_STATS_SQL)[0])
+        return StoreStats(
+            rows=rows,
+            unique_events=unique,
+            duplicates=rows - unique,
+            by_type={str(t): n for t, n in zip(EventType, per_type, strict=True)},
+        )
+
+
+# --- adapters -------------------------------------------------------------------------------------------
+
+
+class ChdbStore(SqlEventStore):
+    """ClickHouse embedded in this process, storing its data under ``data_path``.
+
+    chdb locks the directory: a second process on the same path fails to open it, and this process can
+    have only one chdb path open at a time. Open one store per process and share it between threads.
+    """
+
+    def __init__(self, data_path: str) -> None:
+        super().__init__()
+        if not data_path:
+            raise ValueError("chdb data path is empty")
+        if "?" in data_path:
+            # chdb reads everything after '?' as engine settings: such a path would silently mean another.
+            raise ValueError(f"chdb data path must not contain '?': {data_path!r}")
+        from chdb.session import Session  # here, so a process using a ClickHouse server never loads chdb
+
+        self.data_path = os.path.abspath(data_path)
+        os.makedirs(self.data_path, exist_ok=True)
+        # chdb's sessions claim to be thread-safe, but the collector's worker thread and the reporting API
+        # share this one; a lock costs nothing next to a query and leaves no doubt.
+        self._lock = threading.Lock()
+        try:
+            # Query-level settings in the connection string apply to every query of this session.
+            self._session: Session | None = Session(
+                f"{self.data_path}?output_format_json_quote_64bit_integers=0"
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"cannot open chdb data path {self.data_path}: another process may hold it, or this process "
+                f"already has a different chdb path open (chdb allows one of each): {exc}"
+            ) from exc
+
+    def _run(self, sql: str, fmt: str) -> str:
+        with self._lock:
+            if self._session is None:
+                raise RuntimeError(f"chdb store at {self.data_path} is closed")
+            result = self._session.query(sql, fmt)
+            return str(result.data())
+
+    def _exec(self, sql: str) -> None:
+        self._run(sql, "CSV")
+
+    def _query_rows(self, sql: str) -> list[Sequence[Any]]:
+        text = self._run(sql, "JSONCompact")
+        return json.loads(text)["data"] if text else []
+
+    def _insert(self, rows: Sequence[Row], token: str) -> None:
+        self._run(values_insert_sql(rows, token), "CSV")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+
+class ClickHouseConnectStore(SqlEventStore):
+    """A ClickHouse server over HTTP(S). ``client`` lets tests and callers supply a ready client."""
+
+    def __init__(self, url: str, *, client: Client | Any | None = None) -> None:
+        super().__init__()
+        if client is None:
+            target = parse_store_url(url)
+            if target.kind != "clickhouse":
+                raise ValueError(f"not a ClickHouse server URL: {target.redacted}")
+            import clickhouse_connect  # here, so the embedded path never imports the HTTP client
+
+            client = clickhouse_connect.get_client(
+                dsn=url,
+                interface=target.interface,
+                # A session id per client makes the server reject concurrent queries from our two threads.
+                autogenerate_session_id=False,
+            )
+        self._client = client
+
+    def _exec(self, sql: str) -> None:
+        self._client.command(sql)
+
+    def _query_rows(self, sql: str) -> list[Sequence[Any]]:
+        return list(self._client.query(sql).result_rows)
+
+    def _insert(self, rows: Sequence[Row], token: str) -> None:
+        database, table = EVENTS_TABLE.split(".")
+        self._client.insert(
+            table=table,
+            database=database,
+            data=rows,
+            column_names=list(EVENT_COLUMNS),
+            settings=insert_settings(token),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --- choosing an adapter --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTarget:
+    kind: Literal["chdb", "clickhouse"]
+    # The chdb data directory, or the server URL as given.
+    location: str
+    # clickhouse-connect interface ("http" or "https"); empty for chdb.
+    interface: str = ""
+    # The URL with any password replaced, for messages and logs.
+    redacted: str = ""
+
+
+_SERVER_SCHEMES = {"http": "http", "https": "https", "clickhouse": "http"}
+# clickhouse-connect speaks HTTP only; these are the native-protocol ports, a common mix-up.
+_NATIVE_PORTS = {9000, 9440}
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def parse_store_url(url: str) -> StoreTarget:
+    """Where ``url`` points: ``chdb:///abs/dir`` or a bare path is chdb, http(s):// or clickhouse:// a server.
+
+    Raises ValueError naming the problem; passwords never appear in the message.
+    """
+    if not url or not url.strip():
+        raise ValueError("store URL is empty")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"store URL {_redact(url)!r} is malformed: {exc}") from exc
+    redacted = _redact(url)
+    scheme = parts.scheme.lower()
+    if scheme == "":
+        return StoreTarget(kind="chdb", location=url, redacted=url)
+    if scheme == "chdb":
+        if parts.netloc:
+            raise ValueError(
+                f"chdb URL {url!r} has a host part {parts.netloc!r}; "
+                "write chdb:///absolute/path (three slashes)"
+            )
+        if not parts.path or parts.path == "/":
+            raise ValueError(f"chdb URL {url!r} names no data directory")
+        if parts.query or parts.fragment:
+            raise ValueError(f"chdb URL {url!r} must not have a query string or fragment")
+        return StoreTarget(kind="chdb", location=parts.path, redacted=url)
+    if scheme in _SERVER_SCHEMES:
+        if not parts.hostname:
+            raise ValueError(f"ClickHouse URL {redacted!r} names no host")
+        if port in _NATIVE_PORTS:
+            raise ValueError(
+                f"ClickHouse URL {redacted!r} uses native-protocol port {port}; clickhouse-connect needs the "
+                "HTTP port (8123, or 8443 for TLS)"
+            )
+        return StoreTarget(
+            kind="clickhouse", location=url, interface=_SERVER_SCHEMES[scheme], redacted=redacted
+        )
+    raise ValueError(
+        f"store URL {redacted!r} has unsupported scheme {parts.scheme!r}; use chdb:///path, a bare path, "
+        "http(s)://host:port or clickhouse://host:port"
+    )
+
+
+def open_store(url: str) -> EventStore:
+    """Open the store ``url`` names. The caller runs ``ensure_schema()`` once at start-up."""
+    target = parse_store_url(url)
+    if target.kind == "chdb":
+        return ChdbStore(target.location)
+    return ClickHouseConnectStore(url)

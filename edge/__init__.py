@@ -1,0 +1,1 @@
+"""Per-region serving: the auction, tracking endpoints and the publisher tag."""

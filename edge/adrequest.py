@@ -1,0 +1,76 @@
+"""Parse and validate a publisher's ad request. Pure: query parameters in, AdRequest or field errors out."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edge.auction import AdRequest
+
+_PLACEMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_FORMAT = re.compile(r"^[0-9]{1,4}x[0-9]{1,4}$")
+_GEO = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+_TERM = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
+DEVICES = frozenset({"desktop", "mobile", "tablet", "ctv"})
+KNOWN = frozenset({"placement", "slots", "format", "user", "geo", "device", "keywords", "interests", "url",
+                   "explain"})
+
+
+@dataclass(frozen=True, slots=True)
+class ParamError:
+    field: str
+    message: str
+
+
+def _terms(raw: str, field: str, errors: list[ParamError]) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    terms = [t.strip().lower() for t in raw.split(",") if t.strip()]
+    if len(terms) > 50:
+        errors.append(ParamError(field, "at most 50 comma-separated terms"))
+        return ()
+    bad = [t for t in terms if not _TERM.match(t)]
+    if bad:
+        errors.append(ParamError(field, f"{bad[0]!r} is not a term of 1-64 letters, digits, spaces, '-' or '_'"))
+        return ()
+    return tuple(dict.fromkeys(terms))
+
+
+def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | list[ParamError]:
+    errors: list[ParamError] = []
+    unknown = sorted(k for k in params if k not in KNOWN)
+    if unknown:
+        errors.append(ParamError(unknown[0], f"unknown parameter; allowed: {sorted(KNOWN)}"))
+    placement = params.get("placement", "")
+    if not _PLACEMENT.match(placement):
+        errors.append(ParamError("placement", "required: 1-128 letters, digits or _.:-"))
+    fmt = params.get("format", "")
+    if not _FORMAT.match(fmt):
+        errors.append(ParamError("format", "required: WIDTHxHEIGHT such as 300x250"))
+    elif fmt in ("0x0", "1x1"):
+        errors.append(ParamError("format", "0x0 and 1x1 placements cannot show ads"))
+    slots_raw = params.get("slots", "1")
+    slots = 1
+    if not slots_raw.isdigit() or not 1 <= int(slots_raw) <= max_slots:
+        errors.append(ParamError("slots", f"must be an integer from 1 to {max_slots}"))
+    else:
+        slots = int(slots_raw)
+    geo = params.get("geo", "").upper()
+    if geo and not _GEO.match(geo):
+        errors.append(ParamError("geo", "must be a country (US) or region (US-CA) code"))
+    device = params.get("device", "").lower()
+    if device and device not in DEVICES:
+        errors.append(ParamError("device", f"must be one of {sorted(DEVICES)}"))
+    user = params.get("user", "")
+    if len(user) > 128:
+        errors.append(ParamError("user", "at most 128 characters"))
+    url = params.get("url", "")
+    if len(url) > 2048:
+        errors.append(ParamError("url", "at most 2048 characters"))
+    keywords = _terms(params.get("keywords", ""), "keywords", errors)
+    interests = _terms(params.get("interests", ""), "interests", errors)
+    if errors:
+        return errors
+    return AdRequest(placement=placement, slots=slots, format=fmt, user=user, geo=geo, device=device,
+                     keywords=keywords, interests=interests, url=url)

@@ -1,0 +1,255 @@
+"""Publisher-facing HTTP endpoints of an edge PoP (starlette). Thin: parse, call the pure core, emit events.
+
+Nothing on these paths awaits NATS or ClickHouse: events go into the publisher's buffer and budget comes
+from the in-process ledger, so a request costs only the auction and the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from edge.adrequest import parse_ad_request
+from edge.auction import run_auction
+from edge.settings import EdgeSettings
+from edge.state import EdgeState, lifespan
+from edge.tokens import sign, verify
+from replication.events import (
+    BidType,
+    Event,
+    EventType,
+    click_event_id,
+    conversion_event_id,
+    decision_event_id,
+    impression_event_id,
+)
+
+TAG_JS = (Path(__file__).parent / "static" / "tag.js").read_text()
+MAX_BODY = 16 * 1024
+_CORS = {"Access-Control-Allow-Origin": "*"}
+
+
+def edge_of(request: Request) -> EdgeState:
+    return request.app.state.edge
+
+
+def error(status: int, message: str, fields: list[dict[str, str]] | None = None) -> JSONResponse:
+    body: dict[str, object] = {"error": message}
+    if fields:
+        body["fields"] = fields
+    return JSONResponse(body, status_code=status, headers=_CORS)
+
+
+async def ads(request: Request) -> Response:
+    st = edge_of(request)
+    snapshot = st.snapshot
+    if snapshot is None:
+        st.metrics.requests.labels("not_ready").inc()
+        return error(503, "no snapshot loaded yet")
+    parsed = parse_ad_request(request.query_params, st.settings.edge_max_slots)
+    if isinstance(parsed, list):
+        st.metrics.requests.labels("bad_request").inc()
+        return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
+                     [{"field": e.field, "message": e.message} for e in parsed])
+    now = time.time()
+    started = time.perf_counter()
+    result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view())
+    st.metrics.decision_seconds.observe(time.perf_counter() - started)
+    for reason in result.reasons.values():
+        st.metrics.filtered.labels(reason.value).inc()
+    settings = st.settings
+    auction_id = secrets.token_hex(12)
+    out = []
+    for win in result.wins:
+        impression_id = f"{auction_id}-{win.slot}"
+        c, k = win.campaign, win.creative
+        if win.reserve_micros and not st.ledger.reserve(
+            impression_id, c.campaign_id, win.reserve_micros, expires_s=now + settings.edge_reservation_ttl_s
+        ):
+            st.metrics.filtered.labels("budget").inc()
+            continue
+        common = {
+            "imp": impression_id, "auc": auction_id, "cmp": c.campaign_id, "crv": k.creative_id,
+            "adv": c.advertiser_id, "plc": parsed.placement, "bt": c.bid_type, "px": win.price_micros,
+            "geo": parsed.geo, "dev": parsed.device,
+        }
+        imp_token = sign({**common, "k": "i", "exp": int(now) + settings.edge_impression_ttl_s},
+                         settings.edge_signing_keys)
+        click_token = sign({**common, "k": "c", "url": k.landing_url, "exp": int(now) + settings.edge_click_ttl_s},
+                           settings.edge_signing_keys)
+        base = settings.edge_public_url
+        out.append({
+            "ad_id": impression_id,
+            "campaign_id": c.campaign_id,
+            "creative": {"id": k.creative_id, "headline": k.headline, "image_url": k.image_url, "cta": k.cta,
+                         "size": k.format},
+            "impression_url": f"{base}/v1/track/impression?t={imp_token}",
+            "click_url": f"{base}/v1/track/click?t={click_token}",
+        })
+        st.emit(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0),
+                billing=False)
+    if not out:
+        reason = result.no_fill.value if result.no_fill else "budget"
+        st.metrics.requests.labels("no_fill").inc()
+        st.metrics.no_fill.labels(reason).inc()
+        return Response(status_code=204, headers=_CORS)
+    st.metrics.requests.labels("filled").inc()
+    st.metrics.fills.inc(len(out))
+    return JSONResponse({"auction_id": auction_id, "ads": out}, headers={**_CORS, "Cache-Control": "no-store"})
+
+
+def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,
+           value: int = 0) -> Event:
+    return Event(
+        event_id=event_id, type=kind, ts_ms=int(now * 1000), region=st.settings.edge_region,
+        pop=st.settings.edge_pop, auction_id=claims["auc"], impression_id=claims["imp"],
+        campaign_id=claims["cmp"], creative_id=claims["crv"], advertiser_id=claims["adv"],
+        placement=claims["plc"], bid_type=BidType(claims["bt"]), price_micros=int(claims["px"]),
+        cost_micros=cost, value_micros=value, geo=claims.get("geo", ""), device=claims.get("dev", ""),
+    )
+
+
+def _verify(st: EdgeState, token: str | None, kind: str, beacon: str) -> dict | JSONResponse:
+    result = verify(token or "", st.settings.edge_signing_keys, now_s=time.time(), kind=kind)
+    if not result.ok:
+        st.metrics.beacons.labels(beacon, result.reason.value).inc()
+        return error(403 if token else 400, f"invalid {beacon} token: {result.reason.value}")
+    return dict(result.claims)
+
+
+async def impression(request: Request) -> Response:
+    st = edge_of(request)
+    claims = _verify(st, request.query_params.get("t"), "i", "impression")
+    if isinstance(claims, JSONResponse):
+        return claims
+    event_id = impression_event_id(claims["imp"])
+    if not st.seen.add(event_id):
+        st.metrics.beacons.labels("impression", "duplicate").inc()
+        return Response(status_code=204, headers=_CORS)
+    cost = int(claims["px"]) if claims["bt"] == "cpm" else 0
+    if cost and st.ledger.confirm(claims["imp"]) is None:
+        # Reserved by another worker (or its reservation expired): charge it here so the spend is counted.
+        st.ledger.charge(claims["cmp"], cost)
+    st.emit(_event(st, EventType.IMPRESSION, event_id, claims, time.time(), cost=cost), billing=True)
+    st.metrics.beacons.labels("impression", "ok").inc()
+    return Response(status_code=204, headers=_CORS)
+
+
+def _with_param(url: str, key: str, value: str) -> str:
+    parts = urlsplit(url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), (key, value)]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+async def click(request: Request) -> Response:
+    st = edge_of(request)
+    claims = _verify(st, request.query_params.get("t"), "c", "click")
+    if isinstance(claims, JSONResponse):
+        return claims
+    now = time.time()
+    event_id = click_event_id(claims["imp"])
+    if st.seen.add(event_id):
+        cost = int(claims["px"]) if claims["bt"] == "cpc" else 0
+        if cost:
+            st.ledger.charge(claims["cmp"], cost)
+        st.emit(_event(st, EventType.CLICK, event_id, claims, now, cost=cost), billing=True)
+        st.metrics.beacons.labels("click", "ok").inc()
+    else:
+        st.metrics.beacons.labels("click", "duplicate").inc()
+    # The landing page gets a signed attribution id, so a later conversion can only name a real click.
+    attribution = {k: claims[k] for k in ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev")}
+    adclid = sign({**attribution, "k": "v", "exp": int(now) + st.settings.edge_attribution_window_s},
+                  st.settings.edge_signing_keys)
+    return RedirectResponse(_with_param(claims["url"], "adclid", adclid), status_code=302)
+
+
+async def conversion(request: Request) -> Response:
+    st = edge_of(request)
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return error(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return error(400, "body must be a JSON object")
+    if not isinstance(data, dict):
+        return error(400, "body must be a JSON object with conversion_id, adclid and value_micros")
+    conversion_id, adclid, value = data.get("conversion_id"), data.get("adclid"), data.get("value_micros", 0)
+    fields = []
+    if not isinstance(conversion_id, str) or not 1 <= len(conversion_id) <= 128:
+        fields.append({"field": "conversion_id", "message": "required string of 1-128 characters"})
+    if not isinstance(adclid, str) or not adclid:
+        fields.append({"field": "adclid", "message": "required: the adclid the landing page received"})
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**15:
+        fields.append({"field": "value_micros", "message": "integer micros from 0 to 10^15"})
+    if fields:
+        return error(400, f"invalid conversion: {fields[0]['field']}: {fields[0]['message']}", fields)
+    claims = _verify(st, adclid, "v", "conversion")
+    if isinstance(claims, JSONResponse):
+        return claims
+    event_id = conversion_event_id(claims["cmp"], conversion_id)
+    if st.seen.add(event_id):
+        cost = int(claims["px"]) if claims["bt"] == "cpa" else 0
+        if cost:
+            st.ledger.charge(claims["cmp"], cost)
+        st.emit(_event(st, EventType.CONVERSION, event_id, claims, time.time(), cost=cost, value=value),
+                billing=True)
+        st.metrics.beacons.labels("conversion", "ok").inc()
+    else:
+        st.metrics.beacons.labels("conversion", "duplicate").inc()
+    return Response(status_code=204)
+
+
+async def tag_js(request: Request) -> Response:
+    return Response(TAG_JS, media_type="application/javascript", headers={"Cache-Control": "max-age=300"})
+
+
+async def livez(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    st = edge_of(request)
+    snap = st.snapshot
+    body = {
+        "ready": snap is not None,
+        "region": st.settings.edge_region,
+        "pop": st.settings.edge_pop,
+        "snapshot_version": snap.version if snap else None,
+        "campaigns": len(snap.campaigns) if snap else 0,
+        "revisions": {c.campaign_id: c.revision for c in snap.campaigns} if snap else {},
+    }
+    return JSONResponse(body, status_code=200 if snap else 503)
+
+
+async def metrics(request: Request) -> Response:
+    st = edge_of(request)
+    st.publisher_metrics()
+    return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES = [
+    Route("/v1/ads", ads, methods=["GET"]),
+    Route("/v1/track/impression", impression, methods=["GET", "POST"]),
+    Route("/v1/track/click", click, methods=["GET"]),
+    Route("/v1/track/conversion", conversion, methods=["POST"]),
+    Route("/tag.js", tag_js, methods=["GET"]),
+    Route("/livez", livez, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
+
+
+def create_app(settings: EdgeSettings | None = None) -> Starlette:
+    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    app.state.settings = settings or EdgeSettings.from_env()
+    return app

@@ -1,0 +1,40 @@
+"""Prometheus metrics of one edge worker. A registry per app, so tests can build several apps in one process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeMetrics:
+    registry: CollectorRegistry
+    requests: Counter
+    fills: Counter
+    no_fill: Counter
+    filtered: Counter
+    decision_seconds: Histogram
+    beacons: Counter
+    events: Gauge
+    snapshot_version: Gauge
+    snapshot_age: Gauge
+
+
+def build_metrics() -> EdgeMetrics:
+    r = CollectorRegistry()
+    return EdgeMetrics(
+        registry=r,
+        requests=Counter("adserver_ad_requests", "ad requests by outcome", ["outcome"], registry=r),
+        fills=Counter("adserver_ads_served", "ads returned (one per filled slot)", registry=r),
+        no_fill=Counter("adserver_no_fill", "requests with no ad, by reason", ["reason"], registry=r),
+        filtered=Counter("adserver_candidates_filtered", "candidates dropped, by reason", ["reason"], registry=r),
+        decision_seconds=Histogram(
+            "adserver_decision_seconds", "auction time inside the handler", registry=r,
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        ),
+        beacons=Counter("adserver_beacons", "beacons by kind and result", ["kind", "result"], registry=r),
+        events=Gauge("adserver_events", "event publisher counters", ["state"], registry=r),
+        snapshot_version=Gauge("adserver_snapshot_version", "version of the snapshot being served", registry=r),
+        snapshot_age=Gauge("adserver_snapshot_age_seconds", "age of the snapshot being served", registry=r),
+    )

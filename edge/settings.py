@@ -1,0 +1,63 @@
+"""Edge settings, from ``ADSERVER_EDGE_*`` (and the shared ``ADSERVER_NATS_URL``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from edge.tokens import SigningKeys
+from replication import settings as s
+from replication.subjects import check_token
+
+PREFIX = "ADSERVER_"
+
+
+def _region(raw: str) -> str:
+    return check_token(raw.strip(), "region")
+
+
+def _base_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL such as https://ads.example.com")
+    return raw.rstrip("/")
+
+
+SPECS = [
+    s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL (the region's leaf node)"),
+    s.Spec("EDGE_REGION", _region, None, "region this PoP serves, e.g. eu"),
+    s.Spec("EDGE_POP", _region, "pop1", "name of this PoP inside its region"),
+    s.Spec("EDGE_SIGNING_KEYS", SigningKeys.parse, None,
+           "beacon signing keys kid:base64(>=32 bytes),...; the first signs, all verify", secret=True),
+    s.Spec("EDGE_PUBLIC_URL", _base_url, "http://127.0.0.1:8080", "base URL publishers reach this PoP at"),
+    s.Spec("EDGE_IMPRESSION_TTL_S", s.parse_int(10, 86_400), "900", "how long an impression token is valid"),
+    s.Spec("EDGE_CLICK_TTL_S", s.parse_int(10, 7 * 86_400), "3600", "how long a click token is valid"),
+    s.Spec("EDGE_ATTRIBUTION_WINDOW_S", s.parse_int(60, 90 * 86_400), str(7 * 86_400),
+           "click-through attribution window for conversions"),
+    s.Spec("EDGE_MAX_SLOTS", s.parse_int(1, 20), "6", "most ad slots one request may ask for"),
+    s.Spec("EDGE_RESERVATION_TTL_S", s.parse_int(1, 3600), "120",
+           "how long an unrendered impression keeps its budget reserved"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    nats_url: str
+    edge_region: str
+    edge_pop: str
+    edge_signing_keys: SigningKeys
+    edge_public_url: str
+    edge_impression_ttl_s: int
+    edge_click_ttl_s: int
+    edge_attribution_window_s: int
+    edge_max_slots: int
+    edge_reservation_ttl_s: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EdgeSettings:
+        return cls(**s.load(PREFIX, SPECS, os.environ if env is None else env))
+
+    def __repr__(self) -> str:  # keys stay out of logs
+        return f"EdgeSettings(region={self.edge_region}, pop={self.edge_pop}, keys={list(self.edge_signing_keys.keys)})"

@@ -1,0 +1,171 @@
+"""Edge worker wiring: the snapshot holder, the budget ledger, the event publisher and the grant loop.
+
+Granian runs the lifespan once per worker process and copies the lifespan state into each request, so the
+state is one mutable holder object: a new snapshot replaces ``holder.snapshot`` in a single assignment
+(atomic for readers on the event loop), and every worker has its own snapshot, ledger and publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from starlette.applications import Starlette
+
+from edge.budget import BudgetLedger
+from edge.metrics import EdgeMetrics, build_metrics
+from edge.settings import EdgeSettings
+from replication import subjects as S
+from replication.events import Event, encode_event
+from replication.nats_io import EventPublisher, close_quietly, connect, ensure_jetstream, follow_snapshots
+from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot, unit_cost_ceiling
+
+log = logging.getLogger(__name__)
+
+
+class SeenIds:
+    """A bounded set of recently seen event ids: a cheap first dedup before JetStream's and ClickHouse's."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, event_id: str) -> bool:
+        """True when the id is new."""
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+@dataclass
+class EdgeState:
+    settings: EdgeSettings
+    metrics: EdgeMetrics
+    rng: random.Random
+    worker_id: str
+    ledger: BudgetLedger = field(default_factory=BudgetLedger)
+    seen: SeenIds = field(default_factory=SeenIds)
+    snapshot: Snapshot | None = None
+    snapshot_loaded_at: float = 0.0
+    nc: NATS | None = None
+    js: JetStreamContext | None = None
+    publisher: EventPublisher | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    grant_failures: int = 0
+
+    def emit(self, event: Event, *, billing: bool) -> bool:
+        assert self.publisher is not None
+        return self.publisher.submit(
+            S.event_subject(self.settings.edge_region, event.type), event.event_id, encode_event(event),
+            billing=billing,
+        )
+
+    async def on_snapshot(self, version: int, data: bytes) -> None:
+        try:
+            snapshot = decode_snapshot(data)
+        except SnapshotDecodeError as exc:
+            log.warning("rejected snapshot %s: %s", version, exc)
+            return
+        previous = self.snapshot
+        if previous is not None and snapshot.version <= previous.version:
+            return
+        old_revisions = {c.campaign_id: c.revision for c in previous.campaigns} if previous else {}
+        self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
+        self.snapshot_loaded_at = time.time()
+        self.metrics.snapshot_version.set(snapshot.version)
+        for c in snapshot.campaigns:
+            if old_revisions.get(c.campaign_id) != c.revision:
+                self.ledger.reset(c.campaign_id)  # budget or status may have changed: ask again
+
+    def grant_targets(self) -> dict[str, int]:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return {}
+        targets = {}
+        for c in snapshot.campaigns:
+            unit = unit_cost_ceiling(c.bid_type, c.max_bid_micros)
+            targets[c.campaign_id] = max(unit * 10, min(c.daily_budget_micros, c.total_budget_micros) // 20)
+        return targets
+
+    async def grant_loop(self) -> None:
+        assert self.nc is not None
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.time()
+            self.ledger.expire(now)
+            if self.snapshot is not None:
+                self.metrics.snapshot_age.set(now - self.snapshot.created_ms / 1000)
+            asks = self.ledger.wants(self.grant_targets(), now_s=now, retry_s=0.25)
+            if not asks:
+                continue
+            try:
+                reply = await self.nc.request(
+                    S.BUDGET_GRANT_SUBJECT,
+                    msgpack.packb({"worker": self.worker_id, "region": self.settings.edge_region, "asks": asks}),
+                    timeout=2.0,
+                )
+                grants: dict[str, list[Any]] = msgpack.unpackb(reply.data, raw=False)["grants"]
+            except Exception as exc:
+                # Cut off from the allocator: keep spending only what was already granted.
+                self.grant_failures += 1
+                if self.grant_failures in (1, 10, 100) or self.grant_failures % 1000 == 0:
+                    log.warning("budget grant request failed (%d): %r", self.grant_failures, exc)
+                continue
+            for campaign_id, (granted, exhausted) in grants.items():
+                self.ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted))
+
+    def publisher_metrics(self) -> None:
+        if self.publisher is None:
+            return
+        st = self.publisher.stats
+        for name, value in (("submitted", st.submitted), ("acked", st.acked), ("retries", st.retries),
+                            ("duplicates", st.duplicates), ("shed", st.shed),
+                            ("rejected_billing", st.rejected_billing), ("buffered", self.publisher.buffered)):
+            self.metrics.events.labels(name).set(value)
+
+
+def new_state(settings: EdgeSettings) -> EdgeState:
+    worker_id = f"{settings.edge_region}-{settings.edge_pop}-{os.getpid()}-{secrets.token_hex(3)}"
+    # Seeded from the OS once per worker; the auction itself only ever sees this generator.
+    return EdgeState(settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)),
+                     worker_id=worker_id)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    state: EdgeState = new_state(app.state.settings)
+    app.state.edge = state
+    state.nc = await connect(state.settings.nats_url, f"edge-{state.worker_id}")
+    state.js = state.nc.jetstream()
+    await ensure_jetstream(state.js)
+    state.publisher = EventPublisher(state.js)
+    state.tasks.append(asyncio.create_task(state.publisher.run(), name="event-publisher"))
+    state.tasks.append(asyncio.create_task(state.grant_loop(), name="grant-loop"))
+    sub = await follow_snapshots(state.js, state.settings.edge_region, state.on_snapshot)
+    log.info("edge worker %s up: %r", state.worker_id, state.settings)
+    try:
+        yield
+    finally:
+        # Graceful shutdown: stop taking snapshots, then give buffered billing events time to land.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        await state.publisher.drain(timeout_s=10)
+        for task in state.tasks:
+            task.cancel()
+        await asyncio.gather(*state.tasks, return_exceptions=True)
+        await close_quietly(state.nc)

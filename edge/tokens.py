@@ -1,0 +1,132 @@
+"""Signed, expiring beacon tokens: the only way an impression, click or conversion is counted.
+
+A token is ``base64url(msgpack(claims)) . key_id . base64url(HMAC-SHA256(key, key_id . payload))``.
+The key id lets keys rotate: the newest key signs, every listed key verifies until its tokens expire.
+Verification is constant-time (``hmac.compare_digest``) and returns a reason instead of raising, so a
+forged beacon is a counted, labelled "no" rather than an exception path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+
+class TokenReason(StrEnum):
+    OK = "ok"
+    MALFORMED = "malformed"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    WRONG_KIND = "wrong_kind"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeys:
+    active_kid: str
+    keys: Mapping[str, bytes]
+
+    def __post_init__(self) -> None:
+        if self.active_kid not in self.keys:
+            raise ValueError(f"active key id {self.active_kid!r} is not among the keys")
+        for kid, key in self.keys.items():
+            if not kid or "." in kid:
+                raise ValueError(f"key id {kid!r} must be non-empty and contain no '.'")
+            if len(key) < 32:
+                raise ValueError(f"key {kid!r} is shorter than 32 bytes")
+
+    @classmethod
+    def parse(cls, spec: str) -> SigningKeys:
+        """``kid:base64key,kid2:base64key2``; the first is the active signing key."""
+        keys: dict[str, bytes] = {}
+        first = ""
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            kid, sep, b64 = part.partition(":")
+            if not sep:
+                raise ValueError("each key must be written kid:base64secret")
+            try:
+                keys[kid] = base64.b64decode(b64, validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"key {kid!r} is not valid base64") from exc
+            first = first or kid
+        if not keys:
+            raise ValueError("no signing keys given")
+        return cls(active_kid=first, keys=keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    reason: TokenReason
+    claims: Mapping[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == TokenReason.OK
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(key: bytes, kid: str, payload: str) -> bytes:
+    return hmac.new(key, f"{kid}.{payload}".encode("ascii"), hashlib.sha256).digest()
+
+
+def sign(claims: Mapping[str, Any], keys: SigningKeys) -> str:
+    """Sign claims; they must include ``exp`` (epoch seconds) and ``k`` (the token kind)."""
+    if "exp" not in claims or "k" not in claims:
+        raise ValueError("claims need 'exp' and 'k'")
+    payload = _b64(msgpack.packb(dict(claims), use_bin_type=True))
+    kid = keys.active_kid
+    return f"{payload}.{kid}.{_b64(_mac(keys.keys[kid], kid, payload))}"
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def verify(token: str, keys: SigningKeys, *, now_s: float, kind: str | None = None) -> Verified:
+    if not token or len(token) > 4096:
+        return Verified(TokenReason.MALFORMED, _EMPTY)
+    parts = token.split(".")
+    if len(parts) != 3:
+        return Verified(TokenReason.MALFORMED, _EMPTY)
+    payload, kid, sig = parts
+    key = keys.keys.get(kid)
+    if key is None:
+        return Verified(TokenReason.UNKNOWN_KEY, _EMPTY)
+    try:
+        given = _unb64(sig)
+    except (binascii.Error, ValueError):
+        return Verified(TokenReason.MALFORMED, _EMPTY)
+    try:
+        expected = _mac(key, kid, payload)
+    except UnicodeEncodeError:
+        return Verified(TokenReason.MALFORMED, _EMPTY)
+    if not hmac.compare_digest(given, expected):
+        return Verified(TokenReason.BAD_SIGNATURE, _EMPTY)
+    try:
+        claims = msgpack.unpackb(_unb64(payload), raw=False)
+    except Exception:
+        return Verified(TokenReason.MALFORMED, _EMPTY)
+    if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int | float):
+        return Verified(TokenReason.MALFORMED, _EMPTY)
+    if now_s >= claims["exp"]:
+        return Verified(TokenReason.EXPIRED, claims)
+    if kind is not None and claims.get("k") != kind:
+        return Verified(TokenReason.WRONG_KIND, claims)
+    return Verified(TokenReason.OK, claims)

@@ -1,0 +1,1 @@
+"""What crosses between planes: snapshot and event schemas with their codecs, NATS subjects and adapters."""

@@ -1,0 +1,129 @@
+"""Event schema and codec: the billing records that travel edge -> JetStream -> collector -> ClickHouse.
+
+Every event carries an ``event_id`` that is fixed by the thing it records (an impression's id is chosen
+with the ad), so each hop can deduplicate by it: ``Nats-Msg-Id`` at JetStream, a pre-insert lookup plus
+insert-deduplication tokens in ClickHouse, and ``uniqExact(event_id)`` in billing queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    DECISION = "decision"
+    IMPRESSION = "impression"
+    CLICK = "click"
+    CONVERSION = "conversion"
+
+
+class BidType(StrEnum):
+    CPM = "cpm"
+    CPC = "cpc"
+    CPA = "cpa"
+
+
+class InvalidReason(StrEnum):
+    """Why an event is invalid traffic. Stable values: they are stored in ClickHouse and used in metrics."""
+
+    NONE = ""
+    DUPLICATE = "duplicate"
+    CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    type: EventType
+    ts_ms: int
+    region: str
+    pop: str
+    auction_id: str
+    impression_id: str
+    campaign_id: str
+    creative_id: str
+    advertiser_id: str
+    placement: str
+    bid_type: BidType
+    # Clearing price of the billable unit (per impression for CPM, per click for CPC, per action for CPA).
+    price_micros: int
+    # What this event bills; 0 when the event is not the campaign's billable action.
+    cost_micros: int
+    # Advertiser-reported conversion value; 0 otherwise.
+    value_micros: int = 0
+    invalid_reason: InvalidReason = InvalidReason.NONE
+    geo: str = ""
+    device: str = ""
+
+    @property
+    def billable(self) -> bool:
+        return self.cost_micros > 0 and self.invalid_reason == InvalidReason.NONE
+
+
+_FIELDS = tuple(f.name for f in fields(Event))
+
+
+def impression_event_id(impression_id: str) -> str:
+    return f"imp:{impression_id}"
+
+
+def click_event_id(impression_id: str) -> str:
+    # One billable click per impression: a second click on the same ad is the same event.
+    return f"clk:{impression_id}"
+
+
+def conversion_event_id(campaign_id: str, conversion_id: str) -> str:
+    # Conversion ids are the advertiser's; scope them to the campaign so two advertisers cannot collide.
+    return f"cnv:{campaign_id}:{conversion_id}"
+
+
+def decision_event_id(impression_id: str) -> str:
+    return f"dec:{impression_id}"
+
+
+def encode_event(event: Event) -> bytes:
+    return msgpack.packb([SCHEMA_VERSION, [getattr(event, name) for name in _FIELDS]], use_bin_type=True)
+
+
+class EventDecodeError(ValueError):
+    """A message on an event subject is not a valid event (a poison message)."""
+
+
+def decode_event(data: bytes) -> Event:
+    try:
+        version, values = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise EventDecodeError(f"not msgpack: {exc}") from exc
+    if version != SCHEMA_VERSION:
+        raise EventDecodeError(f"unknown event schema version {version!r}")
+    if not isinstance(values, list) or len(values) != len(_FIELDS):
+        raise EventDecodeError("wrong number of event fields")
+    raw: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
+    try:
+        raw["type"] = EventType(raw["type"])
+        raw["bid_type"] = BidType(raw["bid_type"])
+        raw["invalid_reason"] = InvalidReason(raw["invalid_reason"])
+        for name in ("ts_ms", "price_micros", "cost_micros", "value_micros"):
+            if not isinstance(raw[name], int) or isinstance(raw[name], bool):
+                raise EventDecodeError(f"{name} must be an integer")
+        for name in ("event_id", "region", "pop", "auction_id", "impression_id", "campaign_id",
+                     "creative_id", "advertiser_id", "placement", "geo", "device"):
+            if not isinstance(raw[name], str):
+                raise EventDecodeError(f"{name} must be a string")
+    except ValueError as exc:
+        if isinstance(exc, EventDecodeError):
+            raise
+        raise EventDecodeError(str(exc)) from exc
+    if not raw["event_id"]:
+        raise EventDecodeError("event_id is empty")
+    return Event(**raw)
+
+
+def event_as_dict(event: Event) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in asdict(event).items()}

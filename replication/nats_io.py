@@ -1,0 +1,253 @@
+"""NATS adapters shared by the edge and the control plane: connection, streams, event publishing, snapshots.
+
+Known traps handled here (ARCHITECTURE §6): nats-py never retries a publish and adds no ``Nats-Msg-Id``, so
+we set the id ourselves and retry with the same id; default reconnects give up after ~2 minutes, so we ask
+for unlimited reconnects; awaiting one publish per request halves throughput, so events go through a
+buffer that a background task publishes concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from replication import subjects as S
+
+log = logging.getLogger(__name__)
+
+# Messages up to this size carry the snapshot inline (one hop); larger ones go through the Object Store,
+# which chunks them below the server's max payload.
+INLINE_SNAPSHOT_LIMIT = 512 * 1024
+
+
+async def connect(url: str, name: str) -> NATS:
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+async def ensure_jetstream(js: JetStreamContext) -> None:
+    """Create or update every stream and bucket the system uses. Idempotent; safe from several processes."""
+    events = api.StreamConfig(
+        name=S.EVENTS_STREAM,
+        subjects=[S.EVENTS_SUBJECTS],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        duplicate_window=S.EVENTS_DUPLICATE_WINDOW_S,
+        max_age=7 * 24 * 3600,
+    )
+    snapshots = api.StreamConfig(
+        name=S.SNAPSHOT_STREAM,
+        subjects=[S.SNAPSHOT_SUBJECTS],
+        storage=api.StorageType.FILE,
+        max_msgs_per_subject=1,  # an edge only ever needs the newest snapshot of its region
+        max_msg_size=-1,
+    )
+    dlq = api.StreamConfig(name="ADS_DLQ", subjects=["ads.dlq.>"], storage=api.StorageType.FILE)
+    for cfg in (events, snapshots, dlq):
+        try:
+            await js.add_stream(cfg)
+        except Exception:
+            await js.update_stream(cfg)
+    for bucket, history in ((S.CAMPAIGNS_BUCKET, 5), (S.ADVERTISERS_BUCKET, 1), (S.BUDGET_BUCKET, 1)):
+        try:
+            await js.key_value(bucket)
+        except (BucketNotFoundError, NotFoundError):
+            await js.create_key_value(bucket=bucket, history=history, storage=api.StorageType.FILE)
+    try:
+        await js.object_store(S.SNAPSHOT_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(S.SNAPSHOT_BUCKET, storage=api.StorageType.FILE)
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    submitted: int = 0
+    acked: int = 0
+    duplicates: int = 0  # JetStream told us it already had this id: a retry that had in fact landed
+    retries: int = 0
+    shed: int = 0  # non-billing events dropped because the buffer was full
+    rejected_billing: int = 0  # billing events refused because the hard cap was hit
+
+
+@dataclass(slots=True)
+class _Pending:
+    subject: str
+    msg_id: str
+    payload: bytes
+    attempts: int = 0
+
+
+class EventPublisher:
+    """Buffered, concurrent, retrying JetStream publisher. ``submit`` never awaits the network.
+
+    Billing events are kept until JetStream acknowledges them; when the buffer passes ``soft_limit`` new
+    non-billing events (ad decisions) are shed instead, so billing data is the last thing to go.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        soft_limit: int = 50_000,
+        hard_limit: int = 500_000,
+        batch: int = 256,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._js = js
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._soft = soft_limit
+        self._hard = hard_limit
+        self._batch = batch
+        self._timeout = timeout_s
+        self._inflight = 0
+        self._closing = False
+        self.stats = PublisherStats()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._queue) + self._inflight
+
+    def submit(self, subject: str, msg_id: str, payload: bytes, *, billing: bool) -> bool:
+        size = self.buffered
+        if not billing and size >= self._soft:
+            self.stats.shed += 1
+            return False
+        if size >= self._hard:
+            self.stats.rejected_billing += 1
+            return False
+        self._queue.append(_Pending(subject, msg_id, payload))
+        self.stats.submitted += 1
+        self._wake.set()
+        return True
+
+    async def _publish_one(self, item: _Pending) -> bool:
+        try:
+            ack = await self._js.publish(
+                item.subject, item.payload, timeout=self._timeout, headers={"Nats-Msg-Id": item.msg_id}
+            )
+        except Exception as exc:  # timeout, reconnecting, no responders: the message may or may not be in
+            item.attempts += 1
+            self.stats.retries += 1
+            if item.attempts in (1, 10, 100):
+                log.warning("event publish failed (attempt %d, will retry with same id): %r", item.attempts, exc)
+            return False
+        self.stats.acked += 1
+        if ack.duplicate:
+            self.stats.duplicates += 1
+        return True
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            self._inflight = len(batch)
+            results = await asyncio.gather(*(self._publish_one(item) for item in batch))
+            self._inflight = 0
+            failed = [item for item, ok in zip(batch, results, strict=True) if not ok]
+            if failed:
+                # Same id on every retry: JetStream drops the copy if the first attempt did land.
+                self._queue.extendleft(reversed(failed))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = 0.05
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until everything buffered is acknowledged (graceful shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self.buffered and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a counter, bounded
+            await asyncio.sleep(0.02)
+        return self.buffered == 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPointer:
+    region: str
+    version: int
+    sha256: str
+    size: int
+    inline: bool
+
+
+async def publish_snapshot(js: JetStreamContext, region: str, version: int, data: bytes) -> SnapshotPointer:
+    digest = hashlib.sha256(data).hexdigest()
+    headers = {"Snap-Version": str(version), "Snap-Sha256": digest, "Snap-Size": str(len(data))}
+    inline = len(data) <= INLINE_SNAPSHOT_LIMIT
+    if inline:
+        await js.publish(S.snapshot_subject(region), data, headers=headers)
+    else:
+        store = await js.object_store(S.SNAPSHOT_BUCKET)
+        await store.put(S.snapshot_object_name(region), data)
+        headers["Snap-Object"] = S.snapshot_object_name(region)
+        await js.publish(S.snapshot_subject(region), b"", headers=headers)
+    return SnapshotPointer(region, version, digest, len(data), inline)
+
+
+async def read_snapshot_message(js: JetStreamContext, msg: Msg) -> tuple[int, bytes]:
+    """Resolve a snapshot message to its bytes (inline or via the Object Store), checking the digest."""
+    headers = msg.headers or {}
+    version = int(headers.get("Snap-Version", "0"))
+    expected = headers.get("Snap-Sha256", "")
+    if "Snap-Object" in headers:
+        store = await js.object_store(S.SNAPSHOT_BUCKET)
+        data = (await store.get(headers["Snap-Object"])).data or b""
+        if hashlib.sha256(data).hexdigest() != expected:
+            # The object was replaced by a newer snapshot after this pointer was sent; its own pointer
+            # follows, so skipping this one loses nothing.
+            raise ValueError("snapshot object changed since its pointer was published")
+    else:
+        data = msg.data
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError("snapshot digest mismatch")
+    return version, data
+
+
+async def follow_snapshots(
+    js: JetStreamContext, region: str, on_snapshot: Callable[[int, bytes], Awaitable[None]]
+) -> JetStreamContext.PushSubscription:
+    """Deliver the region's newest snapshot now and every later one, with an ordered (gap-free) consumer."""
+
+    async def handler(msg: Msg) -> None:
+        try:
+            version, data = await read_snapshot_message(js, msg)
+        except Exception as exc:
+            log.warning("skipping snapshot message: %s", exc)
+            return
+        await on_snapshot(version, data)
+
+    return await js.subscribe(
+        S.snapshot_subject(region),
+        cb=handler,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+    )
+
+
+async def close_quietly(nc: NATS) -> None:
+    with contextlib.suppress(Exception):
+        await nc.drain()

@@ -1,0 +1,195 @@
+"""The index snapshot: what the control plane compiles and every edge PoP serves from.
+
+A snapshot is immutable and versioned. The builder compiles active campaigns into an inverted index
+(targeting dimension -> value -> campaign positions) so that an edge retrieves candidates by intersecting a
+few posting lists instead of scanning every campaign. The codec is a pure bytes-in, bytes-out function:
+msgpack with a magic, a schema version and a SHA-256 checksum, so a truncated or foreign payload is
+rejected before it can replace a good snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import msgpack
+
+MAGIC = "ADSNAP"
+SCHEMA_VERSION = 1
+
+# Dimensions indexed for retrieval. A campaign with no constraint in a dimension sits in its "any" list.
+DIMENSIONS = ("placement", "format", "country", "geo", "device", "keyword", "interest")
+
+
+def unit_cost_ceiling(bid_type: str, max_bid_micros: int) -> int:
+    """The most one billable unit can cost: a CPM bid is per thousand impressions, the others per unit."""
+    if bid_type == "cpm":
+        return -(-max_bid_micros // 1000)
+    return max_bid_micros
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCreative:
+    creative_id: str
+    format: str
+    headline: str
+    image_url: str
+    landing_url: str
+    cta: str
+    prior_ctr: float
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCampaign:
+    campaign_id: str
+    advertiser_id: str
+    revision: int
+    bid_type: str
+    max_bid_micros: int
+    daily_budget_micros: int
+    total_budget_micros: int
+    start_s: int
+    end_s: int  # 0: open-ended
+    timezone: str
+    hours: frozenset[int]  # empty: every hour
+    countries: frozenset[str]
+    geos: frozenset[str]
+    devices: frozenset[str]
+    keywords: frozenset[str]
+    interests: frozenset[str]
+    placements: frozenset[str]
+    prior_cvr: float
+    creatives: tuple[SnapshotCreative, ...]
+
+    def values(self, dimension: str) -> frozenset[str]:
+        if dimension == "format":
+            return frozenset(c.format for c in self.creatives)
+        return {
+            "placement": self.placements,
+            "country": self.countries,
+            "geo": self.geos,
+            "device": self.devices,
+            "keyword": self.keywords,
+            "interest": self.interests,
+        }[dimension]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    created_ms: int
+    reserve_cpm_micros: int
+    campaigns: tuple[SnapshotCampaign, ...]
+    # dimension -> value -> positions in ``campaigns``; read-only views, never mutated after build.
+    postings: Mapping[str, Mapping[str, frozenset[int]]] = field(repr=False)
+    unrestricted: Mapping[str, frozenset[int]] = field(repr=False)
+
+    def campaign(self, campaign_id: str) -> SnapshotCampaign | None:
+        for c in self.campaigns:
+            if c.campaign_id == campaign_id:
+                return c
+        return None
+
+
+def build_snapshot(
+    campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int
+) -> Snapshot:
+    ordered = tuple(sorted(campaigns, key=lambda c: c.campaign_id))
+    postings: dict[str, dict[str, set[int]]] = {d: {} for d in DIMENSIONS}
+    unrestricted: dict[str, set[int]] = {d: set() for d in DIMENSIONS}
+    for pos, campaign in enumerate(ordered):
+        for dim in DIMENSIONS:
+            values = campaign.values(dim)
+            if not values:
+                unrestricted[dim].add(pos)
+            for value in values:
+                postings[dim].setdefault(value, set()).add(pos)
+    return Snapshot(
+        version=version,
+        created_ms=created_ms,
+        reserve_cpm_micros=reserve_cpm_micros,
+        campaigns=ordered,
+        postings=MappingProxyType(
+            {d: MappingProxyType({v: frozenset(p) for v, p in vals.items()}) for d, vals in postings.items()}
+        ),
+        unrestricted=MappingProxyType({d: frozenset(p) for d, p in unrestricted.items()}),
+    )
+
+
+class SnapshotDecodeError(ValueError):
+    pass
+
+
+def _campaign_to_wire(c: SnapshotCampaign) -> list:
+    return [
+        c.campaign_id, c.advertiser_id, c.revision, c.bid_type, c.max_bid_micros, c.daily_budget_micros,
+        c.total_budget_micros, c.start_s, c.end_s, c.timezone, sorted(c.hours), sorted(c.countries),
+        sorted(c.geos), sorted(c.devices), sorted(c.keywords), sorted(c.interests), sorted(c.placements),
+        c.prior_cvr,
+        [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr]
+         for k in c.creatives],
+    ]
+
+
+def _campaign_from_wire(w: list) -> SnapshotCampaign:
+    return SnapshotCampaign(
+        campaign_id=w[0], advertiser_id=w[1], revision=w[2], bid_type=w[3], max_bid_micros=w[4],
+        daily_budget_micros=w[5], total_budget_micros=w[6], start_s=w[7], end_s=w[8], timezone=w[9],
+        hours=frozenset(w[10]), countries=frozenset(w[11]), geos=frozenset(w[12]), devices=frozenset(w[13]),
+        keywords=frozenset(w[14]), interests=frozenset(w[15]), placements=frozenset(w[16]), prior_cvr=w[17],
+        creatives=tuple(SnapshotCreative(*k) for k in w[18]),
+    )
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    body = msgpack.packb(
+        {
+            "version": snapshot.version,
+            "created_ms": snapshot.created_ms,
+            "reserve_cpm_micros": snapshot.reserve_cpm_micros,
+            "campaigns": [_campaign_to_wire(c) for c in snapshot.campaigns],
+            # The compiled index travels with the campaigns so every edge serves the same index the
+            # builder made; positions refer to the sorted campaign list above.
+            "postings": {d: {v: sorted(p) for v, p in vals.items()} for d, vals in snapshot.postings.items()},
+            "unrestricted": {d: sorted(p) for d, p in snapshot.unrestricted.items()},
+        },
+        use_bin_type=True,
+    )
+    return msgpack.packb([MAGIC, SCHEMA_VERSION, hashlib.sha256(body).digest(), body], use_bin_type=True)
+
+
+def decode_snapshot(data: bytes) -> Snapshot:
+    try:
+        magic, schema, digest, body = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise SnapshotDecodeError(f"not a snapshot envelope: {exc}") from exc
+    if magic != MAGIC:
+        raise SnapshotDecodeError(f"bad magic {magic!r}")
+    if schema != SCHEMA_VERSION:
+        raise SnapshotDecodeError(f"unsupported snapshot schema {schema!r}, this edge reads {SCHEMA_VERSION}")
+    if hashlib.sha256(body).digest() != digest:
+        raise SnapshotDecodeError("checksum mismatch")
+    raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    campaigns = tuple(_campaign_from_wire(w) for w in raw["campaigns"])
+    n = len(campaigns)
+    for positions in [p for vals in raw["postings"].values() for p in vals.values()] + list(
+        raw["unrestricted"].values()
+    ):
+        if any(not 0 <= i < n for i in positions):
+            raise SnapshotDecodeError("index refers to a campaign that is not in the snapshot")
+    return Snapshot(
+        version=raw["version"],
+        created_ms=raw["created_ms"],
+        reserve_cpm_micros=raw["reserve_cpm_micros"],
+        campaigns=campaigns,
+        postings=MappingProxyType(
+            {d: MappingProxyType({v: frozenset(p) for v, p in vals.items()}) for d, vals in raw["postings"].items()}
+        ),
+        unrestricted=MappingProxyType({d: frozenset(p) for d, p in raw["unrestricted"].items()}),
+    )
+
+
+def empty_snapshot(version: int = 0, created_ms: int = 0, reserve_cpm_micros: int = 0) -> Snapshot:
+    return build_snapshot([], version=version, created_ms=created_ms, reserve_cpm_micros=reserve_cpm_micros)

@@ -1,0 +1,42 @@
+"""NATS names: subjects, streams, buckets. One place, so edge and control plane cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+
+from replication.events import EventType
+
+EVENTS_STREAM = "ADS_EVENTS"
+EVENTS_SUBJECTS = "ads.ev.>"
+SNAPSHOT_STREAM = "ADS_SNAPSHOTS"
+SNAPSHOT_SUBJECTS = "ads.snap.>"
+SNAPSHOT_BUCKET = "ads_snapshots"  # Object Store, for snapshots larger than one message
+CAMPAIGNS_BUCKET = "ads_campaigns"
+ADVERTISERS_BUCKET = "ads_advertisers"
+BUDGET_BUCKET = "ads_budget"
+BUDGET_GRANT_SUBJECT = "ads.budget.grant"
+COLLECTOR_DURABLE = "collector"
+
+# JetStream drops a re-published event id inside this window; ClickHouse dedups beyond it.
+EVENTS_DUPLICATE_WINDOW_S = 30 * 60
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(name: str, what: str) -> str:
+    """Regions and PoP names become subject tokens: no dots, wildcards or spaces."""
+    if not _TOKEN.match(name):
+        raise ValueError(f"{what} {name!r} must be 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def event_subject(region: str, event_type: EventType) -> str:
+    return f"ads.ev.{region}.{event_type.value}"
+
+
+def snapshot_subject(region: str) -> str:
+    return f"ads.snap.{region}"
+
+
+def snapshot_object_name(region: str) -> str:
+    return f"snapshot-{region}"
