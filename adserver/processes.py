@@ -49,12 +49,16 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         if not self.alive():
             return
+        started = time.monotonic()
         self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            print(f"{self.name} ignored SIGTERM for {timeout}s; killing it", file=sys.stderr)
             self.popen.kill()
             self.popen.wait(timeout=5)
+        if time.monotonic() - started > 2:
+            print(f"{self.name} took {time.monotonic() - started:.1f}s to stop:\n{self.tail(12)}", file=sys.stderr)
 
     def kill9(self) -> None:
         if self.alive():

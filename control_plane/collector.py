@@ -76,7 +76,17 @@ class Collector:
         )
 
     async def run(self) -> None:
-        sub = await self._subscribe()
+        self._sub = await self._subscribe()
+        try:
+            await self._loop()
+        finally:
+            # Fetched but unacked messages are redelivered to the next collector; unsubscribing lets the
+            # connection drain instead of waiting on a queue nobody reads any more.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _loop(self) -> None:
+        sub = self._sub
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
@@ -93,7 +103,7 @@ class Collector:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
                 try:
-                    sub = await self._subscribe()
+                    sub = self._sub = await self._subscribe()
                 except Exception as sub_exc:
                     log.warning("re-subscribe failed: %r", sub_exc)
                 continue

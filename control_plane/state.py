@@ -87,13 +87,17 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        log.info("control plane stopping")
         for task in cp.tasks:
             task.cancel()
         await asyncio.gather(*cp.tasks, return_exceptions=True)
+        log.info("background tasks stopped")
         await close_quietly(nc)
+        log.info("nats closed")
         if cp.reports is not None:
             await cp.run_storage(cp.reports.close)
         executor.shutdown(wait=True)
+        log.info("control plane stopped")
 
 
 def create_app(settings: ControlPlaneSettings | None = None) -> Starlette:

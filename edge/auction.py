@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative, unit_cost_ceiling
+from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative
 
 
 class SupportsAllowance(Protocol):
@@ -168,7 +168,7 @@ def run_auction(
         if c.hours and _local_hour(now_s, c.timezone, hours) not in c.hours:
             reasons[c.campaign_id] = Reason.HOUR
             continue
-        if allowance.get(c.campaign_id, 0) < unit_cost_ceiling(c.bid_type, c.max_bid_micros):
+        if allowance.get(c.campaign_id, 0) <= 0:
             reasons[c.campaign_id] = Reason.BUDGET
             continue
         fitting = [k for k in c.creatives if k.format == request.format]
@@ -196,13 +196,21 @@ def run_auction(
 
     wins: list[Win] = []
     slots = max(1, request.slots)
-    for slot, (score, _, campaign, creative) in enumerate(ranked[:slots]):
-        runner_up = ranked[slot + 1][0] if slot + 1 < len(ranked) else 0.0
+    for position, (score, _, campaign, creative) in enumerate(ranked):
+        if len(wins) == slots:
+            reasons[campaign.campaign_id] = Reason.OUTRANKED
+            continue
+        runner_up = ranked[position + 1][0] if position + 1 < len(ranked) else 0.0
         pay = min(score, max(runner_up, float(reserve)))
         price = _unit_price(campaign, creative, pay)
+        # The price is known only now: a campaign that cannot afford one billable unit at this price
+        # gives its slot to the next candidate instead of overspending.
+        if allowance.get(campaign.campaign_id, 0) < price:
+            reasons[campaign.campaign_id] = Reason.BUDGET
+            continue
         wins.append(
             Win(
-                slot=slot,
+                slot=len(wins),
                 campaign=campaign,
                 creative=creative,
                 ecpm_micros=round(score),
@@ -210,8 +218,6 @@ def run_auction(
                 reserve_micros=price if campaign.bid_type == "cpm" else 0,
             )
         )
-    for _, _, campaign, _ in ranked[slots:]:
-        reasons[campaign.campaign_id] = Reason.OUTRANKED
     return AuctionResult(
         wins=tuple(wins),
         reasons=reasons,

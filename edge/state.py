@@ -67,6 +67,7 @@ class EdgeState:
     publisher: EventPublisher | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     grant_failures: int = 0
+    grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, event: Event, *, billing: bool) -> bool:
         assert self.publisher is not None
@@ -91,6 +92,7 @@ class EdgeState:
         for c in snapshot.campaigns:
             if old_revisions.get(c.campaign_id) != c.revision:
                 self.ledger.reset(c.campaign_id)  # budget or status may have changed: ask again
+                self.grant_wake.set()
 
     def grant_targets(self) -> dict[str, int]:
         snapshot = self.snapshot
@@ -105,7 +107,11 @@ class EdgeState:
     async def grant_loop(self) -> None:
         assert self.nc is not None
         while True:
-            await asyncio.sleep(0.1)
+            # Wake at once when a snapshot brings new campaigns (they cannot serve before their first grant),
+            # else every 100 ms to top up allowances and expire reservations.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.grant_wake.wait(), timeout=0.1)
+            self.grant_wake.clear()
             now = time.time()
             self.ledger.expire(now)
             if self.snapshot is not None:

@@ -248,6 +248,10 @@ async def follow_snapshots(
     )
 
 
-async def close_quietly(nc: NATS) -> None:
+async def close_quietly(nc: NATS, drain_s: float = 2.0) -> None:
+    """Drain (flush pending publishes and acks), but never hang a shutdown on it: nats-py's drain waits up
+    to 30 s on a subscription whose task was already cancelled."""
     with contextlib.suppress(Exception):
-        await nc.drain()
+        await asyncio.wait_for(nc.drain(), timeout=drain_s)
+    with contextlib.suppress(Exception):
+        await nc.close()

@@ -1,0 +1,265 @@
+"""The NATS paths against a real nats-server: KV compare-and-set, snapshot distribution, event publishing,
+budget grants, and the collector writing to real chdb."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+import pytest
+
+from control_plane.allocator import BudgetTerms
+from control_plane.collector import Collector
+from control_plane.grants import GrantService
+from control_plane.storage import open_store
+from control_plane.store import Conflict, Store
+from replication import subjects as S
+from replication.events import BidType, Event, EventType, encode_event
+from replication.nats_io import (
+    INLINE_SNAPSHOT_LIMIT,
+    EventPublisher,
+    connect,
+    ensure_jetstream,
+    follow_snapshots,
+    publish_snapshot,
+)
+from replication.snapshot import SnapshotCampaign, SnapshotCreative, build_snapshot, decode_snapshot, encode_snapshot
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return asyncio.run(coro_fn(*args))
+
+
+async def _js(nats_url: str, name: str) -> tuple[Any, Any]:
+    nc = await connect(nats_url, name)
+    js = nc.jetstream()
+    await ensure_jetstream(js)
+    return nc, js
+
+
+def _campaign(i: int, advertiser: str = "adv1") -> SnapshotCampaign:
+    return SnapshotCampaign(
+        campaign_id=f"cmp{i:06d}", advertiser_id=advertiser, revision=1, bid_type="cpm", max_bid_micros=2_000_000,
+        daily_budget_micros=10_000_000, total_budget_micros=10_000_000, start_s=0, end_s=0, timezone="UTC",
+        hours=frozenset(), countries=frozenset({"US"}), geos=frozenset(), devices=frozenset(),
+        keywords=frozenset({f"kw{i % 50}", "shared"}), interests=frozenset(), placements=frozenset(),
+        prior_cvr=0.02,
+        creatives=(SnapshotCreative(f"cr{i}", "300x250", f"headline {i} " + "x" * 80, "https://i.example/a.png",
+                                    "https://l.example/", "Go", 0.01),),
+    )
+
+
+def test_concurrent_updates_on_one_revision_give_exactly_one_conflict(nats_url: str) -> None:
+    async def scenario() -> list[object]:
+        nc, js = await _js(nats_url, "t-cas")
+        store = await Store(js).open()
+        created = await store.create_campaign({"id": "cmpcas1", "advertiser_id": "advcas1", "name": "a"})
+        results = await asyncio.gather(
+            *(store.update_campaign({**created.value, "name": f"writer-{i}"}, created.revision) for i in range(5)),
+            return_exceptions=True,
+        )
+        final = await store.get_campaign("advcas1", "cmpcas1")
+        await nc.close()
+        return [*results, final]
+
+    *results, final = run(scenario)
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    assert len(wins) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
+    assert final.value["name"] == wins[0].value["name"]  # the winner's write is what is stored
+
+
+def test_tenant_keys_do_not_leak_between_advertisers(nats_url: str) -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
+        nc, js = await _js(nats_url, "t-tenant")
+        store = await Store(js).open()
+        await store.create_campaign({"id": "cmpa1", "advertiser_id": "advtena", "created_at": "1"})
+        await store.create_campaign({"id": "cmpb1", "advertiser_id": "advtenb", "created_at": "1"})
+        a = [v.value["id"] for v in await store.list_campaigns("advtena")]
+        b = [v.value["id"] for v in await store.list_campaigns("advtenb")]
+        await nc.close()
+        return a, b
+
+    a, b = run(scenario)
+    assert a == ["cmpa1"]
+    assert b == ["cmpb1"]
+
+
+@pytest.mark.parametrize("campaigns", [3, 4000], ids=["inline", "object-store"])
+def test_snapshot_reaches_a_follower_now_and_on_every_change(nats_url: str, campaigns: int) -> None:
+    region = f"snap{campaigns}"
+
+    async def scenario() -> tuple[list[int], int]:
+        nc, js = await _js(nats_url, "t-snap")
+        first = build_snapshot([_campaign(i) for i in range(campaigns)], version=1, created_ms=1,
+                               reserve_cpm_micros=0)
+        data = encode_snapshot(first)
+        pointer = await publish_snapshot(js, region, 1, data)
+        assert pointer.inline == (len(data) <= INLINE_SNAPSHOT_LIMIT)
+        seen: list[int] = []
+        got = asyncio.Event()
+
+        async def on_snapshot(version: int, payload: bytes) -> None:
+            snap = decode_snapshot(payload)
+            assert snap.version == version
+            assert len(snap.campaigns) >= campaigns
+            seen.append(version)
+            if version == 2:
+                got.set()
+
+        sub = await follow_snapshots(js, region, on_snapshot)
+        second = build_snapshot([_campaign(i) for i in range(campaigns + 1)], version=2, created_ms=2,
+                                reserve_cpm_micros=0)
+        await publish_snapshot(js, region, 2, encode_snapshot(second))
+        await asyncio.wait_for(got.wait(), 10)
+        await sub.unsubscribe()
+        await nc.close()
+        return seen, len(data)
+
+    seen, size = run(scenario)
+    assert seen == [1, 2]  # the existing snapshot on subscribe, then the change, in order
+    if campaigns > 100:
+        assert size > INLINE_SNAPSHOT_LIMIT  # really went through the Object Store path
+
+
+def _event(i: int, kind: EventType = EventType.IMPRESSION, campaign: str = "cmpcol", cost: int = 1000) -> Event:
+    return Event(event_id=f"imp:col-{i}", type=kind, ts_ms=int(time.time() * 1000), region="eu", pop="p1",
+                 auction_id=f"a{i}", impression_id=f"col-{i}", campaign_id=campaign, creative_id="cr1",
+                 advertiser_id="adv1", placement="p", bid_type=BidType.CPM, price_micros=cost, cost_micros=cost)
+
+
+def test_publisher_sets_msg_id_so_jetstream_drops_republished_events(nats_url: str) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        nc, js = await _js(nats_url, "t-pub")
+        await js.purge_stream(S.EVENTS_STREAM)
+        publisher = EventPublisher(js)
+        task = asyncio.create_task(publisher.run())
+        for i in range(300):
+            publisher.submit(S.event_subject("eu", EventType.IMPRESSION), f"imp:pub-{i}",
+                             encode_event(_event(i)), billing=True)
+        for i in range(100):  # the same ids again, as a retry after a lost PubAck would send them
+            publisher.submit(S.event_subject("eu", EventType.IMPRESSION), f"imp:pub-{i}",
+                             encode_event(_event(i)), billing=True)
+        assert await publisher.drain(10)
+        task.cancel()
+        info = await js.stream_info(S.EVENTS_STREAM)
+        await nc.close()
+        return info.state.messages, publisher.stats.acked, publisher.stats.duplicates
+
+    stored, acked, duplicates = run(scenario)
+    assert stored == 300
+    assert acked == 400
+    assert duplicates == 100
+
+
+def test_publisher_sheds_decisions_before_billing_events_when_full() -> None:
+    publisher = EventPublisher(js=None, soft_limit=2, hard_limit=4)  # type: ignore[arg-type]
+    assert publisher.submit("s", "dec:1", b"", billing=False)
+    assert publisher.submit("s", "dec:2", b"", billing=False)
+    assert not publisher.submit("s", "dec:3", b"", billing=False)  # over the soft limit: shed
+    assert publisher.submit("s", "imp:1", b"", billing=True)  # billing still accepted
+    assert publisher.submit("s", "imp:2", b"", billing=True)
+    assert not publisher.submit("s", "imp:3", b"", billing=True)  # hard limit
+    assert (publisher.stats.shed, publisher.stats.rejected_billing) == (1, 1)
+
+
+def test_collector_stores_each_event_once_and_dead_letters_poison(nats_url: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def scenario() -> dict[str, Any]:
+        nc, js = await _js(nats_url, "t-col")
+        await js.purge_stream(S.EVENTS_STREAM)
+        store = open_store(str(tmp_path / "chdb"))
+        store.ensure_schema()
+        events = [_event(i) for i in range(250)]
+        # A batch the "previous collector" inserted but crashed before acking: it must not count twice.
+        store.insert_events(events[:50], "crashed-batch")
+        for e in events + events[:30]:  # 30 retried publishes: JetStream drops them by Nats-Msg-Id
+            await js.publish(S.event_subject("eu", e.type), encode_event(e), headers={"Nats-Msg-Id": e.event_id})
+        for i in range(30):  # 30 copies that slipped past JetStream's window (new msg ids): ClickHouse must drop them
+            await js.publish(S.event_subject("eu", EventType.IMPRESSION), encode_event(events[i]),
+                             headers={"Nats-Msg-Id": f"late-copy-{i}"})
+        await js.publish(S.event_subject("eu", EventType.CLICK), b"\x93not an event",
+                         headers={"Nats-Msg-Id": "poison-1"})
+        executor = ThreadPoolExecutor(max_workers=1)
+        collector = Collector(js, store, executor, batch=100, fetch_timeout_s=0.2)
+        task = asyncio.create_task(collector.run())
+        deadline = time.monotonic() + 20
+        while collector.stats.received < 281 and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        consumer = await js.consumer_info(S.EVENTS_STREAM, S.COLLECTOR_DURABLE)
+        dlq = await js.stream_info("ADS_DLQ")
+        stats = store.stats()
+        spend = store.campaign_spend(["cmpcol"])
+        store.close()
+        executor.shutdown()
+        await js.delete_consumer(S.EVENTS_STREAM, S.COLLECTOR_DURABLE)
+        await nc.close()
+        return {"stats": stats, "spend": spend, "pending": consumer.num_ack_pending,
+                "unprocessed": consumer.num_pending, "dlq": dlq.state.messages, "collector": collector.stats}
+
+    out = run(scenario)
+    assert out["stats"].unique_events == 250
+    assert out["stats"].duplicates == 0
+    assert out["spend"]["cmpcol"] == 250 * 1000
+    assert out["dlq"] == 1
+    assert out["collector"].dead_lettered == 1
+    assert out["pending"] == 0 and out["unprocessed"] == 0  # everything acknowledged after the insert
+
+
+def test_grants_never_exceed_the_budget_under_concurrent_askers(nats_url: str) -> None:
+    budget = 1_000_000
+    terms = BudgetTerms(daily_budget_micros=budget, total_budget_micros=budget, timezone="UTC",
+                        unit_ceiling_micros=1_000)
+
+    async def scenario() -> tuple[int, int]:
+        nc, js = await _js(nats_url, "t-grant")
+        store = await Store(js).open()
+        campaign_id = f"cmpgrant{time.time_ns()}"
+        service = GrantService(nc, store, lambda cid: terms if cid == campaign_id else None, 0.05)
+        await service.start()
+        # A second control-plane replica racing the first through KV compare-and-set.
+        nc2, js2 = await _js(nats_url, "t-grant-2")
+        service2 = GrantService(nc2, await Store(js2).open(), lambda cid: terms, 0.05)
+        await service2.start()
+
+        async def asker() -> int:
+            total = 0
+            for _ in range(40):
+                reply = await nc.request(S.BUDGET_GRANT_SUBJECT,
+                                         msgpack.packb({"asks": {campaign_id: 200_000}}), timeout=5)
+                granted, _ = msgpack.unpackb(reply.data)["grants"][campaign_id]
+                total += granted
+            return total
+
+        totals = await asyncio.gather(*(asker() for _ in range(6)))
+        state, _ = await store.get_grant_state(campaign_id)
+        await nc.close()
+        await nc2.close()
+        return sum(totals), state.granted_total if state else 0
+
+    granted, recorded = run(scenario)
+    assert granted == recorded  # every micro handed out is on record
+    assert budget - 1_000 < granted <= budget  # the whole budget is granted, never more
+
+
+def test_streams_are_configured_for_billing(nats_url: str) -> None:
+    async def scenario() -> Any:
+        nc, js = await _js(nats_url, "t-cfg")
+        info = await js.stream_info(S.EVENTS_STREAM)
+        await nc.close()
+        return info.config
+
+    config = run(scenario)
+    assert config.duplicate_window == S.EVENTS_DUPLICATE_WINDOW_S
+    assert json.dumps(str(config.storage)).lower().count("file") == 1

@@ -1,0 +1,431 @@
+"""The auction as a pure function: retrieval, filters with reasons, eCPM, GSP pricing, slots, determinism."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from edge.auction import AdRequest, NoFill, Reason, ecpm_micros, retrieve, run_auction
+from replication.snapshot import build_snapshot, unit_cost_ceiling
+
+# 2024-01-15 12:00:00 UTC, which is 07:00 in America/New_York (EST, UTC-5).
+NOW = 1_705_320_000
+RICH = 10**12  # an allowance that never limits
+
+
+def snap(*campaigns, reserve=100_000):
+    return build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=reserve)
+
+
+def req(**kw):
+    kw.setdefault("placement", "home")
+    kw.setdefault("slots", 1)
+    kw.setdefault("format", "300x250")
+    return AdRequest(**kw)
+
+
+def ids(snapshot, positions):
+    return {snapshot.campaigns[p].campaign_id for p in positions}
+
+
+def rich(*campaign_ids):
+    return dict.fromkeys(campaign_ids, RICH)
+
+
+def auction(snapshot, request, *, allowance=None, seed=1, reserve=None):
+    if allowance is None:
+        allowance = rich(*(c.campaign_id for c in snapshot.campaigns))
+    return run_auction(snapshot, request, now_s=NOW, rng=random.Random(seed), allowance=allowance,
+                       reserve_cpm_micros=reserve)
+
+
+def winners(result):
+    return [w.campaign.campaign_id for w in result.wins]
+
+
+# --- retrieval -----------------------------------------------------------------------------------------------
+
+
+def test_retrieve_by_placement_includes_unrestricted(make_campaign):
+    s = snap(make_campaign("home", placements=["home"]), make_campaign("sports", placements=["sports"]),
+             make_campaign("any"))
+    assert ids(s, retrieve(s, req(placement="home"))) == {"home", "any"}
+    assert ids(s, retrieve(s, req(placement="news"))) == {"any"}
+
+
+def test_retrieve_by_format_uses_creative_sizes(make_campaign, make_creative):
+    s = snap(make_campaign("rect", creatives=[make_creative("r", format="300x250")]),
+             make_campaign("leader", creatives=[make_creative("l", format="728x90")]),
+             make_campaign("both", creatives=[make_creative("b1", format="300x250"),
+                                              make_creative("b2", format="728x90")]))
+    assert ids(s, retrieve(s, req(format="728x90"))) == {"leader", "both"}
+    assert ids(s, retrieve(s, req(format="160x600"))) == set()
+
+
+def test_retrieve_campaign_without_creatives_is_unrestricted_in_format(make_campaign):
+    s = snap(make_campaign("empty", creatives=[]))
+    assert ids(s, retrieve(s, req(format="160x600"))) == {"empty"}
+
+
+def test_retrieve_derives_country_from_geo(make_campaign):
+    s = snap(make_campaign("us", countries=["US"]), make_campaign("de", countries=["DE"]), make_campaign("any"))
+    assert ids(s, retrieve(s, req(geo="US-CA"))) == {"us", "any"}
+    assert ids(s, retrieve(s, req(geo="US"))) == {"us", "any"}
+    assert ids(s, retrieve(s, req(geo=""))) == {"any"}
+
+
+def test_retrieve_by_region_geo(make_campaign):
+    s = snap(make_campaign("ca", geos=["US-CA"]), make_campaign("ny", geos=["US-NY"]), make_campaign("any"))
+    assert ids(s, retrieve(s, req(geo="US-CA"))) == {"ca", "any"}
+    # A country-only request does not match a campaign that wants one region of it.
+    assert ids(s, retrieve(s, req(geo="US"))) == {"any"}
+
+
+def test_retrieve_by_device(make_campaign):
+    s = snap(make_campaign("mob", devices=["mobile", "tablet"]), make_campaign("desk", devices=["desktop"]),
+             make_campaign("any"))
+    assert ids(s, retrieve(s, req(device="tablet"))) == {"mob", "any"}
+    assert ids(s, retrieve(s, req(device=""))) == {"any"}
+
+
+def test_retrieve_by_keywords_matches_any_requested_keyword(make_campaign):
+    s = snap(make_campaign("shoes", keywords=["shoes"]), make_campaign("hats", keywords=["hats"]),
+             make_campaign("any"))
+    assert ids(s, retrieve(s, req(keywords=("boots", "shoes")))) == {"shoes", "any"}
+    assert ids(s, retrieve(s, req(keywords=("shoes", "hats")))) == {"shoes", "hats", "any"}
+    assert ids(s, retrieve(s, req(keywords=()))) == {"any"}
+
+
+def test_retrieve_by_interests(make_campaign):
+    s = snap(make_campaign("golf", interests=["golf"]), make_campaign("any"))
+    assert ids(s, retrieve(s, req(interests=("golf",)))) == {"golf", "any"}
+    assert ids(s, retrieve(s, req(interests=("chess",)))) == {"any"}
+
+
+def test_retrieve_intersects_dimensions(make_campaign):
+    s = snap(make_campaign("both", placements=["home"], devices=["mobile"]),
+             make_campaign("wrong-device", placements=["home"], devices=["desktop"]))
+    assert ids(s, retrieve(s, req(placement="home", device="mobile"))) == {"both"}
+
+
+# --- filters and reasons -------------------------------------------------------------------------------------
+
+
+def test_no_candidates_is_a_no_fill_value(make_campaign):
+    result = auction(snap(make_campaign("c", placements=["other"])), req())
+    assert result.wins == ()
+    assert result.no_fill is NoFill.NO_CANDIDATES
+    assert result.candidates == 0
+
+
+def test_campaign_before_its_start_is_filtered_by_schedule(make_campaign):
+    result = auction(snap(make_campaign("c", start_s=NOW + 1)), req())
+    assert result.reasons == {"c": Reason.SCHEDULE}
+    assert result.no_fill is NoFill.ALL_FILTERED
+    assert result.candidates == 1
+
+
+def test_campaign_at_its_start_is_live(make_campaign):
+    assert winners(auction(snap(make_campaign("c", start_s=NOW)), req())) == ["c"]
+
+
+def test_campaign_at_or_after_its_end_is_filtered_by_schedule(make_campaign):
+    assert auction(snap(make_campaign("c", end_s=NOW)), req()).reasons == {"c": Reason.SCHEDULE}
+    assert winners(auction(snap(make_campaign("c", end_s=NOW + 1)), req())) == ["c"]
+
+
+def test_open_ended_campaign_is_live(make_campaign):
+    assert winners(auction(snap(make_campaign("c", start_s=NOW - 10**6, end_s=0)), req())) == ["c"]
+
+
+def test_hour_of_day_is_read_in_the_campaign_timezone(make_campaign):
+    # NOW is 12:00 UTC = 07:00 in New York.
+    s = snap(make_campaign("ny7", timezone="America/New_York", hours=[7], advertiser_id="a"),
+             make_campaign("ny12", timezone="America/New_York", hours=[12], advertiser_id="b"),
+             make_campaign("utc12", timezone="UTC", hours=[12], advertiser_id="c"),
+             make_campaign("utc7", timezone="UTC", hours=[7], advertiser_id="d"))
+    result = auction(s, req(slots=4))
+    assert set(winners(result)) == {"ny7", "utc12"}
+    assert result.reasons == {"ny12": Reason.HOUR, "utc7": Reason.HOUR}
+
+
+def test_allowance_covering_the_unit_cost_ceiling_wins(make_campaign):
+    # CPM 2,000,000 micros per mille: one impression costs at most 2,000 micros.
+    s = snap(make_campaign("c", bid_type="cpm", max_bid_micros=2_000_000))
+    assert winners(auction(s, req(), allowance={"c": 2_000})) == ["c"]
+
+
+def test_empty_allowance_is_filtered_by_budget(make_campaign):
+    assert auction(snap(make_campaign("c")), req(), allowance={"c": 0}).reasons == {"c": Reason.BUDGET}
+
+
+def test_allowance_below_the_clearing_price_is_filtered_by_budget(make_campaign):
+    # Sole bidder: the clearing price is the reserve, 100,000 per mille = 100 micros per impression.
+    s = snap(make_campaign("c", bid_type="cpm", max_bid_micros=2_000_000), reserve=100_000)
+    assert auction(s, req(), allowance={"c": 99}).reasons == {"c": Reason.BUDGET}
+
+
+def test_cpc_allowance_must_cover_a_whole_click(make_campaign):
+    s = snap(make_campaign("c", bid_type="cpc", max_bid_micros=500_000), reserve=5_000_000)
+    # eCPM 500,000 * 0.01 * 1000 = 5,000,000 = the reserve, so the click price is the whole bid.
+    assert auction(s, req(), allowance={"c": 499_999}).reasons == {"c": Reason.BUDGET}
+    win = auction(s, req(), allowance={"c": 500_000}).wins[0]
+    assert win.price_micros == 500_000
+
+
+def test_campaign_that_cannot_pay_gives_its_slot_to_the_next(make_campaign):
+    s = snap(make_campaign("a", max_bid_micros=5_000_000), make_campaign("b", max_bid_micros=4_000_000),
+             make_campaign("c", max_bid_micros=3_000_000))
+    result = auction(s, req(slots=2), allowance={"a": 10, "b": RICH, "c": RICH})
+    assert winners(result) == ["b", "c"]
+    assert [w.slot for w in result.wins] == [0, 1]
+    assert result.reasons == {"a": Reason.BUDGET}
+    assert [w.price_micros for w in result.wins] == [3_000, 100]
+
+
+def test_campaign_missing_from_allowance_has_no_budget(make_campaign):
+    assert auction(snap(make_campaign("c")), req(), allowance={}).reasons == {"c": Reason.BUDGET}
+
+
+def test_campaign_without_a_fitting_creative_is_filtered_by_format(make_campaign):
+    assert auction(snap(make_campaign("c", creatives=[])), req()).reasons == {"c": Reason.FORMAT}
+
+
+def test_bid_below_reserve_is_filtered(make_campaign):
+    s = snap(make_campaign("low", max_bid_micros=99_999, advertiser_id="a"),
+             make_campaign("at", max_bid_micros=100_000, advertiser_id="b"), reserve=100_000)
+    result = auction(s, req(slots=2))
+    assert winners(result) == ["at"]
+    assert result.reasons == {"low": Reason.BELOW_RESERVE}
+
+
+def test_reserve_argument_overrides_the_snapshot_reserve(make_campaign):
+    s = snap(make_campaign("c", max_bid_micros=1_000_000), reserve=0)
+    assert auction(s, req(), reserve=2_000_000).reasons == {"c": Reason.BELOW_RESERVE}
+
+
+def test_zero_ecpm_never_wins_even_without_reserve(make_campaign):
+    s = snap(make_campaign("c", max_bid_micros=0), reserve=0)
+    assert auction(s, req()).reasons == {"c": Reason.BELOW_RESERVE}
+
+
+def test_filters_apply_in_order_schedule_before_budget(make_campaign):
+    result = auction(snap(make_campaign("c", start_s=NOW + 1)), req(), allowance={})
+    assert result.reasons == {"c": Reason.SCHEDULE}
+
+
+# --- eCPM ----------------------------------------------------------------------------------------------------
+
+
+def test_ecpm_cpm_is_the_bid(make_campaign, make_creative):
+    c = make_campaign(bid_type="cpm", max_bid_micros=3_000_000)
+    assert ecpm_micros(c, make_creative(prior_ctr=0.5)) == 3_000_000
+
+
+def test_ecpm_cpc_is_bid_times_ctr_per_mille(make_campaign, make_creative):
+    c = make_campaign(bid_type="cpc", max_bid_micros=500_000)
+    assert ecpm_micros(c, make_creative(prior_ctr=0.02)) == pytest.approx(10_000_000)
+
+
+def test_ecpm_cpa_is_bid_times_ctr_times_cvr_per_mille(make_campaign, make_creative):
+    c = make_campaign(bid_type="cpa", max_bid_micros=10_000_000, prior_cvr=0.05)
+    assert ecpm_micros(c, make_creative(prior_ctr=0.01)) == pytest.approx(5_000_000)
+
+
+def test_best_creative_by_ctr_is_chosen(make_campaign, make_creative):
+    c = make_campaign("c", bid_type="cpc", creatives=[make_creative("lo", prior_ctr=0.01),
+                                                      make_creative("hi", prior_ctr=0.03),
+                                                      make_creative("other-size", format="728x90", prior_ctr=0.9)])
+    result = auction(snap(c, reserve=0), req())
+    assert result.wins[0].creative.creative_id == "hi"
+
+
+def test_cpc_outranks_cpm_when_its_ecpm_is_higher(make_campaign, make_creative):
+    s = snap(make_campaign("cpc", bid_type="cpc", max_bid_micros=1_000_000,
+                           creatives=[make_creative("k", prior_ctr=0.01)]),  # eCPM 10,000,000
+             make_campaign("cpm", bid_type="cpm", max_bid_micros=9_000_000))
+    assert winners(auction(s, req())) == ["cpc"]
+
+
+# --- generalized second price --------------------------------------------------------------------------------
+
+
+def test_cpm_winner_pays_runner_up_per_impression(make_campaign):
+    s = snap(make_campaign("a", max_bid_micros=3_000_000), make_campaign("b", max_bid_micros=2_000_000))
+    win = auction(s, req()).wins[0]
+    assert win.campaign.campaign_id == "a"
+    assert win.ecpm_micros == 3_000_000
+    assert win.price_micros == 2_000  # 2,000,000 per mille
+    assert win.reserve_micros == 2_000
+
+
+def test_sole_bidder_pays_the_reserve(make_campaign):
+    win = auction(snap(make_campaign("a", max_bid_micros=3_000_000), reserve=500_000), req()).wins[0]
+    assert win.price_micros == 500
+
+
+def test_price_is_at_least_one_micro(make_campaign):
+    win = auction(snap(make_campaign("a", max_bid_micros=3_000_000), reserve=0), req()).wins[0]
+    assert win.price_micros == 1
+
+
+def test_cpm_price_rounds_up_but_never_above_the_unit_ceiling(make_campaign):
+    s = snap(make_campaign("a", max_bid_micros=2_500_500), make_campaign("b", max_bid_micros=2_500_400))
+    win = auction(s, req()).wins[0]
+    assert win.price_micros == 2_501
+    assert win.price_micros <= unit_cost_ceiling("cpm", 2_500_500)
+
+
+def test_cpc_winner_pays_runner_up_converted_to_a_click_price(make_campaign, make_creative):
+    s = snap(make_campaign("cpc", bid_type="cpc", max_bid_micros=1_000_000,
+                           creatives=[make_creative("k", prior_ctr=0.01)]),  # eCPM 10,000,000
+             make_campaign("cpm", bid_type="cpm", max_bid_micros=4_000_000))
+    win = auction(s, req()).wins[0]
+    assert win.campaign.campaign_id == "cpc"
+    assert win.price_micros == 400_000  # 4,000,000 per mille / (0.01 clicks per impression * 1000)
+    assert win.reserve_micros == 0  # billed when the click arrives
+
+
+def test_cpa_winner_pays_runner_up_converted_to_an_action_price(make_campaign, make_creative):
+    s = snap(make_campaign("cpa", bid_type="cpa", max_bid_micros=20_000_000, prior_cvr=0.05,
+                           creatives=[make_creative("k", prior_ctr=0.01)]),  # eCPM 10,000,000
+             make_campaign("cpm", bid_type="cpm", max_bid_micros=5_000_000))
+    win = auction(s, req()).wins[0]
+    assert win.campaign.campaign_id == "cpa"
+    assert win.price_micros == 10_000_000
+    assert win.reserve_micros == 0
+
+
+def test_tied_bids_pay_exactly_their_bid(make_campaign):
+    s = snap(make_campaign("a", max_bid_micros=2_000_000), make_campaign("b", max_bid_micros=2_000_000))
+    win = auction(s, req()).wins[0]
+    assert win.price_micros == 2_000
+
+
+def test_cpc_price_never_exceeds_the_bid(make_campaign, make_creative):
+    # The runner-up's eCPM equals the winner's own: the converted price must not exceed the bid.
+    s = snap(make_campaign("cpc", bid_type="cpc", max_bid_micros=333_333,
+                           creatives=[make_creative("k", prior_ctr=0.07)]),
+             make_campaign("cpm", bid_type="cpm", max_bid_micros=round(333_333 * 0.07 * 1000)))
+    for w in auction(s, req(slots=2)).wins:
+        assert w.price_micros <= w.campaign.max_bid_micros
+
+
+# --- slots ---------------------------------------------------------------------------------------------------
+
+
+def test_several_slots_each_pay_the_next_rank(make_campaign):
+    s = snap(make_campaign("a", max_bid_micros=5_000_000), make_campaign("b", max_bid_micros=4_000_000),
+             make_campaign("c", max_bid_micros=3_000_000))
+    result = auction(s, req(slots=2))
+    assert [(w.slot, w.campaign.campaign_id, w.price_micros) for w in result.wins] == [
+        (0, "a", 4_000), (1, "b", 3_000)]
+    assert result.reasons == {"c": Reason.OUTRANKED}
+
+
+def test_one_advertiser_wins_at_most_one_slot(make_campaign):
+    s = snap(make_campaign("x1", advertiser_id="x", max_bid_micros=5_000_000),
+             make_campaign("x2", advertiser_id="x", max_bid_micros=4_000_000),
+             make_campaign("y1", advertiser_id="y", max_bid_micros=3_000_000))
+    result = auction(s, req(slots=3))
+    assert winners(result) == ["x1", "y1"]
+    assert result.reasons == {"x2": Reason.SAME_ADVERTISER}
+    # The excluded sibling does not set the price: x1 pays y1's bid, y1 pays the reserve.
+    assert [w.price_micros for w in result.wins] == [3_000, 100]
+
+
+def test_zero_slots_still_fills_one(make_campaign):
+    assert winners(auction(snap(make_campaign("a")), req(slots=0))) == ["a"]
+
+
+# --- determinism ---------------------------------------------------------------------------------------------
+
+
+def _tied_snapshot(make_campaign):
+    return snap(*(make_campaign(f"c{i}", max_bid_micros=2_000_000) for i in range(5)))
+
+
+def test_same_seed_gives_the_same_result(make_campaign):
+    s = _tied_snapshot(make_campaign)
+    assert auction(s, req(slots=3), seed=42) == auction(s, req(slots=3), seed=42)
+
+
+def test_ties_rotate_across_seeds(make_campaign):
+    s = _tied_snapshot(make_campaign)
+    seen = {winners(auction(s, req(), seed=seed))[0] for seed in range(60)}
+    assert seen == {f"c{i}" for i in range(5)}
+
+
+# --- properties ----------------------------------------------------------------------------------------------
+
+_campaign_specs = st.lists(
+    st.tuples(
+        st.sampled_from(["cpm", "cpc", "cpa"]),
+        st.integers(0, 20_000_000),  # max bid
+        st.sampled_from(["a", "b", "c", "d"]),  # advertiser
+        st.floats(0.0005, 0.5),  # prior ctr
+        st.floats(0.001, 1.0),  # prior cvr
+        st.sampled_from(["zero", "small", "below", "exact", "rich"]),  # allowance, relative to the unit ceiling
+        st.integers(1, 3_000),  # a small allowance
+        st.sampled_from(["300x250", "728x90"]),
+    ),
+    min_size=0,
+    max_size=12,
+)
+
+
+def _price_as_ecpm(win) -> float:
+    c, k = win.campaign, win.creative
+    if c.bid_type == "cpm":
+        return win.price_micros * 1000
+    if c.bid_type == "cpc":
+        return win.price_micros * k.prior_ctr * 1000
+    return win.price_micros * k.prior_ctr * c.prior_cvr * 1000
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(specs=_campaign_specs, slots=st.integers(1, 4), reserve=st.integers(0, 3_000_000),
+       seed=st.integers(0, 2**32))
+def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve, seed):
+    campaigns, allowance = [], {}
+    for i, (bid_type, bid, adv, ctr, cvr, kind, small, fmt) in enumerate(specs):
+        cid = f"c{i}"
+        campaigns.append(make_campaign(cid, advertiser_id=adv, bid_type=bid_type, max_bid_micros=bid,
+                                       prior_cvr=cvr, creatives=[make_creative(f"{cid}-k", format=fmt,
+                                                                               prior_ctr=ctr)]))
+        ceiling = unit_cost_ceiling(bid_type, bid)
+        allowance[cid] = {"zero": 0, "small": small, "below": max(0, ceiling - 1), "exact": ceiling,
+                          "rich": RICH}[kind]
+    s = snap(*campaigns, reserve=reserve)
+    request = req(slots=slots)
+    result = run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
+    event(f"wins={len(result.wins)}")
+    event(f"reasons={sorted(set(result.reasons.values()))}")
+
+    assert len(result.wins) <= slots
+    for w in result.wins:
+        c = w.campaign
+        assert 1 <= w.price_micros <= unit_cost_ceiling(c.bid_type, c.max_bid_micros)
+        # Never wins a unit it cannot pay for out of this process's allowance.
+        assert allowance[c.campaign_id] >= w.price_micros
+        assert w.ecpm_micros >= reserve
+        assert w.creative.format == request.format
+        assert w.reserve_micros == (w.price_micros if c.bid_type == "cpm" else 0)
+    ecpms = [w.ecpm_micros for w in result.wins]
+    assert ecpms == sorted(ecpms, reverse=True)
+    # Second price: nobody pays less than the reserve or than the eCPM of the winner ranked below it.
+    for i, w in enumerate(result.wins):
+        floor = max(reserve, result.wins[i + 1].ecpm_micros if i + 1 < len(result.wins) else 0)
+        assert _price_as_ecpm(w) >= floor * (1 - 1e-9) - 1
+    advertisers = [w.campaign.advertiser_id for w in result.wins]
+    assert len(advertisers) == len(set(advertisers))
+    assert [w.slot for w in result.wins] == list(range(len(result.wins)))
+    # Every retrieved candidate either wins or has exactly one reason.
+    won = {w.campaign.campaign_id for w in result.wins}
+    assert won.isdisjoint(result.reasons)
+    assert won | set(result.reasons) == ids(s, retrieve(s, request))
+    # Same inputs, same auction.
+    assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)

@@ -1,0 +1,167 @@
+"""The billing event codec: lossless round trip, poison messages refused with EventDecodeError, stable ids."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from replication.events import (
+    SCHEMA_VERSION,
+    BidType,
+    Event,
+    EventDecodeError,
+    EventType,
+    InvalidReason,
+    click_event_id,
+    conversion_event_id,
+    decision_event_id,
+    decode_event,
+    encode_event,
+    event_as_dict,
+    impression_event_id,
+)
+
+FIELD_NAMES = [f.name for f in dataclasses.fields(Event)]
+
+
+def event(**kw) -> Event:
+    base = {
+        "event_id": "imp:auc-0", "type": EventType.IMPRESSION, "ts_ms": 1_700_000_000_000, "region": "eu",
+        "pop": "pop1", "auction_id": "auc", "impression_id": "auc-0", "campaign_id": "c1", "creative_id": "k1",
+        "advertiser_id": "a1", "placement": "home", "bid_type": BidType.CPM, "price_micros": 2_000,
+        "cost_micros": 2_000,
+    }
+    base.update(kw)
+    return Event(**base)
+
+
+def wire(values: list, version=SCHEMA_VERSION) -> bytes:
+    return msgpack.packb([version, values], use_bin_type=True)
+
+
+def values_of(e: Event) -> list:
+    return [getattr(e, n) for n in FIELD_NAMES]
+
+
+def test_round_trip():
+    e = event(value_micros=5, invalid_reason=InvalidReason.DUPLICATE, geo="US-CA", device="mobile")
+    decoded = decode_event(encode_event(e))
+    assert decoded == e
+    assert isinstance(decoded.type, EventType)
+    assert isinstance(decoded.bid_type, BidType)
+    assert isinstance(decoded.invalid_reason, InvalidReason)
+
+
+_int64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    event_id=st.text(min_size=1, max_size=40),
+    type_=st.sampled_from(EventType),
+    bid_type=st.sampled_from(BidType),
+    invalid=st.sampled_from(InvalidReason),
+    ints=st.tuples(_int64, _int64, _int64, _int64),
+    texts=st.lists(st.text(max_size=20), min_size=10, max_size=10),
+)
+def test_round_trip_property(event_id, type_, bid_type, invalid, ints, texts):
+    e = Event(
+        event_id=event_id, type=type_, ts_ms=ints[0], region=texts[0], pop=texts[1], auction_id=texts[2],
+        impression_id=texts[3], campaign_id=texts[4], creative_id=texts[5], advertiser_id=texts[6],
+        placement=texts[7], bid_type=bid_type, price_micros=ints[1], cost_micros=ints[2], value_micros=ints[3],
+        invalid_reason=invalid, geo=texts[8], device=texts[9],
+    )
+    assert decode_event(encode_event(e)) == e
+
+
+def test_billable_only_when_costed_and_valid():
+    assert event(cost_micros=1).billable
+    assert not event(cost_micros=0).billable
+    assert not event(cost_micros=5, invalid_reason=InvalidReason.DUPLICATE).billable
+
+
+def test_event_as_dict_uses_plain_strings():
+    d = event_as_dict(event())
+    assert d["type"] == "impression" and type(d["type"]) is str
+    assert type(d["bid_type"]) is str and type(d["invalid_reason"]) is str
+    assert d["price_micros"] == 2_000
+
+
+# --- poison messages -----------------------------------------------------------------------------------------
+
+
+def test_wrong_version():
+    with pytest.raises(EventDecodeError, match="version"):
+        decode_event(wire(values_of(event()), version=SCHEMA_VERSION + 1))
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_wrong_field_count(delta):
+    values = values_of(event())
+    values = values[:-1] if delta < 0 else [*values, "extra"]
+    with pytest.raises(EventDecodeError, match="number of event fields"):
+        decode_event(wire(values))
+
+
+def test_values_not_a_list():
+    with pytest.raises(EventDecodeError):
+        decode_event(wire(dict.fromkeys(FIELD_NAMES, "x")))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("ts_ms", "123"),
+        ("ts_ms", 1.5),
+        ("price_micros", True),
+        ("cost_micros", None),
+        ("value_micros", [1]),
+        ("event_id", 7),
+        ("region", None),
+        ("geo", b"US"),
+        ("type", "view"),
+        ("type", [1]),
+        ("bid_type", "cpx"),
+        ("invalid_reason", "bot"),
+        ("event_id", ""),
+    ],
+)
+def test_wrong_types(field, bad):
+    values = values_of(event())
+    values[FIELD_NAMES.index(field)] = bad
+    with pytest.raises(EventDecodeError):
+        decode_event(wire(values))
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", b"not msgpack at all", msgpack.packb(1), msgpack.packb([1, 2, 3])])
+def test_not_an_event_envelope(data):
+    with pytest.raises(EventDecodeError):
+        decode_event(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_event_decode_error(data):
+    with contextlib.suppress(EventDecodeError):
+        decode_event(data)
+
+
+# --- ids -----------------------------------------------------------------------------------------------------
+
+
+def test_event_ids_are_deterministic_and_distinct_per_kind():
+    assert impression_event_id("auc-0") == impression_event_id("auc-0") == "imp:auc-0"
+    assert click_event_id("auc-0") == "clk:auc-0"
+    assert decision_event_id("auc-0") == "dec:auc-0"
+    assert conversion_event_id("c1", "o-9") == "cnv:c1:o-9"
+    ids = {impression_event_id("x"), click_event_id("x"), decision_event_id("x"), conversion_event_id("x", "x")}
+    assert len(ids) == 4
+
+
+def test_conversion_ids_are_scoped_to_the_campaign():
+    assert conversion_event_id("c1", "order-1") != conversion_event_id("c2", "order-1")
