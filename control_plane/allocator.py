@@ -50,7 +50,7 @@ def decide_grant(
     day = local_day(now_s, terms.timezone)
     if state is None:
         state = GrantState(day=day, granted_day=0, granted_total=0)
-    elif state.day != day:
+    elif day > state.day:  # ISO dates order as strings; a clock stepping back never opens a second day
         state = GrantState(day=day, granted_day=0, granted_total=state.granted_total)
     remaining = min(
         terms.daily_budget_micros - state.granted_day, terms.total_budget_micros - state.granted_total

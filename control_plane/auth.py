@@ -31,9 +31,10 @@ def hash_token(token: str) -> str:
 
 def parse_bearer(header: str | None) -> tuple[str, str] | None:
     """``Bearer <id>.<secret>`` -> (advertiser id, whole token), or None when malformed."""
-    if not header or not header.startswith("Bearer "):
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer":  # the auth scheme is case-insensitive (RFC 9110)
         return None
-    token = header[7:].strip()
+    token = token.strip()
     advertiser_id, sep, secret = token.partition(".")
     if not sep or not secret or not _ID.match(advertiser_id) or len(token) > 256:
         return None

@@ -192,8 +192,6 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
             errors.append(FieldError("creatives", "add creatives with POST /v1/campaigns/{id}/creatives"))
         merged = {k: existing[k] for k in CAMPAIGN_FIELDS if k in existing}
     merged.update({k: v for k, v in data.items() if k in CAMPAIGN_FIELDS})
-    if errors:
-        raise ValidationFailed(errors)
 
     out: dict[str, Any] = {}
     out["name"] = _text(merged.get("name"), "name", errors, 200)
@@ -217,7 +215,7 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
         if not isinstance(tz_name, str) or not tz_name:
             raise ZoneInfoNotFoundError
         tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory: OSError, not NotFound
         errors.append(FieldError("timezone", "must be an IANA timezone such as Europe/Berlin"))
     out["timezone"] = tz_name
     start = _datetime(merged.get("start"), "start", tz, errors)
@@ -236,7 +234,11 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
         errors.append(FieldError("prior_cvr", "must be a number in (0, 1]"))
     out["prior_cvr"] = cvr
     if errors:
-        raise ValidationFailed(errors)
+        # One message per field: a missing field is reported as missing, not also as malformed.
+        first: dict[str, FieldError] = {}
+        for e in errors:
+            first.setdefault(e.field, e)
+        raise ValidationFailed(list(first.values()))
     return out
 
 

@@ -1,4 +1,8 @@
-"""Parse and validate a publisher's ad request. Pure: query parameters in, AdRequest or field errors out."""
+"""Parse and validate a publisher's ad request. Pure: query parameters in, AdRequest or field errors out.
+
+Patterns use ``fullmatch``: ``$`` would also accept a trailing newline, and ``str.isdigit`` accepts
+non-ASCII digits that ``int`` then rejects.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from dataclasses import dataclass
 
 from edge.auction import AdRequest
 
-_PLACEMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_FORMAT = re.compile(r"^[0-9]{1,4}x[0-9]{1,4}$")
-_GEO = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
-_TERM = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
+_PLACEMENT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_FORMAT = re.compile(r"[0-9]{1,4}x[0-9]{1,4}")
+_SLOTS = re.compile(r"[0-9]{1,3}")
+_GEO = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
+_TERM = re.compile(r"[a-z0-9][a-z0-9 _-]{0,63}")
 DEVICES = frozenset({"desktop", "mobile", "tablet", "ctv"})
 KNOWN = frozenset({"placement", "slots", "format", "user", "geo", "device", "keywords", "interests", "url",
                    "explain"})
@@ -30,7 +35,7 @@ def _terms(raw: str, field: str, errors: list[ParamError]) -> tuple[str, ...]:
     if len(terms) > 50:
         errors.append(ParamError(field, "at most 50 comma-separated terms"))
         return ()
-    bad = [t for t in terms if not _TERM.match(t)]
+    bad = [t for t in terms if not _TERM.fullmatch(t)]
     if bad:
         errors.append(ParamError(field, f"{bad[0]!r} is not a term of 1-64 letters, digits, spaces, '-' or '_'"))
         return ()
@@ -43,21 +48,21 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | l
     if unknown:
         errors.append(ParamError(unknown[0], f"unknown parameter; allowed: {sorted(KNOWN)}"))
     placement = params.get("placement", "")
-    if not _PLACEMENT.match(placement):
+    if not _PLACEMENT.fullmatch(placement):
         errors.append(ParamError("placement", "required: 1-128 letters, digits or _.:-"))
     fmt = params.get("format", "")
-    if not _FORMAT.match(fmt):
+    if not _FORMAT.fullmatch(fmt):
         errors.append(ParamError("format", "required: WIDTHxHEIGHT such as 300x250"))
     elif fmt in ("0x0", "1x1"):
         errors.append(ParamError("format", "0x0 and 1x1 placements cannot show ads"))
     slots_raw = params.get("slots", "1")
     slots = 1
-    if not slots_raw.isdigit() or not 1 <= int(slots_raw) <= max_slots:
+    if not _SLOTS.fullmatch(slots_raw) or not 1 <= int(slots_raw) <= max_slots:
         errors.append(ParamError("slots", f"must be an integer from 1 to {max_slots}"))
     else:
         slots = int(slots_raw)
     geo = params.get("geo", "").upper()
-    if geo and not _GEO.match(geo):
+    if geo and not _GEO.fullmatch(geo):
         errors.append(ParamError("geo", "must be a country (US) or region (US-CA) code"))
     device = params.get("device", "").lower()
     if device and device not in DEVICES:

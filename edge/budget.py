@@ -54,7 +54,7 @@ class BudgetLedger:
         b = self.campaigns.get(campaign_id)
         if b is None or b.available < micros or micros < 0:
             return False
-        if len(self.reservations) >= self.max_reservations:
+        if len(self.reservations) >= self.max_reservations or impression_id in self.reservations:
             return False
         b.available -= micros
         b.reserved += micros

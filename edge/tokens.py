@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -32,7 +32,7 @@ class TokenReason(StrEnum):
 @dataclass(frozen=True, slots=True)
 class SigningKeys:
     active_kid: str
-    keys: Mapping[str, bytes]
+    keys: Mapping[str, bytes] = field(repr=False)  # secrets stay out of reprs and logs
 
     def __post_init__(self) -> None:
         if self.active_kid not in self.keys:

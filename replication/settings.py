@@ -88,8 +88,11 @@ def load(prefix: str, specs: list[Spec], env: Mapping[str, str]) -> dict[str, An
         try:
             values[spec.name.lower()] = spec.parse(raw)
         except ValueError as exc:
-            shown = "<secret>" if spec.secret else repr(raw)
-            errors.append(f"{key}={shown}: {exc}")
+            if spec.secret:
+                # The parser's message may quote its input (int() does): never let it carry the secret.
+                errors.append(f"{key}=<secret>: invalid value")
+            else:
+                errors.append(f"{key}={raw!r}: {exc}")
     if errors:
         raise SettingsError(errors)
     return values

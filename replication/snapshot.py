@@ -165,19 +165,32 @@ def decode_snapshot(data: bytes) -> Snapshot:
         magic, schema, digest, body = msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise SnapshotDecodeError(f"not a snapshot envelope: {exc}") from exc
+    if not isinstance(body, bytes) or not isinstance(digest, bytes):
+        raise SnapshotDecodeError("snapshot envelope must carry a binary digest and body")
     if magic != MAGIC:
         raise SnapshotDecodeError(f"bad magic {magic!r}")
     if schema != SCHEMA_VERSION:
         raise SnapshotDecodeError(f"unsupported snapshot schema {schema!r}, this edge reads {SCHEMA_VERSION}")
     if hashlib.sha256(body).digest() != digest:
         raise SnapshotDecodeError("checksum mismatch")
+    try:
+        return _decode_body(body)
+    except SnapshotDecodeError:
+        raise
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError) as exc:
+        # A body with a valid checksum can still be malformed (a buggy or foreign builder): reject it the
+        # same way, so the edge keeps serving its current snapshot.
+        raise SnapshotDecodeError(f"malformed snapshot body: {exc!r}") from exc
+
+
+def _decode_body(body: bytes) -> Snapshot:
     raw = msgpack.unpackb(body, raw=False, strict_map_key=False)
     campaigns = tuple(_campaign_from_wire(w) for w in raw["campaigns"])
     n = len(campaigns)
     for positions in [p for vals in raw["postings"].values() for p in vals.values()] + list(
         raw["unrestricted"].values()
     ):
-        if any(not 0 <= i < n for i in positions):
+        if any(not isinstance(i, int) or not 0 <= i < n for i in positions):
             raise SnapshotDecodeError("index refers to a campaign that is not in the snapshot")
     return Snapshot(
         version=raw["version"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -211,11 +210,6 @@ def test_books_balance_without_extra_charges(ops):
     assert all(b.reserved == 0 and b.available + b.spent == b.granted for b in ledger.campaigns.values())
 
 
-@pytest.mark.xfail(
-    reason="BUG (latent): reserve() overwrites an existing impression id's entry (budget.py:61), so the first "
-    "reservation's micros stay in `reserved` forever, never confirmed nor expired",
-    strict=True,
-)
 def test_reserving_the_same_impression_twice_does_not_leak():
     ledger = ledger_with(1_000)
     ledger.reserve("i1", "c1", 300, expires_s=10)

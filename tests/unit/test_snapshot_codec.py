@@ -185,12 +185,6 @@ def _string_position(sample):
     return envelope(msgpack.packb(raw, use_bin_type=True))
 
 
-@pytest.mark.xfail(
-    reason="BUG: decode_snapshot only guards the envelope; a correctly checksummed body of the wrong shape "
-    "raises KeyError/IndexError/TypeError, which EdgeState.on_snapshot (catching SnapshotDecodeError only) "
-    "does not handle",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "make_bad",
     [
