@@ -79,6 +79,8 @@ class MetricsRow:
     gross_impressions: int
     gross_clicks: int
     ctr: float
+    viewable: int = 0
+    viewability: float = 0.0  # viewable / valid impressions
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,6 +183,7 @@ _ROLLUP_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("impressions", "UInt64", f"countIf(type = '{EventType.IMPRESSION}' AND {_VALID})"),
     ("clicks", "UInt64", f"countIf(type = '{EventType.CLICK}' AND {_VALID})"),
     ("conversions", "UInt64", f"countIf(type = '{EventType.CONVERSION}' AND {_VALID})"),
+    ("viewable", "UInt64", f"countIf(type = '{EventType.VIEWABLE}' AND {_VALID})"),
     ("spend_micros", "Int64", f"sumIf(cost_micros, {_VALID})"),
     ("invalid_impressions", "UInt64", f"countIf(type = '{EventType.IMPRESSION}' AND {_INVALID})"),
     ("invalid_clicks", "UInt64", f"countIf(type = '{EventType.CLICK}' AND {_INVALID})"),
@@ -238,7 +241,7 @@ _METRICS_SQL = f"""
 SELECT
     toInt64(toUnixTimestamp({{bucket}})) * 1000 AS bucket_start_ms,
     sum(impressions), sum(clicks), sum(conversions), sum(spend_micros),
-    sum(invalid_impressions), sum(invalid_clicks), sum(invalid_conversions)
+    sum(invalid_impressions), sum(invalid_clicks), sum(invalid_conversions), sum(viewable)
 FROM {ROLLUP_TABLE}
 WHERE campaign_id = {{campaign}}
   AND minute >= toDateTime({{lo_s}}, 'UTC') AND minute < toDateTime({{hi_s}}, 'UTC')
@@ -347,7 +350,7 @@ def _id_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
 
 def _metrics_row(row: Sequence[Any]) -> MetricsRow:
     # int(): JSON formats may quote 64-bit integers, and clickhouse-connect returns ints already.
-    bucket, imps, clicks, convs, spend, inv_imps, inv_clicks, inv_convs = (int(v) for v in row)
+    bucket, imps, clicks, convs, spend, inv_imps, inv_clicks, inv_convs, viewable = (int(v) for v in row)
     return MetricsRow(
         bucket_start_ms=bucket,
         impressions=imps,
@@ -360,6 +363,8 @@ def _metrics_row(row: Sequence[Any]) -> MetricsRow:
         gross_impressions=imps + inv_imps,
         gross_clicks=clicks + inv_clicks,
         ctr=clicks / imps if imps else 0.0,
+        viewable=viewable,
+        viewability=viewable / imps if imps else 0.0,
     )
 
 

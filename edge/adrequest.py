@@ -19,7 +19,8 @@ _GEO = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
 _TERM = re.compile(r"[a-z0-9][a-z0-9 _-]{0,63}")
 DEVICES = frozenset({"desktop", "mobile", "tablet", "ctv"})
 KNOWN = frozenset({"placement", "slots", "format", "user", "geo", "device", "keywords", "interests", "url",
-                   "explain"})
+                   "explain", "gdpr", "gdpr_consent", "gpc"})
+_CONSENT = re.compile(r"[A-Za-z0-9_.~-]{1,4096}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,20 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | l
         errors.append(ParamError("url", "at most 2048 characters"))
     keywords = _terms(params.get("keywords", ""), "keywords", errors)
     interests = _terms(params.get("interests", ""), "interests", errors)
+    flags = {}
+    for name in ("gdpr", "gpc"):
+        raw = params.get(name, "0")
+        if raw not in ("0", "1"):
+            errors.append(ParamError(name, "must be 0 or 1"))
+        flags[name] = raw == "1"
+    consent = params.get("gdpr_consent", "")
+    if consent and not _CONSENT.fullmatch(consent):
+        errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
     if errors:
         return errors
-    return AdRequest(placement=placement, slots=slots, format=fmt, user=user, geo=geo, device=device,
-                     keywords=keywords, interests=interests, url=url)
+    # Without consent the request is contextual only: no user id (frequency caps, profiles) and no
+    # interest segments; page keywords, placement, geo and device still target.
+    personalized = not flags["gpc"] and not (flags["gdpr"] and not consent)
+    return AdRequest(placement=placement, slots=slots, format=fmt, user=user if personalized else "", geo=geo,
+                     device=device, keywords=keywords, interests=interests if personalized else (), url=url,
+                     personalized=personalized)

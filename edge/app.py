@@ -31,6 +31,7 @@ from replication.events import (
     conversion_event_id,
     decision_event_id,
     impression_event_id,
+    viewable_event_id,
 )
 
 TAG_JS = (Path(__file__).parent / "static" / "tag.js").read_text()
@@ -88,6 +89,7 @@ async def ads(request: Request) -> Response:
                            settings.edge_signing_keys)
         base = settings.edge_public_url
         out.append({
+            "viewable_url": f"{base}/v1/track/viewable?t={imp_token}",
             "ad_id": impression_id,
             "campaign_id": c.campaign_id,
             "creative": {"id": k.creative_id, "headline": k.headline, "image_url": k.image_url, "cta": k.cta,
@@ -141,6 +143,21 @@ async def impression(request: Request) -> Response:
         st.ledger.charge(claims["cmp"], cost)
     st.emit(_event(st, EventType.IMPRESSION, event_id, claims, time.time(), cost=cost), billing=True)
     st.metrics.beacons.labels("impression", "ok").inc()
+    return Response(status_code=204, headers=_CORS)
+
+
+async def viewable(request: Request) -> Response:
+    """The tag's MRC viewability beacon. Measured once per impression id; it bills nothing."""
+    st = edge_of(request)
+    claims = _verify(st, request.query_params.get("t"), "i", "viewable")
+    if isinstance(claims, JSONResponse):
+        return claims
+    event_id = viewable_event_id(claims["imp"])
+    if st.seen.add(event_id):
+        st.emit(_event(st, EventType.VIEWABLE, event_id, claims, time.time(), cost=0), billing=True)
+        st.metrics.beacons.labels("viewable", "ok").inc()
+    else:
+        st.metrics.beacons.labels("viewable", "duplicate").inc()
     return Response(status_code=204, headers=_CORS)
 
 
@@ -240,6 +257,7 @@ async def metrics(request: Request) -> Response:
 ROUTES = [
     Route("/v1/ads", ads, methods=["GET"]),
     Route("/v1/track/impression", impression, methods=["GET", "POST"]),
+    Route("/v1/track/viewable", viewable, methods=["GET", "POST"]),
     Route("/v1/track/click", click, methods=["GET"]),
     Route("/v1/track/conversion", conversion, methods=["POST"]),
     Route("/tag.js", tag_js, methods=["GET"]),

@@ -56,6 +56,8 @@ class AdRequest:
     keywords: tuple[str, ...] = ()
     interests: tuple[str, ...] = ()
     url: str = ""
+    # False without consent (GDPR without a TCF string, or Global Privacy Control): no user-level signals.
+    personalized: bool = True
 
     @property
     def country(self) -> str:

@@ -21,6 +21,7 @@ class EventType(StrEnum):
     IMPRESSION = "impression"
     CLICK = "click"
     CONVERSION = "conversion"
+    VIEWABLE = "viewable"  # MRC viewability: >= 50% of pixels in view for >= 1 s (30% for large ads)
 
 
 class BidType(StrEnum):
@@ -81,6 +82,10 @@ def click_event_id(impression_id: str) -> str:
 def conversion_event_id(campaign_id: str, conversion_id: str) -> str:
     # Conversion ids are the advertiser's; scope them to the campaign so two advertisers cannot collide.
     return f"cnv:{campaign_id}:{conversion_id}"
+
+
+def viewable_event_id(impression_id: str) -> str:
+    return f"vw:{impression_id}"
 
 
 def decision_event_id(impression_id: str) -> str:

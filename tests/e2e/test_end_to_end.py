@@ -222,6 +222,9 @@ def test_beacons_bill_exactly_once_and_forgeries_bill_nothing(stack: LocalStack,
     assert len(impressions) == 2 * 3  # each request fills our campaign once (no repeated advertiser)
     for ad in impressions:
         assert httpx.get(ad["impression_url"]).status_code == 204
+    for ad in impressions[:4]:  # the tag's viewability beacon, sent twice: measured once, billed never
+        assert httpx.post(ad["viewable_url"]).status_code == 204
+        assert httpx.get(ad["viewable_url"]).status_code == 204
     # Replays, on the other PoP and by POST: still 204, never billed again.
     for ad in impressions[:3]:
         other = stack.edges[1].url if ad["impression_url"].startswith(stack.edges[0].url) else stack.edges[0].url
@@ -259,7 +262,7 @@ def test_beacons_bill_exactly_once_and_forgeries_bill_nothing(stack: LocalStack,
     stats = wait_stored(stack)
     assert stats["store"]["duplicates"] == 0
     totals = metrics(stack, tokens[0], cid)
-    assert (totals["impressions"], totals["clicks"], totals["conversions"]) == (6, 1, 1)
+    assert (totals["impressions"], totals["clicks"], totals["conversions"], totals["viewable"]) == (6, 1, 1, 4)
     prices = [parse_qs(urlsplit(ad["impression_url"]).query)["t"][0] for ad in impressions]
     assert totals["spend_micros"] == stats["spend_micros"][cid] > 0
     assert len(set(prices)) == 6

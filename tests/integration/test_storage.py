@@ -277,7 +277,7 @@ def test_campaigns_are_isolated(reported: ChdbStore) -> None:
 
 def test_stats_count_rows_by_type(reported: ChdbStore) -> None:
     stats = reported.stats()
-    assert stats.by_type == {"decision": 2, "impression": 15, "click": 4, "conversion": 2}
+    assert stats.by_type == {"decision": 2, "impression": 15, "click": 4, "conversion": 2, "viewable": 0}
     assert stats.rows == stats.unique_events == 23
     assert stats.duplicates == 0
     assert stats.as_dict()["by_type"]["impression"] == 15
@@ -444,7 +444,7 @@ class FakeClient:
 
 def test_clickhouse_connect_adapter_sends_the_shared_sql_and_rows() -> None:
     stored, fresh = make_event(EventType.IMPRESSION, T0), make_event(EventType.CLICK, T0, cost_micros=300)
-    client = FakeClient(answers=[[(stored.event_id,)], [(T0, "10", 2, 1, 500, 3, 1, 0)]])
+    client = FakeClient(answers=[[(stored.event_id,)], [(T0, "10", 2, 1, 500, 3, 1, 0, 0)]])
     ch = ClickHouseConnectStore("http://unused:8123", client=client)
 
     ch.ensure_schema()
@@ -470,3 +470,13 @@ def test_adapters_share_one_implementation() -> None:
     for adapter in (ChdbStore, ClickHouseConnectStore):
         assert issubclass(adapter, SqlEventStore)
         assert not set(public) & set(vars(adapter)), f"{adapter.__name__} overrides shared logic"
+
+
+def test_viewable_beacons_give_viewability_without_billing(store: ChdbStore) -> None:
+    imps = [make_event(EventType.IMPRESSION, T0, cost_micros=100) for _ in range(4)]
+    views = [make_event(EventType.VIEWABLE, T0 + 1000, event_id=f"vw:{e.impression_id}",
+                        impression_id=e.impression_id) for e in imps[:3]]
+    store.insert_events([*imps, *views], "viewability")
+    [row] = store.campaign_metrics("c1", T0, T0 + MINUTE, "minute")
+    assert (row.impressions, row.viewable, row.spend_micros) == (4, 3, 400)
+    assert row.viewability == 0.75

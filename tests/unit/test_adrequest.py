@@ -114,3 +114,26 @@ def test_ascii_input_gives_a_request_or_named_errors(params):
     else:
         assert 1 <= result.slots <= 6
         assert result.format not in ("0x0", "1x1")
+
+
+PERSONAL = {**BASE, "user": "u-1", "interests": "running", "keywords": "shoes"}
+
+
+@pytest.mark.parametrize(("extra", "personalized"), [
+    ({}, True),
+    ({"gdpr": "1", "gdpr_consent": "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}, True),
+    ({"gdpr": "1"}, False),  # GDPR applies and no consent string: contextual only
+    ({"gpc": "1"}, False),  # Global Privacy Control opts out everywhere
+    ({"gdpr": "0", "gpc": "1", "gdpr_consent": "CPXx"}, False),
+])
+def test_without_consent_user_signals_are_dropped_but_context_stays(extra, personalized):
+    got = parse_ad_request({**PERSONAL, **extra}, 6)
+    assert isinstance(got, AdRequest)
+    assert got.personalized is personalized
+    assert (got.user, got.interests) == (("u-1", ("running",)) if personalized else ("", ()))
+    assert got.keywords == ("shoes",)  # contextual targeting survives
+
+
+def test_consent_flags_are_validated():
+    assert set(fields({**BASE, "gdpr": "yes", "gpc": "2", "gdpr_consent": "<script>"})) == {
+        "gdpr", "gpc", "gdpr_consent"}
