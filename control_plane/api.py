@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from control_plane import models
 from control_plane.auth import new_id, parse_bearer, token_matches
+from control_plane.dashboard import DASHBOARD_ROUTES
 from control_plane.openapi import OPENAPI
 from control_plane.state import ControlPlaneState
 from control_plane.store import Conflict, NotFound, Versioned
@@ -321,32 +322,7 @@ async def readyz(request: Request) -> Response:
                         status_code=200 if ready else 503)
 
 
-async def dashboard(request: Request) -> Response:
-    return HTMLResponse(DASHBOARD_HTML)
-
-
-DASHBOARD_HTML = """<!doctype html><html><head><meta charset="utf-8"><title>edge-adserver</title>
-<style>body{font:14px system-ui;margin:2em}td,th{padding:4px 10px;text-align:right}
-td:first-child{text-align:left}</style>
-</head><body><h1>edge-adserver: campaigns</h1>
-<p><input id="tok" size="60" placeholder="advertiser token"> <button id="go">Sign in</button></p>
-<table id="t"><thead><tr><th>campaign</th><th>status</th><th>impressions</th><th>clicks</th>
-<th>spend</th><th>daily budget</th></tr></thead><tbody></tbody></table>
-<script>
-async function load(){const tok=document.getElementById('tok').value;const h={Authorization:'Bearer '+tok};
-const r=await fetch('/v1/campaigns',{headers:h});if(!r.ok){alert((await r.json()).error);return}
-const tb=document.querySelector('#t tbody');tb.textContent='';
-for(const c of (await r.json()).campaigns){const m=await (await fetch('/v1/campaigns/'+c.id+'/metrics',
-{headers:h})).json();const tr=document.createElement('tr');
-for(const v of [c.name,c.status,m.totals.impressions||0,m.totals.clicks||0,
-((m.totals.spend_micros||0)/1e6).toFixed(2),(c.daily_budget_micros/1e6).toFixed(2)]){
-const td=document.createElement('td');td.textContent=v;tr.appendChild(td)}tb.appendChild(tr)}}
-document.getElementById('go').onclick=load;setInterval(()=>{if(document.getElementById('tok').value)load()},5000);
-</script></body></html>"""
-
-
 ROUTES = [
-    Route("/", dashboard, methods=["GET"]),
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -360,4 +336,5 @@ ROUTES = [
     Route("/v1/campaigns/{campaign_id}/resume", lifecycle("resume"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/metrics", campaign_metrics, methods=["GET"]),
     Route("/v1/admin/stats", admin_stats, methods=["GET"]),
+    *DASHBOARD_ROUTES,
 ]

@@ -102,7 +102,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 def create_app(settings: ControlPlaneSettings | None = None) -> Starlette:
     from control_plane.api import ROUTES
+    from control_plane.limits import middleware
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan)
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware())
     app.state.settings = settings or ControlPlaneSettings.from_env()
     return app

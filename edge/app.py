@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +19,8 @@ from starlette.routing import Route
 
 from edge.adrequest import parse_ad_request
 from edge.auction import run_auction
+from edge.openapi import OPENAPI
+from edge.pages import PAGE_ROUTES
 from edge.settings import EdgeSettings
 from edge.state import EdgeState, lifespan
 from edge.tokens import sign, verify
@@ -34,7 +35,6 @@ from replication.events import (
     viewable_event_id,
 )
 
-TAG_JS = (Path(__file__).parent / "static" / "tag.js").read_text()
 MAX_BODY = 16 * 1024
 _CORS = {"Access-Control-Allow-Origin": "*"}
 
@@ -226,8 +226,8 @@ async def conversion(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def tag_js(request: Request) -> Response:
-    return Response(TAG_JS, media_type="application/javascript", headers={"Cache-Control": "max-age=300"})
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
 
 
 async def livez(request: Request) -> Response:
@@ -260,7 +260,8 @@ ROUTES = [
     Route("/v1/track/viewable", viewable, methods=["GET", "POST"]),
     Route("/v1/track/click", click, methods=["GET"]),
     Route("/v1/track/conversion", conversion, methods=["POST"]),
-    Route("/tag.js", tag_js, methods=["GET"]),
+    *PAGE_ROUTES,
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

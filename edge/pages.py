@@ -1,0 +1,26 @@
+"""Static publisher-facing files served by the edge: the tag and a demo publisher page that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+STATIC = Path(__file__).parent / "static"
+_TAG = (STATIC / "tag.js").read_text()
+
+
+async def tag_js(request: Request) -> Response:
+    return Response(_TAG, media_type="application/javascript", headers={"Cache-Control": "max-age=300"})
+
+
+async def demo_publisher(request: Request) -> Response:
+    return HTMLResponse((STATIC / "publisher.html").read_text())
+
+
+PAGE_ROUTES = [
+    Route("/tag.js", tag_js, methods=["GET"]),
+    Route("/demo/publisher", demo_publisher, methods=["GET"]),
+]
