@@ -9,8 +9,8 @@ budget so the last micros are spread across the askers instead of stranded in on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from zoneinfo import ZoneInfo
+
+from replication.calendar import local_day
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +33,6 @@ class GrantDecision:
     state: GrantState
     granted: int
     exhausted: bool
-
-
-def local_day(now_s: float, timezone: str) -> str:
-    return datetime.fromtimestamp(now_s, ZoneInfo(timezone)).date().isoformat()
 
 
 def decide_grant(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from control_plane.state import ControlPlaneState
 from control_plane.store import Conflict, NotFound, Versioned
 
 Handler = Callable[[Request], Awaitable[Response]]
+CAMPAIGN_ID = re.compile(r"cmp[0-9a-f]{16}")
 
 
 def error(status: int, message: str, fields: list[models.FieldError] | None = None) -> JSONResponse:
@@ -129,6 +131,9 @@ async def _load(request: Request) -> tuple[str, Versioned] | Response:
     if isinstance(advertiser_id, Response):
         return advertiser_id
     campaign_id = request.path_params["campaign_id"]
+    if not CAMPAIGN_ID.fullmatch(campaign_id):
+        # Ids we never mint are simply not found (and never reach the KV key syntax).
+        return error(404, f"campaign {campaign_id[:64]!r} not found")
     try:
         return advertiser_id, await state_of(request).store.get_campaign(advertiser_id, campaign_id)
     except NotFound:
@@ -177,6 +182,9 @@ async def patch_campaign(request: Request) -> Response:
         return error(409, "a completed campaign cannot be changed")
     try:
         fields = models.validate_campaign(data, existing=current.value)
+        if current.value["status"] in (models.Status.ACTIVE.value, models.Status.PAUSED.value):
+            # A live campaign serves the change at once, so it passes the same automatic rules as a submit.
+            models.check_live_edit(fields)
     except models.ValidationFailed as exc:
         return error(422, "validation failed", exc.errors)
     # Yield once between read and write: concurrent PATCHes then really race on the revision, as they would
@@ -317,9 +325,10 @@ async def livez(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     cp = state_of(request)
-    ready = cp.builder.stats.builds > 0
-    return JSONResponse({"ready": ready, "snapshot_version": cp.builder.stats.version},
-                        status_code=200 if ready else 503)
+    dead = [t.get_name() for t in cp.tasks if t.done()]
+    ready = cp.builder.stats.builds > 0 and not dead
+    return JSONResponse({"ready": ready, "snapshot_version": cp.builder.stats.version, "stopped_tasks": dead,
+                         "crashes": cp.crashes}, status_code=200 if ready else 503)
 
 
 ROUTES = [
@@ -334,6 +343,7 @@ ROUTES = [
     Route("/v1/campaigns/{campaign_id}/submit", lifecycle("submit"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/pause", lifecycle("pause"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/resume", lifecycle("resume"), methods=["POST"]),
+    Route("/v1/campaigns/{campaign_id}/complete", lifecycle("complete"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/metrics", campaign_metrics, methods=["GET"]),
     Route("/v1/admin/stats", admin_stats, methods=["GET"]),
     *DASHBOARD_ROUTES,

@@ -107,7 +107,17 @@ class SnapshotBuilder:
         self.stats.last_size = len(data)
         self.stats.last_build_ms = (time.perf_counter() - started) * 1000
 
+    async def _resume_version(self) -> None:
+        """Continue from the newest version already published: a restarted builder on a host whose clock is
+        behind must still publish versions the edges accept (they ignore anything not newer)."""
+        for region in self._regions:
+            with contextlib.suppress(Exception):  # nothing published yet for this region
+                last = await self._js.get_last_msg(S.SNAPSHOT_STREAM, S.snapshot_subject(region))
+                version = int((last.headers or {}).get("Snap-Version", "0"))
+                self.stats.version = max(self.stats.version, version)
+
     async def run(self) -> None:
+        await self._resume_version()
         watch = asyncio.create_task(self._watch())
         try:
             while True:

@@ -116,7 +116,12 @@ class Collector:
                     events.append(decode_event(msg.data))
                     good.append(msg)
                 except EventDecodeError as exc:
-                    await self._dead_letter(msg, str(exc))
+                    try:
+                        await self._dead_letter(msg, str(exc))
+                    except Exception:
+                        # Not acked: it comes back after ack_wait and is dead-lettered then.
+                        self.stats.errors += 1
+                        log.exception("dead-lettering failed; the message will be redelivered")
             if events:
                 try:
                     inserted = await loop.run_in_executor(
@@ -126,17 +131,23 @@ class Collector:
                     # Not acked: JetStream redelivers after ack_wait, and the insert is idempotent.
                     self.stats.errors += 1
                     log.exception("insert failed; batch will be redelivered")
-                    for msg in good:
-                        await msg.nak(delay=1.0)
+                    with contextlib.suppress(Exception):  # a lost nak only delays redelivery to ack_wait
+                        for msg in good:
+                            await msg.nak(delay=1.0)
                     await asyncio.sleep(0.5)
                     continue
                 self.stats.inserted += inserted
                 self.stats.duplicates_dropped += len(events) - inserted
                 self.stats.batches += 1
-            for msg in good[:-1]:
-                await msg.ack()
-            if good:
-                await good[-1].ack_sync()  # waits for the server, so every earlier ack has reached it too
+            try:
+                for msg in good[:-1]:
+                    await msg.ack()
+                if good:
+                    await good[-1].ack_sync()  # waits for the server, so every earlier ack reached it too
+            except Exception as exc:
+                # The rows are stored; unacked messages are redelivered and the insert drops them as known.
+                self.stats.errors += 1
+                log.warning("acking a stored batch failed (%r); it will be redelivered and deduplicated", exc)
 
     async def _dead_letter(self, msg: nats.aio.msg.Msg, reason: str) -> None:
         self.stats.dead_lettered += 1

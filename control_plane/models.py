@@ -24,7 +24,8 @@ OBJECTIVES = frozenset({"awareness", "traffic", "conversions"})
 BID_TYPES = frozenset({"cpm", "cpc", "cpa"})
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _GEO = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
-_TERM = re.compile(r"^[a-z0-9][a-z0-9 _-]{0,63}$")
+# Same term syntax as the edge's page keywords: letters and digits of any script, spaces, '-' and '_'.
+_TERM = re.compile(r"^[^\W_][\w -]{0,63}\Z")
 _PLACEMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 BANNED_WORDS = ("guaranteed income", "miracle cure", "free money", "get rich quick")
 # Ceilings the automatic review approves without a human: above these a campaign waits as rejected with a
@@ -281,6 +282,18 @@ def review(campaign: dict[str, Any]) -> list[str]:
     for creative in campaign.get("creatives", []):
         reasons.extend(f"creative {creative['id']}: {r}" for r in review_creative(creative))
     return reasons
+
+
+def check_live_edit(fields: dict[str, Any]) -> None:
+    """Edits to an active or paused campaign go live without a new submit: hold them to the review's bid
+    ceiling, or a PATCH could raise a reviewed $2 CPM to $2,000 and serve it at once."""
+    ceiling = {"cpm": MAX_AUTO_CPM_MICROS, "cpc": MAX_AUTO_CPC_MICROS, "cpa": MAX_AUTO_CPA_MICROS}
+    if fields["max_bid_micros"] > ceiling[fields["bid_type"]]:
+        raise ValidationFailed([FieldError(
+            "max_bid_micros",
+            f"above the automatic-approval ceiling of {ceiling[fields['bid_type']]} for a live "
+            f"{fields['bid_type']} campaign; pause, lower it, or ask for a manual review",
+        )])
 
 
 def review_creative(creative: dict[str, Any]) -> list[str]:

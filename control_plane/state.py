@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -42,12 +42,30 @@ class ControlPlaneState:
     reports: EventStore | None = None
     collector: Collector | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+    crashes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     async def run_storage(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def collector_stats(self) -> dict[str, int] | None:
         return dataclasses.asdict(self.collector.stats) if self.collector else None
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], crashes: dict[str, int]) -> None:
+    """Run a background loop forever: a crash is logged, counted (readiness reports it) and restarted with
+    backoff, instead of leaving a dead collector or builder behind a healthy-looking API."""
+    backoff = 0.5
+    while True:
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            crashes[name] = crashes.get(name, 0) + 1
+            log.exception("%s crashed (%d times); restarting in %.1f s", name, crashes[name], backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
 
 def uses_chdb(url: str) -> bool:
@@ -78,10 +96,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     cp.reports = await cp.run_storage(open_store, settings.cp_store_url)
     await cp.run_storage(cp.reports.ensure_schema)
     await grants.start()
-    cp.tasks.append(asyncio.create_task(builder.run(), name="snapshot-builder"))
+    cp.tasks.append(
+        asyncio.create_task(supervise("snapshot-builder", builder.run, cp.crashes), name="snapshot-builder")
+    )
     if settings.cp_embedded_collector:
-        cp.collector = Collector(js, cp.reports, executor)
-        cp.tasks.append(asyncio.create_task(cp.collector.run(), name="collector"))
+        collector = cp.collector = Collector(js, cp.reports, executor)
+        cp.tasks.append(asyncio.create_task(supervise("collector", collector.run, cp.crashes), name="collector"))
     app.state.cp = cp
     log.info("control plane up: %r", settings)
     try:

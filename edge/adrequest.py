@@ -16,7 +16,8 @@ _PLACEMENT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _FORMAT = re.compile(r"[0-9]{1,4}x[0-9]{1,4}")
 _SLOTS = re.compile(r"[0-9]{1,3}")
 _GEO = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?")
-_TERM = re.compile(r"[a-z0-9][a-z0-9 _-]{0,63}")
+# Letters and digits of any script ("café", "fußball"), then spaces, '-' or '_': up to 64 characters.
+_TERM = re.compile(r"[^\W_][\w -]{0,63}")
 DEVICES = frozenset({"desktop", "mobile", "tablet", "ctv"})
 KNOWN = frozenset({"placement", "slots", "format", "user", "geo", "device", "keywords", "interests", "url",
                    "explain", "gdpr", "gdpr_consent", "gpc"})
@@ -41,6 +42,13 @@ def _terms(raw: str, field: str, errors: list[ParamError]) -> tuple[str, ...]:
         errors.append(ParamError(field, f"{bad[0]!r} is not a term of 1-64 letters, digits, spaces, '-' or '_'"))
         return ()
     return tuple(dict.fromkeys(terms))
+
+
+def _page_keywords(raw: str) -> tuple[str, ...]:
+    """Keywords come from the publisher's page (its meta tags): keep the usable terms and drop the rest,
+    because one odd term ("c++") must not cost the page all of its ads."""
+    terms = [t.strip().lower() for t in raw.split(",")]
+    return tuple(dict.fromkeys(t for t in terms if _TERM.fullmatch(t)))[:50]
 
 
 def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | list[ParamError]:
@@ -74,7 +82,7 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | l
     url = params.get("url", "")
     if len(url) > 2048:
         errors.append(ParamError("url", "at most 2048 characters"))
-    keywords = _terms(params.get("keywords", ""), "keywords", errors)
+    keywords = _page_keywords(params.get("keywords", ""))
     interests = _terms(params.get("interests", ""), "interests", errors)
     flags = {}
     for name in ("gdpr", "gpc"):

@@ -28,6 +28,7 @@ from replication.events import (
     BidType,
     Event,
     EventType,
+    InvalidReason,
     click_event_id,
     conversion_event_id,
     decision_event_id,
@@ -43,11 +44,12 @@ def edge_of(request: Request) -> EdgeState:
     return request.app.state.edge
 
 
-def error(status: int, message: str, fields: list[dict[str, str]] | None = None) -> JSONResponse:
+def error(status: int, message: str, fields: list[dict[str, str]] | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, object] = {"error": message}
     if fields:
         body["fields"] = fields
-    return JSONResponse(body, status_code=status, headers=_CORS)
+    return JSONResponse(body, status_code=status, headers={**_CORS, **(headers or {})})
 
 
 async def ads(request: Request) -> Response:
@@ -110,13 +112,14 @@ async def ads(request: Request) -> Response:
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,
-           value: int = 0) -> Event:
+           value: int = 0, reason: InvalidReason = InvalidReason.NONE) -> Event:
     return Event(
         event_id=event_id, type=kind, ts_ms=int(now * 1000), region=st.settings.edge_region,
         pop=st.settings.edge_pop, auction_id=claims["auc"], impression_id=claims["imp"],
         campaign_id=claims["cmp"], creative_id=claims["crv"], advertiser_id=claims["adv"],
         placement=claims["plc"], bid_type=BidType(claims["bt"]), price_micros=int(claims["px"]),
         cost_micros=cost, value_micros=value, geo=claims.get("geo", ""), device=claims.get("dev", ""),
+        invalid_reason=reason,
     )
 
 
@@ -128,22 +131,36 @@ def _verify(st: EdgeState, token: str | None, kind: str, beacon: str) -> dict | 
     return dict(result.claims)
 
 
+def _record(st: EdgeState, kind: EventType, event_id: str, claims: dict, *, bills: bool,
+            value: int = 0) -> Response | None:
+    """Deduplicate, settle the budget and emit one beacon's event. None when recorded (or a duplicate);
+    a 503 when the event buffer is full, so the client retries instead of being told it was counted."""
+    beacon = kind.value
+    if event_id in st.seen:
+        st.metrics.beacons.labels(beacon, "duplicate").inc()
+        return None
+    if not st.publisher_has_room():
+        st.metrics.beacons.labels(beacon, "buffer_full").inc()
+        return error(503, "event buffer full, retry later", headers={"Retry-After": "1"})
+    cost = int(claims["px"]) if bills else 0
+    reason = InvalidReason.NONE
+    if cost and not st.ledger.settle(claims["imp"], claims["cmp"], cost):
+        # Shown, but past what this process was granted: recorded with a reason, never billed.
+        reason = InvalidReason.OVER_BUDGET
+    st.emit(_event(st, kind, event_id, claims, time.time(), cost=cost, value=value, reason=reason), billing=True)
+    st.seen.add(event_id)
+    st.metrics.beacons.labels(beacon, reason.value or "ok").inc()
+    return None
+
+
 async def impression(request: Request) -> Response:
     st = edge_of(request)
     claims = _verify(st, request.query_params.get("t"), "i", "impression")
     if isinstance(claims, JSONResponse):
         return claims
-    event_id = impression_event_id(claims["imp"])
-    if not st.seen.add(event_id):
-        st.metrics.beacons.labels("impression", "duplicate").inc()
-        return Response(status_code=204, headers=_CORS)
-    cost = int(claims["px"]) if claims["bt"] == "cpm" else 0
-    if cost and st.ledger.confirm(claims["imp"]) is None:
-        # Reserved by another worker (or its reservation expired): charge it here so the spend is counted.
-        st.ledger.charge(claims["cmp"], cost)
-    st.emit(_event(st, EventType.IMPRESSION, event_id, claims, time.time(), cost=cost), billing=True)
-    st.metrics.beacons.labels("impression", "ok").inc()
-    return Response(status_code=204, headers=_CORS)
+    failed = _record(st, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
+                     bills=claims["bt"] == "cpm")
+    return failed or Response(status_code=204, headers=_CORS)
 
 
 async def viewable(request: Request) -> Response:
@@ -152,13 +169,8 @@ async def viewable(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "i", "viewable")
     if isinstance(claims, JSONResponse):
         return claims
-    event_id = viewable_event_id(claims["imp"])
-    if st.seen.add(event_id):
-        st.emit(_event(st, EventType.VIEWABLE, event_id, claims, time.time(), cost=0), billing=True)
-        st.metrics.beacons.labels("viewable", "ok").inc()
-    else:
-        st.metrics.beacons.labels("viewable", "duplicate").inc()
-    return Response(status_code=204, headers=_CORS)
+    failed = _record(st, EventType.VIEWABLE, viewable_event_id(claims["imp"]), claims, bills=False)
+    return failed or Response(status_code=204, headers=_CORS)
 
 
 def _with_param(url: str, key: str, value: str) -> str:
@@ -172,27 +184,33 @@ async def click(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "c", "click")
     if isinstance(claims, JSONResponse):
         return claims
-    now = time.time()
-    event_id = click_event_id(claims["imp"])
-    if st.seen.add(event_id):
-        cost = int(claims["px"]) if claims["bt"] == "cpc" else 0
-        if cost:
-            st.ledger.charge(claims["cmp"], cost)
-        st.emit(_event(st, EventType.CLICK, event_id, claims, now, cost=cost), billing=True)
-        st.metrics.beacons.labels("click", "ok").inc()
-    else:
-        st.metrics.beacons.labels("click", "duplicate").inc()
+    failed = _record(st, EventType.CLICK, click_event_id(claims["imp"]), claims, bills=claims["bt"] == "cpc")
+    if failed is not None:
+        return failed
     # The landing page gets a signed attribution id, so a later conversion can only name a real click.
     attribution = {k: claims[k] for k in ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev")}
-    adclid = sign({**attribution, "k": "v", "exp": int(now) + st.settings.edge_attribution_window_s},
+    adclid = sign({**attribution, "k": "v", "exp": int(time.time()) + st.settings.edge_attribution_window_s},
                   st.settings.edge_signing_keys)
     return RedirectResponse(_with_param(claims["url"], "adclid", adclid), status_code=302)
 
 
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` (a chunked body has no Content-Length to check)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
 async def conversion(request: Request) -> Response:
     st = edge_of(request)
-    body = await request.body()
-    if len(body) > MAX_BODY:
+    body = await _read_limited(request, MAX_BODY)
+    if body is None:
         return error(413, f"body larger than {MAX_BODY} bytes")
     try:
         data = json.loads(body or b"null")
@@ -213,17 +231,10 @@ async def conversion(request: Request) -> Response:
     claims = _verify(st, adclid, "v", "conversion")
     if isinstance(claims, JSONResponse):
         return claims
-    event_id = conversion_event_id(claims["cmp"], conversion_id)
-    if st.seen.add(event_id):
-        cost = int(claims["px"]) if claims["bt"] == "cpa" else 0
-        if cost:
-            st.ledger.charge(claims["cmp"], cost)
-        st.emit(_event(st, EventType.CONVERSION, event_id, claims, time.time(), cost=cost, value=value),
-                billing=True)
-        st.metrics.beacons.labels("conversion", "ok").inc()
-    else:
-        st.metrics.beacons.labels("conversion", "duplicate").inc()
-    return Response(status_code=204)
+    # One conversion per click: a second postback for the same click (any conversion_id) is a duplicate.
+    failed = _record(st, EventType.CONVERSION, conversion_event_id(claims["imp"]), claims,
+                     bills=claims["bt"] == "cpa", value=value)
+    return failed or Response(status_code=204)
 
 
 async def openapi(request: Request) -> Response:

@@ -72,8 +72,9 @@ class Win:
     ecpm_micros: int
     # Clearing price of the campaign's billable unit: per impression (CPM), per click (CPC), per action (CPA).
     price_micros: int
-    # Spend reserved now against the allowance: the impression's cost for CPM; 0 for CPC/CPA, which are
-    # charged when the click or the conversion arrives.
+    # Spend reserved now against the allowance: the impression's cost for CPM; for CPC and CPA the expected
+    # cost (price x P(click) [x P(conversion)], with a safety margin), settled when the click or conversion
+    # arrives.
     reserve_micros: int
 
 
@@ -128,6 +129,18 @@ def ecpm_micros(campaign: SnapshotCampaign, creative: SnapshotCreative) -> float
     if campaign.bid_type == "cpc":
         return campaign.max_bid_micros * creative.prior_ctr * 1000
     return campaign.max_bid_micros * creative.prior_ctr * campaign.prior_cvr * 1000
+
+
+# Reserve this many times the expected click/conversion cost: P(click) is a prior, and an under-reservation
+# is what lets a CPC campaign overspend.
+RESERVE_MARGIN = 3.0
+
+
+def expected_cost(campaign: SnapshotCampaign, creative: SnapshotCreative, price: int) -> int:
+    if campaign.bid_type == "cpm":
+        return price
+    p = creative.prior_ctr if campaign.bid_type == "cpc" else creative.prior_ctr * campaign.prior_cvr
+    return math.ceil(price * min(1.0, p * RESERVE_MARGIN))
 
 
 def _unit_price(campaign: SnapshotCampaign, creative: SnapshotCreative, pay_ecpm: float) -> int:
@@ -217,7 +230,7 @@ def run_auction(
                 creative=creative,
                 ecpm_micros=round(score),
                 price_micros=price,
-                reserve_micros=price if campaign.bid_type == "cpm" else 0,
+                reserve_micros=expected_cost(campaign, creative, price),
             )
         )
     return AuctionResult(

@@ -1,11 +1,15 @@
 """The edge's budget ledger: spend only what the control plane granted this process.
 
-Pure bookkeeping (time is passed in). The allocator grants each edge process slices of a campaign's
-remaining daily and total budget; the ledger reserves an impression's cost when the ad is chosen, turns the
-reservation into spend when the impression beacon arrives, and releases it when it expires unrendered.
-Because the control plane never grants more than the budget, overspend is bounded by the click and
-conversion charges in flight, not by how long a region is cut off. (The full escrow-with-leases and
-PN-counter model is its own issue; this is the simple per-process check it will replace.)
+Pure bookkeeping (time and the budget day are passed in). The allocator grants each edge process slices of
+a campaign's remaining daily and total budget. When an ad is chosen the ledger reserves its expected cost
+(the impression's price for CPM; price x P(click) or x P(conversion), with margin, for CPC and CPA); when
+the billable event arrives, ``settle`` releases that reservation and takes the real cost; unrendered
+reservations expire back into the allowance. A billable event that finds no allowance is not billed (the
+caller marks it ``over_budget``), so spend can never exceed what was granted, and the control plane never
+grants more than the budget. Grants carry the campaign-local day: at midnight yesterday's unspent slices
+are dropped instead of being spent against today's budget.
+
+(The full escrow-with-leases and PN-counter model is its own issue; this is the simple per-process check.)
 """
 
 from __future__ import annotations
@@ -20,16 +24,27 @@ class CampaignBudget:
     granted: int = 0
     spent: int = 0
     reserved: int = 0
+    refused: int = 0  # billable events not billed for lack of allowance
     exhausted: bool = False
     asked_at: float = -1e18
+    day: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    campaign_id: str
+    micros: int
+    expires_s: float
+    day: str
 
 
 @dataclass(slots=True)
 class BudgetLedger:
-    max_reservations: int = 200_000
+    max_reservations: int = 1_000_000
     campaigns: dict[str, CampaignBudget] = field(default_factory=dict)
-    # impression id -> (campaign id, micros, expires at); ordered by insertion so expiry is a cheap scan.
-    reservations: OrderedDict[str, tuple[str, int, float]] = field(default_factory=OrderedDict)
+    # key (impression id) -> reservation; ordered by insertion, and every reservation gets the same TTL, so
+    # expiry is a scan from the front that stops at the first live one.
+    reservations: OrderedDict[str, Reservation] = field(default_factory=OrderedDict)
 
     def allowance(self) -> dict[str, int]:
         return {cid: b.available for cid, b in self.campaigns.items() if b.available > 0}
@@ -37,58 +52,86 @@ class BudgetLedger:
     def allowance_view(self) -> AllowanceView:
         return AllowanceView(self.campaigns)
 
-    def grant(self, campaign_id: str, micros: int, *, exhausted: bool) -> None:
+    def available(self, campaign_id: str) -> int:
+        b = self.campaigns.get(campaign_id)
+        return b.available if b is not None else 0
+
+    def new_day(self, campaign_id: str, day: str) -> bool:
+        """Enter the campaign-local ``day``. Returns True when it is newer: yesterday's slices are dropped."""
         b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        if day <= b.day:
+            return False
+        b.day = day
+        b.available = 0
+        b.exhausted = False
+        b.asked_at = -1e18
+        return True
+
+    def grant(self, campaign_id: str, micros: int, *, exhausted: bool, day: str) -> None:
+        b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        if day < b.day:
+            return  # a late answer for a day that is over: those micros were yesterday's
+        if day > b.day:
+            b.day = day
+            b.available = 0  # this grant is the new day's first: yesterday's leftovers are not carried over
         b.available += micros
         b.granted += micros
         b.exhausted = exhausted
 
     def reset(self, campaign_id: str) -> None:
-        """The campaign's budget changed (new day, raised budget): ask again instead of staying exhausted."""
+        """The campaign's budget changed (raised budget, resumed): ask again instead of staying exhausted."""
         b = self.campaigns.get(campaign_id)
         if b is not None:
             b.exhausted = False
             b.asked_at = -1e18
 
-    def reserve(self, impression_id: str, campaign_id: str, micros: int, *, expires_s: float) -> bool:
+    def reserve(self, key: str, campaign_id: str, micros: int, *, expires_s: float) -> bool:
         b = self.campaigns.get(campaign_id)
         if b is None or b.available < micros or micros < 0:
             return False
-        if len(self.reservations) >= self.max_reservations or impression_id in self.reservations:
+        if len(self.reservations) >= self.max_reservations or key in self.reservations:
             return False
         b.available -= micros
         b.reserved += micros
-        self.reservations[impression_id] = (campaign_id, micros, expires_s)
+        self.reservations[key] = Reservation(campaign_id, micros, expires_s, b.day)
         return True
 
-    def confirm(self, impression_id: str) -> int | None:
-        """The impression rendered: its reservation becomes spend. None when nothing was reserved here."""
-        entry = self.reservations.pop(impression_id, None)
-        if entry is None:
-            return None
-        campaign_id, micros, _ = entry
-        b = self.campaigns[campaign_id]
-        b.reserved -= micros
-        b.spent += micros
-        return micros
+    def _release(self, key: str) -> None:
+        r = self.reservations.pop(key, None)
+        if r is None:
+            return
+        b = self.campaigns[r.campaign_id]
+        b.reserved -= r.micros
+        if r.day == b.day:
+            b.available += r.micros  # yesterday's reservation does not refill today's allowance
 
-    def charge(self, campaign_id: str, micros: int) -> None:
-        """A click or conversion bills now. It is real money, so it is taken even past the allowance."""
+    def settle(self, key: str, campaign_id: str, cost: int) -> bool:
+        """A billable event arrived: release its reservation (if this process holds it) and take the real
+        cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""
+        reservation = self.reservations.get(key)
         b = self.campaigns.setdefault(campaign_id, CampaignBudget())
-        b.available -= micros
-        b.spent += micros
+        if reservation is not None and reservation.day != b.day:
+            # Decided yesterday, against yesterday's grants: bill it there, leave today's allowance alone.
+            self.reservations.pop(key)
+            b.reserved -= reservation.micros
+            b.spent += cost
+            return True
+        self._release(key)
+        if b.available < cost:
+            b.refused += 1
+            return False
+        b.available -= cost
+        b.spent += cost
+        return True
 
     def expire(self, now_s: float) -> int:
         released = 0
         while self.reservations:
-            impression_id, (campaign_id, micros, expires_s) = next(iter(self.reservations.items()))
-            if expires_s > now_s:
+            key, r = next(iter(self.reservations.items()))
+            if r.expires_s > now_s:
                 break
-            del self.reservations[impression_id]
-            b = self.campaigns[campaign_id]
-            b.reserved -= micros
-            b.available += micros
-            released += micros
+            self._release(key)
+            released += r.micros
         return released
 
     def wants(self, targets: dict[str, int], *, now_s: float, retry_s: float) -> dict[str, int]:

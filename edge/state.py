@@ -28,6 +28,7 @@ from edge.budget import BudgetLedger
 from edge.metrics import EdgeMetrics, build_metrics
 from edge.settings import EdgeSettings
 from replication import subjects as S
+from replication.calendar import local_day
 from replication.events import Event, encode_event
 from replication.nats_io import EventPublisher, close_quietly, connect, ensure_jetstream, follow_snapshots
 from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot, unit_cost_ceiling
@@ -41,6 +42,9 @@ class SeenIds:
     def __init__(self, capacity: int = 200_000) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
 
     def add(self, event_id: str) -> bool:
         """True when the id is new."""
@@ -68,6 +72,10 @@ class EdgeState:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     grant_failures: int = 0
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def publisher_has_room(self) -> bool:
+        assert self.publisher is not None
+        return self.publisher.has_room(billing=True)
 
     def emit(self, event: Event, *, billing: bool) -> bool:
         assert self.publisher is not None
@@ -104,8 +112,22 @@ class EdgeState:
             targets[c.campaign_id] = max(unit * 10, min(c.daily_budget_micros, c.total_budget_micros) // 20)
         return targets
 
+    def roll_days(self, now_s: float) -> None:
+        """At a campaign's local midnight drop yesterday's unspent slices and ask for today's."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        days: dict[str, str] = {}
+        for c in snapshot.campaigns:
+            day = days.get(c.timezone)
+            if day is None:
+                day = days[c.timezone] = local_day(now_s, c.timezone)
+            if c.campaign_id in self.ledger.campaigns and self.ledger.new_day(c.campaign_id, day):
+                self.grant_wake.set()
+
     async def grant_loop(self) -> None:
         assert self.nc is not None
+        pending: bytes | None = None  # a request whose answer was lost: re-sent with the same id
         while True:
             # Wake at once when a snapshot brings new campaigns (they cannot serve before their first grant),
             # else every 100 ms to top up allowances and expire reservations.
@@ -114,26 +136,29 @@ class EdgeState:
             self.grant_wake.clear()
             now = time.time()
             self.ledger.expire(now)
+            self.roll_days(now)
             if self.snapshot is not None:
                 self.metrics.snapshot_age.set(now - self.snapshot.created_ms / 1000)
-            asks = self.ledger.wants(self.grant_targets(), now_s=now, retry_s=0.25)
-            if not asks:
-                continue
+            if pending is None:
+                asks = self.ledger.wants(self.grant_targets(), now_s=now, retry_s=0.25)
+                if not asks:
+                    continue
+                pending = msgpack.packb({"id": secrets.token_hex(8), "worker": self.worker_id,
+                                         "region": self.settings.edge_region, "asks": asks})
             try:
-                reply = await self.nc.request(
-                    S.BUDGET_GRANT_SUBJECT,
-                    msgpack.packb({"worker": self.worker_id, "region": self.settings.edge_region, "asks": asks}),
-                    timeout=2.0,
-                )
+                reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)
                 grants: dict[str, list[Any]] = msgpack.unpackb(reply.data, raw=False)["grants"]
             except Exception as exc:
-                # Cut off from the allocator: keep spending only what was already granted.
+                # Cut off from the allocator: keep spending only what was already granted. The same request
+                # id goes out again, so an answer that was lost in flight is replayed, not granted twice.
                 self.grant_failures += 1
                 if self.grant_failures in (1, 10, 100) or self.grant_failures % 1000 == 0:
                     log.warning("budget grant request failed (%d): %r", self.grant_failures, exc)
+                await asyncio.sleep(0.25)
                 continue
-            for campaign_id, (granted, exhausted) in grants.items():
-                self.ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted))
+            pending = None
+            for campaign_id, (granted, exhausted, day) in grants.items():
+                self.ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
 
     def publisher_metrics(self) -> None:
         if self.publisher is None:
@@ -170,7 +195,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Graceful shutdown: stop taking snapshots, then give buffered billing events time to land.
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        await state.publisher.drain(timeout_s=10)
+        if not await state.publisher.drain(timeout_s=10):
+            log.error("shutting down with %d events not acknowledged by JetStream", state.publisher.buffered)
         for task in state.tasks:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)

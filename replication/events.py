@@ -14,6 +14,8 @@ from typing import Any
 import msgpack
 
 SCHEMA_VERSION = 1
+# Money and timestamps fit comfortably below 2**53; anything larger is a forged or corrupt event.
+MAX_INT = 10**15 * 1000
 
 
 class EventType(StrEnum):
@@ -31,11 +33,13 @@ class BidType(StrEnum):
 
 
 class InvalidReason(StrEnum):
-    """Why an event is invalid traffic. Stable values: they are stored in ClickHouse and used in metrics."""
+    """Why an event is not billed (invalid traffic, or no budget left to bill it against). Stable values:
+    they are stored in ClickHouse and used in metrics. Marked, never dropped."""
 
     NONE = ""
     DUPLICATE = "duplicate"
     CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+    OVER_BUDGET = "over_budget"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +83,10 @@ def click_event_id(impression_id: str) -> str:
     return f"clk:{impression_id}"
 
 
-def conversion_event_id(campaign_id: str, conversion_id: str) -> str:
-    # Conversion ids are the advertiser's; scope them to the campaign so two advertisers cannot collide.
-    return f"cnv:{campaign_id}:{conversion_id}"
+def conversion_event_id(impression_id: str) -> str:
+    # One billable conversion per click: the id comes from the signed click, never from the caller, so
+    # replaying a postback with new conversion ids cannot bill a campaign again.
+    return f"cnv:{impression_id}"
 
 
 def viewable_event_id(impression_id: str) -> str:
@@ -115,8 +120,11 @@ def decode_event(data: bytes) -> Event:
         raw["bid_type"] = BidType(raw["bid_type"])
         raw["invalid_reason"] = InvalidReason(raw["invalid_reason"])
         for name in ("ts_ms", "price_micros", "cost_micros", "value_micros"):
-            if not isinstance(raw[name], int) or isinstance(raw[name], bool):
+            value = raw[name]
+            if not isinstance(value, int) or isinstance(value, bool):
                 raise EventDecodeError(f"{name} must be an integer")
+            if not 0 <= value <= MAX_INT:
+                raise EventDecodeError(f"{name} out of range 0..{MAX_INT}")
         for name in ("event_id", "region", "pop", "auction_id", "impression_id", "campaign_id",
                      "creative_id", "advertiser_id", "placement", "geo", "device"):
             if not isinstance(raw[name], str):

@@ -126,6 +126,9 @@ class EventPublisher:
     def buffered(self) -> int:
         return len(self._queue) + self._inflight
 
+    def has_room(self, *, billing: bool) -> bool:
+        return self.buffered < (self._hard if billing else self._soft)
+
     def submit(self, subject: str, msg_id: str, payload: bytes, *, billing: bool) -> bool:
         size = self.buffered
         if not billing and size >= self._soft:

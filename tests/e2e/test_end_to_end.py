@@ -256,6 +256,10 @@ def test_beacons_bill_exactly_once_and_forgeries_bill_nothing(stack: LocalStack,
         r = httpx.post(f"{stack.edges[1].url}/v1/track/conversion",
                        json={"conversion_id": "order-1", "adclid": adclid, "value_micros": 42_000_000})
         assert r.status_code == 204, r.text
+    # A replayed postback with a new conversion id is still this click's one conversion: not billed again.
+    r = httpx.post(f"{stack.edges[0].url}/v1/track/conversion",
+                   json={"conversion_id": "order-3", "adclid": adclid, "value_micros": 1})
+    assert r.status_code == 204
     r = httpx.post(f"{stack.edges[1].url}/v1/track/conversion",
                    json={"conversion_id": "order-2", "adclid": adclid[:-3] + "xyz", "value_micros": 1})
     assert r.status_code == 403
@@ -328,3 +332,15 @@ def test_demo_runs_and_its_report_holds(tmp_path: Path) -> None:
         assert c["spend_micros"] <= c["budget_micros"] * 1.05
     small = min(data["campaigns"], key=lambda c: c["budget_micros"])
     assert small["spend_micros"] > 0
+
+
+def test_live_edits_stay_within_review_rules_and_odd_ids_are_404(stack: LocalStack, tokens: tuple[str, str]) -> None:
+    campaign = launch(stack, tokens[0], campaign_body("liveedit"))
+    r = api(stack, "PATCH", f"/v1/campaigns/{campaign['id']}", tokens[0], {"max_bid_micros": 900_000_000})
+    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "max_bid_micros"
+    assert api(stack, "GET", f"/v1/campaigns/{campaign['id']}", tokens[0]).json()["max_bid_micros"] == 5_000_000
+    for odd in ("*", "x.>", "cmp..a", "%20", "a" * 300):
+        assert api(stack, "GET", f"/v1/campaigns/{odd}", tokens[0]).status_code == 404, odd
+    r = api(stack, "POST", f"/v1/campaigns/{campaign['id']}/complete", tokens[0])
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+    assert api(stack, "PATCH", f"/v1/campaigns/{campaign['id']}", tokens[0], {"name": "x"}).status_code == 409

@@ -19,6 +19,7 @@ from control_plane.grants import GrantService
 from control_plane.storage import open_store
 from control_plane.store import Conflict, Store
 from replication import subjects as S
+from replication.calendar import local_day
 from replication.events import BidType, Event, EventType, encode_event
 from replication.nats_io import (
     INLINE_SNAPSHOT_LIMIT,
@@ -238,7 +239,8 @@ def test_grants_never_exceed_the_budget_under_concurrent_askers(nats_url: str) -
             for _ in range(40):
                 reply = await nc.request(S.BUDGET_GRANT_SUBJECT,
                                          msgpack.packb({"asks": {campaign_id: 200_000}}), timeout=5)
-                granted, _ = msgpack.unpackb(reply.data)["grants"][campaign_id]
+                granted, _, day = msgpack.unpackb(reply.data)["grants"][campaign_id]
+                assert day == local_day(time.time(), "UTC")
                 total += granted
             return total
 
@@ -263,3 +265,27 @@ def test_streams_are_configured_for_billing(nats_url: str) -> None:
     config = run(scenario)
     assert config.duplicate_window == S.EVENTS_DUPLICATE_WINDOW_S
     assert json.dumps(str(config.storage)).lower().count("file") == 1
+
+
+def test_a_lost_grant_reply_is_replayed_not_granted_twice(nats_url: str) -> None:
+    terms = BudgetTerms(daily_budget_micros=1_000_000, total_budget_micros=1_000_000, timezone="UTC",
+                        unit_ceiling_micros=1_000)
+
+    async def scenario() -> tuple[list[int], int]:
+        nc, js = await _js(nats_url, "t-replay")
+        store = await Store(js).open()
+        campaign_id = f"cmpreplay{time.time_ns()}"
+        service = GrantService(nc, store, lambda cid: terms, 0.05)
+        await service.start()
+        request = msgpack.packb({"id": "req-1", "asks": {campaign_id: 30_000}})
+        granted = []
+        for _ in range(3):  # the edge never saw the first answer and re-sends the same request id
+            reply = await nc.request(S.BUDGET_GRANT_SUBJECT, request, timeout=5)
+            granted.append(msgpack.unpackb(reply.data)["grants"][campaign_id][0])
+        state, _ = await store.get_grant_state(campaign_id)
+        await nc.close()
+        return granted, state.granted_total if state else 0
+
+    granted, recorded = run(scenario)
+    assert granted == [30_000, 30_000, 30_000]  # the same answer every time
+    assert recorded == 30_000  # granted once

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edge.auction import AdRequest, NoFill, Reason, ecpm_micros, retrieve, run_auction
+from edge.auction import AdRequest, NoFill, Reason, ecpm_micros, expected_cost, retrieve, run_auction
 from replication.snapshot import build_snapshot, unit_cost_ceiling
 
 # 2024-01-15 12:00:00 UTC, which is 07:00 in America/New_York (EST, UTC-5).
@@ -286,7 +286,7 @@ def test_cpc_winner_pays_runner_up_converted_to_a_click_price(make_campaign, mak
     win = auction(s, req()).wins[0]
     assert win.campaign.campaign_id == "cpc"
     assert win.price_micros == 400_000  # 4,000,000 per mille / (0.01 clicks per impression * 1000)
-    assert win.reserve_micros == 0  # billed when the click arrives
+    assert win.reserve_micros == 12_000  # expected click cost: 400,000 x 1% CTR x margin 3, settled on the click
 
 
 def test_cpa_winner_pays_runner_up_converted_to_an_action_price(make_campaign, make_creative):
@@ -296,7 +296,7 @@ def test_cpa_winner_pays_runner_up_converted_to_an_action_price(make_campaign, m
     win = auction(s, req()).wins[0]
     assert win.campaign.campaign_id == "cpa"
     assert win.price_micros == 10_000_000
-    assert win.reserve_micros == 0
+    assert win.reserve_micros == 15_000  # 10,000,000 x 1% x 5% x margin 3
 
 
 def test_tied_bids_pay_exactly_their_bid(make_campaign):
@@ -413,7 +413,8 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
         assert allowance[c.campaign_id] >= w.price_micros
         assert w.ecpm_micros >= reserve
         assert w.creative.format == request.format
-        assert w.reserve_micros == (w.price_micros if c.bid_type == "cpm" else 0)
+        assert w.reserve_micros == expected_cost(c, w.creative, w.price_micros)
+        assert 0 < w.reserve_micros <= w.price_micros
     ecpms = [w.ecpm_micros for w in result.wins]
     assert ecpms == sorted(ecpms, reverse=True)
     # Second price: nobody pays less than the reserve or than the eCPM of the winner ranked below it.

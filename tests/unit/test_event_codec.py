@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replication.events import (
+    MAX_INT,
     SCHEMA_VERSION,
     BidType,
     Event,
@@ -24,6 +25,7 @@ from replication.events import (
     encode_event,
     event_as_dict,
     impression_event_id,
+    viewable_event_id,
 )
 
 FIELD_NAMES = [f.name for f in dataclasses.fields(Event)]
@@ -57,7 +59,7 @@ def test_round_trip():
     assert isinstance(decoded.invalid_reason, InvalidReason)
 
 
-_int64 = st.integers(-(2**63), 2**63 - 1)
+_int64 = st.integers(0, MAX_INT)
 
 
 @settings(max_examples=200, deadline=None)
@@ -158,10 +160,13 @@ def test_event_ids_are_deterministic_and_distinct_per_kind():
     assert impression_event_id("auc-0") == impression_event_id("auc-0") == "imp:auc-0"
     assert click_event_id("auc-0") == "clk:auc-0"
     assert decision_event_id("auc-0") == "dec:auc-0"
-    assert conversion_event_id("c1", "o-9") == "cnv:c1:o-9"
-    ids = {impression_event_id("x"), click_event_id("x"), decision_event_id("x"), conversion_event_id("x", "x")}
-    assert len(ids) == 4
+    assert conversion_event_id("auc-0") == "cnv:auc-0"
+    ids = {impression_event_id("x"), click_event_id("x"), decision_event_id("x"), conversion_event_id("x"),
+           viewable_event_id("x")}
+    assert len(ids) == 5
 
 
-def test_conversion_ids_are_scoped_to_the_campaign():
-    assert conversion_event_id("c1", "order-1") != conversion_event_id("c2", "order-1")
+def test_out_of_range_money_is_refused():
+    for bad in (-1, MAX_INT + 1):
+        with pytest.raises(EventDecodeError, match="out of range"):
+            decode_event(encode_event(event(cost_micros=bad)))
