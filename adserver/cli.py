@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -78,9 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=os.environ.get("ADSERVER_LOG_LEVEL", "INFO"),
-                        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the demo's output
+    from replication.observability import setup_logging
+
+    setup_logging(os.environ.get("ADSERVER_LOG_LEVEL", "INFO"))
     parser = argparse.ArgumentParser(prog="adserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from control_plane import models
 from control_plane.auth import new_id, parse_bearer, token_matches
 from control_plane.dashboard import DASHBOARD_ROUTES
+from control_plane.metrics import metrics
 from control_plane.openapi import OPENAPI
 from control_plane.state import ControlPlaneState
 from control_plane.store import Conflict, NotFound, Versioned
@@ -335,6 +336,7 @@ ROUTES = [
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/campaigns", create_campaign, methods=["POST"]),
     Route("/v1/campaigns", list_campaigns, methods=["GET"]),
     Route("/v1/campaigns/{campaign_id}", get_campaign, methods=["GET"]),

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from control_plane.builder import SnapshotBuilder
 from control_plane.collector import Collector
@@ -25,6 +26,7 @@ from control_plane.settings import ControlPlaneSettings
 from control_plane.storage import EventStore, open_store
 from control_plane.store import Store
 from replication.nats_io import close_quietly, connect, ensure_jetstream
+from replication.observability import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,6 +126,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> Starlette:
     from control_plane.api import ROUTES
     from control_plane.limits import middleware
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware())
+    stack = [Middleware(RequestIdMiddleware, access_log_enabled=True), *middleware()]
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=stack)
     app.state.settings = settings or ControlPlaneSettings.from_env()
     return app

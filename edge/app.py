@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -35,6 +36,7 @@ from replication.events import (
     impression_event_id,
     viewable_event_id,
 )
+from replication.observability import RequestIdMiddleware
 
 MAX_BODY = 16 * 1024
 _CORS = {"Access-Control-Allow-Origin": "*"}
@@ -280,6 +282,10 @@ ROUTES = [
 
 
 def create_app(settings: EdgeSettings | None = None) -> Starlette:
-    app = Starlette(routes=ROUTES, lifespan=lifespan)
-    app.state.settings = settings or EdgeSettings.from_env()
+    settings = settings or EdgeSettings.from_env()
+    # Access lines per ad request are off by default: at thousands of requests a second they cost more than
+    # the auction. Request ids are always on.
+    middleware = [Middleware(RequestIdMiddleware, access_log_enabled=settings.edge_access_log)]
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware)
+    app.state.settings = settings
     return app

@@ -19,6 +19,7 @@ class EdgeMetrics:
     events: Gauge
     snapshot_version: Gauge
     snapshot_age: Gauge
+    allowance: Gauge
 
 
 def build_metrics() -> EdgeMetrics:
@@ -37,4 +38,6 @@ def build_metrics() -> EdgeMetrics:
         events=Gauge("adserver_events", "event publisher counters", ["state"], registry=r),
         snapshot_version=Gauge("adserver_snapshot_version", "version of the snapshot being served", registry=r),
         snapshot_age=Gauge("adserver_snapshot_age_seconds", "age of the snapshot being served", registry=r),
+        allowance=Gauge("adserver_allowance_micros", "budget held by this worker, summed over campaigns",
+                        ["state"], registry=r),
     )

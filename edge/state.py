@@ -161,6 +161,15 @@ class EdgeState:
                 self.ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
 
     def publisher_metrics(self) -> None:
+        totals = {"available": 0, "reserved": 0, "spent": 0, "granted": 0, "refused_events": 0}
+        for b in self.ledger.campaigns.values():
+            totals["available"] += b.available
+            totals["reserved"] += b.reserved
+            totals["spent"] += b.spent
+            totals["granted"] += b.granted
+            totals["refused_events"] += b.refused
+        for name, value in totals.items():
+            self.metrics.allowance.labels(name).set(value)
         if self.publisher is None:
             return
         st = self.publisher.stats
