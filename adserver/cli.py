@@ -38,6 +38,11 @@ def cmd_edge(args: argparse.Namespace) -> None:
     from edge.settings import EdgeSettings
 
     _check_settings(EdgeSettings.from_env)
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker is a process: they share their metric values through files in this directory.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="adserver-metrics-")
     _serve("edge.app:create_app", args.host, args.port, args.workers)
 
 

@@ -82,12 +82,12 @@ class LocalStack:
             raise
         return self
 
-    def start_edge(self, region: str, pop: str) -> EdgeProc:
+    def start_edge(self, region: str, pop: str, workers: int | None = None) -> EdgeProc:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = self.group.start(
             f"edge-{region}-{pop}",
-            adserver_argv("edge", "--port", str(port), "--workers", str(self.edge_workers)),
+            adserver_argv("edge", "--port", str(port), "--workers", str(workers or self.edge_workers)),
             {
                 "ADSERVER_NATS_URL": self.nats_url,
                 "ADSERVER_EDGE_REGION": region,

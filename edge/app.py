@@ -11,7 +11,7 @@ import secrets
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from edge.adrequest import parse_ad_request
 from edge.auction import run_auction
+from edge.metrics import render as render_metrics
 from edge.openapi import OPENAPI
 from edge.pages import PAGE_ROUTES
 from edge.settings import EdgeSettings
@@ -264,7 +265,7 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     st = edge_of(request)
     st.publisher_metrics()
-    return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(render_metrics(st.metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES = [

@@ -1,10 +1,18 @@
-"""Prometheus metrics of one edge worker. A registry per app, so tests can build several apps in one process."""
+"""Prometheus metrics of an edge PoP.
+
+A registry per app, so tests can build several apps in one process. With several granian workers each
+worker is its own process: ``adserver edge`` then sets PROMETHEUS_MULTIPROC_DIR, every worker writes its
+values there, and a scrape (which lands on one worker) reports the sum over all live workers instead of
+one worker's counters at random.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +43,20 @@ def build_metrics() -> EdgeMetrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
         ),
         beacons=Counter("adserver_beacons", "beacons by kind and result", ["kind", "result"], registry=r),
-        events=Gauge("adserver_events", "event publisher counters", ["state"], registry=r),
-        snapshot_version=Gauge("adserver_snapshot_version", "version of the snapshot being served", registry=r),
-        snapshot_age=Gauge("adserver_snapshot_age_seconds", "age of the snapshot being served", registry=r),
-        allowance=Gauge("adserver_allowance_micros", "budget held by this worker, summed over campaigns",
-                        ["state"], registry=r),
+        events=Gauge("adserver_events", "event publisher counters", ["state"], registry=r,
+                     multiprocess_mode="livesum"),
+        snapshot_version=Gauge("adserver_snapshot_version", "version of the snapshot being served", registry=r,
+                               multiprocess_mode="livemin"),
+        snapshot_age=Gauge("adserver_snapshot_age_seconds", "age of the snapshot being served", registry=r,
+                           multiprocess_mode="livemax"),
+        allowance=Gauge("adserver_allowance_micros", "budget held by the workers, summed over campaigns",
+                        ["state"], registry=r, multiprocess_mode="livesum"),
     )
+
+
+def render(metrics: EdgeMetrics) -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(metrics.registry)

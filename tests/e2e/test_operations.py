@@ -127,3 +127,21 @@ def test_shutdown_delivers_buffered_billing_events_while_nats_is_stalled(stack: 
         time.sleep(0.3)
     assert stored_impressions(stack, token, cid) == 20
     assert stack.admin_stats()["store"]["duplicates"] == 0
+
+
+def test_metrics_of_a_multi_worker_edge_add_up_across_workers(stack: LocalStack, token: str) -> None:
+    from adserver.processes import wait_ready
+
+    edge = stack.start_edge("eu", "multi", workers=2)
+    wait_ready(f"{edge.url}/readyz", edge.proc, timeout=30)
+    with httpx.Client(timeout=5) as client:  # fresh connections, so granian spreads them over both workers
+        for _ in range(40):
+            client.get(f"{edge.url}/v1/ads", params={"placement": "ops", "format": "300x250"},
+                       headers={"Connection": "close"})
+        totals = []
+        for _ in range(4):
+            text = client.get(f"{edge.url}/metrics", headers={"Connection": "close"}).text
+            totals.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                              if line.startswith("adserver_ad_requests_total{")))
+    assert totals == [40.0] * 4  # every scrape, whichever worker answers, sees all 40 requests
+    edge.proc.stop()
