@@ -31,8 +31,8 @@ def _fraction(raw: str) -> float:
 SPECS = [
     s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL"),
     s.Spec("CP_REGIONS", _regions, "eu,us", "regions to publish snapshots for, comma-separated"),
-    s.Spec("CP_STORE_URL", s.parse_nonempty, "chdb://var/chdb",
-           "ClickHouse: chdb://<dir> (embedded) or http(s)://user:pass@host:8123/db (server)"),
+    s.Spec("CP_STORE_URL", s.parse_nonempty, "var/chdb",
+           "ClickHouse: a directory or chdb:///abs/dir (embedded chdb), or http(s)://user:pass@host:8123/db (server)"),
     s.Spec("CP_EMBEDDED_COLLECTOR", s.parse_bool, "true",
            "run the collector in this process (required with chdb: one process owns its data dir)"),
     s.Spec("CP_ADMIN_TOKEN", s.parse_str, "", "bearer token for /v1/admin/*; empty disables them", secret=True),
