@@ -24,6 +24,7 @@ browser:
 	  echo "installing Debian chromium for the browser tests"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; }
 	@$(CHROMIUM) --version
+	@command -v openssl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null)
 
 demo: $(STAMP)
 	$(VENV)/bin/adserver demo --report demo-report.json
