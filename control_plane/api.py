@@ -28,6 +28,8 @@ from control_plane.store import Conflict, NotFound, Versioned
 
 Handler = Callable[[Request], Awaitable[Response]]
 CAMPAIGN_ID = re.compile(r"cmp[0-9a-f]{16}")
+_REVISION = re.compile(r"[0-9]{1,19}")
+_EPOCH_MS = re.compile(r"[0-9]{1,18}")
 
 
 def error(status: int, message: str, fields: list[models.FieldError] | None = None) -> JSONResponse:
@@ -66,8 +68,10 @@ async def read_json(request: Request) -> Any | Response:
         return error(400, "request body is empty; send a JSON object")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return error(400, f"request body is not valid JSON: {exc}")
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers past Python's 4300-digit limit;
+        # RecursionError is a body of deeply nested arrays ("[[[[..."), which fits well under the size limit.
+        return error(400, f"request body is not valid JSON: {str(exc)[:200]}")
 
 
 def present(v: Versioned) -> dict[str, Any]:
@@ -154,7 +158,8 @@ def _expected_revision(request: Request, current: Versioned) -> int | Response:
     if header is None:
         return current.revision
     cleaned = header.strip().strip('"')
-    if not cleaned.isdigit():
+    # ASCII digits only (str.isdigit also accepts '²', which int() refuses), and within JetStream's uint64.
+    if not _REVISION.fullmatch(cleaned):
         return error(400, "If-Match must be a campaign revision such as \"12\"")
     return int(cleaned)
 
@@ -240,7 +245,7 @@ def lifecycle(action: str) -> Handler:
 def _parse_time(raw: str | None, name: str, default_ms: int) -> int | Response:
     if raw is None or raw == "":
         return default_ms
-    if raw.isdigit():
+    if _EPOCH_MS.fullmatch(raw):
         return int(raw)
     try:
         parsed = datetime.fromisoformat(raw)
@@ -332,15 +337,25 @@ async def readyz(request: Request) -> Response:
                          "crashes": cp.crashes}, status_code=200 if ready else 503)
 
 
+def by_method(**handlers: Handler) -> Handler:
+    """One route per path, so a 405 lists every method the path has in its Allow header (Starlette answers
+    from the first route whose path matches)."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return dispatch
+
+
 ROUTES = [
     Route("/livez", livez, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
-    Route("/v1/campaigns", create_campaign, methods=["POST"]),
-    Route("/v1/campaigns", list_campaigns, methods=["GET"]),
-    Route("/v1/campaigns/{campaign_id}", get_campaign, methods=["GET"]),
-    Route("/v1/campaigns/{campaign_id}", patch_campaign, methods=["PATCH"]),
+    Route("/v1/campaigns", by_method(GET=list_campaigns, POST=create_campaign), methods=["GET", "POST"]),
+    Route("/v1/campaigns/{campaign_id}", by_method(GET=get_campaign, PATCH=patch_campaign),
+          methods=["GET", "PATCH"]),
     Route("/v1/campaigns/{campaign_id}/creatives", add_creative, methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/submit", lifecycle("submit"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/pause", lifecycle("pause"), methods=["POST"]),

@@ -93,7 +93,11 @@ def _url(value: Any, field: str, errors: list[FieldError]) -> str | None:
     text = _text(value, field, errors, 2048)
     if text is None:
         return None
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # "http://[::1" and other hosts urlsplit refuses (bad brackets, NFKC look-alikes)
+        errors.append(FieldError(field, "must be an absolute http(s) URL"))
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         errors.append(FieldError(field, "must be an absolute http(s) URL"))
         return None
@@ -154,7 +158,7 @@ def validate_targeting(raw: Any, errors: list[FieldError]) -> dict[str, list[Any
         got = _string_list(raw.get(key, []), f"targeting.{key}", errors, pattern, hint, normalize)
         out[key] = got or []
     devices = raw.get("devices", [])
-    if not isinstance(devices, list) or any(d not in DEVICES for d in devices):
+    if not isinstance(devices, list) or any(not isinstance(d, str) or d not in DEVICES for d in devices):
         errors.append(FieldError("targeting.devices", f"must be a list drawn from {sorted(DEVICES)}"))
         out["devices"] = []
     else:
@@ -197,11 +201,12 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
     out: dict[str, Any] = {}
     out["name"] = _text(merged.get("name"), "name", errors, 200)
     objective = merged.get("objective")
-    if objective not in OBJECTIVES:
+    # isinstance first: a JSON object or array is unhashable, and `in` a frozenset would raise TypeError.
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
         errors.append(FieldError("objective", f"must be one of {sorted(OBJECTIVES)}"))
     out["objective"] = objective
     bid_type = merged.get("bid_type")
-    if bid_type not in BID_TYPES:
+    if not isinstance(bid_type, str) or bid_type not in BID_TYPES:
         errors.append(FieldError("bid_type", f"must be one of {sorted(BID_TYPES)}"))
     out["bid_type"] = bid_type
     out["max_bid_micros"] = _int_micros(merged.get("max_bid_micros"), "max_bid_micros", errors)
@@ -258,7 +263,7 @@ def validate_creative(data: Any, field_prefix: str = "") -> dict[str, Any]:
         "cta": _text(data.get("cta", "Learn more"), f"{p}cta", errors, 30),
     }
     size = data.get("size")
-    if size not in SIZES:
+    if not isinstance(size, str) or size not in SIZES:
         errors.append(FieldError(f"{p}size", f"must be one of {sorted(SIZES)}"))
     out["size"] = size
     ctr = data.get("prior_ctr", 0.01)

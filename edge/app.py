@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from edge.adrequest import parse_ad_request
 from edge.auction import run_auction
+from edge.limits import middleware as limits
 from edge.metrics import render as render_metrics
 from edge.openapi import OPENAPI
 from edge.pages import PAGE_ROUTES
@@ -217,7 +218,7 @@ async def conversion(request: Request) -> Response:
         return error(413, f"body larger than {MAX_BODY} bytes")
     try:
         data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # also "[[[[..." nesting and integers past 4300 digits
         return error(400, "body must be a JSON object")
     if not isinstance(data, dict):
         return error(400, "body must be a JSON object with conversion_id, adclid and value_micros")
@@ -286,7 +287,7 @@ def create_app(settings: EdgeSettings | None = None) -> Starlette:
     settings = settings or EdgeSettings.from_env()
     # Access lines per ad request are off by default: at thousands of requests a second they cost more than
     # the auction. Request ids are always on.
-    middleware = [Middleware(RequestIdMiddleware, access_log_enabled=settings.edge_access_log)]
+    middleware = [Middleware(RequestIdMiddleware, access_log_enabled=settings.edge_access_log), *limits()]
     app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     return app
