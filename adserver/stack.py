@@ -82,7 +82,8 @@ class LocalStack:
             raise
         return self
 
-    def start_edge(self, region: str, pop: str, workers: int | None = None) -> EdgeProc:
+    def start_edge(self, region: str, pop: str, workers: int | None = None,
+                   signing_keys: str | None = None) -> EdgeProc:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = self.group.start(
@@ -92,7 +93,7 @@ class LocalStack:
                 "ADSERVER_NATS_URL": self.nats_url,
                 "ADSERVER_EDGE_REGION": region,
                 "ADSERVER_EDGE_POP": pop,
-                "ADSERVER_EDGE_SIGNING_KEYS": self.signing_keys,
+                "ADSERVER_EDGE_SIGNING_KEYS": signing_keys or self.signing_keys,
                 "ADSERVER_EDGE_PUBLIC_URL": url,
             },
         )
