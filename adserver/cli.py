@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("demo", help="run the whole system locally, drive traffic, print a summary")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of publisher traffic")
-    p.add_argument("--concurrency", type=int, default=24, help="concurrent simulated page views")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent simulated page views")
     p.add_argument("--report", help="also write the summary as JSON to this file")
     p.add_argument("--data-dir", help="keep NATS and chdb data here instead of a temporary directory")
     p.add_argument("--seed", type=int, default=7)

@@ -116,6 +116,34 @@ async def measure_propagation(stack: LocalStack, campaign: dict[str, Any], round
     return results
 
 
+async def measure_freshness(stack: LocalStack, campaign: dict[str, Any], probes: int = 15) -> list[float]:
+    """Edge beacon -> reporting API: fire one impression, poll the campaign's metrics until it shows, in ms."""
+    headers = {"Authorization": f"Bearer {campaign['_token']}"}
+    metrics_url = f"{stack.cp_url}/v1/campaigns/{campaign['id']}/metrics?granularity=minute"
+    out = []
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def stored() -> int:
+            return int((await client.get(metrics_url, headers=headers)).json()["totals"].get("impressions", 0))
+
+        for i in range(probes):
+            edge = stack.edges[i % len(stack.edges)].url
+            r = await client.get(f"{edge}/v1/ads", params={"placement": "freshness", "format": "300x250",
+                                                          "keywords": "shoes", "geo": "DE-BE"})
+            ours = [a for a in r.json()["ads"] if a["campaign_id"] == campaign["id"]] if r.status_code == 200 else []
+            if not ours:
+                continue
+            before = await stored()
+            t0 = time.perf_counter()
+            await client.get(ours[0]["impression_url"])
+            while await stored() <= before:
+                if time.perf_counter() - t0 > 30:
+                    raise TimeoutError("an impression did not reach the reports within 30 s")
+                await asyncio.sleep(0.02)
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
 def _edge_counter(text: str, state: str) -> int:
     for line in text.splitlines():
         if line.startswith("adserver_events{") and f'state="{state}"' in line:
@@ -175,6 +203,7 @@ def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_di
         print("waiting for the collector to store every published event ...", file=sys.stderr)
         published, stats = asyncio.run(_wait_stored(stack, limit_s=60))
         in_stream = asyncio.run(_stream_messages(stack.nats_url))
+        freshness = sorted(asyncio.run(measure_freshness(stack, campaigns[0])))
         spend = stats["spend_micros"]
         by_type = stats["store"]["by_type"]
         rows = []
@@ -208,6 +237,8 @@ def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_di
             "propagation_ms_rounds": [round(p, 1) for p in propagation],
             "propagation_ms_median": round(statistics.median(propagation), 1),
             "first_activation_ms": round(first * 1000, 1),
+            "freshness_ms_p50": round(freshness[len(freshness) // 2], 1) if freshness else None,
+            "freshness_ms_max": round(freshness[-1], 1) if freshness else None,
             "snapshot": stats["snapshot"],
             "campaigns": rows,
         }
@@ -231,6 +262,8 @@ def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_di
                               f"({traffic.replays} impression beacons replayed on purpose)"),
         ("propagation API write -> all PoPs", f"max {summary['propagation_ms']} ms, "
                                               f"median {summary['propagation_ms_median']} ms"),
+        ("freshness beacon -> report", f"median {summary['freshness_ms_p50']} ms, "
+                                       f"max {summary['freshness_ms_max']} ms ({len(freshness)} probes)"),
     ]))
     print("\n  campaign                                           bid   budget $   spent $   spent %")
     for r in rows:

@@ -328,6 +328,7 @@ def test_demo_runs_and_its_report_holds(tmp_path: Path) -> None:
     assert data["events_stored"] == data["events_published"] > 0
     assert data["duplicates_stored"] == 0
     assert data["propagation_ms"] < 2000
+    assert data["freshness_ms_max"] is not None and data["freshness_ms_max"] < 10_000  # target: p99 <= 10 s
     for c in data["campaigns"]:
         assert c["spend_micros"] <= c["budget_micros"] * 1.05
     small = min(data["campaigns"], key=lambda c: c["budget_micros"])
