@@ -78,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from adserver.demo import run_demo
 
     sys.exit(run_demo(duration_s=args.duration, concurrency=args.concurrency, report=args.report,
-                      data_dir=args.data_dir, seed=args.seed))
+                      data_dir=args.data_dir, seed=args.seed, serve=args.serve))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", help="also write the summary as JSON to this file")
     p.add_argument("--data-dir", help="keep NATS and chdb data here instead of a temporary directory")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--serve", action="store_true",
+                   help="after the summary keep everything running (publisher page, dashboard) until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

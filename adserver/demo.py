@@ -187,7 +187,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_dir: str | None,
-             seed: int) -> int:
+             seed: int, serve: bool = False) -> int:
     t_start = time.monotonic()
     print("starting nats-server, control plane (collector on chdb) and edge PoPs for regions eu, us ...",
           file=sys.stderr)
@@ -242,6 +242,32 @@ def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_di
             "snapshot": stats["snapshot"],
             "campaigns": rows,
         }
+        code = _finish(summary, rows, replays=traffic.replays, in_stream=in_stream, probes=len(freshness),
+                       report=report, t_start=t_start)
+        if serve:
+            _serve(stack, tokens)
+    return code
+
+
+def _serve(stack: LocalStack, tokens: list[str]) -> None:
+    """Keep the stack up for a person (or a locust run) until Ctrl-C."""
+    print("\nthe stack stays up until Ctrl-C:")
+    for edge in stack.edges:
+        print(f"  edge {edge.region}: {edge.url}  (publisher page: {edge.url}/demo/publisher)")
+    print(f"  control plane and dashboard: {stack.cp_url}/")
+    for i, token in enumerate(tokens):
+        print(f"  advertiser {i + 1} token: {token}")
+    print(f"  NATS: {stack.nats_url}")
+    sys.stdout.flush()
+    try:
+        while all(p.alive() for p in stack.group.procs if p.name.startswith(("edge", "control", "nats"))):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def _finish(summary: dict[str, Any], rows: list[dict[str, Any]], *, replays: int, in_stream: int, probes: int,
+            report: str | None, t_start: float) -> int:
     checks = {
         "events_stored == events_published": summary["events_stored"] == summary["events_published"],
         "duplicates_stored == 0": summary["duplicates_stored"] == 0,
@@ -259,11 +285,11 @@ def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_di
         ("events published / stored", f"{summary['events_published']} / {summary['events_stored']} "
                                       f"(JetStream holds {in_stream})"),
         ("duplicates stored", f"{summary['duplicates_stored']} "
-                              f"({traffic.replays} impression beacons replayed on purpose)"),
+                              f"({replays} impression beacons replayed on purpose)"),
         ("propagation API write -> all PoPs", f"max {summary['propagation_ms']} ms, "
                                               f"median {summary['propagation_ms_median']} ms"),
         ("freshness beacon -> report", f"median {summary['freshness_ms_p50']} ms, "
-                                       f"max {summary['freshness_ms_max']} ms ({len(freshness)} probes)"),
+                                       f"max {summary['freshness_ms_max']} ms ({probes} probes)"),
     ]))
     print("\n  campaign                                           bid   budget $   spent $   spent %")
     for r in rows:
