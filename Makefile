@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast lint clean browser
+.PHONY: venv demo test test-fast lint clean browser services
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ venv: $(STAMP)
 
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 CHROMIUM ?= /usr/bin/chromium
+# Redis-compatible server for the IVT flood counters' integration tests (and a region's Redis in dev).
+services:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing Debian redis-server for the tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; }
+	@redis-server --version
+
 browser:
 	@test -x $(CHROMIUM) || { \
 	  echo "installing Debian chromium for the browser tests"; \
@@ -29,7 +36,7 @@ browser:
 demo: $(STAMP)
 	$(VENV)/bin/adserver demo --report demo-report.json
 
-test: $(STAMP) browser
+test: $(STAMP) browser services
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

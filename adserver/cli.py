@@ -43,6 +43,7 @@ def cmd_edge(args: argparse.Namespace) -> None:
         import tempfile
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="adserver-metrics-")
+    os.environ.setdefault("ADSERVER_EDGE_WORKERS", str(args.workers))
     _serve("edge.app:create_app", args.host, args.port, args.workers)
 
 

@@ -39,6 +39,9 @@ class LocalStack:
     pops_per_region: int = 1
     edge_workers: int = 1
     data_dir: Path | None = None
+    # Extra environment for every edge. By default the invalid-traffic rules are off: the tests and the demo
+    # drive the edges with scripted HTTP clients from one address, which is exactly what the rules flag.
+    edge_env: dict[str, str] = field(default_factory=lambda: {"ADSERVER_EDGE_IVT_ENABLED": "false"})
     group: ProcessGroup = field(init=False)
     nats_url: str = ""
     cp_url: str = ""
@@ -95,6 +98,7 @@ class LocalStack:
                 "ADSERVER_EDGE_POP": pop,
                 "ADSERVER_EDGE_SIGNING_KEYS": signing_keys or self.signing_keys,
                 "ADSERVER_EDGE_PUBLIC_URL": url,
+                **self.edge_env,
             },
         )
         edge = EdgeProc(region, pop, url, proc)

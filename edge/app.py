@@ -20,6 +20,8 @@ from starlette.routing import Route
 
 from edge.adrequest import parse_ad_request
 from edge.auction import run_auction
+from edge.ivt import BROWSER_KINDS, NO_ACTIVITY, VALID, BeaconContext, Verdict, classify, client_ip, ua_hash
+from edge.ivt_store import IvtStoreUnavailable
 from edge.limits import middleware as limits
 from edge.metrics import render as render_metrics
 from edge.openapi import OPENAPI
@@ -75,6 +77,9 @@ async def ads(request: Request) -> Response:
         st.metrics.filtered.labels(reason.value).inc()
     settings = st.settings
     auction_id = secrets.token_hex(12)
+    # Signed into the tokens for the IVT rules: when the ad was served (click_too_fast), which browser asked
+    # (ua_mismatch) and the slot's format (invalid_size).
+    ivt_claims = {"iat": round(now, 3), "uah": ua_hash(request.headers.get("user-agent", "")), "fmt": parsed.format}
     out = []
     for win in result.wins:
         impression_id = f"{auction_id}-{win.slot}"
@@ -87,7 +92,7 @@ async def ads(request: Request) -> Response:
         common = {
             "imp": impression_id, "auc": auction_id, "cmp": c.campaign_id, "crv": k.creative_id,
             "adv": c.advertiser_id, "plc": parsed.placement, "bt": c.bid_type, "px": win.price_micros,
-            "geo": parsed.geo, "dev": parsed.device,
+            "geo": parsed.geo, "dev": parsed.device, **ivt_claims,
         }
         imp_token = sign({**common, "k": "i", "exp": int(now) + settings.edge_impression_ttl_s},
                          settings.edge_signing_keys)
@@ -135,11 +140,41 @@ def _verify(st: EdgeState, token: str | None, kind: str, beacon: str) -> dict | 
     return dict(result.claims)
 
 
-def _record(st: EdgeState, kind: EventType, event_id: str, claims: dict, *, bills: bool,
-            value: int = 0) -> Response | None:
-    """Deduplicate, settle the budget and emit one beacon's event. None when recorded (or a duplicate);
-    a 503 when the event buffer is full, so the client retries instead of being told it was counted."""
+async def _ivt(st: EdgeState, request: Request, kind: EventType, claims: dict, now: float) -> Verdict | Response:
+    """Count the beacon in the region's store and run the IVT rules. A Response (503) only when the store is
+    down and the policy is fail-closed."""
+    peer = request.client.host if request.client else ""
+    ip = client_ip(peer, request.headers.get("x-forwarded-for", ""), st.settings.edge_trusted_proxy_hops)
+    ctx = BeaconContext.from_request(kind, claims, ip=ip, headers=request.headers, params=request.query_params)
+    history = NO_ACTIVITY
+    if kind in BROWSER_KINDS:
+        try:
+            history = await st.ivt_store.observe(
+                ip, ua_hash(ctx.user_agent), now,
+                mark_impression=claims["imp"] if kind is EventType.IMPRESSION else "",
+                check_impression=claims["imp"] if kind is EventType.CLICK else "",
+            )
+        except IvtStoreUnavailable:
+            st.metrics.beacons.labels(kind.value, "ivt_store_down").inc()
+            return error(503, "invalid-traffic store unavailable, retry later", headers={"Retry-After": "1"})
+    return classify(ctx, now_s=now, lists=st.ivt_lists.current(now), history=history, policy=st.ivt_policy)
+
+
+async def _record(st: EdgeState, request: Request, kind: EventType, event_id: str, claims: dict, *, bills: bool,
+                  value: int = 0) -> Response | None:
+    """Deduplicate, classify (IVT), settle the budget and emit one beacon's event. None when recorded (or a
+    duplicate); a 503 when the event buffer is full, so the client retries instead of being told it was counted.
+    Invalid traffic is recorded with its reason and never billed (mark, don't block)."""
     beacon = kind.value
+    if event_id in st.seen:  # before the store: a replayed beacon must not count towards the flood limits
+        st.metrics.beacons.labels(beacon, "duplicate").inc()
+        return None
+    now = time.time()
+    verdict = await _ivt(st, request, kind, claims, now) if st.settings.edge_ivt_enabled else VALID
+    if isinstance(verdict, Response):
+        return verdict
+    # Nothing below awaits, so the checks and the record are atomic on this worker's event loop. Check the id
+    # again: a copy of this beacon may have been recorded while the store answered.
     if event_id in st.seen:
         st.metrics.beacons.labels(beacon, "duplicate").inc()
         return None
@@ -147,11 +182,14 @@ def _record(st: EdgeState, kind: EventType, event_id: str, claims: dict, *, bill
         st.metrics.beacons.labels(beacon, "buffer_full").inc()
         return error(503, "event buffer full, retry later", headers={"Retry-After": "1"})
     cost = int(claims["px"]) if bills else 0
-    reason = InvalidReason.NONE
-    if cost and not st.ledger.settle(claims["imp"], claims["cmp"], cost):
+    reason = InvalidReason(verdict.reason.value)
+    if reason is not InvalidReason.NONE:
+        if cost:
+            st.ledger.release(claims["imp"])  # never billed: the reservation goes back now, not at expiry
+    elif cost and not st.ledger.settle(claims["imp"], claims["cmp"], cost):
         # Shown, but past what this process was granted: recorded with a reason, never billed.
         reason = InvalidReason.OVER_BUDGET
-    st.emit(_event(st, kind, event_id, claims, time.time(), cost=cost, value=value, reason=reason), billing=True)
+    st.emit(_event(st, kind, event_id, claims, now, cost=cost, value=value, reason=reason), billing=True)
     st.seen.add(event_id)
     st.metrics.beacons.labels(beacon, reason.value or "ok").inc()
     return None
@@ -162,8 +200,8 @@ async def impression(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "i", "impression")
     if isinstance(claims, JSONResponse):
         return claims
-    failed = _record(st, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
-                     bills=claims["bt"] == "cpm")
+    failed = await _record(st, request, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
+                           bills=claims["bt"] == "cpm")
     return failed or Response(status_code=204, headers=_CORS)
 
 
@@ -173,7 +211,7 @@ async def viewable(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "i", "viewable")
     if isinstance(claims, JSONResponse):
         return claims
-    failed = _record(st, EventType.VIEWABLE, viewable_event_id(claims["imp"]), claims, bills=False)
+    failed = await _record(st, request, EventType.VIEWABLE, viewable_event_id(claims["imp"]), claims, bills=False)
     return failed or Response(status_code=204, headers=_CORS)
 
 
@@ -188,7 +226,8 @@ async def click(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "c", "click")
     if isinstance(claims, JSONResponse):
         return claims
-    failed = _record(st, EventType.CLICK, click_event_id(claims["imp"]), claims, bills=claims["bt"] == "cpc")
+    failed = await _record(st, request, EventType.CLICK, click_event_id(claims["imp"]), claims,
+                           bills=claims["bt"] == "cpc")
     if failed is not None:
         return failed
     # The landing page gets a signed attribution id, so a later conversion can only name a real click.
@@ -236,8 +275,8 @@ async def conversion(request: Request) -> Response:
     if isinstance(claims, JSONResponse):
         return claims
     # One conversion per click: a second postback for the same click (any conversion_id) is a duplicate.
-    failed = _record(st, EventType.CONVERSION, conversion_event_id(claims["imp"]), claims,
-                     bills=claims["bt"] == "cpa", value=value)
+    failed = await _record(st, request, EventType.CONVERSION, conversion_event_id(claims["imp"]), claims,
+                           bills=claims["bt"] == "cpa", value=value)
     return failed or Response(status_code=204)
 
 

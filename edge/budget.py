@@ -105,6 +105,10 @@ class BudgetLedger:
         if r.day == b.day:
             b.available += r.micros  # yesterday's reservation does not refill today's allowance
 
+    def release(self, key: str) -> None:
+        """The event will not be billed (invalid traffic): give its reservation back now, not at expiry."""
+        self._release(key)
+
     def settle(self, key: str, campaign_id: str, cost: int) -> bool:
         """A billable event arrived: release its reservation (if this process holds it) and take the real
         cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""

@@ -28,6 +28,7 @@ class EdgeMetrics:
     snapshot_version: Gauge
     snapshot_age: Gauge
     allowance: Gauge
+    ivt_store: Gauge
 
 
 def build_metrics() -> EdgeMetrics:
@@ -50,6 +51,8 @@ def build_metrics() -> EdgeMetrics:
         snapshot_age=Gauge("adserver_snapshot_age_seconds", "age of the snapshot being served", registry=r,
                            multiprocess_mode="livemax"),
         allowance=Gauge("adserver_allowance_micros", "budget held by the workers, summed over campaigns",
+                        ["state"], registry=r, multiprocess_mode="livesum"),
+        ivt_store=Gauge("adserver_ivt_store", "IVT store calls answered, failed, skipped (fail-open); list reloads",
                         ["state"], registry=r, multiprocess_mode="livesum"),
     )
 

@@ -40,6 +40,24 @@ SPECS = [
     s.Spec("EDGE_ACCESS_LOG", s.parse_bool, "false", "write a JSON access line per request"),
     s.Spec("EDGE_RESERVATION_TTL_S", s.parse_int(1, 3600), "120",
            "how long an unrendered impression keeps its budget reserved"),
+    s.Spec("EDGE_IVT_ENABLED", s.parse_bool, "true",
+           "run the invalid-traffic rules on beacons (false: every beacon is valid traffic; for synthetic tests)"),
+    s.Spec("EDGE_REDIS_URL", s.parse_str, "",
+           "the region's Redis for IVT flood counters and seen impressions, redis://host:6379/0; empty: in-process"),
+    s.Spec("EDGE_WORKERS", s.parse_int(1, 1024), "1", "granian worker processes (set by `adserver edge`)"),
+    s.Spec("EDGE_TRUSTED_PROXY_HOPS", s.parse_int(0, 10), "0",
+           "proxies of ours in front of the edge that append to X-Forwarded-For (0: the TCP peer is the client)"),
+    s.Spec("EDGE_IVT_DATA_DIR", s.parse_str, "",
+           "directory with bots.txt, browsers.txt, datacenters.txt (re-read when changed); empty: the shipped lists"),
+    s.Spec("EDGE_IVT_MIN_CLICK_S", s.parse_float(0), "1.0",
+           "a click sooner than this after its ad was served is click_too_fast; 0 disables"),
+    s.Spec("EDGE_IVT_WINDOW_S", s.parse_int(1, 3600), "60", "the flood-limit window"),
+    s.Spec("EDGE_IVT_IP_LIMIT", s.parse_int(0), "300",
+           "beacons per client IP (IPv6: per /64) per window before ip_flood; 0 disables"),
+    s.Spec("EDGE_IVT_UA_LIMIT", s.parse_int(0), "0",
+           "beacons per user agent per window, region-wide, before ua_flood; 0 disables"),
+    s.Spec("EDGE_IVT_FAIL_OPEN", s.parse_bool, "true",
+           "Redis unreachable: record beacons without the flood and click-without-impression rules (false: 503)"),
 ]
 
 
@@ -56,6 +74,16 @@ class EdgeSettings:
     edge_max_slots: int
     edge_access_log: bool
     edge_reservation_ttl_s: int
+    edge_ivt_enabled: bool
+    edge_redis_url: str
+    edge_workers: int
+    edge_trusted_proxy_hops: int
+    edge_ivt_data_dir: str
+    edge_ivt_min_click_s: float
+    edge_ivt_window_s: int
+    edge_ivt_ip_limit: int
+    edge_ivt_ua_limit: int
+    edge_ivt_fail_open: bool
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EdgeSettings:

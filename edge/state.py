@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -25,6 +26,8 @@ from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from edge.budget import BudgetLedger
+from edge.ivt import IvtPolicy
+from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
 from edge.settings import EdgeSettings
 from replication import subjects as S
@@ -72,6 +75,9 @@ class EdgeState:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     grant_failures: int = 0
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ivt_lists: ListsReloader = field(default_factory=ListsReloader)
+    ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
+    ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
 
     def publisher_has_room(self) -> bool:
         assert self.publisher is not None
@@ -170,6 +176,10 @@ class EdgeState:
             totals["refused_events"] += b.refused
         for name, value in totals.items():
             self.metrics.allowance.labels(name).set(value)
+        ivt = self.ivt_store.stats
+        for name, value in (("calls", ivt.calls), ("failures", ivt.failures), ("skipped", ivt.skipped),
+                            ("list_reloads", self.ivt_lists.reloads), ("list_errors", self.ivt_lists.reload_errors)):
+            self.metrics.ivt_store.labels(name).set(value)
         if self.publisher is None:
             return
         st = self.publisher.stats
@@ -179,11 +189,28 @@ class EdgeState:
             self.metrics.events.labels(name).set(value)
 
 
+def new_ivt_store(settings: EdgeSettings) -> FloodCounter:
+    """The region's Redis when configured, else per-process counters. Seen impressions are remembered for the
+    click token's lifetime: no valid click can come later."""
+    common = {"window_s": settings.edge_ivt_window_s, "impression_ttl_s": settings.edge_click_ttl_s,
+              "fail_open": settings.edge_ivt_fail_open}
+    if settings.edge_redis_url:
+        return RedisFloodCounter.from_url(settings.edge_redis_url, region=settings.edge_region, **common)
+    # Without Redis an impression recorded by one worker is unknown to the others: with several workers the
+    # click-without-impression rule is skipped rather than fired on every click that lands elsewhere.
+    return MemoryFloodCounter(track_impressions=settings.edge_workers == 1, **common)
+
+
 def new_state(settings: EdgeSettings) -> EdgeState:
     worker_id = f"{settings.edge_region}-{settings.edge_pop}-{os.getpid()}-{secrets.token_hex(3)}"
     # Seeded from the OS once per worker; the auction itself only ever sees this generator.
-    return EdgeState(settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)),
-                     worker_id=worker_id)
+    return EdgeState(
+        settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)), worker_id=worker_id,
+        ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
+        ivt_store=new_ivt_store(settings),
+        ivt_policy=IvtPolicy(min_click_delay_s=settings.edge_ivt_min_click_s, ip_limit=settings.edge_ivt_ip_limit,
+                             ua_limit=settings.edge_ivt_ua_limit),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -210,3 +237,5 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)
         await close_quietly(state.nc)
+        with contextlib.suppress(Exception):
+            await state.ivt_store.aclose()

@@ -40,6 +40,17 @@ class InvalidReason(StrEnum):
     DUPLICATE = "duplicate"
     CLICK_WITHOUT_IMPRESSION = "click_without_impression"
     OVER_BUDGET = "over_budget"
+    # General IVT (edge/ivt.py, same values as its IvtReason)
+    KNOWN_BOT = "known_bot"
+    INVALID_USER_AGENT = "invalid_user_agent"
+    DATACENTER_IP = "datacenter_ip"
+    INVALID_SIZE = "invalid_size"
+    CLICK_TOO_FAST = "click_too_fast"
+    GEO_MISMATCH = "geo_mismatch"
+    UA_MISMATCH = "ua_mismatch"
+    IP_FLOOD = "ip_flood"
+    UA_FLOOD = "ua_flood"
+    PREFETCH = "prefetch"
 
 
 @dataclass(frozen=True, slots=True)
