@@ -37,40 +37,22 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from replication.events import EventType
-
-
-class IvtReason(StrEnum):
-    """Why a beacon is invalid traffic. The values are the ``InvalidReason`` values the events store."""
-
-    NONE = ""
-    KNOWN_BOT = "known_bot"
-    INVALID_USER_AGENT = "invalid_user_agent"
-    DATACENTER_IP = "datacenter_ip"
-    INVALID_SIZE = "invalid_size"
-    CLICK_TOO_FAST = "click_too_fast"
-    GEO_MISMATCH = "geo_mismatch"
-    UA_MISMATCH = "ua_mismatch"
-    IP_FLOOD = "ip_flood"
-    UA_FLOOD = "ua_flood"
-    PREFETCH = "prefetch"
-    CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+from replication.events import EventType, InvalidReason
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    reason: IvtReason
+    reason: InvalidReason
     detail: str = ""  # for logs and debugging only: which pattern, range, count or claim made the call
 
     @property
     def valid(self) -> bool:
-        return self.reason is IvtReason.NONE
+        return self.reason is InvalidReason.NONE
 
 
-VALID = Verdict(IvtReason.NONE)
+VALID = Verdict(InvalidReason.NONE)
 
 # The beacons a browser fires. Decisions are the server's own; conversions are server-to-server postbacks.
 BROWSER_KINDS = frozenset({EventType.IMPRESSION, EventType.CLICK, EventType.VIEWABLE})
@@ -318,16 +300,16 @@ class IvtLists:
 
     def _classify_ua(self, ua: str) -> Verdict:
         if not ua.strip():
-            return Verdict(IvtReason.INVALID_USER_AGENT, "empty user agent")
+            return Verdict(InvalidReason.INVALID_USER_AGENT, "empty user agent")
         if self.bots is not None:
             pattern = self.bots.search(ua)
             if pattern is not None and self.bot_exceptions is not None:
                 # Only a user agent that looks like a bot pays for the exceptions: mask them, look again.
                 pattern = self.bots.search(self.bot_exceptions.sub(ua))
             if pattern is not None:
-                return Verdict(IvtReason.KNOWN_BOT, f"bot pattern {pattern!r}")
+                return Verdict(InvalidReason.KNOWN_BOT, f"bot pattern {pattern!r}")
         if self.browsers is None or not self.browsers.match(ua):
-            return Verdict(IvtReason.INVALID_USER_AGENT, "matches no valid-browser pattern")
+            return Verdict(InvalidReason.INVALID_USER_AGENT, "matches no valid-browser pattern")
         return VALID
 
 
@@ -414,35 +396,35 @@ def classify(beacon: BeaconContext, *, now_s: float, lists: IvtLists, history: A
     # 2. datacenter IP
     provider = lists.datacenters.lookup(beacon.ip)
     if provider is not None:
-        return Verdict(IvtReason.DATACENTER_IP, f"{beacon.ip} is in a {provider} range")
+        return Verdict(InvalidReason.DATACENTER_IP, f"{beacon.ip} is in a {provider} range")
     # 3. invisible placement
     for source, size in (("token format", claims.get("fmt")), ("rendered size", beacon.rendered_size)):
         if _size_invisible(size):
-            return Verdict(IvtReason.INVALID_SIZE, f"{source} {size}")
+            return Verdict(InvalidReason.INVALID_SIZE, f"{source} {size}")
     # 4. click too soon after the ad was decided (an upper bound on the time since it rendered)
     issued = claims.get("iat")
     if (beacon.kind is EventType.CLICK and policy.min_click_delay_s > 0 and isinstance(issued, int | float)
             and not isinstance(issued, bool)):
         delay = now_s - issued
         if delay < policy.min_click_delay_s:
-            return Verdict(IvtReason.CLICK_TOO_FAST, f"{delay:.3f}s after the ad was served")
+            return Verdict(InvalidReason.CLICK_TOO_FAST, f"{delay:.3f}s after the ad was served")
     # 5. the event does not come from where, or from what, the ad was served to
     if beacon.geo:
         mismatch = _geo_mismatch(claims.get("geo"), beacon.geo)
         if mismatch:
-            return Verdict(IvtReason.GEO_MISMATCH, mismatch)
+            return Verdict(InvalidReason.GEO_MISMATCH, mismatch)
     signed_uah = claims.get("uah")
     if isinstance(signed_uah, str) and signed_uah and signed_uah != ua_hash(beacon.user_agent):
-        return Verdict(IvtReason.UA_MISMATCH, "user agent differs from the ad request's")
+        return Verdict(InvalidReason.UA_MISMATCH, "user agent differs from the ad request's")
     # 6. floods
     if policy.ip_limit and history.ip_count > policy.ip_limit:
-        return Verdict(IvtReason.IP_FLOOD, f"{history.ip_count} beacons in the window, limit {policy.ip_limit}")
+        return Verdict(InvalidReason.IP_FLOOD, f"{history.ip_count} beacons in the window, limit {policy.ip_limit}")
     if policy.ua_limit and history.ua_count > policy.ua_limit:
-        return Verdict(IvtReason.UA_FLOOD, f"{history.ua_count} beacons in the window, limit {policy.ua_limit}")
+        return Verdict(InvalidReason.UA_FLOOD, f"{history.ua_count} beacons in the window, limit {policy.ua_limit}")
     # 7. speculative loads: nobody saw the page (yet)
     if beacon.purpose and _SPECULATIVE.search(beacon.purpose):
-        return Verdict(IvtReason.PREFETCH, beacon.purpose[:64])
+        return Verdict(InvalidReason.PREFETCH, beacon.purpose[:64])
     # 8. a click on an ad that was never rendered
     if beacon.kind is EventType.CLICK and history.impression_seen is False:
-        return Verdict(IvtReason.CLICK_WITHOUT_IMPRESSION, "impression not recorded")
+        return Verdict(InvalidReason.CLICK_WITHOUT_IMPRESSION, "impression not recorded")
     return VALID

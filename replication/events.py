@@ -40,7 +40,7 @@ class InvalidReason(StrEnum):
     DUPLICATE = "duplicate"
     CLICK_WITHOUT_IMPRESSION = "click_without_impression"
     OVER_BUDGET = "over_budget"
-    # General IVT (edge/ivt.py, same values as its IvtReason)
+    # General IVT, decided by edge/ivt.py
     KNOWN_BOT = "known_bot"
     INVALID_USER_AGENT = "invalid_user_agent"
     DATACENTER_IP = "datacenter_ip"

@@ -22,7 +22,7 @@ import pytest
 from redis.asyncio import Redis
 
 from adserver.processes import Proc, ProcessGroup, free_port, wait_tcp
-from edge.ivt import Activity, BeaconContext, IvtPolicy, IvtReason, classify, ua_hash
+from edge.ivt import Activity, BeaconContext, InvalidReason, IvtPolicy, classify, ua_hash
 from edge.ivt_store import IvtStoreUnavailable, MemoryFloodCounter, RedisFloodCounter, load_lists
 from replication.events import EventType
 
@@ -153,10 +153,11 @@ def test_real_counts_drive_ip_flood_and_click_without_impression(redis_url: str)
                 b = BeaconContext(EventType.IMPRESSION, {"geo": "US", "uah": uah}, user_agent=CHROME,
                                   ip="81.2.69.160")
                 reasons.append(classify(b, now_s=T0 + n * 0.1, lists=lists, history=activity, policy=policy).reason)
-            assert reasons[:50] == [IvtReason.NONE] * 50
-            assert reasons[50:] == [IvtReason.IP_FLOOD] * 10
+            assert reasons[:50] == [InvalidReason.NONE] * 50
+            assert reasons[50:] == [InvalidReason.IP_FLOOD] * 10
             # Clicks from another IP: one on a recorded impression, one on an impression never shown.
-            for imp, expected in (("auc-3-0", IvtReason.NONE), ("auc-999-0", IvtReason.CLICK_WITHOUT_IMPRESSION)):
+            cases = (("auc-3-0", InvalidReason.NONE), ("auc-999-0", InvalidReason.CLICK_WITHOUT_IMPRESSION))
+            for imp, expected in cases:
                 activity = await s.observe("81.2.69.170", uah, T0 + 30, check_impression=imp)
                 click = BeaconContext(EventType.CLICK, {"geo": "US", "uah": uah, "iat": T0}, user_agent=CHROME,
                                       ip="81.2.69.170")

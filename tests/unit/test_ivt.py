@@ -29,7 +29,6 @@ from edge.ivt import (
     IvtListError,
     IvtLists,
     IvtPolicy,
-    IvtReason,
     _Matcher,
     classify,
     client_ip,
@@ -64,7 +63,7 @@ def reason(b: BeaconContext, history: Activity = NO_ACTIVITY, policy: IvtPolicy 
 
 def test_every_ivt_reason_is_a_stored_invalid_reason():
     # The caller stores InvalidReason(verdict.reason.value): a value missing there would crash the beacon path.
-    assert {r.value for r in IvtReason} <= {r.value for r in InvalidReason}
+    assert {r.value for r in InvalidReason} <= {r.value for r in InvalidReason}
 
 
 # --- 1. dual-pass user agent -------------------------------------------------------------------------------
@@ -113,7 +112,7 @@ BROWSERS = [
 @pytest.mark.parametrize("ua", BOTS)
 def test_known_bots_are_marked_known_bot(ua):
     verdict = classify(beacon(ua=ua), now_s=NOW, lists=LISTS)
-    assert verdict.reason is IvtReason.KNOWN_BOT
+    assert verdict.reason is InvalidReason.KNOWN_BOT
     assert "bot pattern" in verdict.detail
 
 
@@ -124,24 +123,24 @@ def test_real_browsers_pass_both_user_agent_passes(ua):
 
 @pytest.mark.parametrize("ua", ["", "   ", "Mozilla/4.0", "MyApp/1.0 (iOS)", "Mozilla/5.0", "okhttp/4.12.0"])
 def test_user_agents_that_are_no_known_browser_are_invalid(ua):
-    assert reason(beacon(ua=ua)) is IvtReason.INVALID_USER_AGENT
+    assert reason(beacon(ua=ua)) is InvalidReason.INVALID_USER_AGENT
 
 
 def test_the_bot_pass_runs_before_the_browser_pass():
     # A Googlebot UA also matches the browser list's WebKit form: pass one must win.
     assert LISTS.browsers is not None and LISTS.browsers.match(BOTS[1])
-    assert reason(beacon(ua=BOTS[1])) is IvtReason.KNOWN_BOT
+    assert reason(beacon(ua=BOTS[1])) is InvalidReason.KNOWN_BOT
 
 
 def test_matching_is_case_insensitive():
-    assert reason(beacon(ua="Mozilla/5.0 (compatible; GOOGLEBOT/2.1)")) is IvtReason.KNOWN_BOT
+    assert reason(beacon(ua="Mozilla/5.0 (compatible; GOOGLEBOT/2.1)")) is InvalidReason.KNOWN_BOT
     assert reason(beacon(ua="mozilla/5.0 (x11; linux x86_64; rv:125.0) gecko/20100101 firefox/125.0")) \
-        is IvtReason.NONE
+        is InvalidReason.NONE
 
 
 def test_a_huge_user_agent_is_classified_on_its_first_kilobyte():
-    assert reason(beacon(ua=CHROME + " x" * 100_000)) is IvtReason.NONE
-    assert reason(beacon(ua="Mozilla/5.0 " + "a" * 5_000 + " Googlebot")) is IvtReason.INVALID_USER_AGENT
+    assert reason(beacon(ua=CHROME + " x" * 100_000)) is InvalidReason.NONE
+    assert reason(beacon(ua="Mozilla/5.0 " + "a" * 5_000 + " Googlebot")) is InvalidReason.INVALID_USER_AGENT
 
 
 @settings(max_examples=300, deadline=None)
@@ -194,7 +193,7 @@ def test_an_empty_browser_list_is_refused():
 def test_datacenter_addresses_are_found_with_their_provider(ip, provider):
     assert LISTS.datacenters.lookup(ip) == provider
     verdict = classify(beacon(ip=ip), now_s=NOW, lists=LISTS)
-    assert verdict.reason is IvtReason.DATACENTER_IP
+    assert verdict.reason is InvalidReason.DATACENTER_IP
     assert provider in verdict.detail
 
 
@@ -263,57 +262,57 @@ def test_client_ip_behind_trusted_proxies():
 
 @pytest.mark.parametrize("fmt", ["0x0", "1x1", "300x1", "1x250", "0x600"])
 def test_invisible_formats_in_the_token_are_invalid_size(fmt):
-    assert reason(beacon(fmt=fmt)) is IvtReason.INVALID_SIZE
+    assert reason(beacon(fmt=fmt)) is InvalidReason.INVALID_SIZE
 
 
 @pytest.mark.parametrize("size", ["1x1", "0x0", "728x0"])
 def test_an_invisible_rendered_size_is_invalid_size(size):
-    assert reason(beacon(size=size)) is IvtReason.INVALID_SIZE
+    assert reason(beacon(size=size)) is InvalidReason.INVALID_SIZE
 
 
 @pytest.mark.parametrize("value", ["300x250", "2x2", "", "garbage", None, 7])
 def test_visible_or_unknown_sizes_pass(value):
-    assert reason(beacon(fmt=value, size=value if isinstance(value, str) else "")) is IvtReason.NONE
+    assert reason(beacon(fmt=value, size=value if isinstance(value, str) else "")) is InvalidReason.NONE
 
 
 # --- 4. click too fast -------------------------------------------------------------------------------------
 
 
 def test_a_click_within_a_second_of_the_decision_is_too_fast():
-    assert reason(beacon(EventType.CLICK, iat=NOW - 0.4)) is IvtReason.CLICK_TOO_FAST
-    assert reason(beacon(EventType.CLICK, iat=NOW - 0.999)) is IvtReason.CLICK_TOO_FAST
-    assert reason(beacon(EventType.CLICK, iat=NOW - 1.0)) is IvtReason.NONE
-    assert reason(beacon(EventType.CLICK, iat=int(NOW) - 5)) is IvtReason.NONE
+    assert reason(beacon(EventType.CLICK, iat=NOW - 0.4)) is InvalidReason.CLICK_TOO_FAST
+    assert reason(beacon(EventType.CLICK, iat=NOW - 0.999)) is InvalidReason.CLICK_TOO_FAST
+    assert reason(beacon(EventType.CLICK, iat=NOW - 1.0)) is InvalidReason.NONE
+    assert reason(beacon(EventType.CLICK, iat=int(NOW) - 5)) is InvalidReason.NONE
 
 
 def test_click_speed_rule_is_configurable_and_skipped_without_iat():
     assert reason(beacon(EventType.CLICK, iat=NOW - 2), policy=IvtPolicy(min_click_delay_s=3)) \
-        is IvtReason.CLICK_TOO_FAST
-    assert reason(beacon(EventType.CLICK, iat=NOW), policy=IvtPolicy(min_click_delay_s=0)) is IvtReason.NONE
+        is InvalidReason.CLICK_TOO_FAST
+    assert reason(beacon(EventType.CLICK, iat=NOW), policy=IvtPolicy(min_click_delay_s=0)) is InvalidReason.NONE
     for missing in (None, "soon", True):
-        assert reason(beacon(EventType.CLICK, iat=missing)) is IvtReason.NONE
+        assert reason(beacon(EventType.CLICK, iat=missing)) is InvalidReason.NONE
 
 
 def test_only_clicks_can_be_too_fast():
-    assert reason(beacon(EventType.IMPRESSION, iat=NOW)) is IvtReason.NONE
-    assert reason(beacon(EventType.VIEWABLE, iat=NOW)) is IvtReason.NONE
+    assert reason(beacon(EventType.IMPRESSION, iat=NOW)) is InvalidReason.NONE
+    assert reason(beacon(EventType.VIEWABLE, iat=NOW)) is InvalidReason.NONE
 
 
 # --- 5. geo and user-agent mismatch ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("decision", "event", "expected"), [
-    ("US-CA", "US-CA", IvtReason.NONE),
-    ("US-CA", "US", IvtReason.NONE),  # the event only knows the country: compare countries
-    ("US", "US-NY", IvtReason.NONE),
-    ("US-CA", "us-ca", IvtReason.NONE),
-    ("US-CA", "US-NY", IvtReason.GEO_MISMATCH),
-    ("US-CA", "DE", IvtReason.GEO_MISMATCH),
-    ("DE", "FR-IDF", IvtReason.GEO_MISMATCH),
-    ("", "DE", IvtReason.NONE),  # the decision had no geo
-    ("US", "", IvtReason.NONE),  # the event has none: rule skipped
-    ("US", "garbage!", IvtReason.NONE),
-    (None, "DE", IvtReason.NONE),
+    ("US-CA", "US-CA", InvalidReason.NONE),
+    ("US-CA", "US", InvalidReason.NONE),  # the event only knows the country: compare countries
+    ("US", "US-NY", InvalidReason.NONE),
+    ("US-CA", "us-ca", InvalidReason.NONE),
+    ("US-CA", "US-NY", InvalidReason.GEO_MISMATCH),
+    ("US-CA", "DE", InvalidReason.GEO_MISMATCH),
+    ("DE", "FR-IDF", InvalidReason.GEO_MISMATCH),
+    ("", "DE", InvalidReason.NONE),  # the decision had no geo
+    ("US", "", InvalidReason.NONE),  # the event has none: rule skipped
+    ("US", "garbage!", InvalidReason.NONE),
+    (None, "DE", InvalidReason.NONE),
 ])
 def test_geo_mismatch(decision, event, expected):
     b = BeaconContext(EventType.IMPRESSION, {"geo": decision}, user_agent=CHROME, ip=RESIDENTIAL_IP, geo=event)
@@ -322,9 +321,9 @@ def test_geo_mismatch(decision, event, expected):
 
 def test_a_different_user_agent_than_the_ad_requests_is_ua_mismatch():
     firefox = BROWSERS[1]
-    assert reason(beacon(ua=firefox, uah=ua_hash(CHROME))) is IvtReason.UA_MISMATCH
-    assert reason(beacon(ua=CHROME, uah=ua_hash(CHROME))) is IvtReason.NONE
-    assert reason(beacon(ua=firefox, uah=None)) is IvtReason.NONE  # old tokens without uah: skipped
+    assert reason(beacon(ua=firefox, uah=ua_hash(CHROME))) is InvalidReason.UA_MISMATCH
+    assert reason(beacon(ua=CHROME, uah=ua_hash(CHROME))) is InvalidReason.NONE
+    assert reason(beacon(ua=firefox, uah=None)) is InvalidReason.NONE  # old tokens without uah: skipped
 
 
 def test_ua_hash_is_short_stable_and_total():
@@ -339,11 +338,11 @@ def test_ua_hash_is_short_stable_and_total():
 
 def test_ip_and_ua_floods_fire_above_their_limits():
     policy = IvtPolicy(ip_limit=100, ua_limit=1000)
-    assert reason(beacon(), Activity(ip_count=100, ua_count=1000), policy) is IvtReason.NONE
-    assert reason(beacon(), Activity(ip_count=101, ua_count=1000), policy) is IvtReason.IP_FLOOD
-    assert reason(beacon(), Activity(ip_count=1, ua_count=1001), policy) is IvtReason.UA_FLOOD
+    assert reason(beacon(), Activity(ip_count=100, ua_count=1000), policy) is InvalidReason.NONE
+    assert reason(beacon(), Activity(ip_count=101, ua_count=1000), policy) is InvalidReason.IP_FLOOD
+    assert reason(beacon(), Activity(ip_count=1, ua_count=1001), policy) is InvalidReason.UA_FLOOD
     assert reason(beacon(), Activity(ip_count=10**9, ua_count=10**9), IvtPolicy(ip_limit=0, ua_limit=0)) \
-        is IvtReason.NONE
+        is InvalidReason.NONE
 
 
 def test_ipv6_floods_count_per_64():
@@ -358,7 +357,7 @@ def test_ipv6_floods_count_per_64():
 
 @pytest.mark.parametrize("purpose", ["prefetch", "prefetch;prerender", "Prefetch", "preview", "prefetch,x"])
 def test_speculative_loads_are_prefetch(purpose):
-    assert reason(beacon(purpose=purpose)) is IvtReason.PREFETCH
+    assert reason(beacon(purpose=purpose)) is InvalidReason.PREFETCH
 
 
 def test_purpose_headers_are_read_from_the_request():
@@ -366,10 +365,10 @@ def test_purpose_headers_are_read_from_the_request():
                         ("X-Purpose", "preview")]:
         ctx = BeaconContext.from_request(EventType.IMPRESSION, {"geo": "US"}, ip=RESIDENTIAL_IP,
                                          headers=Headers({"user-agent": CHROME, name: value}), params={})
-        assert reason(ctx) is IvtReason.PREFETCH, name
+        assert reason(ctx) is InvalidReason.PREFETCH, name
     ctx = BeaconContext.from_request(EventType.IMPRESSION, {"geo": "US"}, ip=RESIDENTIAL_IP,
                                      headers=Headers({"user-agent": CHROME}), params={})
-    assert reason(ctx) is IvtReason.NONE
+    assert reason(ctx) is InvalidReason.NONE
 
 
 def test_cdn_geo_header_wins_over_the_pages_geo_param():
@@ -377,7 +376,7 @@ def test_cdn_geo_header_wins_over_the_pages_geo_param():
                                      headers=Headers({"user-agent": CHROME, "X-Geo": "DE"}),
                                      params={"geo": "US", "sz": "300x250"})
     assert ctx.geo == "DE" and ctx.user_agent == CHROME and ctx.rendered_size == "300x250"
-    assert reason(ctx) is IvtReason.GEO_MISMATCH
+    assert reason(ctx) is InvalidReason.GEO_MISMATCH
     assert BeaconContext.from_request(EventType.CLICK, {}, ip="", headers=Headers({}), params={"geo": "FR"}).geo \
         == "FR"
 
@@ -386,10 +385,10 @@ def test_cdn_geo_header_wins_over_the_pages_geo_param():
 
 
 def test_click_without_a_recorded_impression():
-    assert reason(beacon(EventType.CLICK), Activity(impression_seen=False)) is IvtReason.CLICK_WITHOUT_IMPRESSION
-    assert reason(beacon(EventType.CLICK), Activity(impression_seen=True)) is IvtReason.NONE
-    assert reason(beacon(EventType.CLICK), Activity(impression_seen=None)) is IvtReason.NONE  # store unknown
-    assert reason(beacon(EventType.IMPRESSION), Activity(impression_seen=False)) is IvtReason.NONE
+    assert reason(beacon(EventType.CLICK), Activity(impression_seen=False)) is InvalidReason.CLICK_WITHOUT_IMPRESSION
+    assert reason(beacon(EventType.CLICK), Activity(impression_seen=True)) is InvalidReason.NONE
+    assert reason(beacon(EventType.CLICK), Activity(impression_seen=None)) is InvalidReason.NONE  # store unknown
+    assert reason(beacon(EventType.IMPRESSION), Activity(impression_seen=False)) is InvalidReason.NONE
 
 
 # --- kinds the rules do not apply to -----------------------------------------------------------------------
@@ -411,17 +410,17 @@ def test_rules_fire_in_the_documented_order():
                  uah=ua_hash("something else"))
     history = Activity(ip_count=11, ua_count=11, impression_seen=False)
     fixes = [
-        (IvtReason.KNOWN_BOT, lambda b, h: (replace(b, user_agent="Mozilla/5.0 (Lynx)"), h)),
-        (IvtReason.INVALID_USER_AGENT, lambda b, h: (replace(b, user_agent=CHROME), h)),
-        (IvtReason.DATACENTER_IP, lambda b, h: (replace(b, ip=RESIDENTIAL_IP), h)),
-        (IvtReason.INVALID_SIZE, lambda b, h: (replace(b, claims={**b.claims, "fmt": "300x250"}), h)),
-        (IvtReason.CLICK_TOO_FAST, lambda b, h: (replace(b, claims={**b.claims, "iat": NOW - 5}), h)),
-        (IvtReason.GEO_MISMATCH, lambda b, h: (replace(b, geo="US"), h)),
-        (IvtReason.UA_MISMATCH, lambda b, h: (replace(b, claims={**b.claims, "uah": ua_hash(CHROME)}), h)),
-        (IvtReason.IP_FLOOD, lambda b, h: (b, replace(h, ip_count=1))),
-        (IvtReason.UA_FLOOD, lambda b, h: (b, replace(h, ua_count=1))),
-        (IvtReason.PREFETCH, lambda b, h: (replace(b, purpose=""), h)),
-        (IvtReason.CLICK_WITHOUT_IMPRESSION, lambda b, h: (b, replace(h, impression_seen=True))),
+        (InvalidReason.KNOWN_BOT, lambda b, h: (replace(b, user_agent="Mozilla/5.0 (Lynx)"), h)),
+        (InvalidReason.INVALID_USER_AGENT, lambda b, h: (replace(b, user_agent=CHROME), h)),
+        (InvalidReason.DATACENTER_IP, lambda b, h: (replace(b, ip=RESIDENTIAL_IP), h)),
+        (InvalidReason.INVALID_SIZE, lambda b, h: (replace(b, claims={**b.claims, "fmt": "300x250"}), h)),
+        (InvalidReason.CLICK_TOO_FAST, lambda b, h: (replace(b, claims={**b.claims, "iat": NOW - 5}), h)),
+        (InvalidReason.GEO_MISMATCH, lambda b, h: (replace(b, geo="US"), h)),
+        (InvalidReason.UA_MISMATCH, lambda b, h: (replace(b, claims={**b.claims, "uah": ua_hash(CHROME)}), h)),
+        (InvalidReason.IP_FLOOD, lambda b, h: (b, replace(h, ip_count=1))),
+        (InvalidReason.UA_FLOOD, lambda b, h: (b, replace(h, ua_count=1))),
+        (InvalidReason.PREFETCH, lambda b, h: (replace(b, purpose=""), h)),
+        (InvalidReason.CLICK_WITHOUT_IMPRESSION, lambda b, h: (b, replace(h, impression_seen=True))),
     ]
     seen = []
     for _, fix in fixes:
@@ -429,7 +428,8 @@ def test_rules_fire_in_the_documented_order():
         bad, history = fix(bad, history)
     assert seen == [expected for expected, _ in fixes]
     assert classify(bad, now_s=NOW, lists=LISTS, history=history, policy=policy) == VALID
-    assert set(seen) == set(IvtReason) - {IvtReason.NONE}  # every rule is in the order test
+    # every IVT rule is in the order test (duplicate and over_budget are decided elsewhere, not by classify)
+    assert set(seen) == set(InvalidReason) - {InvalidReason.NONE, InvalidReason.DUPLICATE, InvalidReason.OVER_BUDGET}
 
 
 # --- classify is total -------------------------------------------------------------------------------------
@@ -449,7 +449,7 @@ def test_classify_never_raises(kind, ua, ip, geo, purpose, size, claims, now, co
                                      rendered_size=size),
                        now_s=now, lists=LISTS, history=Activity(*counts, impression_seen=seen),
                        policy=IvtPolicy(ip_limit=5, ua_limit=5))
-    assert isinstance(verdict.reason, IvtReason)
+    assert isinstance(verdict.reason, InvalidReason)
     flood_ip_key(ip)
     ua_hash(ua)
 
@@ -548,7 +548,7 @@ def test_reloader_picks_up_changed_files_after_its_check_interval(data_dir: Path
     assert reloader.current(NOW + 10) is first  # not yet time to look
     second = reloader.current(NOW + 31)
     assert second is not first and reloader.reloads == 1
-    assert second.user_agent_verdict(ua).reason is IvtReason.KNOWN_BOT
+    assert second.user_agent_verdict(ua).reason is InvalidReason.KNOWN_BOT
     assert reloader.current(NOW + 62) is second  # unchanged files: no re-parse
 
 
