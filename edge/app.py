@@ -161,14 +161,16 @@ async def _ivt(st: EdgeState, request: Request, kind: EventType, claims: dict, n
 
 
 async def _record(st: EdgeState, request: Request, kind: EventType, event_id: str, claims: dict, *, bills: bool,
-                  value: int = 0) -> Response | None:
-    """Deduplicate, classify (IVT), settle the budget and emit one beacon's event. None when recorded (or a
-    duplicate); a 503 when the event buffer is full, so the client retries instead of being told it was counted.
-    Invalid traffic is recorded with its reason and never billed (mark, don't block)."""
+                  value: int = 0, inherited: InvalidReason = InvalidReason.NONE) -> Response | InvalidReason:
+    """Deduplicate, classify (IVT), settle the budget and emit one beacon's event. Returns the reason it was
+    recorded with (NONE: valid and billed if billable; also NONE for a duplicate), or a 503 when the event
+    buffer is full, so the client retries instead of being told it was counted. Invalid traffic is recorded
+    with its reason and never billed (mark, don't block); ``inherited`` marks an event invalid because the
+    event it follows was (a conversion after an invalid click)."""
     beacon = kind.value
     if event_id in st.seen:  # before the store: a replayed beacon must not count towards the flood limits
         st.metrics.beacons.labels(beacon, "duplicate").inc()
-        return None
+        return InvalidReason.NONE
     now = time.time()
     verdict = await _ivt(st, request, kind, claims, now) if st.settings.edge_ivt_enabled else VALID
     if isinstance(verdict, Response):
@@ -177,12 +179,12 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     # again: a copy of this beacon may have been recorded while the store answered.
     if event_id in st.seen:
         st.metrics.beacons.labels(beacon, "duplicate").inc()
-        return None
+        return InvalidReason.NONE
     if not st.publisher_has_room():
         st.metrics.beacons.labels(beacon, "buffer_full").inc()
         return error(503, "event buffer full, retry later", headers={"Retry-After": "1"})
     cost = int(claims["px"]) if bills else 0
-    reason = InvalidReason(verdict.reason.value)
+    reason = InvalidReason(verdict.reason.value) if verdict.reason.value else inherited
     if reason is not InvalidReason.NONE:
         if cost:
             st.ledger.release(claims["imp"])  # never billed: the reservation goes back now, not at expiry
@@ -192,7 +194,7 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     st.emit(_event(st, kind, event_id, claims, now, cost=cost, value=value, reason=reason), billing=True)
     st.seen.add(event_id)
     st.metrics.beacons.labels(beacon, reason.value or "ok").inc()
-    return None
+    return reason
 
 
 async def impression(request: Request) -> Response:
@@ -200,9 +202,9 @@ async def impression(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "i", "impression")
     if isinstance(claims, JSONResponse):
         return claims
-    failed = await _record(st, request, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
-                           bills=claims["bt"] == "cpm")
-    return failed or Response(status_code=204, headers=_CORS)
+    recorded = await _record(st, request, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
+                             bills=claims["bt"] == "cpm")
+    return recorded if isinstance(recorded, Response) else Response(status_code=204, headers=_CORS)
 
 
 async def viewable(request: Request) -> Response:
@@ -211,8 +213,9 @@ async def viewable(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "i", "viewable")
     if isinstance(claims, JSONResponse):
         return claims
-    failed = await _record(st, request, EventType.VIEWABLE, viewable_event_id(claims["imp"]), claims, bills=False)
-    return failed or Response(status_code=204, headers=_CORS)
+    recorded = await _record(st, request, EventType.VIEWABLE, viewable_event_id(claims["imp"]), claims,
+                             bills=False)
+    return recorded if isinstance(recorded, Response) else Response(status_code=204, headers=_CORS)
 
 
 def _with_param(url: str, key: str, value: str) -> str:
@@ -226,12 +229,14 @@ async def click(request: Request) -> Response:
     claims = _verify(st, request.query_params.get("t"), "c", "click")
     if isinstance(claims, JSONResponse):
         return claims
-    failed = await _record(st, request, EventType.CLICK, click_event_id(claims["imp"]), claims,
-                           bills=claims["bt"] == "cpc")
-    if failed is not None:
-        return failed
-    # The landing page gets a signed attribution id, so a later conversion can only name a real click.
+    recorded = await _record(st, request, EventType.CLICK, click_event_id(claims["imp"]), claims,
+                             bills=claims["bt"] == "cpc")
+    if isinstance(recorded, Response):
+        return recorded
+    # The landing page gets a signed attribution id, so a later conversion can only name a real click; it
+    # carries the click's IVT reason, so a bot's click cannot turn into a billed conversion.
     attribution = {k: claims[k] for k in ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev")}
+    attribution["ivr"] = recorded.value
     adclid = sign({**attribution, "k": "v", "exp": int(time.time()) + st.settings.edge_attribution_window_s},
                   st.settings.edge_signing_keys)
     return RedirectResponse(_with_param(claims["url"], "adclid", adclid), status_code=302)
@@ -275,9 +280,13 @@ async def conversion(request: Request) -> Response:
     if isinstance(claims, JSONResponse):
         return claims
     # One conversion per click: a second postback for the same click (any conversion_id) is a duplicate.
-    failed = await _record(st, request, EventType.CONVERSION, conversion_event_id(claims["imp"]), claims,
-                           bills=claims["bt"] == "cpa", value=value)
-    return failed or Response(status_code=204)
+    try:
+        inherited = InvalidReason(claims.get("ivr", ""))
+    except ValueError:
+        inherited = InvalidReason.NONE
+    recorded = await _record(st, request, EventType.CONVERSION, conversion_event_id(claims["imp"]), claims,
+                             bills=claims["bt"] == "cpa", value=value, inherited=inherited)
+    return recorded if isinstance(recorded, Response) else Response(status_code=204)
 
 
 async def openapi(request: Request) -> Response:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -142,7 +143,12 @@ def test_clicks_too_fast_or_without_impression_are_not_billed(stack: LocalStack)
     after = beacon_counts(stack)
     for result in ("click_too_fast", "click_without_impression", "ok"):
         assert after.get(("click", result), 0) - before.get(("click", result), 0) == 1, result
-    t = totals(stack, token, cid, clicks=1, invalid_clicks=2)
+    # A conversion after the bot-fast click inherits its reason: recorded, never counted as valid.
+    adclid = parse_qs(urlsplit(r.headers["location"]).query)["adclid"][0]
+    conv = httpx.post(f"{stack.edges[0].url}/v1/track/conversion", timeout=10,
+                      json={"conversion_id": "o-1", "adclid": adclid, "value_micros": 5})
+    assert conv.status_code == 204
+    t = totals(stack, token, cid, clicks=1, invalid_clicks=2, conversions=0, invalid_conversions=1)
     print("cpc totals", t)
     assert 0 < t["spend_micros"] <= 2_000_000  # one click's price at most
 
