@@ -6,6 +6,7 @@ from the in-process ledger, so a request costs only the auction and the JSON.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -170,7 +171,7 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     beacon = kind.value
     if event_id in st.seen:  # before the store: a replayed beacon must not count towards the flood limits
         st.metrics.beacons.labels(beacon, "duplicate").inc()
-        return InvalidReason.NONE
+        return await _durable(st, st.unacked.get(event_id), InvalidReason.NONE)
     now = time.time()
     verdict = await _ivt(st, request, kind, claims, now) if st.settings.edge_ivt_enabled else VALID
     if isinstance(verdict, Response):
@@ -179,7 +180,7 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     # again: a copy of this beacon may have been recorded while the store answered.
     if event_id in st.seen:
         st.metrics.beacons.labels(beacon, "duplicate").inc()
-        return InvalidReason.NONE
+        return await _durable(st, st.unacked.get(event_id), InvalidReason.NONE)
     if not st.publisher_has_room():
         st.metrics.beacons.labels(beacon, "buffer_full").inc()
         return error(503, "event buffer full, retry later", headers={"Retry-After": "1"})
@@ -191,9 +192,23 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     elif cost and not st.ledger.settle(claims["imp"], claims["cmp"], cost):
         # Shown, but past what this process was granted: recorded with a reason, never billed.
         reason = InvalidReason.OVER_BUDGET
-    st.emit(_event(st, kind, event_id, claims, now, cost=cost, value=value, reason=reason), billing=True)
+    durable = st.emit_durable(_event(st, kind, event_id, claims, now, cost=cost, value=value, reason=reason))
     st.seen.add(event_id)
     st.metrics.beacons.labels(beacon, reason.value or "ok").inc()
+    return await _durable(st, durable, reason)
+
+
+async def _durable(st: EdgeState, acked: asyncio.Future[None] | None,
+                   reason: InvalidReason) -> Response | InvalidReason:
+    """Answer only once JetStream holds the event: a 204 must survive a kill -9 of this process. If the ack
+    is slow (NATS stalled), answer 503: the event stays buffered and is retried under its id, and the
+    client's retry waits on the same acknowledgement instead of creating a second event."""
+    if acked is None or acked.done():
+        return reason
+    try:
+        await asyncio.wait_for(asyncio.shield(acked), timeout=st.settings.edge_beacon_ack_timeout_s)
+    except TimeoutError:
+        return error(503, "event not yet durable, retry", headers={"Retry-After": "1"})
     return reason
 
 

@@ -37,6 +37,8 @@ SPECS = [
     s.Spec("EDGE_ATTRIBUTION_WINDOW_S", s.parse_int(60, 90 * 86_400), str(7 * 86_400),
            "click-through attribution window for conversions"),
     s.Spec("EDGE_MAX_SLOTS", s.parse_int(1, 20), "6", "most ad slots one request may ask for"),
+    s.Spec("EDGE_BEACON_ACK_TIMEOUT_S", s.parse_float(0.1), "3",
+           "how long a beacon waits for JetStream to hold its event before answering 503 (retry)"),
     s.Spec("EDGE_ACCESS_LOG", s.parse_bool, "false", "write a JSON access line per request"),
     s.Spec("EDGE_RESERVATION_TTL_S", s.parse_int(1, 3600), "120",
            "how long an unrendered impression keeps its budget reserved"),
@@ -72,6 +74,7 @@ class EdgeSettings:
     edge_click_ttl_s: int
     edge_attribution_window_s: int
     edge_max_slots: int
+    edge_beacon_ack_timeout_s: float
     edge_access_log: bool
     edge_reservation_ttl_s: int
     edge_ivt_enabled: bool

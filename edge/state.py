@@ -75,6 +75,8 @@ class EdgeState:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     grant_failures: int = 0
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Billing events accepted but not yet acknowledged by JetStream: a retried beacon waits on the same one.
+    unacked: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     ivt_lists: ListsReloader = field(default_factory=ListsReloader)
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
@@ -82,6 +84,16 @@ class EdgeState:
     def publisher_has_room(self) -> bool:
         assert self.publisher is not None
         return self.publisher.has_room(billing=True)
+
+    def emit_durable(self, event: Event) -> asyncio.Future[None] | None:
+        """A billing event: returns a future resolved once JetStream holds it (None when the buffer is full)."""
+        assert self.publisher is not None
+        future = self.publisher.submit_acked(
+            S.event_subject(self.settings.edge_region, event.type), event.event_id, encode_event(event))
+        if future is not None:
+            self.unacked[event.event_id] = future
+            future.add_done_callback(lambda _f, eid=event.event_id: self.unacked.pop(eid, None))
+        return future
 
     def emit(self, event: Event, *, billing: bool) -> bool:
         assert self.publisher is not None

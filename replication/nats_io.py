@@ -93,6 +93,7 @@ class _Pending:
     msg_id: str
     payload: bytes
     attempts: int = 0
+    acked: asyncio.Future[None] | None = None  # resolved when JetStream has the message
 
 
 class EventPublisher:
@@ -142,6 +143,21 @@ class EventPublisher:
         self._wake.set()
         return True
 
+    def submit_acked(self, subject: str, msg_id: str, payload: bytes) -> asyncio.Future[None] | None:
+        """Submit a billing event and get a future resolved by JetStream's PubAck (None when full).
+
+        The caller can answer its client only once the event is durable, so a kill -9 of this process
+        never loses an event it acknowledged; the future outlives a caller's timeout, and the publisher
+        keeps retrying under the same id."""
+        if self.buffered >= self._hard:
+            self.stats.rejected_billing += 1
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(subject, msg_id, payload, acked=future))
+        self.stats.submitted += 1
+        self._wake.set()
+        return future
+
     async def _publish_one(self, item: _Pending) -> bool:
         try:
             ack = await self._js.publish(
@@ -156,6 +172,8 @@ class EventPublisher:
         self.stats.acked += 1
         if ack.duplicate:
             self.stats.duplicates += 1
+        if item.acked is not None and not item.acked.done():
+            item.acked.set_result(None)
         return True
 
     async def run(self) -> None:
