@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("name")
     a.set_defaults(func=cmd_admin)
 
+    sub.add_parser("chaos", help="Jepsen-style fault runs: adserver chaos --report FILE [--quick] ...",
+                   add_help=False)
+
     p = sub.add_parser("demo", help="run the whole system locally, drive traffic, print a summary")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of publisher traffic")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent simulated page views")
@@ -119,6 +122,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="after the summary keep everything running (publisher page, dashboard) until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chaos"]:  # its own parser: adserver chaos --help lists the scenarios and options
+        from adserver.chaos import main as chaos_main
+
+        chaos_main(argv[1:])
+        return
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from replication import subjects as S
 from replication.events import Event, EventDecodeError, decode_event
 
 log = logging.getLogger(__name__)
+REPAIR_WINDOW_S = 2 * 86_400  # JetStream keeps events 7 days; a crash is noticed and restarted well within 2
 
 
 @dataclass(slots=True)
@@ -34,6 +36,7 @@ class CollectorStats:
     dead_lettered: int = 0
     batches: int = 0
     errors: int = 0
+    rollup_repairs: int = 0
 
 
 def batch_token(events: list[Event]) -> str:
@@ -76,6 +79,14 @@ class Collector:
         )
 
     async def run(self) -> None:
+        # A previous collector killed mid-INSERT can leave raw rows its rollup never counted: repair the
+        # recent rollup before consuming (this process is the only writer, so nothing races the repair).
+        since_ms = int((time.time() - REPAIR_WINDOW_S) * 1000)
+        repaired = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._store.repair_rollup, since_ms)
+        if repaired:
+            log.warning("rollup was behind the raw events in %d rows; repaired", repaired)
+        self.stats.rollup_repairs += repaired
         self._sub = await self._subscribe()
         try:
             await self._loop()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -113,6 +114,8 @@ class EventStore(Protocol):
     def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]: ...
 
     def stats(self) -> StoreStats: ...
+
+    def repair_rollup(self, since_ms: int) -> int: ...
 
     def close(self) -> None: ...
 
@@ -434,6 +437,34 @@ class SqlEventStore(ABC):
                 return 0
             self._insert(fresh, batch_token(dedup_token, (str(row[0]) for row in fresh)))
         return len(fresh)
+
+    def repair_rollup(self, since_ms: int) -> int:
+        """Add to the rollup whatever the raw table holds beyond it, for the minutes since ``since_ms``.
+
+        The view writes the rollup in the same INSERT as the raw rows but not atomically: a collector killed
+        between the two leaves raw rows the rollup never counted, and their redelivery is skipped as already
+        stored. Run at collector start (the only writer, so nothing races it); returns the rows added."""
+        keys = "campaign_id, minute, region, creative_id"
+        names = [name for name, _, _ in _ROLLUP_COUNTERS]
+        diffs = ", ".join(f"if(r.{n} > m.{n}, r.{n} - m.{n}, 0)" for n in names)
+        behind = " OR ".join(f"r.{n} > m.{n}" for n in names)
+        since_s = max(0, since_ms // 1000)
+        count_sql = (
+            f"SELECT count() FROM (SELECT campaign_id, toStartOfMinute(ts) AS minute, region, creative_id, "
+            f"{_ROLLUP_COUNTERS_SELECT.strip()} FROM {EVENTS_TABLE} "
+            f"WHERE ts >= toDateTime({since_s}, 'UTC') GROUP BY {keys}) AS r LEFT JOIN (SELECT {keys}, "
+            + ", ".join(f"sum({n}) AS {n}" for n in names)
+            + f" FROM {ROLLUP_TABLE} WHERE minute >= toStartOfMinute(toDateTime({since_s}, 'UTC')) GROUP BY {keys})"
+            f" AS m USING ({keys}) WHERE {behind}"
+        )
+        with self._write_lock:
+            missing = int(self._query_rows(count_sql)[0][0])
+            if missing:
+                select = count_sql.replace("SELECT count() FROM", f"SELECT {keys}, {diffs} FROM", 1)
+                token = f"repair-{secrets.token_hex(8)}"  # a repair block is never a retry of an earlier one
+                self._exec(f"INSERT INTO {ROLLUP_TABLE} ({keys}, {', '.join(names)}) "
+                           f"SETTINGS insert_deduplication_token = '{token}' {select}")
+        return missing
 
     def campaign_metrics(
         self, campaign_id: str, start_ms: int, end_ms: int, granularity: Granularity
