@@ -55,15 +55,19 @@ class Proc:
             self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             print(f"{self.name} ignored SIGTERM for {timeout}s; killing it", file=sys.stderr)
-            self.popen.kill()
-            self.popen.wait(timeout=5)
+            self._kill_group()
         if time.monotonic() - started > 2:
             print(f"{self.name} took {time.monotonic() - started:.1f}s to stop:\n{self.tail(12)}", file=sys.stderr)
 
+    def _kill_group(self) -> None:
+        # The whole session: granian's workers are children of the main process and would keep the port.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=5)
+
     def kill9(self) -> None:
         if self.alive():
-            self.popen.kill()
-            self.popen.wait(timeout=5)
+            self._kill_group()
 
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

@@ -72,7 +72,7 @@ class Collector:
             stream=S.EVENTS_STREAM,
             config=api.ConsumerConfig(
                 ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=60,
+                ack_wait=10,  # a crashed collector's batch comes back in 10 s, not a minute (inserts take < 1 s)
                 max_ack_pending=20_000,
                 deliver_policy=api.DeliverPolicy.ALL,
             ),
