@@ -72,7 +72,7 @@ from adserver.faults import (
     start_nats_hub,
     start_nats_leaf,
 )
-from adserver.processes import Proc, ProcessGroup, adserver_argv, free_port, wait_ready, wait_tcp
+from adserver.processes import Proc, free_port, wait_ready, wait_tcp
 from adserver.stack import EdgeProc, LocalStack
 
 EVENTS_STREAM = "ADS_EVENTS"
@@ -137,57 +137,26 @@ class ChaosStack(LocalStack):
     generation: int = 0
 
     def start(self) -> ChaosStack:
-        if self.leaf_regions:
-            self._start_with_leaves()
-        else:
-            super().start()
+        super().start()
         # Argv and environment of every child, read back from /proc now, while all of them are alive.
         for proc in self.group.procs:
             self.specs[proc.name] = capture(proc)
         return self
 
-    def _start_with_leaves(self) -> None:
-        # Mirrors LocalStack.start, with the hub and leaves in place of the single nats-server.
-        import base64
-        import secrets
-        import tempfile
-
-        if self.data_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="adserver-chaos-")
-            self.data_dir = Path(self._tmp.name)
-        self.group = ProcessGroup(self.data_dir)
-        try:
-            leaf_port = free_port()
-            self.nats, self.nats_url = start_nats_hub(self.group, self.data_dir / "jetstream", port=free_port(),
-                                                      leaf_port=leaf_port)
-            for region in self.leaf_regions:
-                proxy = self.proxies[region] = TcpProxy("127.0.0.1", leaf_port).start()
-                proc, url = start_nats_leaf(self.group, region, hub_leaf_addr=proxy.url_host_port)
-                self.leaf_nats[region], self.region_nats_url[region] = proc, url
-                asyncio.run(_wait_jetstream(url, timeout_s=15))
-            self.admin_token = secrets.token_urlsafe(24)
-            self.signing_keys = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
-            cp_port = free_port()
-            self.cp_url = f"http://127.0.0.1:{cp_port}"
-            self.control_plane = self.group.start(
-                "control-plane",
-                adserver_argv("control-plane", "--port", str(cp_port)),
-                {
-                    "ADSERVER_NATS_URL": self.nats_url,
-                    "ADSERVER_CP_REGIONS": ",".join(self.regions),
-                    "ADSERVER_CP_STORE_URL": f"chdb://{self.data_dir / 'chdb'}",
-                    "ADSERVER_CP_ADMIN_TOKEN": self.admin_token,
-                },
-            )
-            wait_ready(f"{self.cp_url}/readyz", self.control_plane, timeout=60)
-            for region in self.regions:
-                for i in range(self.pops_per_region):
-                    self.start_edge(region, f"pop{i + 1}")
-            for edge in self.edges:
-                wait_ready(f"{edge.url}/readyz", edge.proc, timeout=60)
-        except BaseException:
-            self.stop()
-            raise
+    def _start_nats(self) -> None:
+        if not self.leaf_regions:
+            super()._start_nats()
+            return
+        # A hub, and per cut-off region a leaf nats-server reached through a TCP proxy that can be cut.
+        assert self.data_dir is not None
+        leaf_port = free_port()
+        self.nats, self.nats_url = start_nats_hub(self.group, self.data_dir / "jetstream", port=free_port(),
+                                                  leaf_port=leaf_port)
+        for region in self.leaf_regions:
+            proxy = self.proxies[region] = TcpProxy("127.0.0.1", leaf_port).start()
+            proc, url = start_nats_leaf(self.group, region, hub_leaf_addr=proxy.url_host_port)
+            self.leaf_nats[region], self.region_nats_url[region] = proc, url
+            asyncio.run(_wait_jetstream(url, timeout_s=15))
 
     def start_edge(self, region: str, pop: str, workers: int | None = None, **kwargs: Any) -> EdgeProc:
         leaf = self.region_nats_url.get(region)

@@ -144,24 +144,6 @@ async def measure_freshness(stack: LocalStack, campaign: dict[str, Any], probes:
     return out
 
 
-def _edge_counter(text: str, state: str) -> int:
-    for line in text.splitlines():
-        if line.startswith("adserver_events{") and f'state="{state}"' in line:
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
-
-
-async def _published(stack: LocalStack) -> tuple[int, int]:
-    """(unique events acknowledged by JetStream as reported by the edges, still buffered at the edges)."""
-    acked = buffered = 0
-    async with httpx.AsyncClient(timeout=5) as client:
-        for edge in stack.edges:
-            text = (await client.get(f"{edge.url}/metrics")).text
-            acked += _edge_counter(text, "acked") - _edge_counter(text, "duplicates")
-            buffered += _edge_counter(text, "buffered")
-    return acked, buffered
-
-
 async def _stream_messages(nats_url: str) -> int:
     nc = await nats.connect(nats_url)
     try:
@@ -169,16 +151,6 @@ async def _stream_messages(nats_url: str) -> int:
         return info.state.messages
     finally:
         await nc.close()
-
-
-async def _wait_stored(stack: LocalStack, limit_s: float) -> tuple[int, dict[str, Any]]:
-    deadline = time.monotonic() + limit_s
-    while True:
-        published, buffered = await _published(stack)
-        stats = await asyncio.to_thread(stack.admin_stats)
-        if (buffered == 0 and stats["store"]["unique_events"] >= published) or time.monotonic() > deadline:
-            return published, stats
-        await asyncio.sleep(0.5)
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -201,7 +173,7 @@ def run_demo(*, duration_s: float, concurrency: int, report: str | None, data_di
         traffic = asyncio.run(drive([e.url for e in stack.edges], duration_s=duration_s,
                                     concurrency=concurrency, seed=seed))
         print("waiting for the collector to store every published event ...", file=sys.stderr)
-        published, stats = asyncio.run(_wait_stored(stack, limit_s=60))
+        _, published, stats = stack.wait_stored(timeout=60, every=0.5)
         in_stream = asyncio.run(_stream_messages(stack.nats_url))
         freshness = sorted(asyncio.run(measure_freshness(stack, campaigns[0])))
         spend = stats["spend_micros"]

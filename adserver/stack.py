@@ -10,6 +10,7 @@ import asyncio
 import base64
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.group = ProcessGroup(self.data_dir)
         try:
-            self.nats, self.nats_url = start_nats(self.group, self.data_dir / "jetstream")
+            self._start_nats()
             self.admin_token = secrets.token_urlsafe(24)
             self.signing_keys = "k1:" + base64.b64encode(secrets.token_bytes(32)).decode()
             cp_port = free_port()
@@ -84,6 +85,11 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _start_nats(self) -> None:
+        """The NATS topology: one nats-server here; a subclass may start a hub with leaf nodes instead."""
+        assert self.data_dir is not None
+        self.nats, self.nats_url = start_nats(self.group, self.data_dir / "jetstream")
 
     def start_edge(self, region: str, pop: str, workers: int | None = None,
                    signing_keys: str | None = None) -> EdgeProc:
@@ -115,6 +121,35 @@ class LocalStack:
                       timeout=30)
         r.raise_for_status()
         return r.json()
+
+    def edge_events(self) -> tuple[int, int]:
+        """(events the edges had JetStream acknowledge, minus acks of retries it already held; events still
+        buffered at the edges), read from every edge's /metrics."""
+        published = buffered = 0
+        for edge in self.edges:
+            for line in httpx.get(f"{edge.url}/metrics", timeout=5).text.splitlines():
+                if not line.startswith("adserver_events{"):
+                    continue
+                value = int(float(line.rsplit(" ", 1)[1]))
+                if 'state="acked"' in line:
+                    published += value
+                elif 'state="duplicates"' in line:
+                    published -= value
+                elif 'state="buffered"' in line:
+                    buffered += value
+        return published, buffered
+
+    def wait_stored(self, timeout: float = 30, every: float = 0.3) -> tuple[bool, int, dict]:
+        """Poll until ClickHouse holds every event the edges published and nothing is buffered.
+        Returns (caught up, events published, admin stats at the last poll); never raises on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            published, buffered = self.edge_events()
+            stats = self.admin_stats()
+            caught_up = buffered == 0 and stats["store"]["unique_events"] == published
+            if caught_up or time.monotonic() >= deadline:
+                return caught_up, published, stats
+            time.sleep(every)
 
     def stop(self) -> None:
         if hasattr(self, "group"):

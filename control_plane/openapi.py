@@ -20,6 +20,9 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from control_plane import models
+from replication.openapi import ERROR_REF, error_schema
+from replication.openapi import json_response as _json
+from replication.openapi import response_ref as _ref
 
 # --- pattern building blocks ---------------------------------------------------------------------------
 # Python's str.strip() removes exactly the characters for which str.isspace() is true; regex \s differs
@@ -67,7 +70,6 @@ _MICROS = {"type": "integer", "minimum": 1, "maximum": models.MAX_MICROS,
            "description": "integer micros: 1 currency unit = 1,000,000"}
 _DATETIME = {"type": "string", "format": "date-time", "example": "2026-11-24T00:00:00+01:00",
              "description": "ISO 8601 date-time; without an offset it is read in the campaign's timezone"}
-_ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # The exact set the server's zoneinfo accepts, computed in the server so the two cannot drift apart.
 TIMEZONE = {"type": "string", "enum": sorted(available_timezones()), "example": "Europe/Berlin",
             "description": "an IANA timezone; the schedule, hours targeting and offset-less times use it"}
@@ -224,46 +226,26 @@ METRICS = {
     },
 }
 
-ERROR = {
-    "type": "object", "additionalProperties": False, "required": ["error"],
-    "properties": {
-        "error": {"type": "string", "description": "a human-readable message naming what was wrong"},
-        "fields": {"type": "array", "description": "every bad field, one entry each",
-                   "items": {"type": "object", "additionalProperties": False, "required": ["field", "message"],
-                             "properties": {"field": {"type": "string", "example": "creatives[0].landing_url"},
-                                            "message": {"type": "string"}}}},
-        "limit": {"enum": ["per_token", "per_ip", "body_bytes", "header_count", "header_bytes"],
-                  "description": "which request limit refused the request"},
-        "retry_after_s": {"type": "integer", "minimum": 1},
-    },
-}
-
-
-def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
-    if headers:
-        out["headers"] = headers
-    return out
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/responses/{name}"}
+ERROR = error_schema(
+    'a human-readable message naming what was wrong', 'creatives[0].landing_url',
+    ['per_token', 'per_ip', 'body_bytes', 'header_count', 'header_bytes'],
+)
 
 
 RESPONSES = {
-    "BadRequest": _json(_ERROR_REF, "malformed request: empty or non-JSON body, bad If-Match, bad query"),
-    "Unauthorized": _json(_ERROR_REF, "missing, malformed or unknown bearer token"),
-    "NotFound": _json(_ERROR_REF, "no such campaign for this advertiser (another tenant's campaign included)"),
-    "Conflict": _json(_ERROR_REF, "stale If-Match revision, concurrent change, or not allowed in this status"),
-    "TooLarge": _json(_ERROR_REF, "request body larger than ADSERVER_CP_MAX_BODY_BYTES (default 65536); "
+    "BadRequest": _json(ERROR_REF, "malformed request: empty or non-JSON body, bad If-Match, bad query"),
+    "Unauthorized": _json(ERROR_REF, "missing, malformed or unknown bearer token"),
+    "NotFound": _json(ERROR_REF, "no such campaign for this advertiser (another tenant's campaign included)"),
+    "Conflict": _json(ERROR_REF, "stale If-Match revision, concurrent change, or not allowed in this status"),
+    "TooLarge": _json(ERROR_REF, "request body larger than ADSERVER_CP_MAX_BODY_BYTES (default 65536); "
                                   "answered before the body is read, also for chunked bodies"),
-    "Invalid": _json(_ERROR_REF, "validation failed: `fields` names every bad field; nothing is stored"),
-    "RateLimited": _json(_ERROR_REF, "a per-token or per-IP rate limit is exhausted; `limit` names which",
+    "Invalid": _json(ERROR_REF, "validation failed: `fields` names every bad field; nothing is stored"),
+    "RateLimited": _json(ERROR_REF, "a per-token or per-IP rate limit is exhausted; `limit` names which",
                          {"Retry-After": {"description": "seconds until a request is admitted again",
                                           "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}}),
-    "HeadersTooLarge": _json(_ERROR_REF, "too many request headers or too many header bytes (the HTTP server "
+    "HeadersTooLarge": _json(ERROR_REF, "too many request headers or too many header bytes (the HTTP server "
                                          "itself answers 431 with an empty body past 100 headers)"),
-    "NoReports": _json(_ERROR_REF, "reporting store not configured in this process"),
+    "NoReports": _json(ERROR_REF, "reporting store not configured in this process"),
 }
 
 _LIMITS = {"413": _ref("TooLarge"), "429": _ref("RateLimited"), "431": _ref("HeadersTooLarge")}
@@ -389,7 +371,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {**_campaign_ok("201", "the campaign with the new creative"),
                               "400": _ref("BadRequest"), "401": _ref("Unauthorized"), "404": _ref("NotFound"),
                               "409": _ref("Conflict"),
-                              "422": _json(_ERROR_REF, "validation failed, or the campaign has 50 creatives"),
+                              "422": _json(ERROR_REF, "validation failed, or the campaign has 50 creatives"),
                               **_LIMITS},
             },
         },
@@ -412,7 +394,7 @@ OPENAPI: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Metrics"}, "totals and the per-bucket series"),
-                    "400": _json(_ERROR_REF, "bad from/to/granularity, to not after from, or more than 10000 "
+                    "400": _json(ERROR_REF, "bad from/to/granularity, to not after from, or more than 10000 "
                                              "buckets"),
                     "401": _ref("Unauthorized"), "404": _ref("NotFound"), "503": _ref("NoReports"), **_LIMITS},
             },
@@ -436,7 +418,7 @@ OPENAPI: dict[str, Any] = {
                                       "snapshot": {"type": "object"},
                                       "granted_micros": {"type": "integer"}}},
                                  "operational state"),
-                    "401": _json(_ERROR_REF, "admin token missing or wrong (or admin calls disabled)"),
+                    "401": _json(ERROR_REF, "admin token missing or wrong (or admin calls disabled)"),
                     "503": _ref("NoReports"), **_LIMITS},
             },
         },

@@ -15,11 +15,10 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
+from replication.calendar import local_hour
 from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative
 
 
@@ -118,7 +117,7 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
 def _local_hour(now_s: float, tz: str, cache: dict[str, int]) -> int:
     hour = cache.get(tz)
     if hour is None:
-        hour = datetime.fromtimestamp(now_s, ZoneInfo(tz)).hour
+        hour = local_hour(now_s, tz)
         cache[tz] = hour
     return hour
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from edge.adrequest import DEVICES
+from replication.openapi import ERROR_REF, error_schema
+from replication.openapi import json_response as _json
+from replication.openapi import response_ref as _ref
 
 # Python's str.strip() removes exactly the str.isspace() characters; spelled out because regex \s differs.
 _WS = r"[\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
@@ -28,41 +31,21 @@ def _any_case(word: str) -> str:
 
 _DEVICE = "^(" + "|".join(_any_case(d) for d in sorted(DEVICES)) + ")?$"
 
-ERROR = {
-    "type": "object", "additionalProperties": False, "required": ["error"],
-    "properties": {
-        "error": {"type": "string", "description": "names the first bad parameter, or why a token was refused"},
-        "fields": {"type": "array", "items": {
-            "type": "object", "additionalProperties": False, "required": ["field", "message"],
-            "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
-        "limit": {"enum": ["per_ip", "body_bytes", "header_count", "header_bytes"],
-                  "description": "which request limit refused the request"},
-        "retry_after_s": {"type": "integer", "minimum": 1},
-    },
-}
-_ERROR_REF = {"$ref": "#/components/schemas/Error"}
-
-
-def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
-    if headers:
-        out["headers"] = headers
-    return out
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/responses/{name}"}
+ERROR = error_schema(
+    'names the first bad parameter, or why a token was refused', None,
+    ['per_ip', 'body_bytes', 'header_count', 'header_bytes'],
+)
 
 
 RESPONSES = {
-    "RateLimited": _json(_ERROR_REF, "this client IP exceeded ADSERVER_EDGE_RATE_PER_IP (per worker)",
+    "RateLimited": _json(ERROR_REF, "this client IP exceeded ADSERVER_EDGE_RATE_PER_IP (per worker)",
                          {"Retry-After": {"description": "seconds until a request is admitted again",
                                           "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}}),
-    "HeadersTooLarge": _json(_ERROR_REF, "too many request headers or header bytes (the HTTP server itself "
+    "HeadersTooLarge": _json(ERROR_REF, "too many request headers or header bytes (the HTTP server itself "
                                          "answers 431 with an empty body past 100 headers)"),
-    "TooLarge": _json(_ERROR_REF, "body larger than ADSERVER_EDGE_MAX_BODY_BYTES (default 16384)"),
-    "BadToken": _json(_ERROR_REF, "no token (`t` missing or empty)"),
-    "RefusedToken": _json(_ERROR_REF, "forged, tampered, expired, unknown-key or wrong-kind token; the "
+    "TooLarge": _json(ERROR_REF, "body larger than ADSERVER_EDGE_MAX_BODY_BYTES (default 16384)"),
+    "BadToken": _json(ERROR_REF, "no token (`t` missing or empty)"),
+    "RefusedToken": _json(ERROR_REF, "forged, tampered, expired, unknown-key or wrong-kind token; the "
                                       "error names the reason"),
     "Counted": {"description": "counted once per impression id; a replay is answered the same and not counted"},
 }
@@ -148,8 +131,8 @@ OPENAPI: dict[str, Any] = {
                              "the winning ads, at most `slots`",
                              {"Cache-Control": {"schema": {"enum": ["no-store"]}}}),
                 "204": {"description": "no fill: nothing eligible, or no budget"},
-                "400": _json(_ERROR_REF, "bad parameters: `fields` names each one"),
-                "503": _json(_ERROR_REF, "this PoP has not loaded a snapshot yet"),
+                "400": _json(ERROR_REF, "bad parameters: `fields` names each one"),
+                "503": _json(ERROR_REF, "this PoP has not loaded a snapshot yet"),
                 **_LIMITS,
             },
         }},
@@ -179,8 +162,8 @@ OPENAPI: dict[str, Any] = {
                 }}}}},
             "responses": {
                 "204": {"description": "counted (CPA campaigns are billed), or a duplicate, answered the same"},
-                "400": _json(_ERROR_REF, "not a JSON object, or a bad member: `fields` names each one"),
-                "403": _json(_ERROR_REF, "the adclid is forged, tampered, expired or not a click's"),
+                "400": _json(ERROR_REF, "not a JSON object, or a bad member: `fields` names each one"),
+                "403": _json(ERROR_REF, "the adclid is forged, tampered, expired or not a click's"),
                 **_LIMITS},
         }},
         "/tag.js": {"get": {

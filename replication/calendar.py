@@ -1,4 +1,4 @@
-"""Budget days: a campaign's daily budget resets at midnight in the campaign's own timezone. Pure."""
+"""Campaign-local time: budget days reset at local midnight, hour targeting uses the local hour. Pure."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from zoneinfo import ZoneInfo
 @lru_cache(maxsize=1024)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+def local_hour(now_s: float, timezone: str) -> int:
+    """The hour of day (0-23) in the campaign's timezone, for hour-of-day targeting."""
+    return datetime.fromtimestamp(now_s, _zone(timezone)).hour
 
 
 def local_day(now_s: float, timezone: str) -> str:

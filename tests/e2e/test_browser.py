@@ -209,22 +209,9 @@ def new_context(browser: Browser, **options: Any) -> BrowserContext:
 
 def settled_stats(stack: LocalStack, timeout: float = 30) -> dict[str, Any]:
     """Admin stats once ClickHouse holds every event the edges had JetStream acknowledge (and none is buffered)."""
-    def stored() -> dict[str, Any] | None:
-        published = buffered = 0
-        for edge in stack.edges:
-            for line in httpx.get(f"{edge.url}/metrics", timeout=5).text.splitlines():
-                if line.startswith("adserver_events{"):
-                    value = int(float(line.rsplit(" ", 1)[1]))
-                    if 'state="acked"' in line:
-                        published += value
-                    elif 'state="duplicates"' in line:
-                        published -= value
-                    elif 'state="buffered"' in line:
-                        buffered += value
-        stats = stack.admin_stats()
-        return stats if buffered == 0 and stats["store"]["unique_events"] == published else None
-
-    return poll("ClickHouse to hold every published event", stored, timeout=timeout, every=0.3)
+    caught_up, published, stats = stack.wait_stored(timeout)
+    assert caught_up, f"waited {timeout}s for ClickHouse to hold every published event: {stats['store']} != {published}"
+    return stats
 
 
 def campaign_totals(stack: LocalStack, token: str, campaign_id: str) -> dict[str, Any]:

@@ -102,25 +102,9 @@ def wait_serving(edge_url: str, keyword: str, campaign_id: str, timeout: float =
 
 def wait_stored(stack: LocalStack, timeout: float = 30) -> dict[str, Any]:
     """Wait until ClickHouse holds every event the edges had acknowledged by JetStream."""
-    deadline = time.monotonic() + timeout
-    while True:
-        published = 0
-        buffered = 0
-        for edge in stack.edges:
-            for line in httpx.get(f"{edge.url}/metrics").text.splitlines():
-                if line.startswith("adserver_events{"):
-                    value = int(float(line.rsplit(" ", 1)[1]))
-                    if 'state="acked"' in line:
-                        published += value
-                    elif 'state="duplicates"' in line:
-                        published -= value
-                    elif 'state="buffered"' in line:
-                        buffered += value
-        stats = stack.admin_stats()
-        if buffered == 0 and stats["store"]["unique_events"] == published:
-            return {**stats, "published": published}
-        assert time.monotonic() < deadline, f"stored {stats['store']} != published {published}"
-        time.sleep(0.3)
+    caught_up, published, stats = stack.wait_stored(timeout)
+    assert caught_up, f"stored {stats['store']} != published {published}"
+    return {**stats, "published": published}
 
 
 def metrics(stack: LocalStack, token: str, campaign_id: str) -> dict[str, Any]:

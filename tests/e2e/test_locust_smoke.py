@@ -97,32 +97,12 @@ def wait_filling(edge_url: str, campaign_ids: set[str], timeout: float = 15) -> 
         time.sleep(0.05)
 
 
-def edge_events(stack: LocalStack) -> tuple[int, int]:
-    """(events the edges had acknowledged by JetStream, minus duplicates; events still buffered)."""
-    published = buffered = 0
-    for edge in stack.edges:
-        for line in httpx.get(f"{edge.url}/metrics", timeout=5).text.splitlines():
-            if line.startswith("adserver_events{"):
-                value = int(float(line.rsplit(" ", 1)[1]))
-                if 'state="acked"' in line:
-                    published += value
-                elif 'state="duplicates"' in line:
-                    published -= value
-                elif 'state="buffered"' in line:
-                    buffered += value
-    return published, buffered
-
-
 def wait_stored(stack: LocalStack, timeout: float = 60) -> dict[str, Any]:
     """Poll until the collector has stored every event the edges published; the admin stats then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        published, buffered = edge_events(stack)
-        store = stack.admin_stats()["store"]
-        if buffered == 0 and store["unique_events"] == published:
-            return store
-        assert time.monotonic() < deadline, f"stored {store} != published {published} (buffered {buffered})"
-        time.sleep(0.25)
+    caught_up, published, stats = stack.wait_stored(timeout, every=0.25)
+    store = stats["store"]
+    assert caught_up, f"stored {store} != published {published}"
+    return store
 
 
 def test_locust_scenarios_run_clean_and_every_beacon_they_send_is_stored_once(
