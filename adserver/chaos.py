@@ -30,11 +30,11 @@ each id once (``jetstream_duplicates`` = 0). ``nats-kill-150s-2min-window`` (opt
 to show the next layer: such a retry is then stored twice in JetStream and ClickHouse must drop it by event
 id. Both also show that an edge keeps its events through a long outage and the collector resumes after it.
 
-The region cut-off uses a hub nats-server (JetStream, domain ``hub``) and, for region eu, a leaf nats-server
-without JetStream reached through a userspace TCP proxy (``adserver.faults.TcpProxy``). The leaf has no
-JetStream domain of its own, so while cut off the region's only event buffer is its edges' memory; the
-JetStream-per-region design (ARCHITECTURE §2) needs the edge and collector to publish to and source from
-regional streams first.
+The region cut-off uses the production topology (``LocalStack(leaf_regions=...)``): a hub nats-server
+(JetStream domain ``hub``) and, for region eu, a leaf nats-server with JetStream domain ``eu`` reached through a
+userspace TCP proxy (``adserver.faults.TcpProxy``). eu's edges publish to eu's own events stream, so while cut
+off they still get PubAcks and answer beacons 204 (``beacons_acked_while_cut_off``); the hub's ADS_EVENTS
+sources that stream and catches up when the link heals.
 
 Run ``python -m adserver.chaos --report chaos-report.json [--scenarios a,b] [--quick]``.
 """
@@ -52,7 +52,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -63,17 +62,14 @@ from nats.js import api
 
 from adserver.faults import (
     LaunchSpec,
-    TcpProxy,
     capture,
     kill9,
     pause,
     relaunch,
     resume,
-    start_nats_hub,
-    start_nats_leaf,
 )
-from adserver.processes import Proc, free_port, wait_ready, wait_tcp
-from adserver.stack import EdgeProc, LocalStack
+from adserver.processes import Proc, wait_ready, wait_tcp
+from adserver.stack import LocalStack
 
 EVENTS_STREAM = "ADS_EVENTS"
 COLLECTOR_DURABLE = "collector"
@@ -122,18 +118,10 @@ class Progress:
 
 @dataclass
 class ChaosStack(LocalStack):
-    """A LocalStack whose processes can be killed and started again exactly as they were.
+    """A LocalStack whose processes can be killed and started again exactly as they were (with
+    ``leaf_regions``, the hub-and-leaf topology whose leaf links can be cut)."""
 
-    With ``leaf_regions`` the topology is a hub nats-server (JetStream) plus, for each of those regions, a
-    leaf nats-server reached through a ``TcpProxy`` that can cut the region off; the control plane and the
-    other regions' edges use the hub.
-    """
-
-    leaf_regions: tuple[str, ...] = ()
     specs: dict[str, LaunchSpec] = field(default_factory=dict)
-    proxies: dict[str, TcpProxy] = field(default_factory=dict)
-    leaf_nats: dict[str, Proc] = field(default_factory=dict)
-    region_nats_url: dict[str, str] = field(default_factory=dict)
     generation: int = 0
 
     def start(self) -> ChaosStack:
@@ -142,31 +130,6 @@ class ChaosStack(LocalStack):
         for proc in self.group.procs:
             self.specs[proc.name] = capture(proc)
         return self
-
-    def _start_nats(self) -> None:
-        if not self.leaf_regions:
-            super()._start_nats()
-            return
-        # A hub, and per cut-off region a leaf nats-server reached through a TCP proxy that can be cut.
-        assert self.data_dir is not None
-        leaf_port = free_port()
-        self.nats, self.nats_url = start_nats_hub(self.group, self.data_dir / "jetstream", port=free_port(),
-                                                  leaf_port=leaf_port)
-        for region in self.leaf_regions:
-            proxy = self.proxies[region] = TcpProxy("127.0.0.1", leaf_port).start()
-            proc, url = start_nats_leaf(self.group, region, hub_leaf_addr=proxy.url_host_port)
-            self.leaf_nats[region], self.region_nats_url[region] = proc, url
-            asyncio.run(_wait_jetstream(url, timeout_s=15))
-
-    def start_edge(self, region: str, pop: str, workers: int | None = None, **kwargs: Any) -> EdgeProc:
-        leaf = self.region_nats_url.get(region)
-        if leaf is None:
-            return super().start_edge(region, pop, workers, **kwargs)
-        hub, self.nats_url = self.nats_url, leaf  # LocalStack.start_edge hands self.nats_url to the edge
-        try:
-            return super().start_edge(region, pop, workers, **kwargs)
-        finally:
-            self.nats_url = hub
 
     def restart(self, old: Proc) -> Proc:
         """Start a dead process again with its original argv and environment (same ports, same data)."""
@@ -189,27 +152,6 @@ class ChaosStack(LocalStack):
             self.group.stop_all()
         for proxy in self.proxies.values():
             proxy.stop()
-
-    def stop(self) -> None:
-        self.stop_processes()
-        super().stop()
-
-
-async def _wait_jetstream(url: str, timeout_s: float) -> None:
-    """Until JetStream answers through ``url`` (a leaf needs its link to the hub first)."""
-    deadline = time.monotonic() + timeout_s
-    nc = await nats.connect(url, connect_timeout=2)
-    try:
-        while True:
-            try:
-                await nc.jetstream().account_info()
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
 
 
 # --- publisher traffic and its history ------------------------------------------------------------------
@@ -417,14 +359,22 @@ def edge_events(url: str) -> dict[str, int] | None:
 async def _consumer_state(nats_url: str) -> tuple[int, int]:
     nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=0)
     try:
-        info = await nc.jetstream().consumer_info(EVENTS_STREAM, COLLECTOR_DURABLE, timeout=2)
-        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+        js = nc.jetstream()
+        info = await js.consumer_info(EVENTS_STREAM, COLLECTOR_DURABLE, timeout=2)
+        stream = await js.stream_info(EVENTS_STREAM)
+        # Not acknowledged yet, counted from the ack floor: num_pending + num_ack_pending misses the messages
+        # between an ack_wait expiry and their redelivery (seen: a "caught up" 5 s after a collector kill).
+        unacked_tail = max(0, int(stream.state.last_seq or 0) - int(info.ack_floor.stream_seq or 0))
+        # Messages still in a region's stream that the hub has not sourced yet count as not delivered.
+        lag = sum(int(src.lag or 0) for src in stream.sources or [])
+        return unacked_tail + lag, int(info.num_ack_pending or 0)
     finally:
         await nc.close()
 
 
 def consumer_state(nats_url: str) -> tuple[int, int] | None:
-    """(messages not yet delivered to the collector, delivered but not acknowledged), None if unknown."""
+    """(messages not yet acknowledged by the collector, including those the hub has yet to source from a
+    region's stream; delivered but not acknowledged), None if unknown."""
     try:
         return asyncio.run(_consumer_state(nats_url))
     except Exception:
@@ -460,9 +410,10 @@ async def _set_dedup_window(nats_url: str, seconds: int) -> None:
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        config = (await js.stream_info(EVENTS_STREAM)).config
-        config.duplicate_window = seconds
-        await js.update_stream(config)
+        for info in await js.streams_info():  # the hub's ADS_EVENTS and the regions' ADS_EVENTS_<region>
+            if info.config.name.startswith(EVENTS_STREAM):
+                info.config.duplicate_window = seconds
+                await js.update_stream(info.config)
     finally:
         await nc.close()
 
@@ -536,7 +487,6 @@ def launch_campaigns(stack: ChaosStack, keyword: str) -> tuple[dict[str, str], d
     """One CPM, one CPC and one CPA campaign, each from its own advertiser (the auction gives one slot per
     advertiser), all matching ``keyword``, with budgets no run can exhaust: spend is then decided by the
     events alone. Returns ({campaign id: bid type}, {campaign id: advertiser token})."""
-    start = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat()
     bodies = [
         {"bid_type": "cpm", "max_bid_micros": 5_000_000},
         {"bid_type": "cpc", "max_bid_micros": 1_000_000},
@@ -546,30 +496,12 @@ def launch_campaigns(stack: ChaosStack, keyword: str) -> tuple[dict[str, str], d
     tokens: dict[str, str] = {}
     for extra in bodies:
         token = stack.create_advertiser(f"chaos {extra['bid_type']}")[1]
-        h = {"Authorization": f"Bearer {token}"}
-        body = {"name": f"chaos {extra['bid_type']}", "daily_budget_micros": 10**11, "total_budget_micros": 10**11,
-                "start": start, "timezone": "UTC", "pacing": "asap", "targeting": {"keywords": [keyword]},
-                "creatives": [{"headline": f"Chaos {extra['bid_type']}", "size": "300x250", "prior_ctr": 0.05,
-                               "image_url": "https://img.example.com/chaos.png",
-                               "landing_url": "https://shop.example.com/chaos"}], **extra}
-        r = httpx.post(f"{stack.cp_url}/v1/campaigns", json=body, headers=h, timeout=10)
-        r.raise_for_status()
-        cid = r.json()["id"]
-        r = httpx.post(f"{stack.cp_url}/v1/campaigns/{cid}/submit", headers=h, timeout=10)
-        r.raise_for_status()
-        if r.json()["status"] != "active":
-            raise RuntimeError(f"chaos campaign not approved: {r.json().get('review')}")
+        cid = stack.launch_campaign(
+            token, keyword, name=f"chaos {extra['bid_type']}",
+            creatives=[{"headline": f"Chaos {extra['bid_type']}", "size": "300x250", "prior_ctr": 0.05,
+                        "image_url": "https://img.example.com/chaos.png",
+                        "landing_url": "https://shop.example.com/chaos"}], **extra)
         kinds[cid], tokens[cid] = extra["bid_type"], token
-    deadline = time.monotonic() + 20
-    pending = {e.url for e in stack.edges}
-    while pending:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{sorted(pending)} never served the chaos campaigns")
-        for url in list(pending):
-            revisions = httpx.get(f"{url}/readyz", timeout=2).json().get("revisions", {})
-            if all(cid in revisions for cid in kinds):
-                pending.discard(url)
-        time.sleep(0.05)
     return kinds, tokens
 
 
@@ -785,12 +717,18 @@ def fault_collector_kill(stack: ChaosStack, load: Load, timing: Timing,
     return {"unacked_at_kill": unacked}
 
 
+def _acked_by(history: History, edge_url: str) -> int:
+    """Beacons this edge has acknowledged so far (read from the load thread's records; may be a moment old)."""
+    return sum(1 for r in list(history.events.values()) if r.acked and r.edge == edge_url)
+
+
 def fault_region_cut(stack: ChaosStack, load: Load, timing: Timing, say: Callable[[str], None]) -> dict[str, Any]:
     region = stack.leaf_regions[0]
     proxy = stack.proxies[region]
     edge = next(e for e in stack.edges if e.region == region)
     probes = load.history.probes
     before = (probes[f"{edge.url} fill"], sum(n for k, n in probes.items() if k.startswith(f"{edge.url} ")))
+    acked_before = _acked_by(load.history, edge.url)
     proxy.cut()
     say(f"region {region} cut off from the hub for {timing.cut_s:.0f}s")
     try:
@@ -799,10 +737,12 @@ def fault_region_cut(stack: ChaosStack, load: Load, timing: Timing, say: Callabl
         buffered = (edge_events(edge.url) or {}).get("buffered", 0)
         fills = probes[f"{edge.url} fill"] - before[0]
         asked = sum(n for k, n in probes.items() if k.startswith(f"{edge.url} ")) - before[1]
+        acked_cut = _acked_by(load.history, edge.url) - acked_before
         proxy.heal()
-    say(f"link healed; {region}'s edge held {buffered} unacknowledged events and filled {fills} of {asked} probe "
-        "ad requests while cut off")
+    say(f"link healed; while cut off {region}'s edge acknowledged {acked_cut} beacons (held by its leaf's "
+        f"stream), held {buffered} unacknowledged events and filled {fills} of {asked} probe ad requests")
     return {"region": region, "cut_s": timing.cut_s, "buffered_at_heal": buffered,
+            "beacons_acked_while_cut_off": acked_cut,
             "probe_fills_while_cut_off": fills, "probe_requests_while_cut_off": asked,
             "leaf_reconnects_refused": proxy.refused}
 

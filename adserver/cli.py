@@ -47,6 +47,17 @@ def cmd_edge(args: argparse.Namespace) -> None:
     _serve("edge.app:create_app", args.host, args.port, args.workers)
 
 
+def cmd_baseline(args: argparse.Namespace) -> None:
+    _serve("adserver.baseline_app:create_app", args.host, args.port, args.workers)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from adserver.bench import run_bench
+
+    sys.exit(run_bench(report=args.report, duration_s=args.duration, connections=args.connections,
+                       rounds=args.rounds, only=args.only))
+
+
 def cmd_control_plane(args: argparse.Namespace) -> None:
     from control_plane.settings import ControlPlaneSettings
     from control_plane.state import check_topology
@@ -94,6 +105,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("baseline", help="serve do-nothing Starlette endpoints on the edge's granian setup "
+                                        "(the yardstick of the benchmarks)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("bench", help="benchmarks as ratios against a plain endpoint, measured side by side")
+    p.add_argument("--report", help="write the results as JSON to this file")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per timed load run")
+    p.add_argument("--connections", type=int, default=32, help="concurrent HTTP connections (wrk -c)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating runs of each side; the median counts")
+    p.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("control-plane", help="serve the control plane (settings: ADSERVER_CP_*)")
     p.add_argument("--host", default="127.0.0.1")

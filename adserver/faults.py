@@ -101,36 +101,36 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# Two settings make a JetStream-less leaf reach the hub's JetStream (measured with nats-server 2.15: without
-# them every JetStream API call from a leaf client finds "no responders"): every client, unauthenticated,
-# lands in an explicit account ADS (the global account does not extend JetStream over a leaf link), and the
-# hub has a JetStream domain that the leaf's account maps the plain API prefix onto, so the edge's ordinary
-# ``nc.jetstream()`` works unchanged on either server.
+# The hub and every region's leaf node put all clients, unauthenticated, into one explicit account ADS (the
+# global account does not extend over a leaf link) and each runs JetStream in a domain of its own: "hub" for
+# the hub, the region's name for its leaf. A client of the leaf then reaches its region's JetStream with the
+# plain API prefix and the hub's with ``nc.jetstream(domain="hub")``; the servers keep the two domains' APIs
+# apart across the link. The hub's ADS_EVENTS sources each region's stream through ``$JS.<region>.API``.
 HUB_DOMAIN = "hub"
-_ACCOUNTS_HUB = (
+_ACCOUNTS = (
     "accounts {\n  ADS: { jetstream: enabled, users: [ { user: ads, password: ads } ] }\n"
     "  SYS: { users: [ { user: sys, password: sys } ] }\n}\n"
     "system_account: SYS\nno_auth_user: ads\n"
 )
-_ACCOUNTS_LEAF = (
-    "accounts {\n  ADS: { users: [ { user: ads, password: ads } ],\n"
-    f'    mappings: {{ "$JS.API.>": "$JS.{HUB_DOMAIN}.API.>" }} }}\n}}\nno_auth_user: ads\n'
-)
+
+
+def _jetstream(store_dir: Path, domain: str) -> str:
+    # sync_interval: always, as in ``start_nats``: a PubAck then means the event is on disk.
+    store_dir.mkdir(parents=True, exist_ok=True)
+    return f"jetstream {{\n  store_dir: {_quote(str(store_dir))}\n  sync_interval: always\n  domain: {domain}\n}}\n"
 
 
 def start_nats_hub(group: ProcessGroup, store_dir: Path, *, port: int, leaf_port: int) -> tuple[Proc, str]:
-    """A JetStream nats-server that also accepts leaf-node links (``start_nats`` plus ``leafnodes.listen``).
-    ``sync_interval: always`` as in ``start_nats``: a PubAck then means the event is on disk."""
-    store_dir.mkdir(parents=True, exist_ok=True)
+    """The hub: a JetStream nats-server (domain ``hub``) that also accepts leaf-node links."""
     config = group.workdir / "nats-hub.conf"
     config.write_text(
         f"listen: {_quote(f'127.0.0.1:{port}')}\n"
         f"server_name: hub\n"
-        f"jetstream {{\n  store_dir: {_quote(str(store_dir))}\n  sync_interval: always\n  domain: {HUB_DOMAIN}\n}}\n"
+        f"{_jetstream(store_dir, HUB_DOMAIN)}"
         # no_advertise: otherwise the hub tells the leaf its real leaf-node address, and the leaf reconnects
         # there directly when the proxied link drops, so a "cut" would heal itself in a second (measured).
         f"leafnodes {{\n  listen: {_quote(f'127.0.0.1:{leaf_port}')}\n  no_advertise: true\n}}\n"
-        f"{_ACCOUNTS_HUB}"
+        f"{_ACCOUNTS}"
     )
     proc = group.start("nats-hub", [nats_server_binary(), "-c", str(config)])
     wait_tcp("127.0.0.1", port, proc, timeout=15)
@@ -138,18 +138,19 @@ def start_nats_hub(group: ProcessGroup, store_dir: Path, *, port: int, leaf_port
     return proc, f"nats://127.0.0.1:{port}"
 
 
-def start_nats_leaf(group: ProcessGroup, region: str, *, hub_leaf_addr: str, port: int | None = None
-                    ) -> tuple[Proc, str]:
-    """A region's leaf nats-server without JetStream: its clients' JetStream calls and publishes cross the
-    leaf link to the hub, so while the link is down the region's only buffer is the edge's memory."""
+def start_nats_leaf(group: ProcessGroup, region: str, store_dir: Path, *, hub_leaf_addr: str,
+                    port: int | None = None) -> tuple[Proc, str]:
+    """A region's leaf nats-server with its own JetStream (domain = the region's name), linked to the hub:
+    while the link is down the region's events stream keeps taking and acknowledging its edges' events."""
     port = port or free_port()
     hub_leaf_url = f"nats-leaf://ads:ads@{hub_leaf_addr}"
     config = group.workdir / f"nats-leaf-{region}.conf"
     config.write_text(
         f"listen: {_quote(f'127.0.0.1:{port}')}\n"
         f"server_name: {_quote(f'leaf-{region}')}\n"
+        f"{_jetstream(store_dir, region)}"
         f"leafnodes {{\n  reconnect: \"1s\"\n  remotes: [ {{ url: {_quote(hub_leaf_url)}, account: ADS }} ]\n}}\n"
-        f"{_ACCOUNTS_LEAF}"
+        f"{_ACCOUNTS}"
     )
     proc = group.start(f"nats-leaf-{region}", [nats_server_binary(), "-c", str(config)])
     wait_tcp("127.0.0.1", port, proc, timeout=15)

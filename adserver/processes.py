@@ -142,3 +142,17 @@ def wait_ready(url: str, proc: Proc, timeout: float) -> None:
 
 def adserver_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "adserver", *args]
+
+
+def start_redis(group: ProcessGroup, port: int | None = None) -> tuple[Proc, str]:
+    """A region's Redis for tests and benchmarks: Debian's redis-server (``make test`` installs it), no
+    persistence, so it forgets everything on restart and writes nothing outside the group's directory."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: install it (Debian: apt-get install -y redis-server; "
+                           "make test does)")
+    port = port or free_port()
+    proc = group.start(f"redis-{port}", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--dir", str(group.workdir)])
+    wait_tcp("127.0.0.1", port, proc, timeout=10)
+    return proc, f"redis://127.0.0.1:{port}/0"

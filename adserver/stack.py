@@ -1,7 +1,9 @@
 """A whole local deployment on one machine: nats-server, control plane (+ collector on chdb), edge PoPs.
 
-This is the embedded default of ARCHITECTURE §2. Production runs the same processes with a NATS cluster,
-leaf nodes per region and a ClickHouse server, by configuration only.
+This is the embedded default of ARCHITECTURE §2: one nats-server holds every stream. With ``leaf_regions``
+it is the production topology instead: a hub nats-server plus, for each of those regions, a leaf nats-server
+with its own JetStream domain, linked to the hub through a ``TcpProxy`` that can cut the region off; that
+region's edges connect to their leaf, the control plane and the other regions' edges to the hub.
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ import base64
 import secrets
 import tempfile
 import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import nats
 
+from adserver.faults import TcpProxy, start_nats_hub, start_nats_leaf
 from adserver.processes import (
     Proc,
     ProcessGroup,
@@ -24,6 +32,8 @@ from adserver.processes import (
     start_nats,
     wait_ready,
 )
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +53,11 @@ class LocalStack:
     # Extra environment for every edge. By default the invalid-traffic rules are off: the tests and the demo
     # drive the edges with scripted HTTP clients from one address, which is exactly what the rules flag.
     edge_env: dict[str, str] = field(default_factory=lambda: {"ADSERVER_EDGE_IVT_ENABLED": "false"})
+    cp_env: dict[str, str] = field(default_factory=dict)  # extra environment for the control plane
+    leaf_regions: tuple[str, ...] = ()
+    proxies: dict[str, TcpProxy] = field(default_factory=dict)  # region -> its leaf link, cuttable
+    leaf_nats: dict[str, Proc] = field(default_factory=dict)
+    region_nats_url: dict[str, str] = field(default_factory=dict)
     group: ProcessGroup = field(init=False)
     nats_url: str = ""
     cp_url: str = ""
@@ -73,6 +88,8 @@ class LocalStack:
                     "ADSERVER_CP_REGIONS": ",".join(self.regions),
                     "ADSERVER_CP_STORE_URL": f"chdb://{self.data_dir / 'chdb'}",
                     "ADSERVER_CP_ADMIN_TOKEN": self.admin_token,
+                    "ADSERVER_CP_LEAF_REGIONS": ",".join(self.leaf_regions),
+                    **self.cp_env,
                 },
             )
             wait_ready(f"{self.cp_url}/readyz", self.control_plane, timeout=60)
@@ -87,19 +104,32 @@ class LocalStack:
         return self
 
     def _start_nats(self) -> None:
-        """The NATS topology: one nats-server here; a subclass may start a hub with leaf nodes instead."""
+        """One nats-server; or a hub plus, per leaf region, a leaf node behind a TCP proxy that can be cut."""
         assert self.data_dir is not None
-        self.nats, self.nats_url = start_nats(self.group, self.data_dir / "jetstream")
+        if not self.leaf_regions:
+            self.nats, self.nats_url = start_nats(self.group, self.data_dir / "jetstream")
+            return
+        leaf_port = free_port()
+        self.nats, self.nats_url = start_nats_hub(self.group, self.data_dir / "jetstream", port=free_port(),
+                                                  leaf_port=leaf_port)
+        for region in self.leaf_regions:
+            proxy = self.proxies[region] = TcpProxy("127.0.0.1", leaf_port).start()
+            proc, url = start_nats_leaf(self.group, region, self.data_dir / f"jetstream-{region}",
+                                        hub_leaf_addr=proxy.url_host_port)
+            self.leaf_nats[region], self.region_nats_url[region] = proc, url
+            asyncio.run(wait_hub_reachable(url, timeout_s=15))
 
     def start_edge(self, region: str, pop: str, workers: int | None = None,
                    signing_keys: str | None = None) -> EdgeProc:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        leaf = self.region_nats_url.get(region)
         proc = self.group.start(
             f"edge-{region}-{pop}",
             adserver_argv("edge", "--port", str(port), "--workers", str(workers or self.edge_workers)),
             {
-                "ADSERVER_NATS_URL": self.nats_url,
+                "ADSERVER_NATS_URL": leaf or self.nats_url,
+                "ADSERVER_EDGE_HUB_DOMAIN": "hub" if leaf else "",
                 "ADSERVER_EDGE_REGION": region,
                 "ADSERVER_EDGE_POP": pop,
                 "ADSERVER_EDGE_SIGNING_KEYS": signing_keys or self.signing_keys,
@@ -114,7 +144,35 @@ class LocalStack:
     def create_advertiser(self, name: str) -> tuple[str, str]:
         from control_plane.admin import create_advertiser
 
-        return asyncio.run(create_advertiser(self.nats_url, name))
+        return run_sync(create_advertiser(self.nats_url, name))
+
+    def launch_campaign(self, token: str, keyword: str, **fields: object) -> str:
+        """Create, submit and approve a campaign targeting ``keyword`` (one 300x250 creative, a budget no run
+        exhausts, unless ``fields`` say otherwise); returns its id once every edge serves it."""
+        h = {"Authorization": f"Bearer {token}"}
+        body = {"name": keyword, "bid_type": "cpm", "max_bid_micros": 2_000_000, "daily_budget_micros": 10**11,
+                "total_budget_micros": 10**11, "timezone": "UTC", "pacing": "asap",
+                "start": (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat(),
+                "targeting": {"keywords": [keyword]},
+                "creatives": [{"headline": keyword, "size": "300x250", "image_url": "https://img.example.com/a.png",
+                               "landing_url": "https://shop.example.com/"}], **fields}
+        r = httpx.post(f"{self.cp_url}/v1/campaigns", json=body, headers=h, timeout=10)
+        r.raise_for_status()
+        cid = r.json()["id"]
+        r = httpx.post(f"{self.cp_url}/v1/campaigns/{cid}/submit", headers=h, timeout=10)
+        r.raise_for_status()
+        if r.json()["status"] != "active":
+            raise RuntimeError(f"campaign {keyword} not approved: {r.json().get('review')}")
+        deadline = time.monotonic() + 20
+        pending = {e.url for e in self.edges}
+        while pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{sorted(pending)} never served campaign {cid}")
+            for url in list(pending):
+                if cid in httpx.get(f"{url}/readyz", timeout=2).json().get("revisions", {}):
+                    pending.discard(url)
+            time.sleep(0.05)
+        return cid
 
     def admin_stats(self) -> dict:
         r = httpx.get(f"{self.cp_url}/v1/admin/stats", headers={"Authorization": f"Bearer {self.admin_token}"},
@@ -140,20 +198,25 @@ class LocalStack:
         return published, buffered
 
     def wait_stored(self, timeout: float = 30, every: float = 0.3) -> tuple[bool, int, dict]:
-        """Poll until ClickHouse holds every event the edges published and nothing is buffered.
-        Returns (caught up, events published, admin stats at the last poll); never raises on timeout."""
+        """Poll until ClickHouse holds every event JetStream holds: no edge buffers an event, the hub has
+        sourced every region's stream, and the store's unique events equal the hub stream's messages (one per
+        event id: the hub drops a copy another region's stream also took, by Nats-Msg-Id). Returns (caught up,
+        events in the hub stream, admin stats at the last poll); never raises on timeout."""
         deadline = time.monotonic() + timeout
         while True:
-            published, buffered = self.edge_events()
+            _, buffered = self.edge_events()
+            in_hub, lag = run_sync(hub_stream_state(self.nats_url))
             stats = self.admin_stats()
-            caught_up = buffered == 0 and stats["store"]["unique_events"] == published
+            caught_up = buffered == 0 and lag == 0 and stats["store"]["unique_events"] == in_hub
             if caught_up or time.monotonic() >= deadline:
-                return caught_up, published, stats
+                return caught_up, in_hub, stats
             time.sleep(every)
 
     def stop(self) -> None:
         if hasattr(self, "group"):
             self.group.stop_all()
+        for proxy in self.proxies.values():
+            proxy.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -163,3 +226,41 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def wait_hub_reachable(url: str, timeout_s: float) -> None:
+    """Until the hub's JetStream answers through ``url`` (a leaf node needs its link to the hub first)."""
+    deadline = time.monotonic() + timeout_s
+    nc = await nats.connect(url, connect_timeout=2)
+    try:
+        while True:
+            try:
+                await nc.jetstream(domain="hub").account_info()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when the caller's thread runs an event loop (the
+    browser tests drive Playwright from one)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def hub_stream_state(nats_url: str) -> tuple[int, int]:
+    """(messages in the hub's events stream, messages the hub has yet to source from the regions' streams)."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        info = await nc.jetstream().stream_info("ADS_EVENTS")
+        return info.state.messages, sum(int(src.lag or 0) for src in info.sources or [])
+    finally:
+        await nc.close()

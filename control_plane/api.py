@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from control_plane import models
-from control_plane.auth import new_id, parse_bearer, token_matches
+from control_plane.auth import mint_token, new_id, parse_bearer, token_matches
 from control_plane.dashboard import DASHBOARD_ROUTES
 from control_plane.metrics import metrics
 from control_plane.openapi import OPENAPI
@@ -299,6 +299,62 @@ async def campaign_metrics(request: Request) -> Response:
     })
 
 
+async def create_postback_token(request: Request) -> Response:
+    """Mint a token for server-to-server conversion postbacks to the edges. Shown once; only its hash is
+    stored and shipped to the edges in the snapshot. The previous token keeps working until the next one."""
+    advertiser_id = await authenticate(request)
+    if isinstance(advertiser_id, Response):
+        return advertiser_id
+    token, token_hash = mint_token(advertiser_id)
+    live = await state_of(request).store.add_postback_token(advertiser_id, token_hash)
+    return JSONResponse({"token": token, "live_tokens": live,
+                         "usage": "POST {edge}/v1/track/conversion with Authorization: Bearer <token>"},
+                        status_code=201, headers={"Cache-Control": "no-store"})
+
+
+_MAX_HOURS = 90 * 24
+
+
+def _hours(raw: str | None, name: str, default: int) -> int | Response:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= _MAX_HOURS:
+        return error(400, f"{name} must be an integer number of hours from 1 to {_MAX_HOURS}")
+    return int(raw)
+
+
+async def attribution_report(request: Request) -> Response:
+    """Multi-touch view of the advertiser's conversions: time-decay credit per campaign beside the last-touch
+    credit that billing used. Conversions without a user key (no consent) cannot be shared and are left out."""
+    advertiser_id = await authenticate(request)
+    if isinstance(advertiser_id, Response):
+        return advertiser_id
+    cp = state_of(request)
+    if cp.reports is None:
+        return error(503, "reporting store not configured in this process")
+    q = request.query_params
+    model = q.get("model", "time_decay")
+    if model != "time_decay":
+        return error(400, "model must be time_decay (last-touch credit is always included)")
+    now_ms = int(time.time() * 1000)
+    lo = _parse_time(q.get("from"), "from", now_ms - 7 * 86_400_000)
+    hi = _parse_time(q.get("to"), "to", now_ms)
+    half_life = _hours(q.get("half_life_hours"), "half_life_hours", 24)
+    lookback = _hours(q.get("lookback_hours"), "lookback_hours", 168)
+    for parsed in (lo, hi, half_life, lookback):
+        if isinstance(parsed, Response):
+            return parsed
+    assert isinstance(lo, int) and isinstance(hi, int) and isinstance(half_life, int) and isinstance(lookback, int)
+    if hi <= lo:
+        return error(400, "to must be after from")
+    credit = await cp.run_storage(cp.reports.time_decay_attribution, advertiser_id, lo, hi,
+                                  half_life_ms=half_life * 3_600_000, lookback_ms=lookback * 3_600_000)
+    campaigns = [{"campaign_id": c, "conversions": round(n, 6), "value_micros": round(v)}
+                 for c, (n, v) in credit.items()]
+    return JSONResponse({"model": model, "half_life_hours": half_life, "lookback_hours": lookback,
+                         "from_ms": lo, "to_ms": hi, "campaigns": campaigns})
+
+
 async def admin_stats(request: Request) -> Response:
     cp = state_of(request)
     expected = cp.settings.cp_admin_token
@@ -362,6 +418,8 @@ ROUTES = [
     Route("/v1/campaigns/{campaign_id}/resume", lifecycle("resume"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/complete", lifecycle("complete"), methods=["POST"]),
     Route("/v1/campaigns/{campaign_id}/metrics", campaign_metrics, methods=["GET"]),
+    Route("/v1/postback-tokens", create_postback_token, methods=["POST"]),
+    Route("/v1/attribution", attribution_report, methods=["GET"]),
     Route("/v1/admin/stats", admin_stats, methods=["GET"]),
     *DASHBOARD_ROUTES,
 ]

@@ -52,6 +52,7 @@ class SnapshotBuilder:
         self._refresh = refresh_s
         self._campaigns: dict[str, tuple[dict, int]] = {}
         self._key_of: dict[str, str] = {}  # campaign id -> KV key
+        self._postback: dict[str, list[str]] = {}  # advertiser id -> live postback token hashes
         self._dirty = asyncio.Event()
         self._initial_done = asyncio.Event()
         self.stats = BuilderStats()
@@ -72,6 +73,20 @@ class SnapshotBuilder:
                 self._key_of[value["id"]] = entry.key
             if self._initial_done.is_set():
                 self._dirty.set()
+
+    async def _watch_advertisers(self) -> None:
+        """Postback token hashes travel in the snapshot, so a rotated token works at every PoP within one
+        rebuild."""
+        kv = await self._js.key_value(S.ADVERTISERS_BUCKET)
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
+                continue
+            hashes = list(json.loads(entry.value).get("postback_token_sha256s", []))
+            if self._postback.get(entry.key, []) != hashes:
+                self._postback[entry.key] = hashes
+                if self._initial_done.is_set():
+                    self._dirty.set()
 
     def terms(self, campaign_id: str) -> BudgetTerms | None:
         """Budget terms of a servable campaign, for the grant service; None when it must not spend."""
@@ -97,7 +112,8 @@ class SnapshotBuilder:
         # Versions only grow, even if the clock steps back: an edge ignores anything not newer.
         version = max(self.stats.version + 1, int(now * 1000))
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),
-                                  reserve_cpm_micros=self._reserve)
+                                  reserve_cpm_micros=self._reserve,
+                                  postback_keys={a: h for a, h in self._postback.items() if h})
         data = encode_snapshot(snapshot)
         for region in self._regions:
             await publish_snapshot(self._js, region, version, data)
@@ -119,6 +135,7 @@ class SnapshotBuilder:
     async def run(self) -> None:
         await self._resume_version()
         watch = asyncio.create_task(self._watch())
+        watch_advertisers = asyncio.create_task(self._watch_advertisers())
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -133,7 +150,9 @@ class SnapshotBuilder:
                     log.exception("snapshot build failed; will retry")
                     await asyncio.sleep(0.5)
                     self._dirty.set()
-                if watch.done():
-                    watch.result()  # surface a dead watcher instead of serving stale snapshots silently
+                for task in (watch, watch_advertisers):
+                    if task.done():
+                        task.result()  # surface a dead watcher instead of serving stale snapshots silently
         finally:
             watch.cancel()
+            watch_advertisers.cancel()

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from control_plane.collector import Collector
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage import open_store
-from replication.nats_io import close_quietly, connect, ensure_jetstream
+from replication.nats_io import close_quietly, connect, ensure_events_hub, ensure_jetstream
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ async def run_collector(settings: ControlPlaneSettings) -> None:
     nc = await connect(settings.nats_url, "collector")
     js = nc.jetstream()
     await ensure_jetstream(js)
+    await ensure_events_hub(nc, settings.cp_regions, settings.cp_leaf_regions)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
     loop = asyncio.get_running_loop()
     store = await loop.run_in_executor(executor, open_store, settings.cp_store_url)

@@ -58,7 +58,7 @@ class ValidationFailed(ValueError):
 
 CAMPAIGN_FIELDS = frozenset({
     "name", "objective", "bid_type", "max_bid_micros", "daily_budget_micros", "total_budget_micros",
-    "start", "end", "timezone", "targeting", "pacing", "prior_cvr",
+    "start", "end", "timezone", "targeting", "pacing", "prior_cvr", "attribution",
 })
 REQUIRED_CAMPAIGN_FIELDS = ("name", "bid_type", "max_bid_micros", "daily_budget_micros", "total_budget_micros",
                             "start", "timezone")
@@ -137,6 +137,31 @@ def _string_list(
     return sorted(set(out))
 
 
+# Attribution windows (hours): the industry's common defaults, last click within 7 days else last view
+# within 1 day; at most 90 and 30 days, the longest an ad server keeps the user's touches.
+ATTRIBUTION_DEFAULTS = {"click_window_hours": 168, "view_window_hours": 24}
+_ATTRIBUTION_LIMITS = {"click_window_hours": (1, 90 * 24), "view_window_hours": (0, 30 * 24)}
+
+
+def validate_attribution(raw: Any, errors: list[FieldError]) -> dict[str, int]:
+    if raw is None:
+        return dict(ATTRIBUTION_DEFAULTS)
+    if not isinstance(raw, dict):
+        errors.append(FieldError("attribution", "must be an object with click_window_hours, view_window_hours"))
+        return dict(ATTRIBUTION_DEFAULTS)
+    out = dict(ATTRIBUTION_DEFAULTS)
+    for key in raw:
+        if key not in _ATTRIBUTION_LIMITS:
+            errors.append(FieldError(f"attribution.{key}", "unknown field"))
+    for key, (lo, hi) in _ATTRIBUTION_LIMITS.items():
+        value = raw.get(key, out[key])
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            errors.append(FieldError(f"attribution.{key}", f"must be an integer number of hours from {lo} to {hi}"))
+            continue
+        out[key] = value
+    return out
+
+
 def validate_targeting(raw: Any, errors: list[FieldError]) -> dict[str, list[Any]]:
     if raw is None:
         return {k: [] for k in sorted(TARGETING_FIELDS)}
@@ -191,7 +216,7 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
             if key not in data:
                 errors.append(FieldError(key, "is required"))
         merged: dict[str, Any] = {"objective": "traffic", "end": None, "targeting": None,
-                                  "pacing": "even", "prior_cvr": 0.02}
+                                  "pacing": "even", "prior_cvr": 0.02, "attribution": None}
     else:
         if "creatives" in data:
             errors.append(FieldError("creatives", "add creatives with POST /v1/campaigns/{id}/creatives"))
@@ -239,6 +264,7 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
     if isinstance(cvr, bool) or not isinstance(cvr, int | float) or not 0 < cvr <= 1:
         errors.append(FieldError("prior_cvr", "must be a number in (0, 1]"))
     out["prior_cvr"] = cvr
+    out["attribution"] = validate_attribution(merged.get("attribution"), errors)
     if errors:
         # One message per field: a missing field is reported as missing, not also as malformed.
         first: dict[str, FieldError] = {}
@@ -348,6 +374,7 @@ def epoch_s(iso: str | None) -> int:
 
 def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCampaign:
     t = campaign["targeting"]
+    attribution = {**ATTRIBUTION_DEFAULTS, **(campaign.get("attribution") or {})}  # older records have none
     return SnapshotCampaign(
         campaign_id=campaign["id"],
         advertiser_id=campaign["advertiser_id"],
@@ -367,6 +394,8 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
         interests=frozenset(t.get("interests", [])),
         placements=frozenset(t.get("placements", [])),
         prior_cvr=float(campaign.get("prior_cvr", 0.02)),
+        click_window_s=attribution["click_window_hours"] * 3600,
+        view_window_s=attribution["view_window_hours"] * 3600,
         creatives=tuple(
             SnapshotCreative(
                 creative_id=k["id"], format=k["size"], headline=k["headline"], image_url=k["image_url"],

@@ -119,6 +119,17 @@ _CAMPAIGN_FIELDS: dict[str, Any] = {
     "prior_cvr": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "default": 0.02,
                   "description": "conversion rate to assume before the campaign has data"},
     "targeting": {"$ref": "#/components/schemas/Targeting"},
+    "attribution": {"$ref": "#/components/schemas/Attribution"},
+}
+
+ATTRIBUTION = {
+    "type": "object", "additionalProperties": False,
+    "description": "conversion attribution: the last click within click_window_hours, else the last viewed "
+                   "impression within view_window_hours (0: no view-through conversions)",
+    "properties": {
+        "click_window_hours": {"type": "integer", "minimum": 1, "maximum": 90 * 24, "default": 168},
+        "view_window_hours": {"type": "integer", "minimum": 0, "maximum": 30 * 24, "default": 24},
+    },
 }
 
 CAMPAIGN_CREATE = {
@@ -179,6 +190,12 @@ CAMPAIGN = {
         "timezone": {"type": "string"},
         "pacing": {"enum": ["asap", "even"]},
         "prior_cvr": {"type": "number"},
+        "attribution": {
+            "type": "object", "additionalProperties": False,
+            "required": ["click_window_hours", "view_window_hours"],
+            "description": "absent on campaigns created before attribution windows existed (they use 168 and 24)",
+            "properties": {"click_window_hours": {"type": "integer"}, "view_window_hours": {"type": "integer"}},
+        },
         "targeting": {
             "type": "object", "additionalProperties": False,
             "required": sorted(models.TARGETING_FIELDS),
@@ -316,7 +333,8 @@ OPENAPI: dict[str, Any] = {
                                 "description": "printed once by `adserver admin create-advertiser`"},
             "adminToken": {"type": "http", "scheme": "bearer", "description": "ADSERVER_CP_ADMIN_TOKEN"},
         },
-        "schemas": {"Error": ERROR, "Timezone": TIMEZONE, "Targeting": TARGETING, "CreativeInput": CREATIVE_INPUT,
+        "schemas": {"Error": ERROR, "Timezone": TIMEZONE, "Targeting": TARGETING, "Attribution": ATTRIBUTION,
+                    "CreativeInput": CREATIVE_INPUT,
                     "CampaignCreate": CAMPAIGN_CREATE, "CampaignPatch": CAMPAIGN_PATCH, "Creative": CREATIVE,
                     "Campaign": CAMPAIGN, "Metrics": METRICS},
         "responses": RESPONSES,
@@ -397,6 +415,55 @@ OPENAPI: dict[str, Any] = {
                     "400": _json(ERROR_REF, "bad from/to/granularity, to not after from, or more than 10000 "
                                              "buckets"),
                     "401": _ref("Unauthorized"), "404": _ref("NotFound"), "503": _ref("NoReports"), **_LIMITS},
+            },
+        },
+        "/v1/postback-tokens": {
+            "post": {
+                "operationId": "createPostbackToken", "tags": ["conversions"],
+                "summary": "Mint a token for server-to-server conversion postbacks (shown once; the previous one "
+                           "keeps working until the next rotation)",
+                "responses": {
+                    "201": _json({"type": "object", "required": ["token", "live_tokens", "usage"],
+                                  "properties": {"token": {"type": "string"},
+                                                 "live_tokens": {"type": "integer", "minimum": 1, "maximum": 2},
+                                                 "usage": {"type": "string"}}},
+                                 "the new token"),
+                    "401": _ref("Unauthorized"), **_LIMITS},
+            },
+        },
+        "/v1/attribution": {
+            "get": {
+                "operationId": "attributionReport", "tags": ["conversions"],
+                "summary": "Time-decay multi-touch credit per campaign for the advertiser's conversions",
+                "parameters": [
+                    {"name": "from", "in": "query", "schema": {**_TIME_QUERY, "description":
+                        _TIME_QUERY["description"] + "; default 7 days ago"}},
+                    {"name": "to", "in": "query", "schema": {**_TIME_QUERY, "description":
+                        _TIME_QUERY["description"] + "; default now; must be after from"}},
+                    {"name": "model", "in": "query", "schema": {"enum": ["time_decay"], "default": "time_decay"}},
+                    {"name": "half_life_hours", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 2160, "default": 24}},
+                    {"name": "lookback_hours", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 2160, "default": 168}},
+                ],
+                "responses": {
+                    "200": _json({"type": "object",
+                                  "required": ["model", "half_life_hours", "lookback_hours", "from_ms", "to_ms",
+                                               "campaigns"],
+                                  "properties": {
+                                      "model": {"enum": ["time_decay"]},
+                                      "half_life_hours": {"type": "integer"}, "lookback_hours": {"type": "integer"},
+                                      "from_ms": {"type": "integer"}, "to_ms": {"type": "integer"},
+                                      "campaigns": {"type": "array", "items": {
+                                          "type": "object", "required": ["campaign_id", "conversions",
+                                                                         "value_micros"],
+                                          "properties": {"campaign_id": {"type": "string"},
+                                                         "conversions": {"type": "number", "minimum": 0},
+                                                         "value_micros": {"type": "integer"}}}}}},
+                                 "conversions and value credited per campaign (each conversion shares one unit "
+                                 "among its user's impressions and clicks, weighted 2^(-age/half-life))"),
+                    "400": _json(ERROR_REF, "bad from/to/model/half_life_hours/lookback_hours"),
+                    "401": _ref("Unauthorized"), "503": _ref("NoReports"), **_LIMITS},
             },
         },
         "/v1/admin/stats": {

@@ -21,6 +21,13 @@ def _regions(raw: str) -> tuple[str, ...]:
     return regions
 
 
+def _leaf_regions(raw: str) -> tuple[str, ...]:
+    regions = s.parse_list(raw)
+    for r in regions:
+        check_token(r, "region")
+    return regions
+
+
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0 < value <= 1:
@@ -31,6 +38,9 @@ def _fraction(raw: str) -> float:
 SPECS = [
     s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL"),
     s.Spec("CP_REGIONS", _regions, "eu,us", "regions to publish snapshots for, comma-separated"),
+    s.Spec("CP_LEAF_REGIONS", _leaf_regions, "",
+           "regions whose events stream lives on their own leaf node, in the JetStream domain named after the "
+           "region (the hub sources it); empty: every region's stream is on this NATS server"),
     s.Spec("CP_STORE_URL", s.parse_nonempty, "var/chdb",
            "ClickHouse: a directory or chdb:///abs/dir (embedded chdb), or http(s)://user:pass@host:8123/db (server)"),
     s.Spec("CP_EMBEDDED_COLLECTOR", s.parse_bool, "true",
@@ -46,6 +56,7 @@ SPECS = [
 class ControlPlaneSettings:
     nats_url: str
     cp_regions: tuple[str, ...]
+    cp_leaf_regions: tuple[str, ...]
     cp_store_url: str
     cp_embedded_collector: bool
     cp_admin_token: str
@@ -55,7 +66,11 @@ class ControlPlaneSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ControlPlaneSettings:
-        return cls(**s.load(PREFIX, SPECS, os.environ if env is None else env))
+        loaded = s.load(PREFIX, SPECS, os.environ if env is None else env)
+        unknown = sorted(set(loaded["cp_leaf_regions"]) - set(loaded["cp_regions"]))
+        if unknown:
+            raise s.SettingsError([f"ADSERVER_CP_LEAF_REGIONS: {', '.join(unknown)} not in ADSERVER_CP_REGIONS"])
+        return cls(**loaded)
 
     def __repr__(self) -> str:  # never print the admin token
         return f"ControlPlaneSettings(regions={self.cp_regions}, store={self.cp_store_url.split('@')[-1]})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from control_plane.grants import GrantService
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage import EventStore, open_store
 from control_plane.store import Store
-from replication.nats_io import close_quietly, connect, ensure_jetstream
+from replication.nats_io import close_quietly, connect, ensure_events_hub, ensure_jetstream
 from replication.observability import RequestIdMiddleware
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class ControlPlaneState:
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     crashes: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    async def run_storage(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    async def run_storage(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
     def collector_stats(self) -> dict[str, int] | None:
         return dataclasses.asdict(self.collector.stats) if self.collector else None
@@ -90,6 +92,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     nc = await connect(settings.nats_url, "control-plane")
     js = nc.jetstream()
     await ensure_jetstream(js)
+    await ensure_events_hub(nc, settings.cp_regions, settings.cp_leaf_regions)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
     store = await Store(js).open()
     builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros)

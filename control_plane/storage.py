@@ -113,6 +113,9 @@ class EventStore(Protocol):
 
     def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]: ...
 
+    def time_decay_attribution(self, advertiser_id: str, start_ms: int, end_ms: int, *, half_life_ms: int,
+                               lookback_ms: int) -> dict[str, tuple[float, float]]: ...
+
     def stats(self) -> StoreStats: ...
 
     def repair_rollup(self, since_ms: int) -> int: ...
@@ -143,6 +146,7 @@ _EVENT_COLUMN_TYPES: dict[str, str] = {
     "invalid_reason": "LowCardinality(String)",
     "geo": "LowCardinality(String)",
     "device": "LowCardinality(String)",
+    "user_key": "String",
 }
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
@@ -230,9 +234,48 @@ GROUP BY campaign_id, minute, region, creative_id
 SCHEMA_SQL: tuple[str, ...] = (
     CREATE_DATABASE_SQL,
     CREATE_EVENTS_SQL,
+    # Columns added after the table first shipped: a no-op on a new table, a migration on an old one.
+    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS user_key String",
     CREATE_ROLLUP_SQL,
     CREATE_ROLLUP_VIEW_SQL,
 )
+
+# Time-decay multi-touch attribution: each valid conversion of the advertiser that carries a user key shares
+# one unit of credit (and its value) among that user's valid impressions and clicks of the same advertiser in
+# the look-back window, each weighted 2^(-age / half-life). Read from the raw table (user keys are not in the
+# rollup); LIMIT 1 BY event_id so a copy that slipped past every dedup layer still counts once.
+_TIME_DECAY_SQL = f"""
+WITH
+conv AS (
+    SELECT event_id, user_key, ts_ms, value_micros FROM {EVENTS_TABLE}
+    WHERE type = '{EventType.CONVERSION}' AND {_VALID} AND advertiser_id = {{adv}} AND user_key != ''
+      AND ts_ms >= {{lo}} AND ts_ms < {{hi}}
+    LIMIT 1 BY event_id
+),
+touch AS (
+    SELECT event_id, user_key, ts_ms, campaign_id FROM {EVENTS_TABLE}
+    WHERE type IN ('{EventType.IMPRESSION}', '{EventType.CLICK}') AND {_VALID} AND advertiser_id = {{adv}}
+      AND user_key != '' AND ts_ms >= {{lo}} - {{lookback}} AND ts_ms < {{hi}}
+    LIMIT 1 BY event_id
+),
+pairs AS (
+    SELECT conv.event_id AS conversion, conv.value_micros AS value, touch.campaign_id AS campaign,
+           touch.ts_ms AS touch_ms
+    FROM conv INNER JOIN touch ON conv.user_key = touch.user_key
+    WHERE touch.ts_ms <= conv.ts_ms AND touch.ts_ms >= conv.ts_ms - {{lookback}}
+),
+weighted AS (
+    -- relative to the conversion's newest touch (weight 1), so the total never underflows to 0
+    SELECT conversion, value, campaign,
+           pow(2, (touch_ms - max(touch_ms) OVER (PARTITION BY conversion)) / {{half_life}}) AS weight
+    FROM pairs
+)
+SELECT campaign, sum(weight / total), sum(value * weight / total)
+FROM weighted INNER JOIN (SELECT conversion, sum(weight) AS total FROM weighted GROUP BY conversion) AS t
+    USING (conversion)
+GROUP BY campaign
+ORDER BY campaign
+""".strip()
 
 _BUCKET_EXPR: dict[str, str] = {
     "minute": "minute",
@@ -483,6 +526,17 @@ class SqlEventStore(ABC):
             hi_s=_minute_bound_s(end_ms),
         )
         return [_metrics_row(row) for row in self._query_rows(sql)]
+
+    def time_decay_attribution(self, advertiser_id: str, start_ms: int, end_ms: int, *, half_life_ms: int,
+                               lookback_ms: int) -> dict[str, tuple[float, float]]:
+        """Campaign -> (conversions credited, value credited in micros) under time-decay attribution, for
+        the advertiser's conversions in [start_ms, end_ms)."""
+        for name, value in (("half_life_ms", half_life_ms), ("lookback_ms", lookback_ms)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int")
+        sql = _TIME_DECAY_SQL.format(adv=sql_literal(advertiser_id), lo=sql_literal(int(start_ms)),
+                                     hi=sql_literal(int(end_ms)), lookback=lookback_ms, half_life=half_life_ms)
+        return {str(row[0]): (float(row[1]), float(row[2])) for row in self._query_rows(sql)}
 
     def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]:
         """Valid spend in micros per campaign; every requested campaign is present, 0 if it spent nothing."""

@@ -60,6 +60,21 @@ class Store:
             return None
         return json.loads(entry.value) if entry.value else None
 
+    async def add_postback_token(self, advertiser_id: str, token_hash: str, keep: int = 2) -> int:
+        """Store a new postback token's hash, keeping the ``keep`` newest (rotation: the previous token works
+        until the next rotation). Compare-and-set on the record's revision, retried on a concurrent write.
+        Returns how many tokens are live."""
+        for _ in range(5):
+            entry = await self.advertisers.get(advertiser_id)
+            record = json.loads(entry.value or b"{}")
+            record["postback_token_sha256s"] = [token_hash, *record.get("postback_token_sha256s", [])][:keep]
+            try:
+                await self.advertisers.update(advertiser_id, _dump(record), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return len(record["postback_token_sha256s"])
+        raise Conflict(f"advertiser {advertiser_id} kept changing")
+
     # campaigns -------------------------------------------------------------------------------------
     @staticmethod
     def _key(advertiser_id: str, campaign_id: str) -> str:

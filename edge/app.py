@@ -7,9 +7,13 @@ from the in-process ledger, so a request costs only the auction and the JSON.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,6 +24,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from edge.adrequest import parse_ad_request
+from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import run_auction
 from edge.ivt import BROWSER_KINDS, NO_ACTIVITY, VALID, BeaconContext, Verdict, classify, client_ip, ua_hash
 from edge.ivt_store import IvtStoreUnavailable
@@ -30,6 +35,7 @@ from edge.pages import PAGE_ROUTES
 from edge.settings import EdgeSettings
 from edge.state import EdgeState, lifespan
 from edge.tokens import sign, verify
+from edge.touches import CLICK, VIEW
 from replication.events import (
     BidType,
     Event,
@@ -39,6 +45,7 @@ from replication.events import (
     conversion_event_id,
     decision_event_id,
     impression_event_id,
+    postback_conversion_event_id,
     viewable_event_id,
 )
 from replication.observability import RequestIdMiddleware
@@ -81,6 +88,8 @@ async def ads(request: Request) -> Response:
     # Signed into the tokens for the IVT rules: when the ad was served (click_too_fast), which browser asked
     # (ua_mismatch) and the slot's format (invalid_size).
     ivt_claims = {"iat": round(now, 3), "uah": ua_hash(request.headers.get("user-agent", "")), "fmt": parsed.format}
+    if parsed.user:  # set only with consent (adrequest): the key that joins this user's touches to conversions
+        ivt_claims["usr"] = user_key(parsed.user)
     out = []
     for win in result.wins:
         impression_id = f"{auction_id}-{win.slot}"
@@ -129,7 +138,7 @@ def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: flo
         campaign_id=claims["cmp"], creative_id=claims["crv"], advertiser_id=claims["adv"],
         placement=claims["plc"], bid_type=BidType(claims["bt"]), price_micros=int(claims["px"]),
         cost_micros=cost, value_micros=value, geo=claims.get("geo", ""), device=claims.get("dev", ""),
-        invalid_reason=reason,
+        invalid_reason=reason, user_key=str(claims.get("usr", "")),
     )
 
 
@@ -219,7 +228,24 @@ async def impression(request: Request) -> Response:
         return claims
     recorded = await _record(st, request, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
                              bills=claims["bt"] == "cpm")
-    return recorded if isinstance(recorded, Response) else Response(status_code=204, headers=_CORS)
+    if isinstance(recorded, Response):
+        return recorded
+    await _remember(st, VIEW, claims, recorded)
+    return Response(status_code=204, headers=_CORS)
+
+
+_TOUCH_CLAIMS = ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev", "usr")
+
+
+async def _remember(st: EdgeState, kind: str, claims: dict, reason: InvalidReason) -> None:
+    """A valid rendered impression or click of a consenting user, kept for conversion attribution."""
+    if reason is not InvalidReason.NONE or not claims.get("usr"):
+        return
+    touch = Touch(time.time(), {k: claims[k] for k in _TOUCH_CLAIMS if k in claims})
+    try:
+        await st.touches.record(kind, claims["adv"], claims["usr"], touch)
+    except Exception:  # attribution is best effort; the billing event is already durable
+        st.metrics.beacons.labels(kind, "touch_store_down").inc()
 
 
 async def viewable(request: Request) -> Response:
@@ -248,12 +274,15 @@ async def click(request: Request) -> Response:
                              bills=claims["bt"] == "cpc")
     if isinstance(recorded, Response):
         return recorded
+    await _remember(st, CLICK, claims, recorded)
     # The landing page gets a signed attribution id, so a later conversion can only name a real click; it
-    # carries the click's IVT reason, so a bot's click cannot turn into a billed conversion.
-    attribution = {k: claims[k] for k in ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev")}
+    # carries the click's IVT reason, so a bot's click cannot turn into a billed conversion, and it expires
+    # with the campaign's click-through window.
+    attribution = {k: claims[k] for k in _TOUCH_CLAIMS if k in claims}
     attribution["ivr"] = recorded.value
-    adclid = sign({**attribution, "k": "v", "exp": int(time.time()) + st.settings.edge_attribution_window_s},
-                  st.settings.edge_signing_keys)
+    windows = _windows(st)(claims["cmp"])
+    window_s = windows[0] if windows else st.settings.edge_attribution_window_s
+    adclid = sign({**attribution, "k": "v", "exp": int(time.time()) + window_s}, st.settings.edge_signing_keys)
     return RedirectResponse(_with_param(claims["url"], "adclid", adclid), status_code=302)
 
 
@@ -270,8 +299,60 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return body
 
 
+def _windows(st: EdgeState) -> Callable[[str], tuple[int, int] | None]:
+    """A campaign's (click, view) attribution windows from the current snapshot."""
+    snapshot = st.snapshot
+
+    def lookup(campaign_id: str) -> tuple[int, int] | None:
+        c = snapshot.campaign(campaign_id) if snapshot else None
+        return (c.click_window_s, c.view_window_s) if c else None
+
+    return lookup
+
+
+def _postback_advertiser(st: EdgeState, header: str) -> str | JSONResponse:
+    """The advertiser a server-to-server postback's bearer token belongs to (checked against the token hashes
+    in the snapshot, in constant time), or a 401."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    advertiser_id, sep, _secret = token.partition(".")
+    if scheme.lower() != "bearer" or not sep or len(token) > 256:
+        return error(401, "malformed postback token (Authorization: Bearer <advertiser_id>.<secret>)")
+    hashes = st.snapshot.postback_keys.get(advertiser_id, ()) if st.snapshot else ()
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    if not any(hmac.compare_digest(digest, h) for h in hashes):  # no early exit on the first mismatch
+        return error(401, "invalid postback token")
+    return advertiser_id
+
+
+def _conversion_fields(data: Any) -> list[dict[str, str]]:
+    fields = []
+    conversion_id, adclid, user, value = (data.get("conversion_id"), data.get("adclid"), data.get("user_id"),
+                                          data.get("value_micros", 0))
+    if not isinstance(conversion_id, str) or not 1 <= len(conversion_id) <= 128:
+        fields.append({"field": "conversion_id", "message": "required string of 1-128 characters"})
+    if (adclid is None) == (user is None):
+        fields.append({"field": "adclid", "message": "send exactly one of adclid (the id the landing page "
+                                                     "received) and user_id (authenticated postbacks)"})
+    elif adclid is not None and (not isinstance(adclid, str) or not adclid):
+        fields.append({"field": "adclid", "message": "must be the adclid string the landing page received"})
+    elif user is not None and (not isinstance(user, str) or not 1 <= len(user) <= 128):
+        fields.append({"field": "user_id", "message": "must be a string of 1-128 characters"})
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**15:
+        fields.append({"field": "value_micros", "message": "integer micros from 0 to 10^15"})
+    return fields
+
+
 async def conversion(request: Request) -> Response:
+    """A conversion: the advertiser's pixel (no credentials: it must carry the adclid of a real click, and a
+    click converts at most once), or an authenticated server-to-server postback (deduplicated by the
+    advertiser's conversion id; credited to the named adclid, or to the user's last click within the
+    campaign's click window, else last view within its view window)."""
     st = edge_of(request)
+    auth = request.headers.get("authorization")
+    advertiser = _postback_advertiser(st, auth) if auth is not None else None
+    if isinstance(advertiser, JSONResponse):
+        return advertiser
     body = await _read_limited(request, MAX_BODY)
     if body is None:
         return error(413, f"body larger than {MAX_BODY} bytes")
@@ -280,28 +361,47 @@ async def conversion(request: Request) -> Response:
     except (ValueError, RecursionError):  # also "[[[[..." nesting and integers past 4300 digits
         return error(400, "body must be a JSON object")
     if not isinstance(data, dict):
-        return error(400, "body must be a JSON object with conversion_id, adclid and value_micros")
-    conversion_id, adclid, value = data.get("conversion_id"), data.get("adclid"), data.get("value_micros", 0)
-    fields = []
-    if not isinstance(conversion_id, str) or not 1 <= len(conversion_id) <= 128:
-        fields.append({"field": "conversion_id", "message": "required string of 1-128 characters"})
-    if not isinstance(adclid, str) or not adclid:
-        fields.append({"field": "adclid", "message": "required: the adclid the landing page received"})
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**15:
-        fields.append({"field": "value_micros", "message": "integer micros from 0 to 10^15"})
+        return error(400, "body must be a JSON object with conversion_id, adclid or user_id, and value_micros")
+    fields = _conversion_fields(data)
     if fields:
         return error(400, f"invalid conversion: {fields[0]['field']}: {fields[0]['message']}", fields)
-    claims = _verify(st, adclid, "v", "conversion")
-    if isinstance(claims, JSONResponse):
-        return claims
-    # One conversion per click: a second postback for the same click (any conversion_id) is a duplicate.
-    try:
-        inherited = InvalidReason(claims.get("ivr", ""))
-    except ValueError:
-        inherited = InvalidReason.NONE
-    recorded = await _record(st, request, EventType.CONVERSION, conversion_event_id(claims["imp"]), claims,
+    if advertiser is None and data.get("user_id") is not None:
+        return error(401, "a conversion by user_id needs an authenticated postback "
+                          "(Authorization: Bearer <postback token>)")
+    value = data.get("value_micros", 0)
+    model = Model.LAST_CLICK
+    if data.get("adclid") is not None:
+        claims = _verify(st, data["adclid"], "v", "conversion")
+        if isinstance(claims, JSONResponse):
+            return claims
+        if advertiser is not None and claims["adv"] != advertiser:
+            return error(403, "adclid belongs to another advertiser's ad")
+        try:
+            inherited = InvalidReason(claims.get("ivr", ""))
+        except ValueError:
+            inherited = InvalidReason.NONE
+    else:
+        assert advertiser is not None
+        try:
+            last_click, last_view = await st.touches.last(advertiser, user_key(data["user_id"]))
+        except Exception:
+            st.metrics.beacons.labels("conversion", "touch_store_down").inc()
+            return error(503, "attribution store unavailable, retry later", headers={"Retry-After": "1"})
+        credit = attribute(time.time(), last_click, last_view, _windows(st))
+        if isinstance(credit, NoCredit):
+            st.metrics.beacons.labels("conversion", "not_attributed").inc()
+            return JSONResponse({"attributed": False, "reason": credit.value})
+        claims, model, inherited = dict(credit.touch.claims), credit.model, InvalidReason.NONE
+    event_id = (postback_conversion_event_id(advertiser, data["conversion_id"]) if advertiser is not None
+                else conversion_event_id(claims["imp"]))
+    recorded = await _record(st, request, EventType.CONVERSION, event_id, claims,
                              bills=claims["bt"] == "cpa", value=value, inherited=inherited)
-    return recorded if isinstance(recorded, Response) else Response(status_code=204)
+    if isinstance(recorded, Response):
+        return recorded
+    if advertiser is None:
+        return Response(status_code=204)
+    return JSONResponse({"attributed": True, "model": model.value, "campaign_id": claims["cmp"],
+                         "event_id": event_id, "invalid_reason": recorded.value or None})
 
 
 async def openapi(request: Request) -> Response:

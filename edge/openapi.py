@@ -91,7 +91,9 @@ OPENAPI: dict[str, Any] = {
     },
     "tags": [{"name": "ads"}, {"name": "beacons"}, {"name": "operations"}],
     "security": [],
-    "components": {"schemas": {"Error": ERROR, "Ad": AD}, "responses": RESPONSES},
+    "components": {"schemas": {"Error": ERROR, "Ad": AD}, "responses": RESPONSES, "securitySchemes": {
+        "postbackToken": {"type": "http", "scheme": "bearer", "bearerFormat": "<advertiser_id>.<secret>",
+                          "description": "minted by the control plane's POST /v1/postback-tokens"}}},
     "paths": {
         "/v1/ads": {"get": {
             "operationId": "getAds", "tags": ["ads"], "summary": "Run an auction for one or more slots",
@@ -149,21 +151,44 @@ OPENAPI: dict[str, Any] = {
         }},
         "/v1/track/conversion": {"post": {
             "operationId": "conversion", "tags": ["beacons"],
-            "summary": "Server-to-server conversion postback, attributed through the click's adclid",
+            "summary": "Conversion: the advertiser's pixel (adclid, no credentials) or an authenticated "
+                       "server-to-server postback (adclid or user_id)",
+            "description": "Without Authorization the body must carry the adclid of a real click, and a click "
+                           "converts at most once. With `Authorization: Bearer <postback token>` (from the "
+                           "control plane's POST /v1/postback-tokens) conversions are deduplicated by "
+                           "conversion_id, and a user_id instead of an adclid is credited to that user's last "
+                           "click within the campaign's click window, else last view within its view window.",
+            "security": [{}, {"postbackToken": []}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["conversion_id", "adclid"],
-                "description": "other members are ignored",
+                "type": "object", "required": ["conversion_id"],
+                "oneOf": [{"required": ["adclid"]}, {"required": ["user_id"]}],
+                "description": "exactly one of adclid and user_id; other members are ignored",
                 "properties": {
                     "conversion_id": {"type": "string", "minLength": 1, "maxLength": 128,
-                                      "description": "your order id: counted once per campaign"},
+                                      "description": "your order id: counted once"},
                     "adclid": {"type": "string", "minLength": 1,
                                "description": "the adclid the landing page received"},
+                    "user_id": {"type": "string", "minLength": 1, "maxLength": 128,
+                                "description": "authenticated postbacks only: the user id the publisher passed "
+                                               "as `user` on the ad request"},
                     "value_micros": {"type": "integer", "minimum": 0, "maximum": 10**15, "default": 0},
                 }}}}},
             "responses": {
-                "204": {"description": "counted (CPA campaigns are billed), or a duplicate, answered the same"},
+                "200": _json({"type": "object", "required": ["attributed"], "properties": {
+                    "attributed": {"type": "boolean"},
+                    "reason": {"type": "string", "description": "why nothing was credited (not recorded)"},
+                    "model": {"enum": ["last_click", "last_view"]},
+                    "campaign_id": {"type": "string"}, "event_id": {"type": "string"},
+                    "invalid_reason": {"type": "string", "nullable": True}}},
+                    "authenticated postback: what it was credited to (a repeat answers the same)"),
+                "204": {"description": "pixel: counted (CPA campaigns are billed), or a duplicate, answered the "
+                                       "same"},
                 "400": _json(ERROR_REF, "not a JSON object, or a bad member: `fields` names each one"),
-                "403": _json(ERROR_REF, "the adclid is forged, tampered, expired or not a click's"),
+                "401": _json(ERROR_REF, "an Authorization header with a malformed or unknown postback token, or a "
+                                        "user_id without one"),
+                "403": _json(ERROR_REF, "the adclid is forged, tampered, expired, not a click's, or another "
+                                        "advertiser's"),
+                "503": _json(ERROR_REF, "not yet durable, or the attribution store is down: retry"),
                 **_LIMITS},
         }},
         "/tag.js": {"get": {

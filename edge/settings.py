@@ -28,6 +28,9 @@ def _base_url(raw: str) -> str:
 SPECS = [
     s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL (the region's leaf node)"),
     s.Spec("EDGE_REGION", _region, None, "region this PoP serves, e.g. eu"),
+    s.Spec("EDGE_HUB_DOMAIN", s.parse_str, "",
+           "JetStream domain of the hub (snapshots) when NATS_URL is a leaf node with a JetStream domain of its "
+           "own, where this region's events stream lives; empty: one server holds both"),
     s.Spec("EDGE_POP", _region, "pop1", "name of this PoP inside its region"),
     s.Spec("EDGE_SIGNING_KEYS", SigningKeys.parse, None,
            "beacon signing keys kid:base64(>=32 bytes),...; the first signs, all verify", secret=True),
@@ -67,6 +70,7 @@ SPECS = [
 class EdgeSettings:
     nats_url: str
     edge_region: str
+    edge_hub_domain: str
     edge_pop: str
     edge_signing_keys: SigningKeys
     edge_public_url: str

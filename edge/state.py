@@ -30,10 +30,18 @@ from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
 from edge.settings import EdgeSettings
+from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
 from replication import subjects as S
 from replication.calendar import local_day
 from replication.events import Event, encode_event
-from replication.nats_io import EventPublisher, close_quietly, connect, ensure_jetstream, follow_snapshots
+from replication.nats_io import (
+    EventPublisher,
+    close_quietly,
+    connect,
+    ensure_jetstream,
+    ensure_region_stream,
+    follow_snapshots,
+)
 from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot, unit_cost_ceiling
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,7 @@ class EdgeState:
     ivt_lists: ListsReloader = field(default_factory=ListsReloader)
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
+    touches: TouchStore = field(default_factory=MemoryTouchStore)
 
     def publisher_has_room(self) -> bool:
         assert self.publisher is not None
@@ -220,6 +229,7 @@ def new_state(settings: EdgeSettings) -> EdgeState:
         settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)), worker_id=worker_id,
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),
+        touches=new_touch_store(settings.edge_redis_url, settings.edge_region),
         ivt_policy=IvtPolicy(min_click_delay_s=settings.edge_ivt_min_click_s, ip_limit=settings.edge_ivt_ip_limit,
                              ua_limit=settings.edge_ivt_ua_limit),
     )
@@ -230,12 +240,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state: EdgeState = new_state(app.state.settings)
     app.state.edge = state
     state.nc = await connect(state.settings.nats_url, f"edge-{state.worker_id}")
+    # Events go to the region's own stream (the leaf's JetStream when there is one), so a region cut off from
+    # the hub still gets PubAcks; snapshots come from the hub's domain.
     state.js = state.nc.jetstream()
-    await ensure_jetstream(state.js)
+    hub = state.nc.jetstream(domain=state.settings.edge_hub_domain) if state.settings.edge_hub_domain else state.js
+    await ensure_region_stream(state.js, state.settings.edge_region)
+    await ensure_jetstream(hub)
     state.publisher = EventPublisher(state.js)
     state.tasks.append(asyncio.create_task(state.publisher.run(), name="event-publisher"))
     state.tasks.append(asyncio.create_task(state.grant_loop(), name="grant-loop"))
-    sub = await follow_snapshots(state.js, state.settings.edge_region, state.on_snapshot)
+    sub = await follow_snapshots(hub, state.settings.edge_region, state.on_snapshot)
     log.info("edge worker %s up: %r", state.worker_id, state.settings)
     try:
         yield
@@ -251,3 +265,5 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await close_quietly(state.nc)
         with contextlib.suppress(Exception):
             await state.ivt_store.aclose()
+        with contextlib.suppress(Exception):
+            await state.touches.aclose()

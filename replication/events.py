@@ -7,6 +7,7 @@ insert-deduplication tokens in ClickHouse, and ``uniqExact(event_id)`` in billin
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -76,6 +77,9 @@ class Event:
     invalid_reason: InvalidReason = InvalidReason.NONE
     geo: str = ""
     device: str = ""
+    # Pseudonymous user key (a hash of the publisher's user id), only when the user consented; joins a
+    # conversion to the user's earlier impressions and clicks for multi-touch reports.
+    user_key: str = ""
 
     @property
     def billable(self) -> bool:
@@ -83,6 +87,8 @@ class Event:
 
 
 _FIELDS = tuple(f.name for f in fields(Event))
+# Fields added after schema version 1 shipped, with their defaults: older messages simply lack them.
+_ADDED = {"user_key": ""}
 
 
 def impression_event_id(impression_id: str) -> str:
@@ -95,9 +101,16 @@ def click_event_id(impression_id: str) -> str:
 
 
 def conversion_event_id(impression_id: str) -> str:
-    # One billable conversion per click: the id comes from the signed click, never from the caller, so
-    # replaying a postback with new conversion ids cannot bill a campaign again.
+    # The browser pixel: one conversion per click. The id comes from the signed click, never from the
+    # caller, so replaying an unauthenticated pixel with new conversion ids cannot bill a campaign again.
     return f"cnv:{impression_id}"
+
+
+def postback_conversion_event_id(advertiser_id: str, conversion_id: str) -> str:
+    """An authenticated server-to-server postback: deduplicated by the advertiser's own conversion id, so a
+    retried or re-sent postback (even naming another click) is one conversion. Hashed: the caller's id may
+    hold any characters, and event ids travel as Nats-Msg-Id headers."""
+    return f"cnv:{advertiser_id}:{hashlib.sha256(conversion_id.encode()).hexdigest()[:32]}"
 
 
 def viewable_event_id(impression_id: str) -> str:
@@ -123,9 +136,9 @@ def decode_event(data: bytes) -> Event:
         raise EventDecodeError(f"not msgpack: {exc}") from exc
     if version != SCHEMA_VERSION:
         raise EventDecodeError(f"unknown event schema version {version!r}")
-    if not isinstance(values, list) or len(values) != len(_FIELDS):
+    if not isinstance(values, list) or not len(_FIELDS) - len(_ADDED) <= len(values) <= len(_FIELDS):
         raise EventDecodeError("wrong number of event fields")
-    raw: dict[str, Any] = dict(zip(_FIELDS, values, strict=True))
+    raw: dict[str, Any] = {**_ADDED, **dict(zip(_FIELDS, values, strict=False))}
     try:
         raw["type"] = EventType(raw["type"])
         raw["bid_type"] = BidType(raw["bid_type"])
@@ -137,7 +150,7 @@ def decode_event(data: bytes) -> Event:
             if not 0 <= value <= MAX_INT:
                 raise EventDecodeError(f"{name} out of range 0..{MAX_INT}")
         for name in ("event_id", "region", "pop", "auction_id", "impression_id", "campaign_id",
-                     "creative_id", "advertiser_id", "placement", "geo", "device"):
+                     "creative_id", "advertiser_id", "placement", "geo", "device", "user_key"):
             if not isinstance(raw[name], str):
                 raise EventDecodeError(f"{name} must be a string")
     except ValueError as exc:

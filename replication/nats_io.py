@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import nats
@@ -43,16 +43,68 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
+async def _add_or_update(js: JetStreamContext, cfg: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(cfg)
+    except Exception:
+        await js.update_stream(cfg)
+
+
+def _events_limits() -> dict[str, object]:
+    # Billing data: on disk (the servers run with sync_interval: always, so a PubAck means fsynced), kept a
+    # week so a region cut off for days still has its events when the link heals, and a dedup window far
+    # past JetStream's 2-minute default so a retry after a long outage is still recognised.
+    return {"storage": api.StorageType.FILE, "retention": api.RetentionPolicy.LIMITS,
+            "duplicate_window": S.EVENTS_DUPLICATE_WINDOW_S, "max_age": 7 * 24 * 3600}
+
+
+async def ensure_region_stream(js: JetStreamContext, region: str) -> None:
+    """The region's own events stream, in the JetStream the region's edges publish to (its leaf node's
+    domain, or the one server): a PubAck from it lets a cut-off region keep acknowledging beacons."""
+    await _add_or_update(js, api.StreamConfig(
+        name=S.region_events_stream(region), subjects=[S.region_event_subjects(region)], **_events_limits()))
+
+
+async def ensure_events_hub(nc: NATS, regions: Iterable[str], leaf_regions: Iterable[str] = ()) -> None:
+    """The hub's ADS_EVENTS, sourcing every region's stream: from the JetStream domain named after the region
+    for ``leaf_regions``, else from this server (where the regional stream is created here too).
+
+    The dedup window is set explicitly: a stream that sources others does not get one by default, and the
+    same event can arrive twice if an edge's retry landed after its regional stream's window."""
+    js = nc.jetstream()
+    regions = list(regions)
+    leaf = set(leaf_regions)
+    for region in leaf:
+        # Create the leaf's stream from here when its link is up: a source whose stream does not exist yet is
+        # retried by the server only after a backoff (~10 s measured), which would delay a fresh region.
+        try:
+            await ensure_region_stream(nc.jetstream(domain=region, timeout=2), region)
+        except Exception as exc:
+            log.warning("region %s's leaf JetStream unreachable (%r); the hub will source it once it is up",
+                        region, exc)
+    sources = [
+        api.StreamSource(name=S.region_events_stream(r),
+                         external=api.ExternalStream(api=f"$JS.{r}.API") if r in leaf else None)
+        for r in regions
+    ]
+    hub = api.StreamConfig(name=S.EVENTS_STREAM, sources=sources, **_events_limits())
+    local = [r for r in regions if r not in leaf]
+    try:
+        # The regional streams first: a source whose stream is missing is retried only after a backoff.
+        for region in local:
+            await ensure_region_stream(js, region)
+    except Exception:
+        # An older layout had ADS_EVENTS on ads.ev.>, which overlaps the regions' subjects: move it first.
+        await _add_or_update(js, hub)
+        for region in local:
+            await ensure_region_stream(js, region)
+    await _add_or_update(js, hub)
+
+
 async def ensure_jetstream(js: JetStreamContext) -> None:
-    """Create or update every stream and bucket the system uses. Idempotent; safe from several processes."""
-    events = api.StreamConfig(
-        name=S.EVENTS_STREAM,
-        subjects=[S.EVENTS_SUBJECTS],
-        storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
-        duplicate_window=S.EVENTS_DUPLICATE_WINDOW_S,
-        max_age=7 * 24 * 3600,
-    )
+    """Create or update the control plane's streams and buckets (snapshots, dead letters, campaign store,
+    budget). Idempotent; safe from several processes. Event streams: ``ensure_events_hub`` and
+    ``ensure_region_stream``."""
     snapshots = api.StreamConfig(
         name=S.SNAPSHOT_STREAM,
         subjects=[S.SNAPSHOT_SUBJECTS],
@@ -61,11 +113,8 @@ async def ensure_jetstream(js: JetStreamContext) -> None:
         max_msg_size=-1,
     )
     dlq = api.StreamConfig(name="ADS_DLQ", subjects=["ads.dlq.>"], storage=api.StorageType.FILE)
-    for cfg in (events, snapshots, dlq):
-        try:
-            await js.add_stream(cfg)
-        except Exception:
-            await js.update_stream(cfg)
+    for cfg in (snapshots, dlq):
+        await _add_or_update(js, cfg)
     for bucket, history in ((S.CAMPAIGNS_BUCKET, 5), (S.ADVERTISERS_BUCKET, 1), (S.BUDGET_BUCKET, 1)):
         try:
             await js.key_value(bucket)

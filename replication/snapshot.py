@@ -41,6 +41,10 @@ class SnapshotCreative:
     prior_ctr: float
 
 
+DEFAULT_CLICK_WINDOW_S = 7 * 86_400
+DEFAULT_VIEW_WINDOW_S = 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotCampaign:
     campaign_id: str
@@ -62,6 +66,10 @@ class SnapshotCampaign:
     placements: frozenset[str]
     prior_cvr: float
     creatives: tuple[SnapshotCreative, ...]
+    # Attribution windows: a conversion is credited to the last click within click_window_s, else to the last
+    # viewed impression within view_window_s (0: no view-through conversions).
+    click_window_s: int = DEFAULT_CLICK_WINDOW_S
+    view_window_s: int = DEFAULT_VIEW_WINDOW_S
 
     def values(self, dimension: str) -> frozenset[str]:
         if dimension == "format":
@@ -85,16 +93,19 @@ class Snapshot:
     # dimension -> value -> positions in ``campaigns``; read-only views, never mutated after build.
     postings: Mapping[str, Mapping[str, frozenset[int]]] = field(repr=False)
     unrestricted: Mapping[str, frozenset[int]] = field(repr=False)
+    # advertiser id -> SHA-256 hashes of its live postback tokens (never the tokens): the edge checks a
+    # server-to-server conversion postback against them.
+    postback_keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    by_id: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     def campaign(self, campaign_id: str) -> SnapshotCampaign | None:
-        for c in self.campaigns:
-            if c.campaign_id == campaign_id:
-                return c
-        return None
+        pos = self.by_id.get(campaign_id)
+        return None if pos is None else self.campaigns[pos]
 
 
 def build_snapshot(
-    campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int
+    campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int,
+    postback_keys: Mapping[str, Iterable[str]] | None = None,
 ) -> Snapshot:
     ordered = tuple(sorted(campaigns, key=lambda c: c.campaign_id))
     postings: dict[str, dict[str, set[int]]] = {d: {} for d in DIMENSIONS}
@@ -115,7 +126,17 @@ def build_snapshot(
             {d: MappingProxyType({v: frozenset(p) for v, p in vals.items()}) for d, vals in postings.items()}
         ),
         unrestricted=MappingProxyType({d: frozenset(p) for d, p in unrestricted.items()}),
+        postback_keys=_postback_keys(postback_keys or {}),
+        by_id=_by_id(ordered),
     )
+
+
+def _postback_keys(raw: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({adv: tuple(hashes) for adv, hashes in raw.items()})
+
+
+def _by_id(campaigns: tuple[SnapshotCampaign, ...]) -> Mapping[str, int]:
+    return MappingProxyType({c.campaign_id: pos for pos, c in enumerate(campaigns)})
 
 
 class SnapshotDecodeError(ValueError):
@@ -130,6 +151,7 @@ def _campaign_to_wire(c: SnapshotCampaign) -> list:
         c.prior_cvr,
         [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr]
          for k in c.creatives],
+        c.click_window_s, c.view_window_s,
     ]
 
 
@@ -140,6 +162,9 @@ def _campaign_from_wire(w: list) -> SnapshotCampaign:
         hours=frozenset(w[10]), countries=frozenset(w[11]), geos=frozenset(w[12]), devices=frozenset(w[13]),
         keywords=frozenset(w[14]), interests=frozenset(w[15]), placements=frozenset(w[16]), prior_cvr=w[17],
         creatives=tuple(SnapshotCreative(*k) for k in w[18]),
+        # Added later: a snapshot from an older builder has no windows and gets the defaults.
+        click_window_s=w[19] if len(w) > 19 else DEFAULT_CLICK_WINDOW_S,
+        view_window_s=w[20] if len(w) > 20 else DEFAULT_VIEW_WINDOW_S,
     )
 
 
@@ -154,6 +179,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             # builder made; positions refer to the sorted campaign list above.
             "postings": {d: {v: sorted(p) for v, p in vals.items()} for d, vals in snapshot.postings.items()},
             "unrestricted": {d: sorted(p) for d, p in snapshot.unrestricted.items()},
+            "postback_keys": {adv: list(h) for adv, h in snapshot.postback_keys.items()},
         },
         use_bin_type=True,
     )
@@ -201,6 +227,8 @@ def _decode_body(body: bytes) -> Snapshot:
             {d: MappingProxyType({v: frozenset(p) for v, p in vals.items()}) for d, vals in raw["postings"].items()}
         ),
         unrestricted=MappingProxyType({d: frozenset(p) for d, p in raw["unrestricted"].items()}),
+        postback_keys=_postback_keys(raw.get("postback_keys", {})),
+        by_id=_by_id(campaigns),
     )
 
 

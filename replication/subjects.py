@@ -6,8 +6,12 @@ import re
 
 from replication.events import EventType
 
+# Events are written to a stream per region (on the region's leaf node, in its own JetStream domain, or on
+# the hub's server in a one-server setup) and the hub's ADS_EVENTS sources them all. ADS_EVENTS has no
+# subjects of its own: if it also listened on ads.ev.> a message would be stored twice (ARCHITECTURE §6).
 EVENTS_STREAM = "ADS_EVENTS"
 EVENTS_SUBJECTS = "ads.ev.>"
+REGION_EVENTS_STREAM_PREFIX = "ADS_EVENTS_"
 SNAPSHOT_STREAM = "ADS_SNAPSHOTS"
 SNAPSHOT_SUBJECTS = "ads.snap.>"
 SNAPSHOT_BUCKET = "ads_snapshots"  # Object Store, for snapshots larger than one message
@@ -32,6 +36,14 @@ def check_token(name: str, what: str) -> str:
 
 def event_subject(region: str, event_type: EventType) -> str:
     return f"ads.ev.{region}.{event_type.value}"
+
+
+def region_events_stream(region: str) -> str:
+    return f"{REGION_EVENTS_STREAM_PREFIX}{region}"
+
+
+def region_event_subjects(region: str) -> str:
+    return f"ads.ev.{region}.>"
 
 
 def snapshot_subject(region: str) -> str:

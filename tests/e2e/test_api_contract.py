@@ -211,6 +211,8 @@ CP_SCHEMA = schemathesis.openapi.from_dict(copy.deepcopy(CP_OPENAPI), config=_co
     # `to` must follow `from`: a cross-parameter rule the document describes but cannot state.
     {"include-operation-id": "campaignMetrics",
      "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "404", "413", "429"]}}},
+    {"include-operation-id": "attributionReport",
+     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "413", "429"]}}},
 ]))
 EDGE_SCHEMA = schemathesis.openapi.from_dict(copy.deepcopy(EDGE_OPENAPI), config=_config([]))
 
@@ -247,8 +249,8 @@ def aim_at_real_objects(case: Case, w: World) -> None:
         case.query["t"] = rng.choice(w.beacons["impression_url"])
     elif path == "/v1/track/click" and case.query:
         case.query["t"] = rng.choice(w.beacons["click_url"])
-    elif path == "/v1/track/conversion" and isinstance(case.body, dict):
-        case.body["adclid"] = rng.choice(w.adclids)
+    elif path == "/v1/track/conversion" and isinstance(case.body, dict) and "adclid" in case.body:
+        case.body["adclid"] = rng.choice(w.adclids)  # only where the case has one: adclid excludes user_id
     elif path == "/v1/ads" and isinstance(case.query, dict):
         case.query.update(keywords="edgeads", format="300x250")
 

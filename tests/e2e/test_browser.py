@@ -19,7 +19,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,10 +71,8 @@ def api(stack: LocalStack, method: str, path: str, token: str, body: Any = None)
 
 
 def new_advertiser(stack: LocalStack, name: str) -> str:
-    """A bearer token for a new advertiser. In a thread: Playwright's sync API keeps an event loop running in
-    this one, and create_advertiser needs asyncio.run."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(stack.create_advertiser, name).result()[1]
+    """A bearer token for a new advertiser (LocalStack runs its NATS call beside Playwright's event loop)."""
+    return stack.create_advertiser(name)[1]
 
 
 def ask(stack: LocalStack, placement: str, fmt: str, slots: int, **params: str) -> list[dict[str, Any]]:

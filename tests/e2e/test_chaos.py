@@ -1,6 +1,7 @@
 """Fault runs on the real processes: the quick versions of ``adserver chaos`` for an edge crash, a NATS crash,
-a hung NATS and a collector crash, each checked Jepsen-style (what the client was told against what
-ClickHouse stored): nothing acknowledged is lost, nothing is billed twice.
+a hung NATS, a collector crash and a region cut off from the hub (hub + leaf nodes), each checked
+Jepsen-style (what the client was told against what ClickHouse stored): nothing acknowledged is lost, nothing
+is billed twice.
 
 Each scenario runs once (cached) and is checked by several tests, so a known failure can be an xfail on its
 own assertion while everything else about that run is still asserted. The accounting itself is checked first,
@@ -63,6 +64,9 @@ FAULT_HAPPENED = {
     "nats-stop": lambda r: r["edge_publish_retries"] > 0,
     # The collector died holding delivered, unacknowledged messages.
     "collector-kill": lambda r: r["fault"]["unacked_at_kill"] > 0,
+    # The cut-off region kept acknowledging beacons: its leaf's own stream held them, not the edge's memory
+    # (which holds only what is in flight; with no leaf JetStream it held every event of the cut).
+    "region-cut": lambda r: r["fault"]["beacons_acked_while_cut_off"] > 50 and r["fault"]["buffered_at_heal"] < 50,
 }
 
 

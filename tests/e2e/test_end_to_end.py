@@ -309,7 +309,8 @@ def test_demo_runs_and_its_report_holds(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(report.read_text())
     assert data["requests"] > 100 and data["fills"] > 0
-    assert data["events_stored"] == data["events_published"] > 0
+    assert data["events_stored"] == data["events_in_jetstream"] > 0
+    assert data["events_published"] >= data["events_in_jetstream"]  # cross-region replays: kept once by the hub
     assert data["duplicates_stored"] == 0
     assert data["propagation_ms"] < 2000
     assert data["freshness_ms_max"] is not None and data["freshness_ms_max"] < 10_000  # target: p99 <= 10 s

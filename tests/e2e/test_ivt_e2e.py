@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from adserver.processes import ProcessGroup, free_port, wait_tcp
+from adserver.processes import ProcessGroup, start_redis
 from adserver.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -33,11 +33,8 @@ _ips = (f"81.2.{n // 250}.{n % 250 + 1}" for n in count())
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     group = ProcessGroup(tmp_path_factory.mktemp("redis"))
-    port = free_port()
-    proc = group.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no"])
-    wait_tcp("127.0.0.1", port, proc, timeout=10)
-    env = {"ADSERVER_EDGE_REDIS_URL": f"redis://127.0.0.1:{port}/0", "ADSERVER_EDGE_TRUSTED_PROXY_HOPS": "1",
+    _, redis_url = start_redis(group)
+    env = {"ADSERVER_EDGE_REDIS_URL": redis_url, "ADSERVER_EDGE_TRUSTED_PROXY_HOPS": "1",
            "ADSERVER_EDGE_IVT_IP_LIMIT": str(IP_LIMIT)}
     try:
         with LocalStack(regions=("eu",), edge_env=env) as s:

@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from adserver.processes import Proc, ProcessGroup, free_port, wait_tcp
+from adserver.processes import Proc, ProcessGroup, start_redis
 from edge.ivt import Activity, BeaconContext, InvalidReason, IvtPolicy, classify, ua_hash
 from edge.ivt_store import IvtStoreUnavailable, MemoryFloodCounter, RedisFloodCounter, load_lists
 from replication.events import EventType
@@ -32,18 +31,6 @@ CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, 
           "Chrome/124.0.0.0 Safari/537.36")
 T0 = 1_700_000_040.0  # a 60 s window boundary
 _regions = (f"r{n}" for n in itertools.count())
-
-
-def start_redis(group: ProcessGroup, port: int | None = None) -> tuple[Proc, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found: install it (Debian: apt-get install -y redis-server; make test does)")
-    port = port or free_port()
-    # No persistence: a test server that forgets everything on restart, and writes nothing outside tmp.
-    proc = group.start(f"redis-{port}", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no", "--dir", str(group.workdir)])
-    wait_tcp("127.0.0.1", port, proc, timeout=10)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +237,31 @@ def test_a_hung_redis_costs_one_timeout_then_recovers(own_redis: tuple[ProcessGr
             await s.aclose()
 
     asyncio.run(scenario())
+
+
+# --- the conversion touch store on the same Redis ------------------------------------------------------
+
+
+def test_touch_store_keeps_the_newest_touch_per_user_and_expires(redis_url: str) -> None:
+    from edge.attribution import Touch
+    from edge.touches import CLICK, TTL_S, VIEW, RedisTouchStore
+
+    async def scenario() -> tuple[object, ...]:
+        a = RedisTouchStore.from_url(redis_url, region="t1")  # two PoPs of one region
+        b = RedisTouchStore.from_url(redis_url, region="t1")
+        other_region = RedisTouchStore.from_url(redis_url, region="t2")
+        await a.record(CLICK, "adv", "u1", Touch(200.0, {"cmp": "new"}))
+        await b.record(CLICK, "adv", "u1", Touch(100.0, {"cmp": "old"}))  # arrives late: must not win
+        await b.record(VIEW, "adv", "u1", Touch(150.0, {"cmp": "seen"}))
+        got = await a.last("adv", "u1")
+        ttl = await a.client.ttl("touch:t1:adv:u1")
+        isolated = await other_region.last("adv", "u1"), await a.last("adv2", "u1")
+        for s in (a, b, other_region):
+            await s.aclose()
+        return got, ttl, isolated
+
+    (click, view), ttl, isolated = asyncio.run(scenario())  # type: ignore[misc]
+    assert click is not None and click.claims == {"cmp": "new"} and click.ts_s == 200.0
+    assert view is not None and view.claims == {"cmp": "seen"}
+    assert TTL_S - 60 < ttl <= TTL_S
+    assert isolated == ((None, None), (None, None))  # per region and per advertiser

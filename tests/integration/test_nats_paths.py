@@ -25,6 +25,7 @@ from replication.nats_io import (
     INLINE_SNAPSHOT_LIMIT,
     EventPublisher,
     connect,
+    ensure_events_hub,
     ensure_jetstream,
     follow_snapshots,
     publish_snapshot,
@@ -43,6 +44,7 @@ async def _js(nats_url: str, name: str) -> tuple[Any, Any]:
     nc = await connect(nats_url, name)
     js = nc.jetstream()
     await ensure_jetstream(js)
+    await ensure_events_hub(nc, ["eu", "us"])
     return nc, js
 
 
@@ -131,6 +133,16 @@ def test_snapshot_reaches_a_follower_now_and_on_every_change(nats_url: str, camp
         assert size > INLINE_SNAPSHOT_LIMIT  # really went through the Object Store path
 
 
+async def _wait_messages(js: Any, stream: str, expected: int, timeout_s: float = 10) -> int:
+    """The stream's message count once it reaches ``expected`` (sourcing is asynchronous), or at the timeout
+    (then a little longer, so a count that overshoots shows up)."""
+    deadline = time.monotonic() + timeout_s
+    while (await js.stream_info(stream)).state.messages < expected and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    return (await js.stream_info(stream)).state.messages
+
+
 def _event(i: int, kind: EventType = EventType.IMPRESSION, campaign: str = "cmpcol", cost: int = 1000) -> Event:
     return Event(event_id=f"imp:col-{i}", type=kind, ts_ms=int(time.time() * 1000), region="eu", pop="p1",
                  auction_id=f"a{i}", impression_id=f"col-{i}", campaign_id=campaign, creative_id="cr1",
@@ -138,9 +150,10 @@ def _event(i: int, kind: EventType = EventType.IMPRESSION, campaign: str = "cmpc
 
 
 def test_publisher_sets_msg_id_so_jetstream_drops_republished_events(nats_url: str) -> None:
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int, int, int]:
         nc, js = await _js(nats_url, "t-pub")
         await js.purge_stream(S.EVENTS_STREAM)
+        await js.purge_stream(S.region_events_stream("eu"))
         publisher = EventPublisher(js)
         task = asyncio.create_task(publisher.run())
         for i in range(300):
@@ -151,12 +164,14 @@ def test_publisher_sets_msg_id_so_jetstream_drops_republished_events(nats_url: s
                              encode_event(_event(i)), billing=True)
         assert await publisher.drain(10)
         task.cancel()
-        info = await js.stream_info(S.EVENTS_STREAM)
+        regional = (await js.stream_info(S.region_events_stream("eu"))).state.messages
+        hub = await _wait_messages(js, S.EVENTS_STREAM, 300)
         await nc.close()
-        return info.state.messages, publisher.stats.acked, publisher.stats.duplicates
+        return regional, hub, publisher.stats.acked, publisher.stats.duplicates
 
-    stored, acked, duplicates = run(scenario)
-    assert stored == 300
+    regional, hub, acked, duplicates = run(scenario)
+    assert regional == 300  # the region's stream dropped the 100 retries by Nats-Msg-Id
+    assert hub == 300  # and the hub sourced each event once
     assert acked == 400
     assert duplicates == 100
 
@@ -258,13 +273,18 @@ def test_grants_never_exceed_the_budget_under_concurrent_askers(nats_url: str) -
 def test_streams_are_configured_for_billing(nats_url: str) -> None:
     async def scenario() -> Any:
         nc, js = await _js(nats_url, "t-cfg")
-        info = await js.stream_info(S.EVENTS_STREAM)
+        hub = (await js.stream_info(S.EVENTS_STREAM)).config
+        regional = (await js.stream_info(S.region_events_stream("eu"))).config
         await nc.close()
-        return info.config
+        return hub, regional
 
-    config = run(scenario)
-    assert config.duplicate_window == S.EVENTS_DUPLICATE_WINDOW_S
-    assert json.dumps(str(config.storage)).lower().count("file") == 1
+    hub, regional = run(scenario)
+    for config in (hub, regional):  # the hub's window is explicit: a sourcing stream has none by default
+        assert config.duplicate_window == S.EVENTS_DUPLICATE_WINDOW_S
+        assert json.dumps(str(config.storage)).lower().count("file") == 1
+    assert not hub.subjects  # only sources: a stream that also listened on ads.ev.> would store twice
+    assert sorted(src.name for src in hub.sources) == [S.region_events_stream("eu"), S.region_events_stream("us")]
+    assert regional.subjects == ["ads.ev.eu.>"]
 
 
 def test_a_lost_grant_reply_is_replayed_not_granted_twice(nats_url: str) -> None:

@@ -1,0 +1,221 @@
+"""``adserver bench``: throughput benchmarks as ratios, each side measured in the same run on the same machine.
+
+The load generator is wrk (C, one thread), so the client is never what limits a Python server; the yardstick
+is ``adserver baseline`` (do-nothing Starlette endpoints on the edge's exact granian configuration). Sides
+alternate for ``--rounds`` rounds and the median of each side counts, so drift (thermal, a noisy neighbour)
+hits both.
+
+Benchmarks:
+
+- ``beacons``: ``/v1/track/impression`` with a distinct, validly signed token per request (a replayed token
+  would take the cheap duplicate path) and the invalid-traffic rules on, against ``/hello``. Each beacon is
+  answered only after JetStream acknowledged its event. The control plane (which embeds the collector and
+  chdb in this one-machine setup; production runs them elsewhere) is paused during the timed runs so the two
+  cores go to the endpoint and nats-server; afterwards every answered beacon must be stored exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from adserver.faults import pause, resume
+from adserver.processes import ProcessGroup, adserver_argv, free_port, start_redis, wait_ready
+from adserver.stack import LocalStack
+
+# One wrk thread walks a list of request paths (each used once) and prints a JSON summary.
+_WRK_LUA = r"""
+local paths = {}
+local i = 0
+init = function(args)
+  if args[1] then for line in io.lines(args[1]) do paths[#paths + 1] = line end end
+end
+request = function()
+  if #paths == 0 then return wrk.request() end
+  i = i + 1
+  if i > #paths then i = 1 end
+  return wrk.format("GET", paths[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "status_errors": %d, '
+    .. '"socket_errors": %d, "p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    status_errors: int
+    socket_errors: int
+
+
+def wrk_binary() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise RuntimeError("wrk not found: `make bench` installs it (Debian package wrk)")
+    return found
+
+
+def run_wrk(url: str, *, duration_s: float, connections: int, paths_file: Path | None, script: Path) -> LoadRun:
+    import subprocess
+
+    argv = [wrk_binary(), "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
+            "-s", str(script), url]
+    if paths_file is not None:
+        argv += ["--", str(paths_file)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr[-500:] or out.stdout[-500:]}")
+    raw = json.loads(line.removeprefix("WRKJSON "))
+    return LoadRun(requests=raw["requests"], rps=raw["requests"] / (raw["duration_us"] / 1e6),
+                   p50_ms=raw["p50_us"] / 1000, p99_ms=raw["p99_us"] / 1000,
+                   status_errors=raw["status_errors"], socket_errors=raw["socket_errors"])
+
+
+async def _gather_impression_paths(edge_url: str, keyword: str, count: int,
+                                   say: Callable[[str], None]) -> list[str]:
+    """``count`` distinct signed impression paths from real ad requests (6 slots each)."""
+    paths: list[str] = []
+    params = {"placement": "bench", "format": "300x250", "keywords": keyword, "slots": "6"}
+    next_line = time.monotonic() + 5
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal next_line
+        while len(paths) < count:
+            r = await client.get(f"{edge_url}/v1/ads", params=params)
+            if r.status_code != 200:
+                raise RuntimeError(f"ad request answered {r.status_code}: {r.text[:200]}")
+            for ad in r.json()["ads"]:
+                parts = urlsplit(ad["impression_url"])
+                paths.append(f"{parts.path}?{parts.query}")
+            if time.monotonic() > next_line:
+                say(f"  {len(paths):,}/{count:,} impression tokens")
+                next_line += 5
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        await asyncio.gather(*(worker(client) for _ in range(12)))
+    return paths[:count]
+
+
+def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Callable[[str], None],
+                  workdir: Path) -> dict[str, Any]:
+    script = workdir / "walk.lua"
+    script.write_text(_WRK_LUA)
+    helpers = ProcessGroup(workdir)
+    try:
+        # The region's Redis for the IVT flood counters, as in production.
+        redis_url = start_redis(helpers)[1] if shutil.which("redis-server") else ""
+        env = {"ADSERVER_EDGE_IVT_ENABLED": "true", "ADSERVER_EDGE_REDIS_URL": redis_url,
+               "ADSERVER_EDGE_IVT_IP_LIMIT": "0"}  # one client address: counted, but no flood verdicts
+        say(f"starting nats-server, control plane, one edge (1 worker, IVT on, Redis {'on' if redis_url else 'off'})"
+            " and the baseline app")
+        with LocalStack(regions=("eu",), edge_env=env, data_dir=workdir / "stack") as stack:
+            port = free_port()
+            baseline = helpers.start("baseline", adserver_argv("baseline", "--port", str(port), "--workers", "1"))
+            hello_url = f"http://127.0.0.1:{port}/hello"
+            wait_ready(hello_url, baseline, timeout=30)
+            token = stack.create_advertiser("bench")[1]
+            stack.launch_campaign(token, "benchbeacon", max_bid_micros=1_000_000)
+            probe = run_wrk(hello_url, duration_s=2, connections=connections, paths_file=None, script=script)
+            need = int(probe.rps * duration_s * rounds * 1.2) + connections * 10
+            say(f"baseline probe {probe.rps:,.0f} req/s; fetching {need:,} signed impression tokens")
+            paths = asyncio.run(_gather_impression_paths(stack.edges[0].url, "benchbeacon", need, say))
+            chunk = len(paths) // rounds
+            hello_runs: list[LoadRun] = []
+            beacon_runs: list[LoadRun] = []
+            assert stack.control_plane is not None
+            pause(stack.control_plane)  # the collector and chdb: not part of the endpoint under test
+            try:
+                for r in range(rounds):
+                    hello_runs.append(run_wrk(hello_url, duration_s=duration_s, connections=connections,
+                                              paths_file=None, script=script))
+                    say(f"round {r + 1}: /hello {hello_runs[-1].rps:,.0f} req/s")
+                    paths_file = workdir / f"beacons-{r}.txt"
+                    paths_file.write_text("\n".join(paths[r * chunk:(r + 1) * chunk]) + "\n")
+                    beacon_runs.append(run_wrk(stack.edges[0].url, duration_s=duration_s,
+                                               connections=connections, paths_file=paths_file, script=script))
+                    say(f"round {r + 1}: /v1/track/impression {beacon_runs[-1].rps:,.0f} req/s")
+                    if beacon_runs[-1].requests > chunk:
+                        raise RuntimeError("ran out of distinct tokens: replays would flatter the beacon side")
+            finally:
+                resume(stack.control_plane)
+            answered = sum(run.requests - run.status_errors - run.socket_errors for run in beacon_runs)
+            say("waiting for the collector to store every answered beacon")
+            caught_up, _, stats = stack.wait_stored(timeout=180)
+            stored = int(stats["store"]["by_type"].get("impression", 0))
+    finally:
+        helpers.stop_all()
+    hello_rps = statistics.median(run.rps for run in hello_runs)
+    beacon_rps = statistics.median(run.rps for run in beacon_runs)
+    return {
+        "beacon_ratio_vs_hello": round(beacon_rps / hello_rps, 3),
+        "beacon_rps": round(beacon_rps), "hello_rps": round(hello_rps),
+        "beacon_p99_ms": statistics.median(run.p99_ms for run in beacon_runs),
+        "hello_p99_ms": statistics.median(run.p99_ms for run in hello_runs),
+        "beacon_errors": sum(run.status_errors + run.socket_errors for run in beacon_runs),
+        "beacons_answered": answered, "impressions_stored": stored, "stored_caught_up": caught_up,
+        "runs": {"hello": [asdict(r) for r in hello_runs], "beacons": [asdict(r) for r in beacon_runs]},
+    }
+
+
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons}
+TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5)}
+
+
+def _meets(value: float, op: str, target: float) -> bool:
+    return value >= target if op == ">=" else value <= target
+
+
+def run_bench(*, report: str | None, duration_s: float, connections: int, rounds: int, only: str | None) -> int:
+    names = [n.strip() for n in only.split(",")] if only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[bench {time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="adserver-bench-") as tmp:
+        for name in names:
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            results[name] = BENCHMARKS[name](duration_s=duration_s, connections=connections, rounds=rounds,
+                                             say=say, workdir=workdir)
+    failed = 0
+    print(f"\n{'metric':<28} {'value':>12}  {'target':>10}  verdict")
+    for name in names:
+        for key, value in results[name].items():
+            if isinstance(value, dict):
+                continue
+            op, target = TARGETS.get(key, ("", None))
+            verdict = "" if target is None else ("ok" if _meets(float(value), op, target) else "MISSED")
+            failed += verdict == "MISSED"
+            shown = f"{value:,.3f}" if isinstance(value, float) else f"{value}"
+            print(f"{key:<28} {shown:>12}  {op + ' ' + str(target) if target is not None else '':>10}  {verdict}")
+    if report:
+        Path(report).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nreport written to {report}")
+    return 1 if failed else 0
