@@ -321,8 +321,11 @@ def test_edge_region_pop_and_nats_url_reach_the_process(case: Case) -> None:
     assert settings.edge_region == values.get("region", "eu")
     assert settings.edge_pop == f"{case.release}-7d9f8b6c5d-x2x7q", "an empty pop must default to the pod name"
     assert settings.nats_url == values.get("natsUrl", "nats://nats:4222")
+    assert settings.edge_hub_domain == values.get("hubDomain", "")
     if case.files:
         assert settings.nats_url == f"nats://nats-leaf.{values['region']}.svc:4222"
+        # A leaf node with a JetStream domain of its own: snapshots come from the hub's domain.
+        assert settings.edge_hub_domain == "hub"
         assert settings.edge_public_url == values["publicUrl"]
         assert set(settings.edge_signing_keys.keys) == {"k1", "k2"}
     else:
@@ -434,6 +437,7 @@ def test_control_plane_environment_is_accepted_by_its_settings(case: Case) -> No
     check_topology(settings)  # the process's own start-up refusal (chdb with an external collector)
     target = parse_store_url(settings.cp_store_url)
     assert settings.cp_regions == tuple(values.get("regions", ["eu", "us"]))
+    assert settings.cp_leaf_regions == tuple(values.get("leafRegions", []))
     assert settings.cp_admin_token
     unknown = sorted(n for n in env if n.startswith("ADSERVER_") and n not in KNOWN_ENV)
     assert not unknown, unknown
@@ -471,11 +475,75 @@ def test_collector_runs_alone_against_a_clickhouse_server(case: Case) -> None:
     assert [*ctr["command"], *ctr["args"]] == ["adserver", "collector"]
     env = pod_env(docs, pod_name="adserver-collector-0")
     settings = ControlPlaneSettings.from_env(env)
+    values = values_for(case)
     assert parse_store_url(settings.cp_store_url).kind == "clickhouse"
+    # The collector also creates the hub's events stream, sourcing every region: it needs both lists.
+    assert settings.cp_regions == tuple(values.get("regions", ["eu", "us"]))
+    assert settings.cp_leaf_regions == tuple(values.get("leafRegions", []))
+    unknown = sorted(n for n in env if n.startswith("ADSERVER_") and n not in KNOWN_ENV)
+    assert not unknown, unknown
     if case.files:
         assert settings.nats_url == "nats://nats.nats.svc:4222"
         assert "s3cret" not in env_entry(ctr, "ADSERVER_CP_STORE_URL")["value"]
     assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# --- the hub-and-leaf NATS topology -------------------------------------------------------------------------------
+
+# What each release writes for the topology by default (one NATS server holds every stream) and with the
+# multi-region values (a hub in JetStream domain "hub", a leaf per region in the domain named after it).
+TOPOLOGY_ENV = {"edge": "ADSERVER_EDGE_HUB_DOMAIN", "control-plane": "ADSERVER_CP_LEAF_REGIONS",
+                "collector": "ADSERVER_CP_LEAF_REGIONS"}
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.id)
+def test_topology_settings_are_literal_env_vars(case: Case) -> None:
+    ctr = container(one(render(case), "Deployment"))
+    entry = env_entry(ctr, TOPOLOGY_ENV[case.chart])
+    assert set(entry) == {"name", "value"}, entry
+    if not case.files:
+        expected = ""
+    elif case.chart == "edge":
+        expected = "hub"
+    else:
+        expected = "eu,us"
+    assert entry["value"] == expected
+
+
+@pytest.mark.parametrize(("chart", "extra", "expected"), [
+    ("edge", {"hubDomain": "central_hub-1"}, "central_hub-1"),
+    ("control-plane", {"regions": ["eu", "us", "ap"], "leafRegions": ["us", "ap"]}, "us,ap"),
+    ("collector", {"regions": ["eu", "us", "ap"], "leafRegions": ["ap"]}, "ap"),
+], ids=["edge", "control-plane", "collector"])
+def test_topology_values_reach_the_process_settings(chart: str, extra: dict[str, Any], expected: str) -> None:
+    case = next(c for c in DEFAULT_CASES if c.chart == chart)
+    docs = render(case, extra)
+    assert env_entry(container(one(docs, "Deployment")), TOPOLOGY_ENV[chart])["value"] == expected
+    env = pod_env(docs, pod_name="pod-0")
+    if chart == "edge":
+        assert EdgeSettings.from_env(env).edge_hub_domain == expected
+    else:
+        settings = ControlPlaneSettings.from_env(env)
+        assert settings.cp_regions == tuple(extra["regions"])
+        assert settings.cp_leaf_regions == tuple(expected.split(","))
+
+
+def test_multiregion_edges_and_central_plane_agree_on_the_topology() -> None:
+    """Every region file points its edges at a leaf and the hub's domain, and the central plane sources that
+    region's stream from the leaf: a region missing on either side would lose its events or its snapshots."""
+    central = values_for(Case("control-plane", "adserver", "adserver", ("central.yaml",)))
+    assert central["leafRegions"] == central["regions"]
+    edge_regions = set()
+    for case in (c for c in MULTIREGION_CASES if c.chart == "edge"):
+        env = pod_env(render(case), pod_name=f"{case.release}-0")
+        edge = EdgeSettings.from_env(env)
+        assert edge.edge_hub_domain == "hub"
+        assert edge.edge_region in central["leafRegions"]
+        edge_regions.add(edge.edge_region)
+    assert edge_regions == set(central["regions"]), "a region without an edge values file, or the reverse"
+    for case in (c for c in MULTIREGION_CASES if c.chart != "edge"):
+        env = pod_env(render(case), pod_name="adserver-0")
+        assert env["ADSERVER_CP_LEAF_REGIONS"] == env["ADSERVER_CP_REGIONS"] == "eu,us"
 
 
 # --- bad values are refused, with a message that names them -----------------------------------------------------
@@ -488,10 +556,13 @@ SCHEMA_REFUSALS = [
     ("edge", {"natsUrl": "http://nats:4222"}, ["/natsUrl"]),
     ("edge", {"signingKeys": {"value": "k1:dG9vLXNob3J0"}}, ["/signingKeys/value"]),
     ("edge", {"replicaCont": 3}, ["additional properties 'replicaCont' not allowed"]),
+    ("edge", {"hubDomain": "hub.central"}, ["/hubDomain", "does not match pattern"]),
     ("control-plane", {"regions": []}, ["/regions", "minItems"]),
     ("control-plane", {"regions": ["eu", "eu"]}, ["/regions"]),
     ("control-plane", {"grantSlice": 1.5}, ["/grantSlice", "maximum"]),
     ("control-plane", {"replicaCount": "two"}, ["/replicaCount", "want integer"]),
+    ("control-plane", {"leafRegions": ["eu.west"]}, ["/leafRegions/0", "does not match pattern"]),
+    ("collector", {"leafRegions": "eu,us"}, ["/leafRegions", "want array"]),
     ("collector", {"store": {"url": ""}}, ["/store/url"]),
 ]
 
@@ -511,6 +582,8 @@ def test_values_schema_refuses_bad_values(chart: str, bad: dict[str, Any], fragm
 TEMPLATE_REFUSALS = [
     ("collector", {"store": {"url": "chdb:///data/chdb"}}, ["is a chdb directory", "inside the control plane"]),
     ("collector", {"store": {"url": "/data/chdb"}}, ["is a chdb directory"]),
+    ("collector", {"leafRegions": ["ap"]}, ['leafRegions names "ap"', "not in regions (eu, us)"]),
+    ("control-plane", {"leafRegions": ["eu", "ap"]}, ['leafRegions names "ap"', "not in regions (eu, us)"]),
     ("control-plane", {"replicaCount": 2}, ["replicaCount is 2", "one process per data directory"]),
     ("control-plane", {"collector": {"embedded": False}}, ["collector.embedded is false", "chdb"]),
     ("control-plane", {"store": {"url": "https://ads:pw@ch:8443/ads"}}, ["must not carry credentials"]),

@@ -126,4 +126,9 @@ the control plane. Fails the render with a message that says what to do instead.
 {{- if and .Values.store.existingSecret .Values.store.password -}}
 {{- fail "collector: set either store.existingSecret or store.password, not both" -}}
 {{- end -}}
+{{- range .Values.leafRegions -}}
+{{- if not (has . $.Values.regions) -}}
+{{- fail (printf "collector: leafRegions names %q, which is not in regions (%s); add it to regions or drop it from leafRegions (ADSERVER_CP_LEAF_REGIONS must be a subset of ADSERVER_CP_REGIONS)" . (join ", " $.Values.regions)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}

@@ -175,4 +175,9 @@ release that renders also starts.
 {{- if and .Values.ingress.enabled (not .Values.ingress.hostname) -}}
 {{- fail "control-plane: ingress.enabled needs ingress.hostname" -}}
 {{- end -}}
+{{- range .Values.leafRegions -}}
+{{- if not (has . $.Values.regions) -}}
+{{- fail (printf "control-plane: leafRegions names %q, which is not in regions (%s); add it to regions or drop it from leafRegions (ADSERVER_CP_LEAF_REGIONS must be a subset of ADSERVER_CP_REGIONS)" . (join ", " $.Values.regions)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
