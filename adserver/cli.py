@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("name")
     a.set_defaults(func=cmd_admin)
 
+    sub.add_parser("simulate", help="budget controllers through compressed days with faults: adserver simulate "
+                   "--report FILE [--only ...]", add_help=False)
     sub.add_parser("chaos", help="Jepsen-style fault runs: adserver chaos --report FILE [--quick] ...",
                    add_help=False)
 
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_demo)
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # its own parser too
+        from adserver.simulate import main as simulate_main
+
+        sys.exit(simulate_main(argv[1:]))
     if argv[:1] == ["chaos"]:  # its own parser: adserver chaos --help lists the scenarios and options
         from adserver.chaos import main as chaos_main
 

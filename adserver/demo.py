@@ -38,7 +38,9 @@ def _creative(slug: str, headline: str, size: str = "300x250", ctr: float = 0.02
 def demo_campaigns() -> list[tuple[int, dict[str, Any]]]:
     """(advertiser index, campaign body). Budgets in micros; the last one is meant to run out."""
     start = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0).isoformat()
-    base = {"start": start, "timezone": "UTC", "objective": "traffic"}
+    # asap: the demo drives under a minute of traffic, and shows delivery and a budget running out; pacing a
+    # budget over a day is what `adserver simulate` shows, on a compressed clock.
+    base = {"start": start, "timezone": "UTC", "objective": "traffic", "pacing": "asap"}
     return [
         (0, {**base, "name": "Acme running shoes", "bid_type": "cpm", "max_bid_micros": 4_000_000,
              "daily_budget_micros": 40_000_000, "total_budget_micros": 400_000_000,

@@ -65,3 +65,13 @@ def decide_grant(
     left = min(terms.daily_budget_micros - new_state.granted_day,
                terms.total_budget_micros - new_state.granted_total)
     return GrantDecision(state=new_state, granted=grant, exhausted=left < unit)
+
+
+def credit_grant(state: GrantState, day: str, micros: int) -> GrantState | None:
+    """Give ``micros`` of ``day`` back (returned or reclaimed allowance) so they can be granted again; None
+    when there is nothing to do (another day's micros: yesterday's are not today's budget)."""
+    if micros <= 0 or day != state.day:
+        return None
+    back = min(micros, state.granted_day)
+    return GrantState(day=state.day, granted_day=state.granted_day - back,
+                      granted_total=max(0, state.granted_total - back))

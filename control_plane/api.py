@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from control_plane.auth import mint_token, new_id, parse_bearer, token_matches
 from control_plane.dashboard import DASHBOARD_ROUTES
 from control_plane.metrics import metrics
 from control_plane.openapi import OPENAPI
+from control_plane.spend import report as budget_report
 from control_plane.state import ControlPlaneState
 from control_plane.store import Conflict, NotFound, Versioned
 
@@ -101,7 +101,7 @@ async def create_campaign(request: Request) -> Response:
     if isinstance(data, Response):
         return data
     try:
-        fields = models.validate_campaign(data)
+        fields = models.validate_campaign(data, allow_baselines=state_of(request).settings.cp_allow_baselines)
         creatives_raw = data.get("creatives", []) if isinstance(data, dict) else []
         if not isinstance(creatives_raw, list) or len(creatives_raw) > 50:
             raise models.ValidationFailed([models.FieldError("creatives", "must be a list of at most 50")])
@@ -187,7 +187,8 @@ async def patch_campaign(request: Request) -> Response:
     if current.value["status"] == models.Status.COMPLETED.value:
         return error(409, "a completed campaign cannot be changed")
     try:
-        fields = models.validate_campaign(data, existing=current.value)
+        fields = models.validate_campaign(
+            data, existing=current.value, allow_baselines=state_of(request).settings.cp_allow_baselines)
         if current.value["status"] in (models.Status.ACTIVE.value, models.Status.PAUSED.value):
             # A live campaign serves the change at once, so it passes the same automatic rules as a submit.
             models.check_live_edit(fields)
@@ -264,7 +265,7 @@ async def campaign_metrics(request: Request) -> Response:
     if isinstance(loaded, Response):
         return loaded
     _, current = loaded
-    now_ms = int(time.time() * 1000)
+    now_ms = int(state_of(request).settings.clock.now() * 1000)
     start = _parse_time(request.query_params.get("from"), "from", now_ms - 24 * 3600 * 1000)
     if isinstance(start, Response):
         return start
@@ -336,7 +337,7 @@ async def attribution_report(request: Request) -> Response:
     model = q.get("model", "time_decay")
     if model != "time_decay":
         return error(400, "model must be time_decay (last-touch credit is always included)")
-    now_ms = int(time.time() * 1000)
+    now_ms = int(state_of(request).settings.clock.now() * 1000)
     lo = _parse_time(q.get("from"), "from", now_ms - 7 * 86_400_000)
     hi = _parse_time(q.get("to"), "to", now_ms)
     half_life = _hours(q.get("half_life_hours"), "half_life_hours", 24)
@@ -367,6 +368,14 @@ async def admin_stats(request: Request) -> Response:
         return error(503, "reporting store not configured in this process")
     stats = await cp.run_storage(cp.reports.stats)
     spend = await cp.run_storage(cp.reports.campaign_spend, None)
+    reports = cp.reports
+
+    async def stored(ids: list[str], window: tuple[int, int]) -> dict[str, int]:
+        return await cp.run_storage(reports.campaign_spend, ids, window_s=window)
+
+    assert cp.spend is not None
+    budget = await budget_report(cp.builder.servable_ids(), cp.builder.terms, cp.store.get_grant_state, cp.spend,
+                                 cp.grants.book, stored, cp.settings.clock.now())
     return JSONResponse({
         "store": stats.as_dict(),
         "spend_micros": spend,
@@ -374,6 +383,11 @@ async def admin_stats(request: Request) -> Response:
         "snapshot": {"version": cp.builder.stats.version, "campaigns": cp.builder.stats.campaigns,
                      "size": cp.builder.stats.last_size, "build_ms": cp.builder.stats.last_build_ms},
         "granted_micros": cp.grants.granted_micros,
+        "returned_micros": cp.grants.returned_micros,
+        "reclaimed_micros": cp.grants.reclaimed_micros,
+        "spend_sync": {"messages": cp.spend.messages, "bytes": cp.spend.bytes_in, "rejected": cp.spend.rejected,
+                       "writers": len(cp.spend.heard)},
+        "budget": budget,
     })
 
 

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from control_plane.allocator import BudgetTerms
 from control_plane.models import is_servable, to_snapshot_campaign
 from replication import subjects as S
+from replication.clock import REAL_CLOCK, Clock
 from replication.nats_io import publish_snapshot
 from replication.snapshot import build_snapshot, encode_snapshot, unit_cost_ceiling
 
@@ -42,11 +43,15 @@ class SnapshotBuilder:
         regions: tuple[str, ...],
         *,
         reserve_cpm_micros: int,
+        clock: Clock = REAL_CLOCK,
+        traffic_shape: tuple[float, ...] = (),
         debounce_s: float = 0.01,
         refresh_s: float = 5.0,
     ) -> None:
         self._js = js
         self._regions = regions
+        self._clock = clock
+        self._traffic_shape = traffic_shape
         self._reserve = reserve_cpm_micros
         self._debounce = debounce_s
         self._refresh = refresh_s
@@ -88,10 +93,14 @@ class SnapshotBuilder:
                 if self._initial_done.is_set():
                     self._dirty.set()
 
+    def servable_ids(self) -> list[str]:
+        now = self._clock.now()
+        return sorted(value["id"] for value, _ in self._campaigns.values() if is_servable(value, now))
+
     def terms(self, campaign_id: str) -> BudgetTerms | None:
         """Budget terms of a servable campaign, for the grant service; None when it must not spend."""
         found = self._campaigns.get(self._key_of.get(campaign_id, ""))
-        if found is None or not is_servable(found[0], time.time()):
+        if found is None or not is_servable(found[0], self._clock.now()):
             return None
         c = found[0]
         return BudgetTerms(
@@ -102,7 +111,7 @@ class SnapshotBuilder:
         )
 
     async def build_and_publish(self) -> None:
-        now = time.time()
+        now = self._clock.now()
         started = time.perf_counter()
         servable = [
             to_snapshot_campaign(value, revision)
@@ -113,7 +122,8 @@ class SnapshotBuilder:
         version = max(self.stats.version + 1, int(now * 1000))
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),
                                   reserve_cpm_micros=self._reserve,
-                                  postback_keys={a: h for a, h in self._postback.items() if h})
+                                  postback_keys={a: h for a, h in self._postback.items() if h},
+                                  traffic_shape=self._traffic_shape)
         data = encode_snapshot(snapshot)
         for region in self._regions:
             await publish_snapshot(self._js, region, version, data)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from nats.js import JetStreamContext, api
 
 from control_plane.storage import EventStore
 from replication import subjects as S
+from replication.clock import REAL_CLOCK, Clock
 from replication.events import Event, EventDecodeError, decode_event
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ class Collector:
         *,
         batch: int = 1000,
         fetch_timeout_s: float = 0.5,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         self._js = js
+        self._clock = clock
         self._store = store
         self._executor = executor  # one thread: chdb allows one session per process, used serially
         self._batch = batch
@@ -81,7 +83,7 @@ class Collector:
     async def run(self) -> None:
         # A previous collector killed mid-INSERT can leave raw rows its rollup never counted: repair the
         # recent rollup before consuming (this process is the only writer, so nothing races the repair).
-        since_ms = int((time.time() - REPAIR_WINDOW_S) * 1000)
+        since_ms = int((self._clock.now() - REPAIR_WINDOW_S) * 1000)
         repaired = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._store.repair_rollup, since_ms)
         if repaired:

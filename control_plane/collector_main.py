@@ -25,7 +25,7 @@ async def run_collector(settings: ControlPlaneSettings) -> None:
     store = await loop.run_in_executor(executor, open_store, settings.cp_store_url)
     await loop.run_in_executor(executor, store.ensure_schema)
     try:
-        await Collector(js, store, executor).run()
+        await Collector(js, store, executor, clock=settings.clock).run()
     finally:
         await close_quietly(nc)
         await loop.run_in_executor(executor, store.close)

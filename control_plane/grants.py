@@ -1,15 +1,19 @@
 """Budget grant service: answers edge requests for budget slices over NATS request-reply.
 
-The arithmetic is in ``allocator``; this adapter reads each campaign's terms from the builder's view of the
-store, keeps the grant counters in JetStream KV with compare-and-set (so two control-plane replicas cannot
-grant the same micros twice), and replies with what was granted and whether the campaign is exhausted.
+The arithmetic is in ``allocator`` and the leases in ``allowances``; this adapter reads each campaign's terms
+from the builder's view of the store, keeps the grant counters in JetStream KV with compare-and-set (so two
+control-plane replicas cannot grant the same micros twice), and replies with what was granted, whether the
+campaign is exhausted, and the account's lease. Returned and reclaimed allowance lowers the counters again.
+
+The lease book is in this process's memory: after a restart, accounts granted before it are never reclaimed
+(their allowance stays counted as spent, the safe side), and with several replicas each reclaims only what
+it granted itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -18,17 +22,22 @@ import msgpack
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from control_plane.allocator import BudgetTerms, decide_grant
+from control_plane.allocator import BudgetTerms, credit_grant, decide_grant
+from control_plane.allowances import AllowanceBook, Credit
 from control_plane.store import Conflict, Store
 from replication import subjects as S
+from replication.clock import REAL_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
 
 class GrantService:
     def __init__(self, nc: NATS, store: Store, terms_of: Callable[[str], BudgetTerms | None],
-                 max_slice_fraction: float, *, replay_cache: int = 10_000, concurrency: int = 32) -> None:
+                 max_slice_fraction: float, *, clock: Clock = REAL_CLOCK,
+                 lease_s: float = 300.0, grace_s: float | None = None,
+                 replay_cache: int = 10_000, concurrency: int = 32) -> None:
         self._nc = nc
+        self._clock = clock
         self._store = store
         self._terms_of = terms_of
         self._fraction = max_slice_fraction
@@ -39,11 +48,43 @@ class GrantService:
         self._limit = asyncio.Semaphore(concurrency)
         self.granted_micros = 0
         self.replayed = 0
+        self.returned_micros = 0
+        self.reclaimed_micros = 0
+        # Edges renew every quarter lease; a killed one's last report is at most that stale, so waiting a
+        # half lease past its end before reclaiming leaves room for two missed heartbeats.
+        self.book = AllowanceBook(lease_s=lease_s, grace_s=lease_s / 2 if grace_s is None else grace_s)
 
     async def start(self) -> None:
         await self._nc.subscribe(S.BUDGET_GRANT_SUBJECT, queue="allocator", cb=self._handle)
 
-    async def grant(self, campaign_id: str, want: int) -> tuple[int, bool, str]:
+    async def reclaim_loop(self, every_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.credit(self.book.reclaim_dead(self._clock.now()))
+            except Exception:
+                log.exception("reclaiming dead allowances failed; retrying")
+
+    async def credit(self, credits: list[Credit]) -> None:
+        for c in credits:
+            for _ in range(20):
+                state, revision = await self._store.get_grant_state(c.campaign_id)
+                new_state = None if state is None else credit_grant(state, c.day, c.micros)
+                if new_state is None:
+                    break
+                try:
+                    await self._store.put_grant_state(c.campaign_id, new_state, revision)
+                except Conflict:
+                    continue
+                back = state.granted_day - new_state.granted_day if state else 0
+                if c.reason == "returned":
+                    self.returned_micros += back
+                else:
+                    self.reclaimed_micros += back
+                log.info("%s %d micros of %s (%s)", c.reason, back, c.campaign_id, c.day)
+                break
+
+    async def grant(self, campaign_id: str, want: int, account: str = "") -> tuple[int, bool, str]:
         """(micros granted, exhausted, the campaign-local day the grant belongs to)."""
         terms = self._terms_of(campaign_id)
         if terms is None:
@@ -51,7 +92,7 @@ class GrantService:
         async with self._limit:
             for _ in range(20):
                 state, revision = await self._store.get_grant_state(campaign_id)
-                decision = decide_grant(state, terms, want, now_s=time.time(), max_slice_fraction=self._fraction)
+                decision = decide_grant(state, terms, want, now_s=self._clock.now(), max_slice_fraction=self._fraction)
                 if decision.granted == 0 and state == decision.state:
                     return 0, decision.exhausted, decision.state.day
                 try:
@@ -59,6 +100,8 @@ class GrantService:
                 except Conflict:
                     continue  # another ask (or replica) moved the counter: decide again on the new value
                 self.granted_micros += decision.granted
+                if account:
+                    self.book.granted(account, campaign_id, decision.state.day, decision.granted)
                 return decision.granted, decision.exhausted, decision.state.day
         log.warning("grant for %s gave up after repeated conflicts", campaign_id)
         return 0, False, ""
@@ -68,6 +111,10 @@ class GrantService:
             request: dict[str, Any] = msgpack.unpackb(msg.data, raw=False)
             asks: dict[str, int] = request["asks"]
             request_id = str(request.get("id", ""))
+            account = str(request.get("worker", ""))
+            region = str(request.get("region", ""))
+            unused = _int_map(request.get("unused", {}))
+            returns = {str(a): _int_map(r) for a, r in dict(request.get("returns", {})).items()}
         except Exception:
             await msg.respond(msgpack.packb({"error": "bad grant request"}))
             return
@@ -75,11 +122,25 @@ class GrantService:
             self.replayed += 1
             await msg.respond(self._replies[request_id])
             return
-        valid = [(cid, want) for cid, want in asks.items() if isinstance(cid, str) and isinstance(want, int)]
-        results = await asyncio.gather(*(self.grant(cid, want) for cid, want in valid))
-        reply = msgpack.packb({"grants": {cid: list(r) for (cid, _), r in zip(valid, results, strict=True)}})
+        for closed, back in returns.items():
+            await self.credit(self.book.returned(closed, back))
+        lease = self.book.renew(account, region, self._clock.now(), unused) if account else None
+        if account and lease is None:
+            # The account's lease lapsed before this request: its holder must close it and open a new one.
+            reply = msgpack.packb({"grants": {}, "lease_s": None})
+        else:
+            valid = [(cid, want) for cid, want in asks.items() if isinstance(cid, str) and isinstance(want, int)]
+            results = await asyncio.gather(*(self.grant(cid, want, account) for cid, want in valid))
+            reply = msgpack.packb({"grants": {cid: list(r) for (cid, _), r in zip(valid, results, strict=True)},
+                                   "lease_s": self.book.lease_s})
         if request_id:
             self._replies[request_id] = reply
             if len(self._replies) > self._replay_cache:
                 self._replies.popitem(last=False)
         await msg.respond(reply)
+
+
+def _int_map(raw: object) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise ValueError("expected a map of campaign id to micros")
+    return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}

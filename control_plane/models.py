@@ -58,8 +58,15 @@ class ValidationFailed(ValueError):
 
 CAMPAIGN_FIELDS = frozenset({
     "name", "objective", "bid_type", "max_bid_micros", "daily_budget_micros", "total_budget_micros",
-    "start", "end", "timezone", "targeting", "pacing", "prior_cvr", "attribution",
+    "start", "end", "timezone", "targeting", "pacing", "budget_mode", "prior_cvr", "attribution",
 })
+# Pacing: "even" follows the traffic-shaped plan (ours), "asap" spends as traffic comes, "step" is the
+# LinkedIn-style +-10%-per-minute throttle kept as a comparison baseline.
+PACING_MODES = ("even", "asap", "step")
+# Budget admission: "allowance" spends only escrowed slices (the product); "counter" admits against the
+# replicated spend counter alone: a research baseline that overspends during partitions, refused unless the
+# control plane allows baselines (ADSERVER_CP_ALLOW_BASELINES).
+BUDGET_MODES = ("allowance", "counter")
 REQUIRED_CAMPAIGN_FIELDS = ("name", "bid_type", "max_bid_micros", "daily_budget_micros", "total_budget_micros",
                             "start", "timezone")
 TARGETING_FIELDS = frozenset({"countries", "geos", "devices", "interests", "keywords", "placements", "hours"})
@@ -199,7 +206,8 @@ def validate_targeting(raw: Any, errors: list[FieldError]) -> dict[str, list[Any
     return out
 
 
-def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> dict[str, Any]:
+def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None,
+                      allow_baselines: bool = False) -> dict[str, Any]:
     """Validate a create (existing=None) or a partial update merged onto ``existing``.
 
     Returns the campaign's writable fields, complete and normalized; raises ValidationFailed listing every
@@ -216,7 +224,8 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
             if key not in data:
                 errors.append(FieldError(key, "is required"))
         merged: dict[str, Any] = {"objective": "traffic", "end": None, "targeting": None,
-                                  "pacing": "even", "prior_cvr": 0.02, "attribution": None}
+                                  "pacing": "even", "budget_mode": "allowance", "prior_cvr": 0.02,
+                                  "attribution": None}
     else:
         if "creatives" in data:
             errors.append(FieldError("creatives", "add creatives with POST /v1/campaigns/{id}/creatives"))
@@ -257,9 +266,16 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None) -> d
     out["end"] = end.isoformat() if end else None
     out["targeting"] = validate_targeting(merged.get("targeting"), errors)
     pacing = merged.get("pacing")
-    if pacing not in ("even", "asap"):
-        errors.append(FieldError("pacing", "must be 'even' or 'asap'"))
+    if not isinstance(pacing, str) or pacing not in PACING_MODES:
+        errors.append(FieldError("pacing", f"must be one of {list(PACING_MODES)}"))
     out["pacing"] = pacing
+    budget_mode = merged.get("budget_mode", "allowance")  # records older than the field are allowance
+    if not isinstance(budget_mode, str) or budget_mode not in BUDGET_MODES:
+        errors.append(FieldError("budget_mode", f"must be one of {list(BUDGET_MODES)}"))
+    elif budget_mode != "allowance" and not allow_baselines:
+        errors.append(FieldError("budget_mode", f"{budget_mode!r} is a research baseline that can overspend; "
+                                 "this control plane does not allow it (ADSERVER_CP_ALLOW_BASELINES)"))
+    out["budget_mode"] = budget_mode
     cvr = merged.get("prior_cvr")
     if isinstance(cvr, bool) or not isinstance(cvr, int | float) or not 0 < cvr <= 1:
         errors.append(FieldError("prior_cvr", "must be a number in (0, 1]"))
@@ -396,6 +412,8 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
         prior_cvr=float(campaign.get("prior_cvr", 0.02)),
         click_window_s=attribution["click_window_hours"] * 3600,
         view_window_s=attribution["view_window_hours"] * 3600,
+        pacing=campaign.get("pacing", "even"),
+        budget_mode=campaign.get("budget_mode", "allowance"),
         creatives=tuple(
             SnapshotCreative(
                 creative_id=k["id"], format=k["size"], headline=k["headline"], image_url=k["image_url"],

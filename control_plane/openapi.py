@@ -115,7 +115,13 @@ _CAMPAIGN_FIELDS: dict[str, Any] = {
     "end": {**_DATETIME, "nullable": True, "example": "2026-12-24T00:00:00+01:00",
             "description": "after start, or null for no end"},
     "timezone": {"$ref": "#/components/schemas/Timezone"},
-    "pacing": {"enum": ["asap", "even"], "default": "even"},
+    "pacing": {"enum": ["asap", "even", "step"], "default": "even",
+               "description": "even: follow the traffic-shaped daily plan; asap: spend as traffic comes; "
+                              "step: the +-10%-per-minute throttle, a comparison baseline"},
+    "budget_mode": {"enum": ["allowance", "counter"], "default": "allowance",
+                    "description": "allowance: spend only escrowed slices (never more than the budget); counter: "
+                                   "a research baseline that can overspend, accepted only when the control plane "
+                                   "allows baselines (otherwise 422)"},
     "prior_cvr": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "default": 0.02,
                   "description": "conversion rate to assume before the campaign has data"},
     "targeting": {"$ref": "#/components/schemas/Targeting"},
@@ -188,7 +194,8 @@ CAMPAIGN = {
         "start": {"type": "string"},
         "end": {"type": "string", "nullable": True},
         "timezone": {"type": "string"},
-        "pacing": {"enum": ["asap", "even"]},
+        "pacing": {"enum": ["asap", "even", "step"]},
+        "budget_mode": {"enum": ["allowance", "counter"]},
         "prior_cvr": {"type": "number"},
         "attribution": {
             "type": "object", "additionalProperties": False,

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from replication import settings as s
+from replication.clock import Clock, parse_clock
 from replication.subjects import check_token
 
 PREFIX = "ADSERVER_"
@@ -28,6 +29,15 @@ def _leaf_regions(raw: str) -> tuple[str, ...]:
     return regions
 
 
+def _shape(raw: str) -> tuple[float, ...]:
+    if not raw.strip():
+        return ()
+    weights = tuple(float(w) for w in s.parse_list(raw))
+    if len(weights) != 24 or any(not 0 <= w < float("inf") for w in weights) or not any(weights):
+        raise ValueError("must be 24 comma-separated non-negative hourly weights, not all zero")
+    return weights
+
+
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0 < value <= 1:
@@ -38,6 +48,8 @@ def _fraction(raw: str) -> float:
 SPECS = [
     s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL"),
     s.Spec("CP_REGIONS", _regions, "eu,us", "regions to publish snapshots for, comma-separated"),
+    s.Spec("CLOCK", parse_clock, "",
+           "campaign clock: empty is real time; SPEED@REAL:VIRTUAL compresses days (the simulator)"),
     s.Spec("CP_LEAF_REGIONS", _leaf_regions, "",
            "regions whose events stream lives on their own leaf node, in the JetStream domain named after the "
            "region (the hub sources it); empty: every region's stream is on this NATS server"),
@@ -48,6 +60,13 @@ SPECS = [
     s.Spec("CP_ADMIN_TOKEN", s.parse_str, "", "bearer token for /v1/admin/*; empty disables them", secret=True),
     s.Spec("CP_RESERVE_CPM_MICROS", s.parse_int(0), "100000", "auction reserve price, micros per mille"),
     s.Spec("CP_GRANT_SLICE", _fraction, "0.05", "largest budget slice one edge process gets, as a fraction"),
+    s.Spec("CP_LEASE_S", s.parse_float(1), "300",
+           "budget allowance lease, campaign-clock seconds: a silent holder's unspent allowance is re-granted "
+           "only after its lease (plus the reservation TTL) has run out"),
+    s.Spec("CP_TRAFFIC_SHAPE", _shape, "",
+           "24 hourly traffic weights of a campaign-local day, the pacing plan's shape (empty: flat)"),
+    s.Spec("CP_ALLOW_BASELINES", s.parse_bool, "false",
+           "accept budget_mode=counter, the overspending research baseline (the simulator's negative control)"),
     s.Spec("CP_MAX_BODY_BYTES", s.parse_int(1024, 10_000_000), "65536", "largest request body accepted"),
 ]
 
@@ -56,12 +75,16 @@ SPECS = [
 class ControlPlaneSettings:
     nats_url: str
     cp_regions: tuple[str, ...]
+    clock: Clock
     cp_leaf_regions: tuple[str, ...]
     cp_store_url: str
     cp_embedded_collector: bool
     cp_admin_token: str
     cp_reserve_cpm_micros: int
     cp_grant_slice: float
+    cp_lease_s: float
+    cp_traffic_shape: tuple[float, ...]
+    cp_allow_baselines: bool
     cp_max_body_bytes: int
 
     @classmethod

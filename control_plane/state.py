@@ -24,6 +24,7 @@ from control_plane.builder import SnapshotBuilder
 from control_plane.collector import Collector
 from control_plane.grants import GrantService
 from control_plane.settings import ControlPlaneSettings
+from control_plane.spend import SpendReplica
 from control_plane.storage import EventStore, open_store
 from control_plane.store import Store
 from replication.nats_io import close_quietly, connect, ensure_events_hub, ensure_jetstream
@@ -42,6 +43,7 @@ class ControlPlaneState:
     builder: SnapshotBuilder
     grants: GrantService
     executor: ThreadPoolExecutor
+    spend: SpendReplica | None = None
     reports: EventStore | None = None
     collector: Collector | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
@@ -95,17 +97,22 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await ensure_events_hub(nc, settings.cp_regions, settings.cp_leaf_regions)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
     store = await Store(js).open()
-    builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros)
-    grants = GrantService(nc, store, builder.terms, settings.cp_grant_slice)
+    builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros,
+                              clock=settings.clock, traffic_shape=settings.cp_traffic_shape)
+    grants = GrantService(nc, store, builder.terms, settings.cp_grant_slice, clock=settings.clock,
+                          lease_s=settings.cp_lease_s)
     cp = ControlPlaneState(settings, nc, js, store, builder, grants, executor)
     cp.reports = await cp.run_storage(open_store, settings.cp_store_url)
     await cp.run_storage(cp.reports.ensure_schema)
     await grants.start()
+    cp.spend = SpendReplica(settings.clock)
+    await cp.spend.start(nc)
     cp.tasks.append(
         asyncio.create_task(supervise("snapshot-builder", builder.run, cp.crashes), name="snapshot-builder")
     )
+    cp.tasks.append(asyncio.create_task(supervise("reclaim", grants.reclaim_loop, cp.crashes), name="reclaim"))
     if settings.cp_embedded_collector:
-        collector = cp.collector = Collector(js, cp.reports, executor)
+        collector = cp.collector = Collector(js, cp.reports, executor, clock=settings.clock)
         cp.tasks.append(asyncio.create_task(supervise("collector", collector.run, cp.crashes), name="collector"))
     app.state.cp = cp
     log.info("control plane up: %r", settings)

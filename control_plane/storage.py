@@ -111,7 +111,8 @@ class EventStore(Protocol):
         self, campaign_id: str, start_ms: int, end_ms: int, granularity: Granularity
     ) -> list[MetricsRow]: ...
 
-    def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]: ...
+    def campaign_spend(self, campaign_ids: Sequence[str] | None = None, *,
+                       window_s: tuple[int, int] | None = None) -> dict[str, int]: ...
 
     def time_decay_attribution(self, advertiser_id: str, start_ms: int, end_ms: int, *, half_life_ms: int,
                                lookback_ms: int) -> dict[str, tuple[float, float]]: ...
@@ -538,16 +539,22 @@ class SqlEventStore(ABC):
                                      hi=sql_literal(int(end_ms)), lookback=lookback_ms, half_life=half_life_ms)
         return {str(row[0]): (float(row[1]), float(row[2])) for row in self._query_rows(sql)}
 
-    def campaign_spend(self, campaign_ids: Sequence[str] | None = None) -> dict[str, int]:
-        """Valid spend in micros per campaign; every requested campaign is present, 0 if it spent nothing."""
+    def campaign_spend(self, campaign_ids: Sequence[str] | None = None, *,
+                       window_s: tuple[int, int] | None = None) -> dict[str, int]:
+        """Valid spend in micros per campaign (within ``window_s``, whole UTC minutes [lo, hi), if given);
+        every requested campaign is present, 0 if it spent nothing."""
         if isinstance(campaign_ids, str):
             raise TypeError("campaign_ids must be a sequence of ids, not one str")
-        if campaign_ids is None:
-            where = ""
-        elif not campaign_ids:
-            return {}
-        else:
-            where = " WHERE campaign_id IN (" + ", ".join(sql_literal(c) for c in campaign_ids) + ")"
+        clauses = []
+        if campaign_ids is not None:
+            if not campaign_ids:
+                return {}
+            clauses.append("campaign_id IN (" + ", ".join(sql_literal(c) for c in campaign_ids) + ")")
+        if window_s is not None:
+            lo, hi = (int(v) for v in window_s)
+            clauses.append(f"minute >= toDateTime({sql_literal(lo)}, 'UTC') "
+                           f"AND minute < toDateTime({sql_literal(hi)}, 'UTC')")
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         spend = {str(row[0]): int(row[1]) for row in self._query_rows(_SPEND_SQL.format(where=where))}
         if campaign_ids is not None:
             return {c: spend.get(c, 0) for c in campaign_ids}

@@ -77,9 +77,10 @@ async def ads(request: Request) -> Response:
         st.metrics.requests.labels("bad_request").inc()
         return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
                      [{"field": e.field, "message": e.message} for e in parsed])
-    now = time.time()
+    now = st.settings.clock.now()
     started = time.perf_counter()
-    result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view())
+    result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
+                         throttle=st.spend.throttle)
     st.metrics.decision_seconds.observe(time.perf_counter() - started)
     for reason in result.reasons.values():
         st.metrics.filtered.labels(reason.value).inc()
@@ -143,7 +144,7 @@ def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: flo
 
 
 def _verify(st: EdgeState, token: str | None, kind: str, beacon: str) -> dict | JSONResponse:
-    result = verify(token or "", st.settings.edge_signing_keys, now_s=time.time(), kind=kind)
+    result = verify(token or "", st.settings.edge_signing_keys, now_s=st.settings.clock.now(), kind=kind)
     if not result.ok:
         st.metrics.beacons.labels(beacon, result.reason.value).inc()
         return error(403 if token else 400, f"invalid {beacon} token: {result.reason.value}")
@@ -181,7 +182,7 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     if event_id in st.seen:  # before the store: a replayed beacon must not count towards the flood limits
         st.metrics.beacons.labels(beacon, "duplicate").inc()
         return await _durable(st, st.unacked.get(event_id), InvalidReason.NONE)
-    now = time.time()
+    now = st.settings.clock.now()
     verdict = await _ivt(st, request, kind, claims, now) if st.settings.edge_ivt_enabled else VALID
     if isinstance(verdict, Response):
         return verdict
@@ -241,7 +242,7 @@ async def _remember(st: EdgeState, kind: str, claims: dict, reason: InvalidReaso
     """A valid rendered impression or click of a consenting user, kept for conversion attribution."""
     if reason is not InvalidReason.NONE or not claims.get("usr"):
         return
-    touch = Touch(time.time(), {k: claims[k] for k in _TOUCH_CLAIMS if k in claims})
+    touch = Touch(st.settings.clock.now(), {k: claims[k] for k in _TOUCH_CLAIMS if k in claims})
     try:
         await st.touches.record(kind, claims["adv"], claims["usr"], touch)
     except Exception:  # attribution is best effort; the billing event is already durable
@@ -282,7 +283,8 @@ async def click(request: Request) -> Response:
     attribution["ivr"] = recorded.value
     windows = _windows(st)(claims["cmp"])
     window_s = windows[0] if windows else st.settings.edge_attribution_window_s
-    adclid = sign({**attribution, "k": "v", "exp": int(time.time()) + window_s}, st.settings.edge_signing_keys)
+    expires = int(st.settings.clock.now()) + window_s
+    adclid = sign({**attribution, "k": "v", "exp": expires}, st.settings.edge_signing_keys)
     return RedirectResponse(_with_param(claims["url"], "adclid", adclid), status_code=302)
 
 
@@ -387,7 +389,7 @@ async def conversion(request: Request) -> Response:
         except Exception:
             st.metrics.beacons.labels("conversion", "touch_store_down").inc()
             return error(503, "attribution store unavailable, retry later", headers={"Retry-After": "1"})
-        credit = attribute(time.time(), last_click, last_view, _windows(st))
+        credit = attribute(st.settings.clock.now(), last_click, last_view, _windows(st))
         if isinstance(credit, NoCredit):
             st.metrics.beacons.labels("conversion", "not_attributed").inc()
             return JSONResponse({"attributed": False, "reason": credit.value})

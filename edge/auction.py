@@ -26,6 +26,10 @@ class SupportsAllowance(Protocol):
     def get(self, campaign_id: str, default: int = 0, /) -> int: ...
 
 
+class SupportsThrottle(Protocol):
+    def get(self, campaign_id: str, default: float = 1.0, /) -> float: ...
+
+
 class Reason(StrEnum):
     """Why a candidate did not win. Stable values: they land in metrics and explain output."""
 
@@ -34,6 +38,7 @@ class Reason(StrEnum):
     HOUR = "hour_of_day"
     FORMAT = "format"
     BUDGET = "budget"
+    PACING = "pacing"  # the campaign's pacing throttle sat this auction out
     BELOW_RESERVE = "below_reserve"
     SAME_ADVERTISER = "same_advertiser"
     OUTRANKED = "outranked"
@@ -164,8 +169,10 @@ def run_auction(
     rng: random.Random,
     allowance: SupportsAllowance,
     reserve_cpm_micros: int | None = None,
+    throttle: SupportsThrottle | None = None,
 ) -> AuctionResult:
-    """Run one auction. ``allowance`` maps campaign id -> micros this process may still spend."""
+    """Run one auction. ``allowance`` maps campaign id -> micros this process may still spend; ``throttle``
+    maps campaign id -> the probability its pacing lets it take part (absent: 1)."""
     reserve = snapshot.reserve_cpm_micros if reserve_cpm_micros is None else reserve_cpm_micros
     positions = retrieve(snapshot, request)
     if not positions:
@@ -185,6 +192,11 @@ def run_auction(
         if allowance.get(c.campaign_id, 0) <= 0:
             reasons[c.campaign_id] = Reason.BUDGET
             continue
+        if throttle is not None:
+            p = throttle.get(c.campaign_id, 1.0)
+            if p < 1.0 and rng.random() >= p:
+                reasons[c.campaign_id] = Reason.PACING
+                continue
         fitting = [k for k in c.creatives if k.format == request.format]
         if not fitting:
             reasons[c.campaign_id] = Reason.FORMAT

@@ -9,13 +9,25 @@ caller marks it ``over_budget``), so spend can never exceed what was granted, an
 grants more than the budget. Grants carry the campaign-local day: at midnight yesterday's unspent slices
 are dropped instead of being spent against today's budget.
 
-(The full escrow-with-leases and PN-counter model is its own issue; this is the simple per-process check.)
+Allowances are held in a leased *account* (see ``control_plane.allowances``): every grant answer renews the
+lease, measured from when the request left this process, so this copy of the lease always ends first. When
+it runs out (the allocator is unreachable) the ledger stops spending at once, moves what is left into a
+*return* for the old account and opens a new one; the return is sent once the old account has no
+reservations left, and the allocator re-grants it. Without any lease (unit tests, no allocator) the ledger
+spends its grants freely.
+
+Every movement is also staged as PN-counter increments (``pn``) for the replicated spend counter: P takes
+reservations and charges, N takes releases and refunds, under ``"r"`` (in flight) and ``"c"`` (charged).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+# Indices into a staged PN entry: reservations (P, N) then charges (P, N).
+RES_P, RES_N, CHG_P, CHG_N = range(4)
 
 
 @dataclass(slots=True)
@@ -28,6 +40,7 @@ class CampaignBudget:
     exhausted: bool = False
     asked_at: float = -1e18
     day: str = ""
+    counter: bool = False  # the "counter" baseline: admitted against the replicated counter, not grants
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +49,7 @@ class Reservation:
     micros: int
     expires_s: float
     day: str
+    account: str = ""
 
 
 @dataclass(slots=True)
@@ -45,6 +59,61 @@ class BudgetLedger:
     # key (impression id) -> reservation; ordered by insertion, and every reservation gets the same TTL, so
     # expiry is a scan from the front that stops at the first live one.
     reservations: OrderedDict[str, Reservation] = field(default_factory=OrderedDict)
+    worker_id: str = "w"
+    epoch: int = 0
+    lease_until: float = math.inf  # campaign-clock end of the account's lease; inf: no leases in force
+    live: bool = True
+    # closed account -> campaign -> micros never used; sent once the account holds no reservations
+    returns: dict[str, dict[str, int]] = field(default_factory=dict)
+    open_reservations: dict[str, int] = field(default_factory=dict)  # account -> reservations outstanding
+    # (campaign, day) -> [reserved, released, charged, refunded] since the last drain, for the spend CRDT
+    pn: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    @property
+    def account(self) -> str:
+        return f"{self.worker_id}.{self.epoch}"
+
+    def _stage(self, campaign_id: str, day: str, index: int, micros: int) -> None:
+        entry = self.pn.get((campaign_id, day))
+        if entry is None:
+            entry = self.pn[(campaign_id, day)] = [0, 0, 0, 0]
+        entry[index] += micros
+
+    def drain_pn(self) -> dict[tuple[str, str], list[int]]:
+        staged, self.pn = self.pn, {}
+        return staged
+
+    def renew(self, lease_until: float) -> None:
+        """A grant answer renewed the account's lease until ``lease_until`` (campaign clock)."""
+        self.lease_until = lease_until
+        self.live = True
+
+    def lapse(self, now_s: float, *, force: bool = False) -> bool:
+        """Close the account when its lease has run out (or the allocator refused to renew it: ``force``):
+        stop spending, move what is left into a return, open the next account. True when it closed."""
+        if not force and (not self.live or now_s < self.lease_until):
+            return False
+        closed = self.account
+        back = self.returns.setdefault(closed, {})
+        for campaign_id, b in self.campaigns.items():
+            if b.available > 0 and not b.counter:
+                back[campaign_id] = back.get(campaign_id, 0) + b.available
+                b.available = 0
+            b.asked_at = -1e18
+        self.epoch += 1
+        self.live = False
+        self.lease_until = -math.inf
+        return True
+
+    def closable_returns(self) -> dict[str, dict[str, int]]:
+        """Returns of closed accounts whose reservations have all settled or expired; removed once taken."""
+        ready = {a: r for a, r in self.returns.items() if not self.open_reservations.get(a)}
+        for a in ready:
+            del self.returns[a]
+        return ready
+
+    def unused(self) -> dict[str, int]:
+        return {cid: b.available for cid, b in self.campaigns.items() if b.available > 0 and not b.counter}
 
     def allowance(self) -> dict[str, int]:
         return {cid: b.available for cid, b in self.campaigns.items() if b.available > 0}
@@ -67,6 +136,13 @@ class BudgetLedger:
         b.asked_at = -1e18
         return True
 
+    def set_counter_allowance(self, campaign_id: str, day: str, micros: int) -> None:
+        """The counter baseline: what this replica believes is left of the budget is the allowance."""
+        b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        b.counter = True
+        b.day = max(b.day, day)
+        b.available = max(0, micros)
+
     def grant(self, campaign_id: str, micros: int, *, exhausted: bool, day: str) -> None:
         b = self.campaigns.setdefault(campaign_id, CampaignBudget())
         if day < b.day:
@@ -87,13 +163,16 @@ class BudgetLedger:
 
     def reserve(self, key: str, campaign_id: str, micros: int, *, expires_s: float) -> bool:
         b = self.campaigns.get(campaign_id)
-        if b is None or b.available < micros or micros < 0:
+        if b is None or b.available < micros or micros < 0 or not (self.live or b.counter):
             return False
         if len(self.reservations) >= self.max_reservations or key in self.reservations:
             return False
         b.available -= micros
         b.reserved += micros
-        self.reservations[key] = Reservation(campaign_id, micros, expires_s, b.day)
+        account = self.account
+        self.reservations[key] = Reservation(campaign_id, micros, expires_s, b.day, account)
+        self.open_reservations[account] = self.open_reservations.get(account, 0) + 1
+        self._stage(campaign_id, b.day, RES_P, micros)
         return True
 
     def _release(self, key: str) -> None:
@@ -102,8 +181,15 @@ class BudgetLedger:
             return
         b = self.campaigns[r.campaign_id]
         b.reserved -= r.micros
-        if r.day == b.day:
-            b.available += r.micros  # yesterday's reservation does not refill today's allowance
+        self._stage(r.campaign_id, r.day, RES_N, r.micros)
+        self.open_reservations[r.account] = self.open_reservations.get(r.account, 1) - 1
+        if r.day != b.day:
+            return  # yesterday's reservation does not refill today's allowance
+        if r.account != self.account:
+            back = self.returns.setdefault(r.account, {})  # a closed account's: it goes back with the return
+            back[r.campaign_id] = back.get(r.campaign_id, 0) + r.micros
+        else:
+            b.available += r.micros
 
     def release(self, key: str) -> None:
         """The event will not be billed (invalid traffic): give its reservation back now, not at expiry."""
@@ -114,18 +200,27 @@ class BudgetLedger:
         cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""
         reservation = self.reservations.get(key)
         b = self.campaigns.setdefault(campaign_id, CampaignBudget())
-        if reservation is not None and reservation.day != b.day:
-            # Decided yesterday, against yesterday's grants: bill it there, leave today's allowance alone.
+        if reservation is not None and (reservation.day != b.day or reservation.account != self.account) \
+                and cost <= reservation.micros:
+            # Decided against yesterday's grants or a closed account's: bill it there (the reservation covers
+            # it) and leave today's allowance alone; what the reservation held beyond the cost goes back.
             self.reservations.pop(key)
             b.reserved -= reservation.micros
             b.spent += cost
+            self._stage(campaign_id, reservation.day, RES_N, reservation.micros)
+            self._stage(campaign_id, reservation.day, CHG_P, cost)
+            self.open_reservations[reservation.account] = self.open_reservations.get(reservation.account, 1) - 1
+            if reservation.day == b.day and reservation.micros > cost:
+                back = self.returns.setdefault(reservation.account, {})
+                back[campaign_id] = back.get(campaign_id, 0) + reservation.micros - cost
             return True
         self._release(key)
-        if b.available < cost:
+        if b.available < cost or not (self.live or b.counter):
             b.refused += 1
             return False
         b.available -= cost
         b.spent += cost
+        self._stage(campaign_id, b.day, CHG_P, cost)
         return True
 
     def expire(self, now_s: float) -> int:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from edge.tokens import SigningKeys
 from replication import settings as s
+from replication.clock import Clock, parse_clock
 from replication.subjects import check_token
 
 PREFIX = "ADSERVER_"
@@ -28,6 +29,8 @@ def _base_url(raw: str) -> str:
 SPECS = [
     s.Spec("NATS_URL", s.parse_nonempty, "nats://127.0.0.1:4222", "NATS server URL (the region's leaf node)"),
     s.Spec("EDGE_REGION", _region, None, "region this PoP serves, e.g. eu"),
+    s.Spec("CLOCK", parse_clock, "",
+           "campaign clock: empty is real time; SPEED@REAL:VIRTUAL compresses days (the simulator)"),
     s.Spec("EDGE_HUB_DOMAIN", s.parse_str, "",
            "JetStream domain of the hub (snapshots) when NATS_URL is a leaf node with a JetStream domain of its "
            "own, where this region's events stream lives; empty: one server holds both"),
@@ -70,6 +73,7 @@ SPECS = [
 class EdgeSettings:
     nats_url: str
     edge_region: str
+    clock: Clock
     edge_hub_domain: str
     edge_pop: str
     edge_signing_keys: SigningKeys

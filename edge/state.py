@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,9 +29,10 @@ from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
 from edge.settings import EdgeSettings
+from edge.spend import SpendView
 from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
 from replication import subjects as S
-from replication.calendar import local_day
+from replication.calendar import local_day, utc_day
 from replication.events import Event, encode_event
 from replication.nats_io import (
     EventPublisher,
@@ -82,6 +82,10 @@ class EdgeState:
     publisher: EventPublisher | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     grant_failures: int = 0
+    lease_s: float = 60.0  # until the allocator's first answer says otherwise
+    rates: dict[str, float] = field(default_factory=dict)
+    used_seen: dict[str, int] = field(default_factory=dict)
+    rate_at: float = 0.0
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Billing events accepted but not yet acknowledged by JetStream: a retried beacon waits on the same one.
     unacked: dict[str, asyncio.Future[None]] = field(default_factory=dict)
@@ -89,6 +93,7 @@ class EdgeState:
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
     touches: TouchStore = field(default_factory=MemoryTouchStore)
+    spend: SpendView = field(default_factory=lambda: SpendView("unnamed"))
 
     def publisher_has_room(self) -> bool:
         assert self.publisher is not None
@@ -122,21 +127,43 @@ class EdgeState:
             return
         old_revisions = {c.campaign_id: c.revision for c in previous.campaigns} if previous else {}
         self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
-        self.snapshot_loaded_at = time.time()
+        self.snapshot_loaded_at = self.settings.clock.now()
         self.metrics.snapshot_version.set(snapshot.version)
         for c in snapshot.campaigns:
             if old_revisions.get(c.campaign_id) != c.revision:
                 self.ledger.reset(c.campaign_id)  # budget or status may have changed: ask again
                 self.grant_wake.set()
 
+    def observe_rates(self, now: float) -> None:
+        """Track each campaign's spend rate here (reserved + charged per campaign second), smoothed."""
+        dt = now - self.rate_at
+        if dt <= 0:
+            return
+        self.rate_at = now
+        # Smoothed over a campaign minute, or five real seconds when the clock is compressed.
+        alpha = min(1.0, dt / max(60.0, 5.0 * self.settings.clock.speed))
+        for cid, b in self.ledger.campaigns.items():
+            used = b.spent + b.reserved
+            last = self.used_seen.get(cid, used)
+            self.used_seen[cid] = used
+            rate = max(0, used - last) / dt
+            self.rates[cid] = self.rates.get(cid, rate) * (1 - alpha) + rate * alpha
+
     def grant_targets(self) -> dict[str, int]:
+        """How much allowance to hold per campaign: enough for this process's recent spend rate over a
+        quarter lease or two real seconds of refills (whichever is longer), never less than a few units and
+        never more than a twentieth of the budget (the allocator shrinks it further near the end)."""
         snapshot = self.snapshot
         if snapshot is None:
             return {}
+        horizon_s = max(self.lease_s / 4, 2.0 * self.settings.clock.speed)
         targets = {}
         for c in snapshot.campaigns:
+            if c.budget_mode != "allowance":
+                continue
             unit = unit_cost_ceiling(c.bid_type, c.max_bid_micros)
-            targets[c.campaign_id] = max(unit * 10, min(c.daily_budget_micros, c.total_budget_micros) // 20)
+            cap = max(unit * 5, min(c.daily_budget_micros, c.total_budget_micros) // 20)
+            targets[c.campaign_id] = min(cap, max(unit * 5, int(self.rates.get(c.campaign_id, 0.0) * horizon_s)))
         return targets
 
     def roll_days(self, now_s: float) -> None:
@@ -152,29 +179,94 @@ class EdgeState:
             if c.campaign_id in self.ledger.campaigns and self.ledger.new_day(c.campaign_id, day):
                 self.grant_wake.set()
 
+    def control_tick(self, now: float) -> None:
+        """Every 100 ms: expire reservations, close a lapsed lease, roll days, move the ledger's spend into the
+        CRDT replica, and re-pace every campaign from the spend view."""
+        ledger = self.ledger
+        ledger.expire(now)
+        self.observe_rates(now)
+        if ledger.lapse(now):
+            log.warning("budget lease ran out (allocator unreachable): stopped spending, opened %s", ledger.account)
+            self.grant_wake.set()
+        self.roll_days(now)
+        self.spend.stage(utc_day(now), ledger.drain_pn())
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        self.metrics.snapshot_age.set(now - snapshot.created_ms / 1000)
+        for c in snapshot.campaigns:
+            if c.budget_mode == "counter":
+                day = local_day(now, c.timezone)
+                ledger.set_counter_allowance(
+                    c.campaign_id, day, self.spend.counter_allowance(c.campaign_id, day, c.daily_budget_micros))
+        self.spend.pace(snapshot, now)
+
+    async def control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                self.control_tick(self.settings.clock.now())
+            except Exception:
+                log.exception("control tick failed")
+
+    async def spend_sync_loop(self, every_s: float = 0.2, full_every: int = 25, big_full_every: int = 300,
+                              big_bytes: int = 64 * 1024) -> None:
+        """Publish this writer's spend deltas every ``every_s``, and its whole own state every ``full_every``
+        ticks (a receiver that missed deltas, e.g. across a cut leaf link, converges on the next one). A big
+        state (thousands of campaigns) goes out only every ``big_full_every`` ticks: repair traffic would
+        otherwise outweigh the deltas (see ``adserver.crdt_bench``)."""
+        assert self.nc is not None
+        subject = S.spend_subject(self.settings.edge_region)
+        ticks = 0
+        every = full_every
+        while True:
+            await asyncio.sleep(every_s)
+            ticks += 1
+            try:
+                messages = self.spend.flush(full=ticks % every == 0)
+                if ticks % every == 0:
+                    every = big_full_every if sum(map(len, messages)) > big_bytes else full_every
+                for message in messages:
+                    await self.nc.publish(subject, message)
+            except Exception as exc:
+                log.debug("spend sync publish failed: %r", exc)
+
+    async def on_spend(self, msg: Any) -> None:
+        try:
+            self.spend.apply_message(msg.data)
+        except Exception as exc:
+            self.metrics.filtered.labels("bad_spend_sync").inc()
+            log.debug("ignored a spend sync message: %r", exc)
+
     async def grant_loop(self) -> None:
         assert self.nc is not None
+        ledger = self.ledger
+        clock = self.settings.clock
         pending: bytes | None = None  # a request whose answer was lost: re-sent with the same id
+        pending_sent = 0.0  # when it first left: a replayed answer's lease counts from then
+        renewed_at = -1e18
         while True:
             # Wake at once when a snapshot brings new campaigns (they cannot serve before their first grant),
-            # else every 100 ms to top up allowances and expire reservations.
+            # else every 100 ms to top up allowances and renew the lease.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.grant_wake.wait(), timeout=0.1)
             self.grant_wake.clear()
-            now = time.time()
-            self.ledger.expire(now)
-            self.roll_days(now)
-            if self.snapshot is not None:
-                self.metrics.snapshot_age.set(now - self.snapshot.created_ms / 1000)
+            now = clock.now()
             if pending is None:
-                asks = self.ledger.wants(self.grant_targets(), now_s=now, retry_s=0.25)
-                if not asks:
+                # retry_s is campaign time: a compressed day must not flood the allocator with asks.
+                asks = ledger.wants(self.grant_targets(), now_s=now, retry_s=0.25 * clock.speed)
+                returns = ledger.closable_returns()
+                heartbeat = now - renewed_at >= self.lease_s / 4
+                if not asks and not returns and not heartbeat:
                     continue
-                pending = msgpack.packb({"id": secrets.token_hex(8), "worker": self.worker_id,
-                                         "region": self.settings.edge_region, "asks": asks})
+                pending_sent = now
+                pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
+                                         "region": self.settings.edge_region, "asks": asks,
+                                         "unused": ledger.unused(), "returns": returns})
             try:
                 reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)
-                grants: dict[str, list[Any]] = msgpack.unpackb(reply.data, raw=False)["grants"]
+                answer: dict[str, Any] = msgpack.unpackb(reply.data, raw=False)
+                grants: dict[str, list[Any]] = answer["grants"]
             except Exception as exc:
                 # Cut off from the allocator: keep spending only what was already granted. The same request
                 # id goes out again, so an answer that was lost in flight is replayed, not granted twice.
@@ -184,8 +276,17 @@ class EdgeState:
                 await asyncio.sleep(0.25)
                 continue
             pending = None
+            lease_s = answer.get("lease_s")
+            if lease_s is None:
+                # The allocator already counts this account as lapsed: close it and ask again from a new one.
+                ledger.lapse(now, force=True)
+                renewed_at = -1e18
+                continue
+            self.lease_s = float(lease_s)
+            renewed_at = pending_sent
+            ledger.renew(pending_sent + self.lease_s)
             for campaign_id, (granted, exhausted, day) in grants.items():
-                self.ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
+                ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
 
     def publisher_metrics(self) -> None:
         totals = {"available": 0, "reserved": 0, "spent": 0, "granted": 0, "refused_events": 0}
@@ -227,6 +328,7 @@ def new_state(settings: EdgeSettings) -> EdgeState:
     # Seeded from the OS once per worker; the auction itself only ever sees this generator.
     return EdgeState(
         settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)), worker_id=worker_id,
+        ledger=BudgetLedger(worker_id=worker_id), spend=SpendView(worker_id),
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),
         touches=new_touch_store(settings.edge_redis_url, settings.edge_region),
@@ -249,6 +351,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state.publisher = EventPublisher(state.js)
     state.tasks.append(asyncio.create_task(state.publisher.run(), name="event-publisher"))
     state.tasks.append(asyncio.create_task(state.grant_loop(), name="grant-loop"))
+    state.tasks.append(asyncio.create_task(state.control_loop(), name="control-loop"))
+    state.tasks.append(asyncio.create_task(state.spend_sync_loop(), name="spend-sync"))
+    await state.nc.subscribe(S.SPEND_SUBJECTS, cb=state.on_spend)
     sub = await follow_snapshots(hub, state.settings.edge_region, state.on_snapshot)
     log.info("edge worker %s up: %r", state.worker_id, state.settings)
     try:

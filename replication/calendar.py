@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -20,3 +20,22 @@ def local_hour(now_s: float, timezone: str) -> int:
 def local_day(now_s: float, timezone: str) -> str:
     """The campaign-local date as ISO ``YYYY-MM-DD``: such strings order the same way the days do."""
     return datetime.fromtimestamp(now_s, _zone(timezone)).date().isoformat()
+
+
+def local_day_and_second(now_s: float, timezone: str) -> tuple[str, float]:
+    """The campaign-local date and the seconds elapsed since its local midnight (pacing's clock)."""
+    t = datetime.fromtimestamp(now_s, _zone(timezone))
+    return t.date().isoformat(), t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+
+
+def utc_day(now_s: float) -> str:
+    """The UTC date: the period the spend CRDT rotates its documents by."""
+    return datetime.fromtimestamp(now_s, _zone("UTC")).date().isoformat()
+
+
+def local_day_window(now_s: float, timezone: str) -> tuple[int, int]:
+    """Unix seconds [start, end) of the campaign-local day containing ``now_s`` (23 or 25 hours on DST days)."""
+    local = datetime.fromtimestamp(now_s, _zone(timezone))
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=1, hours=2)).replace(hour=0)  # the next local midnight, past any DST shift
+    return int(start.timestamp()), int(end.timestamp())

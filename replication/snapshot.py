@@ -70,6 +70,8 @@ class SnapshotCampaign:
     # viewed impression within view_window_s (0: no view-through conversions).
     click_window_s: int = DEFAULT_CLICK_WINDOW_S
     view_window_s: int = DEFAULT_VIEW_WINDOW_S
+    pacing: str = "even"  # "even" | "asap" | "step" (see control_plane.models.PACING_MODES)
+    budget_mode: str = "allowance"  # "allowance" | "counter" (a baseline)
 
     def values(self, dimension: str) -> frozenset[str]:
         if dimension == "format":
@@ -97,6 +99,8 @@ class Snapshot:
     # server-to-server conversion postback against them.
     postback_keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     by_id: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # The pacing plan's shape: 24 hourly traffic weights of a campaign-local day (empty: flat).
+    traffic_shape: tuple[float, ...] = ()
 
     def campaign(self, campaign_id: str) -> SnapshotCampaign | None:
         pos = self.by_id.get(campaign_id)
@@ -105,7 +109,7 @@ class Snapshot:
 
 def build_snapshot(
     campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int,
-    postback_keys: Mapping[str, Iterable[str]] | None = None,
+    postback_keys: Mapping[str, Iterable[str]] | None = None, traffic_shape: Iterable[float] = (),
 ) -> Snapshot:
     ordered = tuple(sorted(campaigns, key=lambda c: c.campaign_id))
     postings: dict[str, dict[str, set[int]]] = {d: {} for d in DIMENSIONS}
@@ -128,6 +132,7 @@ def build_snapshot(
         unrestricted=MappingProxyType({d: frozenset(p) for d, p in unrestricted.items()}),
         postback_keys=_postback_keys(postback_keys or {}),
         by_id=_by_id(ordered),
+        traffic_shape=_traffic_shape(list(traffic_shape)),
     )
 
 
@@ -151,7 +156,7 @@ def _campaign_to_wire(c: SnapshotCampaign) -> list:
         c.prior_cvr,
         [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr]
          for k in c.creatives],
-        c.click_window_s, c.view_window_s,
+        c.click_window_s, c.view_window_s, c.pacing, c.budget_mode,
     ]
 
 
@@ -165,6 +170,8 @@ def _campaign_from_wire(w: list) -> SnapshotCampaign:
         # Added later: a snapshot from an older builder has no windows and gets the defaults.
         click_window_s=w[19] if len(w) > 19 else DEFAULT_CLICK_WINDOW_S,
         view_window_s=w[20] if len(w) > 20 else DEFAULT_VIEW_WINDOW_S,
+        pacing=w[21] if len(w) > 21 else "even",
+        budget_mode=w[22] if len(w) > 22 else "allowance",
     )
 
 
@@ -180,6 +187,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "postings": {d: {v: sorted(p) for v, p in vals.items()} for d, vals in snapshot.postings.items()},
             "unrestricted": {d: sorted(p) for d, p in snapshot.unrestricted.items()},
             "postback_keys": {adv: list(h) for adv, h in snapshot.postback_keys.items()},
+            "traffic_shape": list(snapshot.traffic_shape),
         },
         use_bin_type=True,
     )
@@ -229,7 +237,14 @@ def _decode_body(body: bytes) -> Snapshot:
         unrestricted=MappingProxyType({d: frozenset(p) for d, p in raw["unrestricted"].items()}),
         postback_keys=_postback_keys(raw.get("postback_keys", {})),
         by_id=_by_id(campaigns),
+        traffic_shape=_traffic_shape(raw.get("traffic_shape", [])),
     )
+
+
+def _traffic_shape(raw: list) -> tuple[float, ...]:
+    if raw and (len(raw) != 24 or any(not isinstance(w, int | float) or w < 0 for w in raw) or not any(raw)):
+        raise SnapshotDecodeError("traffic_shape must be 24 non-negative hourly weights")
+    return tuple(float(w) for w in raw)
 
 
 def empty_snapshot(version: int = 0, created_ms: int = 0, reserve_cpm_micros: int = 0) -> Snapshot:

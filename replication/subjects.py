@@ -19,6 +19,13 @@ CAMPAIGNS_BUCKET = "ads_campaigns"
 ADVERTISERS_BUCKET = "ads_advertisers"
 BUDGET_BUCKET = "ads_budget"
 BUDGET_GRANT_SUBJECT = "ads.budget.grant"
+# Spend CRDT sync: core NATS (not JetStream). Every writer publishes its deltas on a tick and its whole own
+# state now and then, so a receiver that missed deltas (a cut-off leaf) converges once the link is back.
+SPEND_SUBJECTS = "ads.budget.spend.>"
+
+
+def spend_subject(region: str) -> str:
+    return f"ads.budget.spend.{region}"
 COLLECTOR_DURABLE = "collector"
 
 # JetStream drops a re-published event id inside this window; ClickHouse dedups beyond it.

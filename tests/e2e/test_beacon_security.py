@@ -40,7 +40,8 @@ def token(stack: LocalStack) -> str:
 def launch(stack: LocalStack, token: str, keyword: str) -> str:
     h = {"Authorization": f"Bearer {token}"}
     body = {
-        "name": keyword, "bid_type": "cpm", "max_bid_micros": 3_000_000, "daily_budget_micros": 500_000_000,
+        "name": keyword, "bid_type": "cpm", "max_bid_micros": 3_000_000, "pacing": "asap",
+        "daily_budget_micros": 500_000_000,
         "total_budget_micros": 500_000_000, "start": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
         "timezone": "UTC", "targeting": {"keywords": [keyword]},
         "creatives": [{"headline": "x", "image_url": "https://i.example.com/x.png",

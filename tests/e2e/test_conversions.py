@@ -41,7 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 def launch(stack: LocalStack, token: str, keyword: str, **extra: Any) -> str:
     h = {"Authorization": f"Bearer {token}"}
     body = {
-        "name": keyword, "bid_type": "cpa", "max_bid_micros": PRICE, "daily_budget_micros": 500_000_000,
+        "name": keyword, "bid_type": "cpa", "max_bid_micros": PRICE, "pacing": "asap",
+        "daily_budget_micros": 500_000_000,
         "total_budget_micros": 500_000_000, "start": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
         "timezone": "UTC", "targeting": {"keywords": [keyword]},
         "creatives": [{"headline": keyword, "image_url": "https://i.example.com/x.png",

@@ -43,7 +43,7 @@ def api(stack: LocalStack, method: str, path: str, token: str | None, body: Any 
 def campaign_body(keyword: str, **overrides: Any) -> dict[str, Any]:
     body = {
         "name": f"campaign {keyword}", "bid_type": "cpm", "max_bid_micros": 5_000_000,
-        "daily_budget_micros": 50_000_000, "total_budget_micros": 500_000_000,
+        "daily_budget_micros": 50_000_000, "total_budget_micros": 500_000_000, "pacing": "asap",
         "start": (datetime.now(UTC) - timedelta(hours=1)).isoformat(), "timezone": "Europe/Berlin",
         "targeting": {"keywords": [keyword]},
         "creatives": [{"headline": f"Buy {keyword}", "image_url": "https://img.example.com/a.png",

@@ -47,7 +47,7 @@ def launch(stack: LocalStack, keyword: str, bid_type: str) -> tuple[str, str]:
     token = stack.create_advertiser(f"IVT {keyword}")[1]
     body = {
         "name": f"ivt {keyword}", "bid_type": bid_type, "max_bid_micros": 2_000_000,
-        "daily_budget_micros": 50_000_000, "total_budget_micros": 500_000_000,
+        "daily_budget_micros": 50_000_000, "total_budget_micros": 500_000_000, "pacing": "asap",
         "start": (datetime.now(UTC) - timedelta(hours=1)).isoformat(), "timezone": "UTC",
         "targeting": {"keywords": [keyword]},
         "creatives": [{"headline": f"Buy {keyword}", "image_url": "https://img.example.com/a.png",

@@ -35,7 +35,7 @@ def launch(stack: LocalStack, token: str, keyword: str) -> str:
     h = {"Authorization": f"Bearer {token}"}
     body = {
         "name": f"ops {keyword}", "bid_type": "cpm", "max_bid_micros": 2_000_000,
-        "daily_budget_micros": 50_000_000, "total_budget_micros": 50_000_000,
+        "daily_budget_micros": 50_000_000, "total_budget_micros": 50_000_000, "pacing": "asap",
         "start": (datetime.now(UTC) - timedelta(hours=1)).isoformat(), "timezone": "UTC",
         "targeting": {"keywords": [keyword]},
         "creatives": [{"headline": "Ops", "image_url": "https://img.example.com/o.png",

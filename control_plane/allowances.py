@@ -1,0 +1,133 @@
+"""Allowance accounts: who holds which escrowed budget, under which lease, and when it may be re-granted. Pure.
+
+Every edge process spends only against allowances the allocator granted it. An allowance lives in an
+*account* (the process's id plus a lease epoch) whose lease the process renews with every grant request.
+The edge stops spending an account the moment its lease runs out on its own clock, and the lease started
+when the request left the edge, so the edge's lease always ends before the control plane's copy does.
+
+Unspent allowance comes back to the budget in two ways, and only after the lease has expired:
+
+- **returned**: a process whose lease ran out (it was cut off) closes the account and reports, once it can
+  talk again, exactly how much of it was never used; the allocator re-grants that amount.
+- **reclaimed**: a process that never comes back (killed) cannot report. Once its lease is over, and other
+  processes of the *same region* have renewed their leases since (so the region is reachable and this one is
+  gone, not cut off with it), the allocator takes back what the account last reported as unused. The process
+  might have spent a little after that last report: at most one heartbeat's worth, the configured overdraft
+  that the budget bound accounts for. A region that is silent as a whole is never reclaimed from.
+
+An account is settled once (returned or reclaimed), so a late return after a reclaim changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Holding:
+    day: str  # the campaign-local day the allowance belongs to
+    granted: int = 0
+    unused: int = 0  # as last reported by the holder (the whole grant until it reports)
+
+
+@dataclass(slots=True)
+class Account:
+    region: str
+    lease_until: float
+    heard_at: float
+    holdings: dict[str, Holding] = field(default_factory=dict)
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Micros of ``campaign_id``'s ``day`` to give back to the budget (the allocator lowers what it granted)."""
+
+    campaign_id: str
+    day: str
+    micros: int
+    reason: str  # "returned" | "reclaimed"
+
+
+@dataclass(slots=True)
+class AllowanceBook:
+    lease_s: float
+    # A killed holder's last report can be this stale: its allowance is reclaimed only this long after its
+    # lease, and only if its region was heard from after that.
+    grace_s: float
+    accounts: dict[str, Account] = field(default_factory=dict)
+    # region -> the latest time any account of it renewed a lease
+    region_heard: dict[str, float] = field(default_factory=dict)
+    max_settled: int = 100_000
+
+    def renew(self, account_id: str, region: str, now_s: float, unused: dict[str, int]) -> float | None:
+        """A grant request (or heartbeat) from a live account: renew its lease and record what it has not
+        used. Returns the new lease end, or None when the account is already settled (its lease ran out and
+        its allowance went back: the holder must open a new account)."""
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            acct = self.accounts[account_id] = Account(region=region, lease_until=now_s, heard_at=now_s)
+        if acct.settled:
+            return None
+        if now_s > acct.lease_until and acct.holdings:
+            # The lease lapsed before this renewal arrived: the holder stopped spending it, and the allocator
+            # may already count on that, so it cannot be revived.
+            return None
+        acct.heard_at = now_s
+        acct.lease_until = now_s + self.lease_s
+        self.region_heard[region] = max(self.region_heard.get(region, now_s), now_s)
+        for campaign_id, micros in unused.items():
+            h = acct.holdings.get(campaign_id)
+            if h is not None:
+                h.unused = max(0, min(int(micros), h.granted))
+        return acct.lease_until
+
+    def granted(self, account_id: str, campaign_id: str, day: str, micros: int) -> None:
+        acct = self.accounts[account_id]
+        h = acct.holdings.get(campaign_id)
+        if h is None or h.day != day:
+            h = acct.holdings[campaign_id] = Holding(day=day)  # a new day's grants start a new holding
+        h.granted += micros
+        h.unused += micros
+
+    def returned(self, account_id: str, returns: dict[str, int]) -> list[Credit]:
+        """A holder closes ``account_id`` (its lease ran out on its clock, which ends first) and reports what
+        it never used. The holder's word is final: it will not spend that account again, whatever the
+        allocator's copy of the lease says."""
+        acct = self.accounts.get(account_id)
+        if acct is None or acct.settled:
+            return []  # unknown (allocator restarted: the micros stay spent, the safe side) or settled
+        acct.settled = True
+        credits = []
+        for campaign_id, micros in returns.items():
+            h = acct.holdings.get(campaign_id)
+            if h is None:
+                continue
+            back = max(0, min(int(micros), h.granted))
+            if back:
+                credits.append(Credit(campaign_id, h.day, back, "returned"))
+        self._forget_settled()
+        return credits
+
+    def reclaim_dead(self, now_s: float) -> list[Credit]:
+        """Accounts whose holder is gone: lease over for ``grace_s`` while its region kept renewing."""
+        credits = []
+        for acct in self.accounts.values():
+            if acct.settled or now_s <= acct.lease_until + self.grace_s:
+                continue
+            if self.region_heard.get(acct.region, 0.0) <= acct.lease_until + self.grace_s:
+                continue  # the whole region is silent: it may be cut off and spending; never reclaim
+            acct.settled = True
+            credits.extend(Credit(cid, h.day, h.unused, "reclaimed") for cid, h in acct.holdings.items() if h.unused)
+        self._forget_settled()
+        return credits
+
+    def outstanding(self, campaign_id: str, day: str) -> int:
+        """Allowance of the campaign's day held by live or unsettled accounts, as last reported."""
+        return sum(h.unused for a in self.accounts.values() if not a.settled
+                   for cid, h in a.holdings.items() if cid == campaign_id and h.day == day)
+
+    def _forget_settled(self) -> None:
+        settled = [k for k, a in self.accounts.items() if a.settled]
+        for k in settled[: max(0, len(settled) - self.max_settled)]:
+            del self.accounts[k]

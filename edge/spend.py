@@ -1,0 +1,106 @@
+"""This worker's view of every campaign's spend across regions, and what pacing derives from it. Pure.
+
+The worker is one writer of the replicated spend PN-counter (``replication.budget_crdt``): the ledger stages
+its reservations, releases and charges, ``stage`` moves them into the CRDT, ``flush`` turns them into the Yjs
+update published on a tick, and ``apply`` merges every other writer's updates. Two counters per campaign and
+campaign-local day: ``r`` (in flight: P reservations, N releases) and ``c`` (charged: P charges, N refunds).
+
+On every control tick ``pace`` feeds each campaign's spend today (charged plus in flight, all regions, as far
+as this replica knows) into its pacing controller and keeps the resulting throttle for the auction. For the
+``counter`` budget baseline, ``counter_allowance`` is the budget minus that same view: admission against the
+replicated counter alone, which is exactly what overspends while a region cannot hear the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.budget import CHG_N, CHG_P, RES_N, RES_P
+from edge.pacing import TrafficShape, controller_for
+from replication.budget_crdt import SpendBook, counter_key, decode_sync, encode_sync
+from replication.calendar import local_day_and_second
+from replication.snapshot import Snapshot, unit_cost_ceiling
+
+
+@dataclass(slots=True)
+class Paced:
+    mode: str
+    state: Any
+    day: str
+
+
+@dataclass
+class SpendView:
+    writer_id: str
+    keep_periods: int = 3
+    book: SpendBook = field(init=False)
+    throttle: dict[str, float] = field(default_factory=dict)  # campaign -> P(take part), for the auction
+    paced: dict[str, Paced] = field(default_factory=dict)
+    paced_at: float = -1.0
+    _shape_key: tuple[float, ...] = ()
+    _shape: TrafficShape = field(default_factory=TrafficShape.uniform)
+
+    def __post_init__(self) -> None:
+        self.book = SpendBook(self.writer_id, keep_periods=self.keep_periods)
+
+    def stage(self, period: str, staged: dict[tuple[str, str], list[int]]) -> None:
+        counter = self.book.counter(period)
+        for (campaign_id, day), pn in staged.items():
+            key = counter_key(campaign_id, day)
+            if pn[RES_P] or pn[RES_N]:
+                counter.add(f"{key}|r", p=pn[RES_P], n=pn[RES_N])
+            if pn[CHG_P] or pn[CHG_N]:
+                counter.add(f"{key}|c", p=pn[CHG_P], n=pn[CHG_N])
+
+    def flush(self, *, full: bool) -> list[bytes]:
+        """Sync messages for this tick: the deltas since the last one, or this writer's whole own state."""
+        deltas = self.book.flush()
+        messages = self.book.own_states() if full else deltas
+        return [encode_sync(m.writer_id, m.period, m.update, m.full) for m in messages]
+
+    def apply_message(self, data: bytes) -> None:
+        """Merge another writer's sync message (our own echo is skipped; merging is idempotent anyway)."""
+        message = decode_sync(data)
+        if message.writer_id != self.writer_id:
+            self.book.receive(message)
+
+    def spent(self, campaign_id: str, day: str) -> int:
+        """Charged plus in flight, every writer this replica has heard from (its own staged part included)."""
+        key = counter_key(campaign_id, day)
+        return self.book.value(f"{key}|c") + self.book.value(f"{key}|r")
+
+    def charged(self, campaign_id: str, day: str) -> int:
+        return self.book.value(f"{counter_key(campaign_id, day)}|c")
+
+    def _traffic_shape(self, weights: tuple[float, ...]) -> TrafficShape:
+        if weights != self._shape_key:
+            self._shape_key = weights
+            self._shape = TrafficShape.from_weights(weights) if weights else TrafficShape.uniform()
+        return self._shape
+
+    def pace(self, snapshot: Snapshot, now_s: float) -> None:
+        """One control tick: update every campaign's pacing state and throttle from the spend view."""
+        shape = self._traffic_shape(snapshot.traffic_shape)
+        dt = 0.0 if self.paced_at < 0 else max(0.0, now_s - self.paced_at)
+        self.paced_at = now_s
+        live = set()
+        for c in snapshot.campaigns:
+            live.add(c.campaign_id)
+            day, second = local_day_and_second(now_s, c.timezone)
+            paced = self.paced.get(c.campaign_id)
+            if paced is None or paced.mode != c.pacing:
+                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller_for(c.pacing).start(), day)
+            controller = controller_for(c.pacing)
+            paced.state = controller.update(
+                paced.state, now_s_into_day=second, dt_s=dt, spent_today=float(self.spent(c.campaign_id, day)),
+                daily_budget=float(c.daily_budget_micros), shape=shape,
+                unit_cost=float(unit_cost_ceiling(c.bid_type, c.max_bid_micros)))
+            paced.day = day
+            self.throttle[c.campaign_id] = 0.0 if paced.state.done else float(paced.state.p)
+        for gone in set(self.paced) - live:
+            del self.paced[gone]
+            self.throttle.pop(gone, None)
+
+    def counter_allowance(self, campaign_id: str, day: str, daily_budget: int) -> int:
+        return max(0, daily_budget - self.spent(campaign_id, day))

@@ -1,0 +1,176 @@
+"""Allowance leases: the allocator, the lease book and the edge ledgers together never let spend pass the budget.
+
+A pure model of the grant protocol (the same request/answer steps as ``edge.state.grant_loop`` and
+``control_plane.grants``) under arbitrary interleavings of asks, spend, clock steps, region cuts, heals and
+kills. The invariant is the issue's: spent plus unspent allowance never exceeds the budget, except for what a
+killed holder spent after its last report (the configured overdraft), and a cut-off region stops when its
+lease runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from control_plane.allocator import BudgetTerms, GrantState, credit_grant, decide_grant
+from control_plane.allowances import AllowanceBook, Credit
+from edge.budget import BudgetLedger
+
+BUDGET = 100_000
+UNIT = 100
+LEASE = 60.0
+TERMS = BudgetTerms(daily_budget_micros=BUDGET, total_budget_micros=10 * BUDGET, timezone="UTC",
+                    unit_ceiling_micros=UNIT)
+
+
+@dataclass
+class Holder:
+    region: str
+    ledger: BudgetLedger
+    alive: bool = True
+    spent_since_report: int = 0
+
+
+@dataclass
+class World:
+    holders: list[Holder]
+    book: AllowanceBook = field(default_factory=lambda: AllowanceBook(lease_s=LEASE, grace_s=LEASE / 2))
+    state: GrantState | None = None
+    now: float = 1.0
+    cut: set[str] = field(default_factory=set)
+    charged: int = 0
+    keys: int = 0
+
+    def credit(self, credits: list[Credit]) -> None:
+        for c in credits:
+            if self.state is not None:
+                self.state = credit_grant(self.state, c.day, c.micros) or self.state
+
+    def ask(self, i: int, want: int) -> None:
+        h = self.holders[i]
+        if not h.alive or h.region in self.cut:
+            return
+        led = h.ledger
+        led.lapse(self.now)
+        sent = self.now
+        for closed, back in led.closable_returns().items():
+            self.credit(self.book.returned(closed, back))
+        lease = self.book.renew(led.account, h.region, sent, led.unused())
+        h.spent_since_report = 0
+        if lease is None:
+            led.lapse(self.now, force=True)
+            return
+        decision = decide_grant(self.state, TERMS, want, now_s=self.now, max_slice_fraction=0.1)
+        self.state = decision.state
+        if decision.granted:
+            self.book.granted(led.account, "c", decision.state.day, decision.granted)
+        led.renew(sent + LEASE)
+        led.grant("c", decision.granted, exhausted=decision.exhausted, day=decision.state.day)
+
+    def spend(self, i: int, units: int) -> None:
+        h = self.holders[i]
+        if not h.alive:
+            return
+        for _ in range(units):
+            self.keys += 1
+            key = f"imp{self.keys}"
+            if not h.ledger.reserve(key, "c", UNIT, expires_s=self.now + 30):
+                return
+            if h.ledger.settle(key, "c", UNIT):
+                self.charged += UNIT
+                h.spent_since_report += UNIT
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for h in self.holders:
+            if h.alive:
+                h.ledger.expire(self.now)
+                h.ledger.lapse(self.now)
+        self.credit(self.book.reclaim_dead(self.now))
+
+    def overdraft(self) -> int:
+        return sum(h.spent_since_report for h in self.holders if not h.alive)
+
+
+def new_world() -> World:
+    holders = [Holder(region, BudgetLedger(worker_id=f"{region}{n}"))
+               for region in ("eu", "us", "ap") for n in range(2)]
+    return World(holders)
+
+
+ops = st.one_of(
+    st.tuples(st.just("ask"), st.integers(0, 5), st.integers(UNIT, 20 * UNIT)),
+    st.tuples(st.just("spend"), st.integers(0, 5), st.integers(1, 40)),
+    st.tuples(st.just("tick"), st.floats(0.5, 50.0)),
+    st.tuples(st.just("cut"), st.sampled_from(["eu", "us", "ap"])),
+    st.tuples(st.just("heal"), st.sampled_from(["eu", "us", "ap"])),
+    st.tuples(st.just("kill"), st.integers(0, 5)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ops, max_size=120))
+def test_spend_never_passes_the_budget_beyond_a_killed_holders_stale_report(program: list[tuple]) -> None:
+    w = new_world()
+    for op in program:
+        kind = op[0]
+        if kind == "ask":
+            w.ask(op[1], op[2])
+        elif kind == "spend":
+            w.spend(op[1], op[2])
+        elif kind == "tick":
+            w.tick(op[1])
+        elif kind == "cut":
+            w.cut.add(op[1])
+        elif kind == "heal":
+            w.cut.discard(op[1])
+        else:
+            w.holders[op[1]].alive = False
+        assert w.charged <= BUDGET + w.overdraft(), (w.charged, w.overdraft())
+        granted = w.state.granted_day if w.state else 0
+        assert granted <= BUDGET
+        # Spent plus unspent allowance of the live holders is within what the allocator counts as granted.
+        held = sum(h.ledger.available(c) for h in w.holders if h.alive for c in ["c"])
+        assert w.charged + held <= granted + w.overdraft() + sum(
+            sum(r.values()) for h in w.holders for r in h.ledger.returns.values())
+
+
+def test_a_cut_off_region_stops_when_its_lease_runs_out_and_its_return_is_regranted() -> None:
+    w = new_world()
+    eu = 0
+    w.ask(eu, 5_000)
+    assert w.holders[eu].ledger.available("c") == 5_000
+    w.cut.add("eu")
+    w.spend(eu, 10)  # a cut-off region keeps serving from its allowance...
+    assert w.charged == 1_000
+    w.tick(LEASE + 1)  # ...until its lease runs out: then it stops at once
+    w.spend(eu, 10)
+    assert w.charged == 1_000
+    assert w.holders[eu].ledger.available("c") == 0
+    granted_before = w.state.granted_day
+    w.cut.discard("eu")
+    w.ask(eu, 5_000)  # the return of the closed account goes back before the new account is granted
+    assert w.state.granted_day == granted_before - 4_000 + w.holders[eu].ledger.available("c")
+
+
+def test_a_killed_holder_is_reclaimed_only_while_its_region_is_heard_from() -> None:
+    w = new_world()
+    w.ask(0, 5_000)  # eu0
+    w.holders[0].alive = False
+    w.tick(LEASE * 3)
+    assert w.state.granted_day == 5_000, "no one from eu renewed since: the region may be cut off, keep it"
+    w.ask(1, 1_000)  # eu1 renews: eu is reachable, so eu0 is gone
+    w.tick(1)
+    assert w.state.granted_day == 1_000, "eu0's 5,000 came back"
+
+
+def test_a_whole_silent_region_is_never_reclaimed() -> None:
+    w = new_world()
+    w.ask(2, 5_000)  # us0
+    w.cut.add("us")
+    for _ in range(20):
+        w.tick(LEASE)
+        w.ask(0, UNIT)  # eu keeps renewing; that says nothing about us
+    assert w.state.granted_day >= 5_000
