@@ -12,6 +12,8 @@ Benchmarks:
   answered only after JetStream acknowledged its event. The control plane (which embeds the collector and
   chdb in this one-machine setup; production runs them elsewhere) is paused during the timed runs so the two
   cores go to the endpoint and nats-server; afterwards every answered beacon must be stored exactly once.
+- ``decisions``: the auction with budget accounting (allowance, pacing throttle, reservations, the 100 ms
+  CRDT and pacing tick) against the bare auction, in-process (``adserver.bench_budget``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from adserver.bench_budget import bench_decisions
 from adserver.faults import pause, resume
 from adserver.processes import ProcessGroup, adserver_argv, free_port, start_redis, wait_ready
 from adserver.stack import LocalStack
@@ -178,8 +181,8 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
     }
 
 
-BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons}
-TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5)}
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions}
+TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "decision_ratio_budget_on_vs_off": (">=", 0.9)}
 
 
 def _meets(value: float, op: str, target: float) -> bool:

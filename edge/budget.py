@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Indices into a staged PN entry: reservations (P, N) then charges (P, N).
 RES_P, RES_N, CHG_P, CHG_N = range(4)
@@ -43,8 +44,7 @@ class CampaignBudget:
     counter: bool = False  # the "counter" baseline: admitted against the replicated counter, not grants
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
+class Reservation(NamedTuple):  # one per ad shown: a tuple is the cheapest immutable record to build
     campaign_id: str
     micros: int
     expires_s: float
@@ -69,9 +69,10 @@ class BudgetLedger:
     # (campaign, day) -> [reserved, released, charged, refunded] since the last drain, for the spend CRDT
     pn: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
-    @property
-    def account(self) -> str:
-        return f"{self.worker_id}.{self.epoch}"
+    account: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.account = f"{self.worker_id}.{self.epoch}"
 
     def _stage(self, campaign_id: str, day: str, index: int, micros: int) -> None:
         entry = self.pn.get((campaign_id, day))
@@ -101,6 +102,7 @@ class BudgetLedger:
                 b.available = 0
             b.asked_at = -1e18
         self.epoch += 1
+        self.account = f"{self.worker_id}.{self.epoch}"
         self.live = False
         self.lease_until = -math.inf
         return True

@@ -85,13 +85,20 @@ class SpendView:
         dt = 0.0 if self.paced_at < 0 else max(0.0, now_s - self.paced_at)
         self.paced_at = now_s
         live = set()
+        local: dict[str, tuple[str, float]] = {}  # timezone -> (day, second): one conversion per zone per tick
+        controllers: dict[str, Any] = {}
         for c in snapshot.campaigns:
             live.add(c.campaign_id)
-            day, second = local_day_and_second(now_s, c.timezone)
+            when = local.get(c.timezone)
+            if when is None:
+                when = local[c.timezone] = local_day_and_second(now_s, c.timezone)
+            day, second = when
+            controller = controllers.get(c.pacing)
+            if controller is None:
+                controller = controllers[c.pacing] = controller_for(c.pacing)
             paced = self.paced.get(c.campaign_id)
             if paced is None or paced.mode != c.pacing:
-                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller_for(c.pacing).start(), day)
-            controller = controller_for(c.pacing)
+                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start(), day)
             paced.state = controller.update(
                 paced.state, now_s_into_day=second, dt_s=dt, spent_today=float(self.spent(c.campaign_id, day)),
                 daily_budget=float(c.daily_budget_micros), shape=shape,
