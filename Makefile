@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-fast lint clean browser services
+.PHONY: venv demo test test-fast lint clean browser services bench simulate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test: $(STAMP) browser services
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Throughput ratios measured side by side (wrk drives the HTTP ones; Debian's package is installed if missing).
+bench: $(STAMP) services
+	@command -v wrk >/dev/null || { echo "installing Debian wrk for the benchmarks"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null; }
+	$(VENV)/bin/adserver bench --report bench-report.json
+
+# Budget controllers through compressed multi-region days with faults (about 40 minutes on 2 cores).
+simulate: $(STAMP)
+	$(VENV)/bin/adserver simulate --report simulate-report.json
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
 
@@ -47,4 +57,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) var demo-report.json .pytest_cache .ruff_cache
+	rm -rf $(VENV) var demo-report.json bench-report.json simulate-report.json simulate-report.png .pytest_cache .ruff_cache

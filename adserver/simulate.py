@@ -113,6 +113,23 @@ def _faults(scenario: Scenario, stack: LocalStack,
     raise ValueError(f"unknown scenario kind {scenario.kind!r}")
 
 
+def reconciliation(budget: dict[str, object]) -> dict[str, float | int]:
+    """The replicated spend counter against ClickHouse's deduplicated spend, read together just before
+    midnight: the gap is what the counter knew and the collector had not stored yet (or the reverse)."""
+    crdt = stored = 0
+    worst = 0.0
+    for entry in budget.values():
+        if not isinstance(entry, dict) or "clickhouse_spent" not in entry:
+            continue
+        crdt += int(entry["spent"])
+        stored += int(entry["clickhouse_spent"])
+        if entry["daily_budget"]:
+            worst = max(worst, abs(int(entry["gap"])) / int(entry["daily_budget"]) * 100)
+    return {"crdt_spent_micros": crdt, "clickhouse_spent_micros": stored,
+            "gap_pct_of_spend": round((crdt - stored) / stored * 100, 3) if stored else 0.0,
+            "max_campaign_gap_pct_of_budget": round(worst, 3)}
+
+
 def run_scenario(scenario: Scenario, cfg: daysim.SimConfig, workdir: Path | None,
                  lead_s: float = 45.0) -> daysim.DayResult:
     """One scenario on a fresh stack; the virtual day starts ``lead_s`` real seconds from now (the stack must
@@ -161,6 +178,7 @@ def run_scenario(scenario: Scenario, cfg: daysim.SimConfig, workdir: Path | None
                                         budget_snapshot=budget)
 
         result = asyncio.run(day())
+        result.traffic["reconciliation"] = reconciliation(budget)
         hub_messages = asyncio.run(hub_stream_state(stack.nats_url))
         sys.stderr.write(f"[simulate] {scenario.name}: done; hub stream holds {hub_messages}\n")
         return result

@@ -46,8 +46,12 @@ def decide_grant(
     day = local_day(now_s, terms.timezone)
     if state is None:
         state = GrantState(day=day, granted_day=0, granted_total=0)
-    elif day > state.day:  # ISO dates order as strings; a clock stepping back never opens a second day
+    elif day > state.day:  # ISO dates order as strings
         state = GrantState(day=day, granted_day=0, granted_total=state.granted_total)
+    else:
+        # A clock stepping back (or a replica a little behind at midnight) keeps the day already opened: it
+        # must neither relabel it as yesterday nor, stepping forward again, open it a second time.
+        day = state.day
     remaining = min(
         terms.daily_budget_micros - state.granted_day, terms.total_budget_micros - state.granted_total
     )

@@ -9,11 +9,16 @@ Unspent allowance comes back to the budget in two ways, and only after the lease
 
 - **returned**: a process whose lease ran out (it was cut off) closes the account and reports, once it can
   talk again, exactly how much of it was never used; the allocator re-grants that amount.
-- **reclaimed**: a process that never comes back (killed) cannot report. Once its lease is over, and other
-  processes of the *same region* have renewed their leases since (so the region is reachable and this one is
-  gone, not cut off with it), the allocator takes back what the account last reported as unused. The process
-  might have spent a little after that last report: at most one heartbeat's worth, the configured overdraft
-  that the budget bound accounts for. A region that is silent as a whole is never reclaimed from.
+- **reclaimed**: a process that never comes back (killed) cannot report. Once its lease is over (plus a
+  grace), and its *region* kept renewing leases without a break from before this account's last renewal
+  until after its lease (so the region was reachable all along and this one process went silent, not cut off
+  with it), the allocator takes back what the account last reported as unused. A process alone cut off from
+  NATS cannot bill (a beacon is answered only once JetStream holds its event), so only a dead process's
+  allowance is ever reclaimed. The process may have spent part of that report before it died: the overdraft
+  the budget bound allows for is at most one report's worth of allowance, a worker's allowance target, sized
+  to about a quarter lease of its spend. A region that went silent as a whole (cut off, or every process of
+  it restarted) is never reclaimed from: its accounts come back as returns, or their allowance stays counted
+  as spent (the safe side; with one process per region, a killed one strands its allowance).
 
 An account is settled once (returned or reclaimed), so a late return after a reclaim changes nothing.
 """
@@ -58,12 +63,16 @@ class AllowanceBook:
     accounts: dict[str, Account] = field(default_factory=dict)
     # region -> the latest time any account of it renewed a lease
     region_heard: dict[str, float] = field(default_factory=dict)
+    # region -> when its current unbroken run of renewals began (a gap of more than half a lease breaks it)
+    region_since: dict[str, float] = field(default_factory=dict)
     max_settled: int = 100_000
 
-    def renew(self, account_id: str, region: str, now_s: float, unused: dict[str, int]) -> float | None:
+    def renew(self, account_id: str, region: str, now_s: float,
+              unused: dict[str, tuple[int, str]]) -> float | None:
         """A grant request (or heartbeat) from a live account: renew its lease and record what it has not
-        used. Returns the new lease end, or None when the account is already settled (its lease ran out and
-        its allowance went back: the holder must open a new account)."""
+        used, per campaign (micros, the campaign-local day they belong to), zeros included. Returns the new
+        lease end, or None when the account is already settled (its lease ran out and its allowance went
+        back: the holder must open a new account)."""
         acct = self.accounts.get(account_id)
         if acct is None:
             acct = self.accounts[account_id] = Account(region=region, lease_until=now_s, heard_at=now_s)
@@ -75,10 +84,13 @@ class AllowanceBook:
             return None
         acct.heard_at = now_s
         acct.lease_until = now_s + self.lease_s
-        self.region_heard[region] = max(self.region_heard.get(region, now_s), now_s)
-        for campaign_id, micros in unused.items():
+        last = self.region_heard.get(region)
+        if last is None or now_s - last > self.lease_s / 2:
+            self.region_since[region] = now_s  # the region was silent: a new run of renewals starts
+        self.region_heard[region] = max(last or now_s, now_s)
+        for campaign_id, (micros, day) in unused.items():
             h = acct.holdings.get(campaign_id)
-            if h is not None:
+            if h is not None and h.day == day:  # a report about another day's allowance says nothing here
                 h.unused = max(0, min(int(micros), h.granted))
         return acct.lease_until
 
@@ -117,6 +129,9 @@ class AllowanceBook:
                 continue
             if self.region_heard.get(acct.region, 0.0) <= acct.lease_until + self.grace_s:
                 continue  # the whole region is silent: it may be cut off and spending; never reclaim
+            if self.region_since.get(acct.region, now_s) > acct.heard_at:
+                continue  # the region itself was silent since this account's last word: it may be back from
+                # a cut, this account's holder with it, and its real return is on the way
             acct.settled = True
             credits.extend(Credit(cid, h.day, h.unused, "reclaimed") for cid, h in acct.holdings.items() if h.unused)
         self._forget_settled()

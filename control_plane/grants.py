@@ -50,8 +50,10 @@ class GrantService:
         self.replayed = 0
         self.returned_micros = 0
         self.reclaimed_micros = 0
-        # Edges renew every quarter lease; a killed one's last report is at most that stale, so waiting a
-        # half lease past its end before reclaiming leaves room for two missed heartbeats.
+        # Edges renew every quarter lease; waiting a half lease past its end before reclaiming leaves room for
+        # two missed heartbeats. The lease book is this replica's: run one allocator replica (the queue
+        # group spreads an edge's renewals over replicas, and another replica's book would see it silent).
+        self._pending_credits: list[Credit] = []
         self.book = AllowanceBook(lease_s=lease_s, grace_s=lease_s / 2 if grace_s is None else grace_s)
 
     async def start(self) -> None:
@@ -60,29 +62,40 @@ class GrantService:
     async def reclaim_loop(self, every_s: float = 0.5) -> None:
         while True:
             await asyncio.sleep(every_s)
-            try:
-                await self.credit(self.book.reclaim_dead(self._clock.now()))
-            except Exception:
-                log.exception("reclaiming dead allowances failed; retrying")
+            await self.credit(self.book.reclaim_dead(self._clock.now()))
 
     async def credit(self, credits: list[Credit]) -> None:
-        for c in credits:
-            for _ in range(20):
-                state, revision = await self._store.get_grant_state(c.campaign_id)
-                new_state = None if state is None else credit_grant(state, c.day, c.micros)
-                if new_state is None:
-                    break
-                try:
-                    await self._store.put_grant_state(c.campaign_id, new_state, revision)
-                except Conflict:
-                    continue
-                back = state.granted_day - new_state.granted_day if state else 0
-                if c.reason == "returned":
-                    self.returned_micros += back
-                else:
-                    self.reclaimed_micros += back
-                log.info("%s %d micros of %s (%s)", c.reason, back, c.campaign_id, c.day)
-                break
+        """Lower the grant counters by returned or reclaimed allowance. The book has already settled those
+        accounts, so a credit that cannot be written now (KV down, endless conflicts) is kept and retried
+        by the reclaim loop instead of being lost (which would strand the allowance for the day)."""
+        todo, self._pending_credits = [*self._pending_credits, *credits], []
+        for c in todo:
+            try:
+                done = await self._credit_one(c)
+            except Exception as exc:
+                log.warning("crediting %d micros of %s failed (%r); will retry", c.micros, c.campaign_id, exc)
+                done = False
+            if not done:
+                self._pending_credits.append(c)
+
+    async def _credit_one(self, c: Credit) -> bool:
+        for _ in range(20):
+            state, revision = await self._store.get_grant_state(c.campaign_id)
+            new_state = None if state is None else credit_grant(state, c.day, c.micros)
+            if state is None or new_state is None:
+                return True  # nothing to give back (another day's, or no counter): done
+            try:
+                await self._store.put_grant_state(c.campaign_id, new_state, revision)
+            except Conflict:
+                continue
+            back = state.granted_day - new_state.granted_day
+            if c.reason == "returned":
+                self.returned_micros += back
+            else:
+                self.reclaimed_micros += back
+            log.info("%s %d micros of %s (%s)", c.reason, back, c.campaign_id, c.day)
+            return True
+        return False
 
     async def grant(self, campaign_id: str, want: int, account: str = "") -> tuple[int, bool, str]:
         """(micros granted, exhausted, the campaign-local day the grant belongs to)."""
@@ -113,7 +126,7 @@ class GrantService:
             request_id = str(request.get("id", ""))
             account = str(request.get("worker", ""))
             region = str(request.get("region", ""))
-            unused = _int_map(request.get("unused", {}))
+            unused = _unused_map(request.get("unused", {}))
             returns = {str(a): _int_map(r) for a, r in dict(request.get("returns", {})).items()}
         except Exception:
             await msg.respond(msgpack.packb({"error": "bad grant request"}))
@@ -130,9 +143,15 @@ class GrantService:
             reply = msgpack.packb({"grants": {}, "lease_s": None})
         else:
             valid = [(cid, want) for cid, want in asks.items() if isinstance(cid, str) and isinstance(want, int)]
-            results = await asyncio.gather(*(self.grant(cid, want, account) for cid, want in valid))
-            reply = msgpack.packb({"grants": {cid: list(r) for (cid, _), r in zip(valid, results, strict=True)},
-                                   "lease_s": self.book.lease_s})
+            results = await asyncio.gather(*(self.grant(cid, want, account) for cid, want in valid),
+                                           return_exceptions=True)
+            grants = {}
+            for (cid, _), r in zip(valid, results, strict=True):
+                if isinstance(r, BaseException):  # this campaign's counter is unreachable: no slice this time
+                    log.warning("grant for %s failed: %r", cid, r)
+                    r = (0, False, "")
+                grants[cid] = list(r)
+            reply = msgpack.packb({"grants": grants, "lease_s": self.book.lease_s})
         if request_id:
             self._replies[request_id] = reply
             if len(self._replies) > self._replay_cache:
@@ -144,3 +163,13 @@ def _int_map(raw: object) -> dict[str, int]:
     if not isinstance(raw, dict):
         raise ValueError("expected a map of campaign id to micros")
     return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _unused_map(raw: object) -> dict[str, tuple[int, str]]:
+    if not isinstance(raw, dict):
+        raise ValueError("unused must map campaign id to [micros, day]")
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, list | tuple) and len(v) == 2 and isinstance(v[0], int) and isinstance(v[1], str):
+            out[str(k)] = (int(v[0]), v[1])
+    return out

@@ -96,7 +96,8 @@ async def ads(request: Request) -> Response:
         impression_id = f"{auction_id}-{win.slot}"
         c, k = win.campaign, win.creative
         if win.reserve_micros and not st.ledger.reserve(
-            impression_id, c.campaign_id, win.reserve_micros, expires_s=now + settings.edge_reservation_ttl_s
+            impression_id, c.campaign_id, win.reserve_micros, expires_s=now + settings.edge_reservation_ttl_s,
+            now_s=now,
         ):
             st.metrics.filtered.labels("budget").inc()
             continue

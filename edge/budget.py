@@ -107,6 +107,11 @@ class BudgetLedger:
         self.lease_until = -math.inf
         return True
 
+    def add_return(self, account: str, campaign_id: str, micros: int) -> None:
+        if micros > 0:
+            back = self.returns.setdefault(account, {})
+            back[campaign_id] = back.get(campaign_id, 0) + micros
+
     def closable_returns(self) -> dict[str, dict[str, int]]:
         """Returns of closed accounts whose reservations have all settled or expired; removed once taken."""
         ready = {a: r for a, r in self.returns.items() if not self.open_reservations.get(a)}
@@ -114,8 +119,10 @@ class BudgetLedger:
             del self.returns[a]
         return ready
 
-    def unused(self) -> dict[str, int]:
-        return {cid: b.available for cid, b in self.campaigns.items() if b.available > 0 and not b.counter}
+    def unused(self) -> dict[str, tuple[int, str]]:
+        """What this account has not used, per campaign and its day, zeros included (a spent-out campaign
+        must overwrite the allocator's last figure, or a reclaim would hand that figure back)."""
+        return {cid: (b.available, b.day) for cid, b in self.campaigns.items() if not b.counter and b.day}
 
     def allowance(self) -> dict[str, int]:
         return {cid: b.available for cid, b in self.campaigns.items() if b.available > 0}
@@ -163,9 +170,14 @@ class BudgetLedger:
             b.exhausted = False
             b.asked_at = -1e18
 
-    def reserve(self, key: str, campaign_id: str, micros: int, *, expires_s: float) -> bool:
+    def reserve(self, key: str, campaign_id: str, micros: int, *, expires_s: float,
+                now_s: float | None = None) -> bool:
+        """``now_s``: refuse past the lease's end even before the next tick notices (a stalled event loop
+        must not spend an expired lease)."""
         b = self.campaigns.get(campaign_id)
-        if b is None or b.available < micros or micros < 0 or not (self.live or b.counter):
+        if b is None or b.available < micros or micros < 0:
+            return False
+        if not b.counter and (not self.live or (now_s is not None and now_s >= self.lease_until)):
             return False
         if len(self.reservations) >= self.max_reservations or key in self.reservations:
             return False

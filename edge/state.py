@@ -249,6 +249,7 @@ class EdgeState:
         clock = self.settings.clock
         pending: bytes | None = None  # a request whose answer was lost: re-sent with the same id
         pending_sent = 0.0  # when it first left: a replayed answer's lease counts from then
+        pending_account = ""  # the account it speaks for (it may have lapsed by the time the answer comes)
         renewed_at = -1e18
         while True:
             # Wake at once when a snapshot brings new campaigns (they cannot serve before their first grant),
@@ -265,12 +266,20 @@ class EdgeState:
                 if not asks and not returns and not heartbeat:
                     continue
                 pending_sent = now
+                pending_account = ledger.account
                 pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
                                          "region": self.settings.edge_region, "asks": asks,
                                          "unused": ledger.unused(), "returns": returns})
             try:
                 reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)
                 answer: dict[str, Any] = msgpack.unpackb(reply.data, raw=False)
+                if "error" in answer:
+                    # Refused as malformed (say, an allocator of another version): resending the same bytes
+                    # would be refused forever, so drop it and build a fresh request next tick.
+                    log.error("budget grant request refused: %s", answer["error"])
+                    pending = None
+                    await asyncio.sleep(1.0)
+                    continue
                 grants: dict[str, list[Any]] = answer["grants"]
             except Exception as exc:
                 # Cut off from the allocator: keep spending only what was already granted. The same request
@@ -284,10 +293,17 @@ class EdgeState:
             lease_s = answer.get("lease_s")
             if lease_s is None:
                 # The allocator already counts this account as lapsed: close it and ask again from a new one.
-                ledger.lapse(now, force=True)
+                if pending_account == ledger.account:
+                    ledger.lapse(now, force=True)
                 renewed_at = -1e18
                 continue
             self.lease_s = float(lease_s)
+            if pending_account != ledger.account or pending_sent + self.lease_s <= clock.now():
+                # The answer outlived its account (it lapsed here while the request was out): those grants
+                # belong to the closed account, so they go back with its return, and nothing is renewed.
+                for campaign_id, (granted, _, _) in grants.items():
+                    ledger.add_return(pending_account, campaign_id, int(granted))
+                continue
             renewed_at = pending_sent
             ledger.renew(pending_sent + self.lease_s)
             for campaign_id, (granted, exhausted, day) in grants.items():

@@ -147,3 +147,17 @@ def test_grants_never_exceed_daily_or_total_budget(tz, daily, total_days, unit, 
         state = d.state
     assert granted_total <= t.total_budget_micros
     assert all(v <= t.daily_budget_micros for v in per_day.values())
+
+
+def test_a_clock_stepping_back_over_midnight_neither_relabels_nor_reopens_the_day() -> None:
+    terms = BudgetTerms(daily_budget_micros=100_000, total_budget_micros=10**9, timezone="UTC",
+                        unit_ceiling_micros=1)
+    after = datetime(2026, 10, 4, 0, 5, tzinfo=ZoneInfo("UTC")).timestamp()
+    state = decide_grant(None, terms, 10_000, now_s=after, max_slice_fraction=1.0).state
+    assert (state.day, state.granted_day) == ("2026-10-04", 10_000)
+    behind = decide_grant(state, terms, 10_000, now_s=after - 600, max_slice_fraction=1.0).state  # 23:55
+    assert (behind.day, behind.granted_day) == ("2026-10-04", 20_000), "kept the day already opened"
+    granted = behind.granted_day
+    for _ in range(40):  # forward again: the rest of the same day's budget, never a fresh one
+        behind = decide_grant(behind, terms, 10**6, now_s=after + 60, max_slice_fraction=1.0).state
+    assert behind.granted_day <= terms.daily_budget_micros and behind.granted_day > granted
