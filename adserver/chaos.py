@@ -69,7 +69,7 @@ from adserver.faults import (
     resume,
 )
 from adserver.processes import Proc, wait_ready, wait_tcp
-from adserver.stack import LocalStack
+from adserver.stack import LocalStack, hub_stream_state, run_sync
 
 EVENTS_STREAM = "ADS_EVENTS"
 COLLECTOR_DURABLE = "collector"
@@ -461,6 +461,12 @@ def wait_caught_up(stack: ChaosStack, limit_s: float, say: Callable[[str], None]
         buffers = [edge_events(e.url) for e in stack.edges]
         buffered = None if any(b is None for b in buffers) else sum(b.get("buffered", 0) for b in buffers if b)
         consumer = consumer_state(stack.nats_url)
+        if consumer is not None and consumer[0] == 0:
+            try:  # a just-healed leaf source reports lag 0 before it re-attaches: compare counts as well
+                behind = stack.sources_behind(run_sync(hub_stream_state(stack.nats_url))[0])
+            except Exception:
+                behind = None
+            consumer = None if behind is None else (behind, consumer[1])
         try:
             unique: int | None = int(stack.admin_stats()["store"]["unique_events"])
         except (httpx.HTTPError, KeyError, ValueError):

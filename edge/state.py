@@ -140,14 +140,18 @@ class EdgeState:
         if dt <= 0:
             return
         self.rate_at = now
-        # Smoothed over a campaign minute, or five real seconds when the clock is compressed.
-        alpha = min(1.0, dt / max(60.0, 5.0 * self.settings.clock.speed))
+        # Down slowly (over a campaign minute, or five real seconds when the clock is compressed), up fast:
+        # a burst that drains the allowance between refills must raise the next asks at once, not after a
+        # minute of no-fills (a new campaign starts from a few units).
+        slow = min(1.0, dt / max(60.0, 5.0 * self.settings.clock.speed))
         for cid, b in self.ledger.campaigns.items():
             used = b.spent + b.reserved
             last = self.used_seen.get(cid, used)
             self.used_seen[cid] = used
             rate = max(0, used - last) / dt
-            self.rates[cid] = self.rates.get(cid, rate) * (1 - alpha) + rate * alpha
+            old = self.rates.get(cid, rate)
+            alpha = 0.5 if rate > old else slow
+            self.rates[cid] = old * (1 - alpha) + rate * alpha
 
     def grant_targets(self) -> dict[str, int]:
         """How much allowance to hold per campaign: enough for this process's recent spend rate over a

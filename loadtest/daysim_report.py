@@ -71,6 +71,7 @@ def rows(results: Sequence[DayResult]) -> list[dict[str, Any]]:
                 "failed_checks": failed,
                 "traffic": traffic.get("controllers", {}).get(controller),
                 "ad_lag_ms": traffic.get("ad_lag_ms"),
+                "reconciliation": traffic.get("reconciliation"),
                 "day_start": fmt_virtual(result.day_start_v),
                 "seed": result.config.seed,
                 "faults": [{"name": f.name, "fraction": f.fraction, "at": fmt_virtual(f.started_v),
