@@ -216,9 +216,13 @@ class LocalStack:
     def sources_behind(self, in_hub: int) -> int:
         """Events the regions' streams hold beyond what the hub stream holds. Right after a cut leaf link
         heals, the hub's source reports a lag of 0 until it has re-attached, so the lag alone would call a
-        stream caught up that has not started catching up."""
+        stream caught up that has not started catching up. Only leaf regions are counted: with one server
+        a beacon replayed to another region's edge sits in both regions' streams and once in the hub's."""
+        if not self.leaf_regions:
+            return 0
         regional = run_sync(regional_stream_messages(
-            {r: self.region_nats_url.get(r, self.nats_url) for r in self.regions}))
+            {r: self.region_nats_url[r] for r in self.leaf_regions}))
+        in_hub = run_sync(hub_region_messages(self.nats_url, self.leaf_regions))
         return max(0, regional - in_hub)
 
     def stop(self) -> None:
@@ -275,6 +279,20 @@ async def regional_stream_messages(urls: dict[str, str]) -> int:
         finally:
             await nc.close()
     return total
+
+
+async def hub_region_messages(nats_url: str, regions: tuple[str, ...]) -> int:
+    """Messages in the hub's events stream on these regions' subjects."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        total = 0
+        for region in regions:
+            info = await js.stream_info("ADS_EVENTS", subjects_filter=f"ads.ev.{region}.>")
+            total += sum((info.state.subjects or {}).values())
+        return total
+    finally:
+        await nc.close()
 
 
 async def hub_stream_state(nats_url: str) -> tuple[int, int]:
