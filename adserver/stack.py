@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 import nats
+from nats.js import JetStreamContext
 
 from adserver.faults import TcpProxy, start_nats_hub, start_nats_leaf
 from adserver.processes import (
@@ -32,6 +34,7 @@ from adserver.processes import (
     start_nats,
     wait_ready,
 )
+from replication import subjects as S
 
 T = TypeVar("T")
 
@@ -269,37 +272,36 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
+@contextlib.asynccontextmanager
+async def _jetstream(url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
 async def regional_stream_messages(urls: dict[str, str]) -> int:
     """Messages in every region's own events stream, each read from the server that holds it."""
     total = 0
     for region, url in urls.items():
-        nc = await nats.connect(url, connect_timeout=5)
-        try:
-            total += (await nc.jetstream().stream_info(f"ADS_EVENTS_{region}")).state.messages
-        finally:
-            await nc.close()
+        async with _jetstream(url) as js:
+            total += (await js.stream_info(S.region_events_stream(region))).state.messages
     return total
 
 
 async def hub_region_messages(nats_url: str, regions: tuple[str, ...]) -> int:
     """Messages in the hub's events stream on these regions' subjects."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        total = 0
+    total = 0
+    async with _jetstream(nats_url) as js:
         for region in regions:
-            info = await js.stream_info("ADS_EVENTS", subjects_filter=f"ads.ev.{region}.>")
+            info = await js.stream_info(S.EVENTS_STREAM, subjects_filter=S.region_event_subjects(region))
             total += sum((info.state.subjects or {}).values())
-        return total
-    finally:
-        await nc.close()
+    return total
 
 
 async def hub_stream_state(nats_url: str) -> tuple[int, int]:
     """(messages in the hub's events stream, messages the hub has yet to source from the regions' streams)."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
-    try:
-        info = await nc.jetstream().stream_info("ADS_EVENTS")
+    async with _jetstream(nats_url) as js:
+        info = await js.stream_info(S.EVENTS_STREAM)
         return info.state.messages, sum(int(src.lag or 0) for src in info.sources or [])
-    finally:
-        await nc.close()

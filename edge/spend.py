@@ -27,7 +27,6 @@ from replication.snapshot import Snapshot, unit_cost_ceiling
 class Paced:
     mode: str
     state: Any
-    day: str
 
 
 @dataclass
@@ -70,9 +69,6 @@ class SpendView:
         key = counter_key(campaign_id, day)
         return self.book.value(f"{key}|c") + self.book.value(f"{key}|r")
 
-    def charged(self, campaign_id: str, day: str) -> int:
-        return self.book.value(f"{counter_key(campaign_id, day)}|c")
-
     def _traffic_shape(self, weights: tuple[float, ...]) -> TrafficShape:
         if weights != self._shape_key:
             self._shape_key = weights
@@ -98,12 +94,11 @@ class SpendView:
                 controller = controllers[c.pacing] = controller_for(c.pacing)
             paced = self.paced.get(c.campaign_id)
             if paced is None or paced.mode != c.pacing:
-                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start(), day)
+                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start())
             paced.state = controller.update(
                 paced.state, now_s_into_day=second, dt_s=dt, spent_today=float(self.spent(c.campaign_id, day)),
                 daily_budget=float(c.daily_budget_micros), shape=shape,
                 unit_cost=float(unit_cost_ceiling(c.bid_type, c.max_bid_micros)))
-            paced.day = day
             self.throttle[c.campaign_id] = 0.0 if paced.state.done else float(paced.state.p)
         for gone in set(self.paced) - live:
             del self.paced[gone]
