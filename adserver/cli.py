@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("bench", help="benchmarks as ratios against a plain endpoint, measured side by side")
     p.add_argument("--report", help="write the results as JSON to this file")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per timed load run")
-    p.add_argument("--connections", type=int, default=32, help="concurrent HTTP connections (wrk -c)")
+    p.add_argument("--connections", type=int, default=256,
+                   help="concurrent HTTP connections (wrk -c), the same for both sides; a beacon is answered "
+                        "after a group commit, so its throughput is concurrency / commit latency")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs of each side; the median counts")
     p.add_argument("--only", help="comma-separated benchmark names (default: all)")
     p.set_defaults(func=cmd_bench)

@@ -216,9 +216,7 @@ async def _durable(st: EdgeState, acked: asyncio.Future[None] | None,
     client's retry waits on the same acknowledgement instead of creating a second event."""
     if acked is None or acked.done():
         return reason
-    try:
-        await asyncio.wait_for(asyncio.shield(acked), timeout=st.settings.edge_beacon_ack_timeout_s)
-    except TimeoutError:
+    if not await st.ack_waits.wait(acked):
         return error(503, "event not yet durable, retry", headers={"Retry-After": "1"})
     return reason
 

@@ -35,13 +35,13 @@ from replication import subjects as S
 from replication.calendar import local_day, utc_day
 from replication.events import Event, encode_event
 from replication.nats_io import (
-    EventPublisher,
     close_quietly,
     connect,
     ensure_jetstream,
     ensure_region_stream,
     follow_snapshots,
 )
+from replication.publisher import AckWaits, EventPublisher
 from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot, unit_cost_ceiling
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class EdgeState:
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
     touches: TouchStore = field(default_factory=MemoryTouchStore)
     spend: SpendView = field(default_factory=lambda: SpendView("unnamed"))
+    ack_waits: AckWaits = field(default_factory=lambda: AckWaits(2.0))
 
     def publisher_has_room(self) -> bool:
         assert self.publisher is not None
@@ -354,6 +355,7 @@ def new_state(settings: EdgeSettings) -> EdgeState:
     return EdgeState(
         settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)), worker_id=worker_id,
         ledger=BudgetLedger(worker_id=worker_id), spend=SpendView(worker_id),
+        ack_waits=AckWaits(settings.edge_beacon_ack_timeout_s),
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),
         touches=new_touch_store(settings.edge_redis_url, settings.edge_region),
@@ -373,7 +375,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     hub = state.nc.jetstream(domain=state.settings.edge_hub_domain) if state.settings.edge_hub_domain else state.js
     await ensure_region_stream(state.js, state.settings.edge_region)
     await ensure_jetstream(hub)
-    state.publisher = EventPublisher(state.js)
+    state.publisher = EventPublisher(state.nc)
     state.tasks.append(asyncio.create_task(state.publisher.run(), name="event-publisher"))
     state.tasks.append(asyncio.create_task(state.grant_loop(), name="grant-loop"))
     state.tasks.append(asyncio.create_task(state.control_loop(), name="control-loop"))
@@ -389,6 +391,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await sub.unsubscribe()
         if not await state.publisher.drain(timeout_s=10):
             log.error("shutting down with %d events not acknowledged by JetStream", state.publisher.buffered)
+        log.info("event publisher at shutdown: %s", state.publisher.stats)
         for task in state.tasks:
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)

@@ -1,9 +1,7 @@
 """NATS adapters shared by the edge and the control plane: connection, streams, event publishing, snapshots.
 
-Known traps handled here (ARCHITECTURE §6): nats-py never retries a publish and adds no ``Nats-Msg-Id``, so
-we set the id ourselves and retry with the same id; default reconnects give up after ~2 minutes, so we ask
-for unlimited reconnects; awaiting one publish per request halves throughput, so events go through a
-buffer that a background task publishes concurrently.
+Known traps handled here (ARCHITECTURE §6): default reconnects give up after ~2 minutes, so we ask for
+unlimited reconnects. Event publishing (ids, retries, batching) is ``replication.publisher``.
 """
 
 from __future__ import annotations
@@ -12,8 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -61,8 +57,10 @@ def _events_limits() -> dict[str, object]:
 async def ensure_region_stream(js: JetStreamContext, region: str) -> None:
     """The region's own events stream, in the JetStream the region's edges publish to (its leaf node's
     domain, or the one server): a PubAck from it lets a cut-off region keep acknowledging beacons."""
+    # allow_atomic: edges group-commit their events as atomic batches (replication/publisher.py).
     await _add_or_update(js, api.StreamConfig(
-        name=S.region_events_stream(region), subjects=[S.region_event_subjects(region)], **_events_limits()))
+        name=S.region_events_stream(region), subjects=[S.region_event_subjects(region)], allow_atomic=True,
+        **_events_limits()))
 
 
 async def ensure_events_hub(nc: NATS, regions: Iterable[str], leaf_regions: Iterable[str] = ()) -> None:
@@ -124,135 +122,6 @@ async def ensure_jetstream(js: JetStreamContext) -> None:
         await js.object_store(S.SNAPSHOT_BUCKET)
     except (BucketNotFoundError, NotFoundError):
         await js.create_object_store(S.SNAPSHOT_BUCKET, storage=api.StorageType.FILE)
-
-
-@dataclass(slots=True)
-class PublisherStats:
-    submitted: int = 0
-    acked: int = 0
-    duplicates: int = 0  # JetStream told us it already had this id: a retry that had in fact landed
-    retries: int = 0
-    shed: int = 0  # non-billing events dropped because the buffer was full
-    rejected_billing: int = 0  # billing events refused because the hard cap was hit
-
-
-@dataclass(slots=True)
-class _Pending:
-    subject: str
-    msg_id: str
-    payload: bytes
-    attempts: int = 0
-    acked: asyncio.Future[None] | None = None  # resolved when JetStream has the message
-
-
-class EventPublisher:
-    """Buffered, concurrent, retrying JetStream publisher. ``submit`` never awaits the network.
-
-    Billing events are kept until JetStream acknowledges them; when the buffer passes ``soft_limit`` new
-    non-billing events (ad decisions) are shed instead, so billing data is the last thing to go.
-    """
-
-    def __init__(
-        self,
-        js: JetStreamContext,
-        *,
-        soft_limit: int = 50_000,
-        hard_limit: int = 500_000,
-        batch: int = 256,
-        timeout_s: float = 5.0,
-    ) -> None:
-        self._js = js
-        self._queue: deque[_Pending] = deque()
-        self._wake = asyncio.Event()
-        self._soft = soft_limit
-        self._hard = hard_limit
-        self._batch = batch
-        self._timeout = timeout_s
-        self._inflight = 0
-        self._closing = False
-        self.stats = PublisherStats()
-
-    @property
-    def buffered(self) -> int:
-        return len(self._queue) + self._inflight
-
-    def has_room(self, *, billing: bool) -> bool:
-        return self.buffered < (self._hard if billing else self._soft)
-
-    def submit(self, subject: str, msg_id: str, payload: bytes, *, billing: bool) -> bool:
-        size = self.buffered
-        if not billing and size >= self._soft:
-            self.stats.shed += 1
-            return False
-        if size >= self._hard:
-            self.stats.rejected_billing += 1
-            return False
-        self._queue.append(_Pending(subject, msg_id, payload))
-        self.stats.submitted += 1
-        self._wake.set()
-        return True
-
-    def submit_acked(self, subject: str, msg_id: str, payload: bytes) -> asyncio.Future[None] | None:
-        """Submit a billing event and get a future resolved by JetStream's PubAck (None when full).
-
-        The caller can answer its client only once the event is durable, so a kill -9 of this process
-        never loses an event it acknowledged; the future outlives a caller's timeout, and the publisher
-        keeps retrying under the same id."""
-        if self.buffered >= self._hard:
-            self.stats.rejected_billing += 1
-            return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(subject, msg_id, payload, acked=future))
-        self.stats.submitted += 1
-        self._wake.set()
-        return future
-
-    async def _publish_one(self, item: _Pending) -> bool:
-        try:
-            ack = await self._js.publish(
-                item.subject, item.payload, timeout=self._timeout, headers={"Nats-Msg-Id": item.msg_id}
-            )
-        except Exception as exc:  # timeout, reconnecting, no responders: the message may or may not be in
-            item.attempts += 1
-            self.stats.retries += 1
-            if item.attempts in (1, 10, 100):
-                log.warning("event publish failed (attempt %d, will retry with same id): %r", item.attempts, exc)
-            return False
-        self.stats.acked += 1
-        if ack.duplicate:
-            self.stats.duplicates += 1
-        if item.acked is not None and not item.acked.done():
-            item.acked.set_result(None)
-        return True
-
-    async def run(self) -> None:
-        backoff = 0.05
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-            self._inflight = len(batch)
-            results = await asyncio.gather(*(self._publish_one(item) for item in batch))
-            self._inflight = 0
-            failed = [item for item, ok in zip(batch, results, strict=True) if not ok]
-            if failed:
-                # Same id on every retry: JetStream drops the copy if the first attempt did land.
-                self._queue.extendleft(reversed(failed))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            else:
-                backoff = 0.05
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait until everything buffered is acknowledged (graceful shutdown)."""
-        deadline = time.monotonic() + timeout_s
-        while self.buffered and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a counter, bounded
-            await asyncio.sleep(0.02)
-        return self.buffered == 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,27 @@ def test_redis_gives_the_in_memory_twins_answers(redis_url: str):
     asyncio.run(scenario())
 
 
+def test_beacons_of_one_loop_iteration_share_one_round_trip_and_get_their_own_answers(redis_url: str):
+    async def scenario() -> None:
+        redis = store(redis_url, window_s=10, impression_ttl_s=30)
+        twin = MemoryFloodCounter(window_s=10, impression_ttl_s=30)
+        calls = [("81.2.69.160" if n % 3 else "81.2.69.161", f"ua-{n % 2}", f"imp-{n}" if n % 4 == 0 else "",
+                  f"imp-{n - 2}" if n % 4 == 2 else "") for n in range(120)]
+        try:
+            got = await asyncio.gather(*(redis.observe(ip, ua, T0 + 1, mark_impression=mark, check_impression=check)
+                                         for ip, ua, mark, check in calls))
+            # The twin, one by one in the same order: what the batch must equal, beacon by beacon.
+            want = [await twin.observe(ip, ua, T0 + 1, mark_impression=mark, check_impression=check)
+                    for ip, ua, mark, check in calls]
+            assert got == want
+            assert redis.round_trips == 1
+            assert got[-1].ip_count == 80 and got[2].impression_seen is True  # imp-0 marked earlier in the batch
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_two_workers_share_the_regions_counts_and_impressions(redis_url: str):
     async def scenario() -> None:
         region = next(_regions)

@@ -23,13 +23,13 @@ from replication.calendar import local_day
 from replication.events import BidType, Event, EventType, encode_event
 from replication.nats_io import (
     INLINE_SNAPSHOT_LIMIT,
-    EventPublisher,
     connect,
     ensure_events_hub,
     ensure_jetstream,
     follow_snapshots,
     publish_snapshot,
 )
+from replication.publisher import EventPublisher
 from replication.snapshot import SnapshotCampaign, SnapshotCreative, build_snapshot, decode_snapshot, encode_snapshot
 
 pytestmark = pytest.mark.integration
@@ -154,7 +154,7 @@ def test_publisher_sets_msg_id_so_jetstream_drops_republished_events(nats_url: s
         nc, js = await _js(nats_url, "t-pub")
         await js.purge_stream(S.EVENTS_STREAM)
         await js.purge_stream(S.region_events_stream("eu"))
-        publisher = EventPublisher(js)
+        publisher = EventPublisher(nc)
         task = asyncio.create_task(publisher.run())
         for i in range(300):
             publisher.submit(S.event_subject("eu", EventType.IMPRESSION), f"imp:pub-{i}",
@@ -167,17 +167,42 @@ def test_publisher_sets_msg_id_so_jetstream_drops_republished_events(nats_url: s
         regional = (await js.stream_info(S.region_events_stream("eu"))).state.messages
         hub = await _wait_messages(js, S.EVENTS_STREAM, 300)
         await nc.close()
-        return regional, hub, publisher.stats.acked, publisher.stats.duplicates
+        return regional, hub, publisher.stats
 
-    regional, hub, acked, duplicates = run(scenario)
+    regional, hub, stats = run(scenario)
     assert regional == 300  # the region's stream dropped the 100 retries by Nats-Msg-Id
     assert hub == 300  # and the hub sourced each event once
-    assert acked == 400
-    assert duplicates == 100
+    assert stats.acked == 400
+    # The first 256 went as one atomic batch; the rest held ids the stream had, so that batch was refused
+    # whole and its events went one by one: 44 stored, 100 recognised as duplicates.
+    assert stats.batches == 1 and stats.batch_splits == 1
+    assert stats.duplicates == 100
+
+
+def test_publisher_falls_back_to_single_publishes_on_a_stream_without_atomic_batches(nats_url: str) -> None:
+    from nats.js import api
+
+    async def scenario() -> tuple[int, Any]:
+        nc, js = await _js(nats_url, "t-pub-noatomic")
+        await js.add_stream(api.StreamConfig(name="T_NOATOMIC", subjects=["t.noatomic.>"],
+                                             storage=api.StorageType.FILE, duplicate_window=600))
+        await js.purge_stream("T_NOATOMIC")
+        publisher = EventPublisher(nc)
+        acks = [publisher.submit_acked("t.noatomic.e", f"na-{i}", b"x") for i in range(50)]
+        task = asyncio.create_task(publisher.run())
+        await asyncio.wait_for(asyncio.gather(*acks), 10)
+        task.cancel()
+        stored = (await js.stream_info("T_NOATOMIC")).state.messages
+        await nc.close()
+        return stored, publisher.stats
+
+    stored, stats = run(scenario)
+    assert stored == 50
+    assert stats.batch_splits == 1 and stats.batches == 0 and stats.acked == 50
 
 
 def test_publisher_sheds_decisions_before_billing_events_when_full() -> None:
-    publisher = EventPublisher(js=None, soft_limit=2, hard_limit=4)  # type: ignore[arg-type]
+    publisher = EventPublisher(None, soft_limit=2, hard_limit=4)
     assert publisher.submit("s", "dec:1", b"", billing=False)
     assert publisher.submit("s", "dec:2", b"", billing=False)
     assert not publisher.submit("s", "dec:3", b"", billing=False)  # over the soft limit: shed
