@@ -10,15 +10,20 @@ Unspent allowance comes back to the budget in two ways, and only after the lease
 - **returned**: a process whose lease ran out (it was cut off) closes the account and reports, once it can
   talk again, exactly how much of it was never used; the allocator re-grants that amount.
 - **reclaimed**: a process that never comes back (killed) cannot report. Once its lease is over (plus a
-  grace), and its *region* kept renewing leases without a break from before this account's last renewal
-  until after its lease (so the region was reachable all along and this one process went silent, not cut off
-  with it), the allocator takes back what the account last reported as unused. A process alone cut off from
+  grace), and its *region* was heard after that — renewing without a break from before this account's last
+  renewal (the region was reachable all along and this one process went silent, not cut off with it), or
+  back from a silence and renewing without a break for a whole lease plus grace (a live holder back from a
+  cut with its region reports within a quarter lease, and its own return settles the account first) — the
+  allocator takes back what the account last reported as unused. A process alone cut off from
   NATS cannot bill (a beacon is answered only once JetStream holds its event), so only a dead process's
   allowance is ever reclaimed. The process may have spent part of that report before it died: the overdraft
   the budget bound allows for is at most one report's worth of allowance, a worker's allowance target, sized
   to about a quarter lease of its spend. A region that went silent as a whole (cut off, or every process of
-  it restarted) is never reclaimed from: its accounts come back as returns, or their allowance stays counted
-  as spent (the safe side; with one process per region, a killed one strands its allowance).
+  it restarted) is not reclaimed from while it is silent: its accounts come back as returns, or, once the
+  region has been back for a lease and grace, are reclaimed (a region whose only process was killed and
+  restarted gets that process's allowance back then, instead of stranding it for the day). A holder that was
+  cut off with its region, spent after its last report and was killed before the heal is the one case where
+  a reclaim gives back allowance that was spent: within the same overdraft bound as above.
 
 An account is settled once (returned or reclaimed), so a late return after a reclaim changes nothing.
 """
@@ -129,9 +134,12 @@ class AllowanceBook:
                 continue
             if self.region_heard.get(acct.region, 0.0) <= acct.lease_until + self.grace_s:
                 continue  # the whole region is silent: it may be cut off and spending; never reclaim
-            if self.region_since.get(acct.region, now_s) > acct.heard_at:
-                continue  # the region itself was silent since this account's last word: it may be back from
-                # a cut, this account's holder with it, and its real return is on the way
+            since = self.region_since.get(acct.region, now_s)
+            if since > acct.heard_at and now_s - since < self.lease_s + self.grace_s:
+                continue  # the region itself was silent since this account's last word and is only just back:
+                # it may be back from a cut, this account's holder with it, and its real return is on the way
+                # (a live holder reports every quarter lease; one silent for a whole lease and grace after its
+                # region came back is dead, like one that went silent while its region kept renewing)
             acct.settled = True
             credits.extend(Credit(cid, h.day, h.unused, "reclaimed") for cid, h in acct.holdings.items() if h.unused)
         self._forget_settled()

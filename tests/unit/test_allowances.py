@@ -174,6 +174,32 @@ def test_a_killed_holder_is_kept_when_its_region_was_silent_too() -> None:
     w.ask(1, 1_000)  # eu1 turns up after a silence: eu may be back from a cut, eu0 with it
     w.tick(1)
     assert w.state.granted_day == 6_000, "eu's silence may have been a cut: eu0's allowance stays counted"
+    for _ in range(5):  # eu renews for a whole lease and grace; a live eu0 back with it would have reported
+        w.tick(LEASE / 4)
+        w.ask(1, 0)
+        assert w.state.granted_day == 6_000, "not before the region has been back for a lease and grace"
+    w.tick(LEASE / 4)
+    w.ask(1, 0)
+    assert w.state.granted_day == 1_000, "eu0 stayed silent: it is dead, its 5,000 came back"
+
+
+def test_a_holder_back_from_a_cut_with_its_region_settles_by_its_own_return_not_a_reclaim() -> None:
+    w = new_world()
+    w.ask(0, 2_000)
+    w.ask(1, 2_000)
+    w.cut.add("eu")
+    w.spend(0, 15)  # eu0 spends 1,500 of its 2,000 after its last report, while cut off
+    w.tick(LEASE * 3)
+    w.cut.discard("eu")
+    w.ask(1, 0)  # eu1 is back first
+    w.tick(LEASE / 4)
+    w.ask(0, 0)  # eu0 reports within a quarter lease: its return (500 unused) settles its account
+    for _ in range(12):
+        w.tick(LEASE / 4)
+        w.ask(0, 0)
+        w.ask(1, 0)
+    assert w.charged == 1_500
+    assert w.charged <= w.state.granted_day, "the stale 2,000 report was never reclaimed"
 
 
 def test_a_spent_out_campaign_reports_zero_so_a_reclaim_gives_back_nothing_it_spent() -> None:
