@@ -387,6 +387,8 @@ async def admin_stats(request: Request) -> Response:
         "reclaimed_micros": cp.grants.reclaimed_micros,
         "spend_sync": {"messages": cp.spend.messages, "bytes": cp.spend.bytes_in, "rejected": cp.spend.rejected,
                        "writers": len(cp.spend.heard)},
+        "traffic_shape": {"weights": list(cp.builder.traffic_shape),
+                          "decisions_seen": cp.shape.decisions_seen if cp.shape else 0},
         "budget": budget,
     })
 

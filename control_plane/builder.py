@@ -97,6 +97,21 @@ class SnapshotBuilder:
         now = self._clock.now()
         return sorted(value["id"] for value, _ in self._campaigns.values() if is_servable(value, now))
 
+    def timezone_of(self, campaign_id: str) -> str | None:
+        """The campaign's timezone, if the builder knows the campaign (servable or not)."""
+        found = self._campaigns.get(self._key_of.get(campaign_id, ""))
+        return found[0]["timezone"] if found else None
+
+    @property
+    def traffic_shape(self) -> tuple[float, ...]:
+        return self._traffic_shape
+
+    def set_traffic_shape(self, weights: tuple[float, ...]) -> None:
+        """A new pacing shape (control_plane.traffic): the next snapshot carries it to every edge."""
+        if weights != self._traffic_shape:
+            self._traffic_shape = weights
+            self._dirty.set()
+
     def terms(self, campaign_id: str) -> BudgetTerms | None:
         """Budget terms of a servable campaign, for the grant service; None when it must not spend."""
         found = self._campaigns.get(self._key_of.get(campaign_id, ""))

@@ -64,7 +64,12 @@ SPECS = [
            "budget allowance lease, campaign-clock seconds: a silent holder's unspent allowance is re-granted "
            "only after its lease (plus the reservation TTL) has run out"),
     s.Spec("CP_TRAFFIC_SHAPE", _shape, "",
-           "24 hourly traffic weights of a campaign-local day, the pacing plan's shape (empty: flat)"),
+           "24 hourly traffic weights of a campaign-local day: the prior of the pacing plan's shape, which is "
+           "learned from past days' decisions (empty: flat)"),
+    s.Spec("CP_SHAPE_DAYS", s.parse_int(1, 366), "7", "complete past UTC days the traffic shape is learned from"),
+    s.Spec("CP_SHAPE_PRIOR_WEIGHT", s.parse_float(0), "10000",
+           "how many decisions the prior shape is worth against the observed ones"),
+    s.Spec("CP_SHAPE_REFRESH_S", s.parse_float(1), "600", "seconds between traffic-shape refreshes"),
     s.Spec("CP_ALLOW_BASELINES", s.parse_bool, "false",
            "accept budget_mode=counter, the overspending research baseline (the simulator's negative control)"),
     s.Spec("CP_MAX_BODY_BYTES", s.parse_int(1024, 10_000_000), "65536", "largest request body accepted"),
@@ -84,6 +89,9 @@ class ControlPlaneSettings:
     cp_grant_slice: float
     cp_lease_s: float
     cp_traffic_shape: tuple[float, ...]
+    cp_shape_days: int
+    cp_shape_prior_weight: float
+    cp_shape_refresh_s: float
     cp_allow_baselines: bool
     cp_max_body_bytes: int
 

@@ -24,6 +24,7 @@ from control_plane.builder import SnapshotBuilder
 from control_plane.collector import Collector
 from control_plane.grants import GrantService
 from control_plane.settings import ControlPlaneSettings
+from control_plane.shape_learner import ShapeLearner
 from control_plane.spend import SpendReplica
 from control_plane.storage import EventStore, open_store
 from control_plane.store import Store
@@ -46,6 +47,7 @@ class ControlPlaneState:
     spend: SpendReplica | None = None
     reports: EventStore | None = None
     collector: Collector | None = None
+    shape: ShapeLearner | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     crashes: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -111,6 +113,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         asyncio.create_task(supervise("snapshot-builder", builder.run, cp.crashes), name="snapshot-builder")
     )
     cp.tasks.append(asyncio.create_task(supervise("reclaim", grants.reclaim_loop, cp.crashes), name="reclaim"))
+    learner = cp.shape = ShapeLearner(cp.reports, builder, settings.clock, cp.run_storage,
+                                      prior=settings.cp_traffic_shape, days=settings.cp_shape_days,
+                                      prior_weight=settings.cp_shape_prior_weight,
+                                      every_s=settings.cp_shape_refresh_s)
+    cp.tasks.append(asyncio.create_task(supervise("traffic-shape", learner.run, cp.crashes), name="traffic-shape"))
     if settings.cp_embedded_collector:
         collector = cp.collector = Collector(js, cp.reports, executor, clock=settings.clock)
         cp.tasks.append(asyncio.create_task(supervise("collector", collector.run, cp.crashes), name="collector"))

@@ -117,6 +117,8 @@ class EventStore(Protocol):
     def time_decay_attribution(self, advertiser_id: str, start_ms: int, end_ms: int, *, half_life_ms: int,
                                lookback_ms: int) -> dict[str, tuple[float, float]]: ...
 
+    def hourly_decisions(self, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]: ...
+
     def stats(self) -> StoreStats: ...
 
     def repair_rollup(self, since_ms: int) -> int: ...
@@ -559,6 +561,15 @@ class SqlEventStore(ABC):
         if campaign_ids is not None:
             return {c: spend.get(c, 0) for c in campaign_ids}
         return spend
+
+    def hourly_decisions(self, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]:
+        """Ad decisions per (campaign, UTC hour of day) over the minutes starting in [start_ms, end_ms): the
+        traffic the pacing plan's shape is learned from (control_plane.traffic)."""
+        sql = (f"SELECT campaign_id, toHour(minute) AS hour, sum(decisions) FROM {ROLLUP_TABLE} "
+               f"WHERE minute >= toDateTime({_minute_bound_s(start_ms)}, 'UTC') "
+               f"AND minute < toDateTime({_minute_bound_s(end_ms)}, 'UTC') "
+               "GROUP BY campaign_id, hour HAVING sum(decisions) > 0")
+        return [(str(row[0]), int(row[1]), int(row[2])) for row in self._query_rows(sql)]
 
     def stats(self) -> StoreStats:
         rows, unique, *per_type = (int(v) for v in self._query_rows(_STATS_SQL)[0])

@@ -33,6 +33,12 @@ def utc_day(now_s: float) -> str:
     return datetime.fromtimestamp(now_s, _zone("UTC")).date().isoformat()
 
 
+def utc_offset_h(now_s: float, timezone: str) -> float:
+    """The zone's offset from UTC at ``now_s``, in hours (5.5 for India, -4 for New York in summer)."""
+    offset = datetime.fromtimestamp(now_s, _zone(timezone)).utcoffset()
+    return offset.total_seconds() / 3600 if offset is not None else 0.0
+
+
 def local_day_window(now_s: float, timezone: str) -> tuple[int, int]:
     """Unix seconds [start, end) of the campaign-local day containing ``now_s`` (23 or 25 hours on DST days)."""
     local = datetime.fromtimestamp(now_s, _zone(timezone))

@@ -559,3 +559,51 @@ def test_a_table_from_before_user_key_is_migrated(tmp_path: Path) -> None:
         assert migrated.insert_events([make_event(EventType.IMPRESSION, T0, user_key="u1")], "after") == 1
         rows = migrated._query_rows("SELECT event_id, user_key FROM ads.events ORDER BY event_id")
     assert [tuple(r)[1] for r in rows] == ["", "u1"]  # the old row reads as no user
+
+
+# --- the pacing shape learned from traffic ------------------------------------------------------------------
+
+
+def test_the_traffic_shape_is_learned_from_past_days_decisions_in_campaign_local_hours(store: ChdbStore) -> None:
+    import asyncio
+
+    from control_plane.shape_learner import ShapeLearner
+
+    day0 = T0 - 10 * HOUR  # 2024-01-01 00:00 UTC
+    events = []
+    for d in (1, 2):  # two past days: Berlin's campaign served at 18:00 UTC, the UTC one at 06:00
+        events += [make_event(EventType.DECISION, day0 + d * DAY + 18 * HOUR + i, campaign_id="berlin")
+                   for i in range(300)]
+        events += [make_event(EventType.DECISION, day0 + d * DAY + 6 * HOUR + i, campaign_id="utc")
+                   for i in range(100)]
+    # Today so far: must not count (the hours still to come would look empty).
+    events += [make_event(EventType.DECISION, day0 + 3 * DAY + HOUR + i, campaign_id="utc") for i in range(500)]
+    events += imps(50, day0 + DAY + 3 * HOUR)  # impressions are not decisions
+    store.insert_events(events, "shape")
+    assert sorted(store.hourly_decisions(day0 + DAY, day0 + 3 * DAY)) == [("berlin", 18, 600), ("utc", 6, 200)]
+
+    class Builder:  # what the learner needs of the snapshot builder: timezones in, the shape out
+        shape: tuple[float, ...] = ()
+
+        def timezone_of(self, campaign_id: str) -> str | None:
+            return {"berlin": "Europe/Berlin", "utc": "UTC"}.get(campaign_id)
+
+        def set_traffic_shape(self, weights: tuple[float, ...]) -> None:
+            self.shape = weights
+
+    class Clock:
+        def now(self) -> float:
+            return (day0 + 3 * DAY + 2 * HOUR) / 1000
+
+    async def storage(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    builder = Builder()
+    learner = ShapeLearner(store, builder, Clock(), storage, prior=(), days=7, prior_weight=240,  # type: ignore[arg-type]
+                           every_s=60)
+    shape = asyncio.run(learner.refresh())
+    assert learner.decisions_seen == 800 and builder.shape == shape
+    # 800 observed + 240 prior (10 per hour): 19:00 Berlin time holds 600 + 10, 06:00 holds 200 + 10.
+    assert shape[19] == pytest.approx(610 / 1040, abs=1e-6)
+    assert shape[6] == pytest.approx(210 / 1040, abs=1e-6)
+    assert shape[0] == pytest.approx(10 / 1040, abs=1e-6)
