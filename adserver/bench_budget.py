@@ -68,7 +68,7 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
             ledger.grant(c.campaign_id, 10**11, exhausted=False, day=utc_day(now))
         spend.pace(snapshot, now)
     allowance: Any = ledger.allowance_view() if budget else _Unlimited()
-    throttle = spend.throttle if budget else None
+    throttle = spend.throttle if budget else None  # passed as edge/app.py does: None when nothing is throttled
     decisions = 0
     started = time.perf_counter()
     next_tick = started + 0.1
@@ -77,7 +77,8 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
     key = 0
     while True:
         for request in requests:
-            result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance, throttle=throttle)
+            result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance,
+                                 throttle=throttle or None)
             if budget:
                 for win in result.wins:
                     key += 1

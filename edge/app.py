@@ -80,7 +80,7 @@ async def ads(request: Request) -> Response:
     now = st.settings.clock.now()
     started = time.perf_counter()
     result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
-                         throttle=st.spend.throttle)
+                         throttle=st.spend.throttle or None)
     st.metrics.decision_seconds.observe(time.perf_counter() - started)
     for reason in result.reasons.values():
         st.metrics.filtered.labels(reason.value).inc()

@@ -52,6 +52,9 @@ class Reservation(NamedTuple):  # one per ad shown: a tuple is the cheapest immu
     account: str = ""
 
 
+_new_reservation = tuple.__new__
+
+
 @dataclass(slots=True)
 class BudgetLedger:
     max_reservations: int = 1_000_000
@@ -179,14 +182,21 @@ class BudgetLedger:
             return False
         if not b.counter and (not self.live or (now_s is not None and now_s >= self.lease_until)):
             return False
-        if len(self.reservations) >= self.max_reservations or key in self.reservations:
+        reservations = self.reservations
+        if len(reservations) >= self.max_reservations or key in reservations:
             return False
         b.available -= micros
         b.reserved += micros
-        account = self.account
-        self.reservations[key] = Reservation(campaign_id, micros, expires_s, b.day, account)
-        self.open_reservations[account] = self.open_reservations.get(account, 0) + 1
-        self._stage(campaign_id, b.day, RES_P, micros)
+        account, day = self.account, b.day
+        # One of these per ad shown, so it is written for speed: the tuple built without NamedTuple.__new__'s
+        # Python frame, and _stage inlined (together a third of this method's cost).
+        reservations[key] = _new_reservation(Reservation, (campaign_id, micros, expires_s, day, account))
+        open_reservations = self.open_reservations
+        open_reservations[account] = open_reservations.get(account, 0) + 1
+        entry = self.pn.get((campaign_id, day))
+        if entry is None:
+            entry = self.pn[(campaign_id, day)] = [0, 0, 0, 0]
+        entry[RES_P] += micros
         return True
 
     def _release(self, key: str) -> None:

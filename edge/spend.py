@@ -34,7 +34,8 @@ class SpendView:
     writer_id: str
     keep_periods: int = 3
     book: SpendBook = field(init=False)
-    throttle: dict[str, float] = field(default_factory=dict)  # campaign -> P(take part), for the auction
+    # campaign -> P(take part) < 1, for the auction; a campaign not in it takes part in every auction
+    throttle: dict[str, float] = field(default_factory=dict)
     paced: dict[str, Paced] = field(default_factory=dict)
     paced_at: float = -1.0
     _shape_key: tuple[float, ...] = ()
@@ -99,7 +100,11 @@ class SpendView:
                 paced.state, now_s_into_day=second, dt_s=dt, spent_today=float(self.spent(c.campaign_id, day)),
                 daily_budget=float(c.daily_budget_micros), shape=shape,
                 unit_cost=float(unit_cost_ceiling(c.bid_type, c.max_bid_micros)))
-            self.throttle[c.campaign_id] = 0.0 if paced.state.done else float(paced.state.p)
+            p = 0.0 if paced.state.done else float(paced.state.p)
+            if p < 1.0:
+                self.throttle[c.campaign_id] = p
+            else:  # absent means 1: an auction with nothing to throttle skips the lookups (edge/app.py)
+                self.throttle.pop(c.campaign_id, None)
         for gone in set(self.paced) - live:
             del self.paced[gone]
             self.throttle.pop(gone, None)
