@@ -28,11 +28,6 @@ CAMPAIGNS = 1_000
 KEYWORDS = 50
 
 
-class _Unlimited:
-    def get(self, campaign_id: str, default: int = 0, /) -> int:
-        return 10**15
-
-
 def _snapshot(rng: random.Random) -> Snapshot:
     campaigns = []
     for i in range(CAMPAIGNS):
@@ -67,7 +62,8 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
         for c in snapshot.campaigns:
             ledger.grant(c.campaign_id, 10**11, exhausted=False, day=utc_day(now))
         spend.pace(snapshot, now)
-    allowance: Any = ledger.allowance_view() if budget else _Unlimited()
+    # Off: every campaign may spend without limit, read the same way the ledger's view is (a dict's get).
+    allowance: Any = ledger.allowance_view() if budget else {c.campaign_id: 10**15 for c in snapshot.campaigns}
     throttle = spend.throttle if budget else None  # passed as edge/app.py does: None when nothing is throttled
     decisions = 0
     started = time.perf_counter()

@@ -129,6 +129,9 @@ def test_spend_never_passes_the_budget_beyond_a_killed_holders_stale_report(prog
         else:
             w.holders[op[1]].alive = False
         assert w.charged <= BUDGET + w.overdraft(), (w.charged, w.overdraft())
+        for h in w.holders:  # the auction's allowance view is a mirror every ledger method keeps in step
+            view = h.ledger.allowance_view()
+            assert all(view.get(c, 0) == b.available for c, b in h.ledger.campaigns.items())
         granted = w.state.granted_day if w.state else 0
         assert granted <= BUDGET
         # Spent, plus allowance held, plus returns on their way, is within what the allocator counts as granted.

@@ -151,8 +151,8 @@ def test_allowance_view_is_live_and_defaults():
     ledger = ledger_with(100)
     view = ledger.allowance_view()
     ledger.reserve("i1", "c1", 40, expires_s=1)
-    assert view.get("c1") == 60
-    assert view.get("nope") == 0
+    assert view.get("c1", 0) == 60
+    assert view.get("nope", 0) == 0
     assert view.get("nope", 7) == 7
 
 
