@@ -308,8 +308,8 @@ class RedisFloodCounter(_Base):
         task.add_done_callback(self._sends.discard)
 
     async def _send(self, batch: list[tuple[list[object], asyncio.Future[list[int]]]]) -> None:
-        packed = msgpack.packb([2 * self.window_s + 1, 2 * self.impression_ttl_s + 60, [i for i, _ in batch]])
         try:
+            packed = msgpack.packb([2 * self.window_s + 1, 2 * self.impression_ttl_s + 60, [i for i, _ in batch]])
             # asyncio.timeout on top of the socket timeouts: a stopped (SIGSTOP) Redis accepts the connection
             # and then never answers, and the call must still give up within the budget.
             async with asyncio.timeout(self.timeout_s * 2):

@@ -17,9 +17,10 @@ Failures. A request unanswered after ``timeout_s`` (NATS down, stalled, a reply 
 queued again with the same ids; a late answer to it is ignored. If the first attempt did land, the retry
 is caught by JetStream's dedup: a single publish is acknowledged with ``duplicate: true``; an atomic batch
 holding any id the stream already has is refused whole (err_code 10201), and then its messages go out
-again one by one, each deduplicated on its own. Any other error on a batch (a server without atomic
-publish, a stream without ``allow_atomic``) also falls back to single publishes, and batching stays off
-for a minute.
+again one by one, each deduplicated on its own. A stream without ``allow_atomic`` (err_code 10174), or a
+commit answered without the batch's count (a server older than 2.12 stores batch messages as plain
+publishes and answers only the last), sends the batch again one by one and turns batching off for a
+minute. Any other error (no responders while a stream restarts) retries the same request after a backoff.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from nats.aio.msg import Msg
 log = logging.getLogger(__name__)
 
 DUPLICATE_IN_BATCH = 10201  # "atomic publish batch contains duplicate message id"
+ATOMIC_DISABLED = 10174  # "atomic publish is disabled": the stream lacks allow_atomic
 _BATCH_OFF_S = 60.0
 _MIN_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
@@ -149,9 +151,11 @@ class EventPublisher:
                     await self._send_next()
                     continue
                 self._wake.clear()
-                # Woken by a submit or a reply; the timeout is the tick that expires unanswered requests and
-                # ends a retry backoff.
-                wait = min(1.0, self._timeout / 4, max(self._retry_at - now, 0.001) if self._queue else 1.0)
+                # Woken by a submit or a reply; the timeout is the tick that expires unanswered requests, or the
+                # end of a retry backoff (not a poll while every in-flight slot is busy: replies wake us).
+                wait = min(1.0, self._timeout / 4)
+                if self._queue and now < self._retry_at:
+                    wait = min(wait, self._retry_at - now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=wait)
         finally:
@@ -225,24 +229,33 @@ class EventPublisher:
             ack: dict[str, Any] = json.loads(msg.data) if msg.data else {}
         except ValueError:
             ack = {}
+        batch = len(request.items) > 1
+        if batch and "error" not in ack and "stream" in ack and ack.get("count") != len(request.items):
+            # A server without atomic batches (< 2.12) takes the messages as plain publishes and answers only
+            # the last: the others may not have been stored. Send them all again one by one (the ones that
+            # were stored are recognised as duplicates) and stop batching for a while.
+            ack = {"error": {"err_code": ATOMIC_DISABLED,
+                             "description": f"commit answered without the batch's count: {msg.data[:200]!r}"}}
         if "error" in ack or "stream" not in ack:  # an error, or a status message (503: no responders)
             error = ack.get("error") or {"description": f"status {msg.headers or 'without body'}"}
-            if len(request.items) == 1:
+            code = error.get("err_code")
+            if not batch or code not in (DUPLICATE_IN_BATCH, ATOMIC_DISABLED):
+                # Transient (no responders during a restart, a leader change) or a single publish: the same
+                # request again after a backoff, as a batch if it was one.
                 self._fail(token, error.get("description"))
                 return
             self._finish(token)
             self.stats.batch_splits += 1
-            duplicate = error.get("err_code") == DUPLICATE_IN_BATCH
-            if not duplicate:
+            if code == ATOMIC_DISABLED:
                 log.warning("atomic batch refused (%s); publishing one by one for %g s",
                             error.get("description"), _BATCH_OFF_S)
                 self._batch_off_until = time.monotonic() + _BATCH_OFF_S
-            self._requeue(request.items, single=duplicate)
+            self._requeue(request.items, single=code == DUPLICATE_IN_BATCH)
             return
         self._finish(token)
         self._backoff = _MIN_BACKOFF_S
         self.stats.acked += len(request.items)
-        if len(request.items) > 1:
+        if batch:
             self.stats.batches += 1
         elif ack.get("duplicate"):
             self.stats.duplicates += 1
