@@ -36,30 +36,27 @@ def test_a_transient_503_retries_the_batch_as_a_batch_after_a_backoff() -> None:
     assert all(i.acked is None for i in items)
 
 
-def test_a_commit_answer_without_the_batch_count_sends_every_message_again_alone() -> None:
-    # A server older than 2.12 stores batch messages as plain publishes and answers only the last.
-    publisher, items = _with_batch_in_flight()
+def _answer(publisher: EventPublisher, items: list[_Pending], ack: dict) -> list[bool]:
+    """Give every item an ack future, deliver ``ack`` as the reply, and say which futures it resolved."""
     loop = asyncio.new_event_loop()
     try:
         for item in items:
             item.acked = loop.create_future()
-        loop.run_until_complete(publisher._on_reply(_reply(json.dumps({"stream": "EV", "seq": 9}).encode())))  # type: ignore[arg-type]
-        assert not any(i.acked.done() for i in items if i.acked)  # nothing is acknowledged on that answer
+        loop.run_until_complete(publisher._on_reply(_reply(json.dumps(ack).encode())))  # type: ignore[arg-type]
+        return [bool(i.acked and i.acked.done()) for i in items]
     finally:
         loop.close()
+
+
+def test_a_commit_answer_without_the_batch_count_sends_every_message_again_alone() -> None:
+    # A server older than 2.12 stores batch messages as plain publishes and answers only the last.
+    publisher, items = _with_batch_in_flight()
+    assert _answer(publisher, items, {"stream": "EV", "seq": 9}) == [False] * 3  # nothing acknowledged on it
     assert list(publisher._queue) == items  # all again, each deduplicated by its id on the way
     assert publisher._batch_off_until > time.monotonic() and publisher.stats.batch_splits == 1  # one by one
 
 
 def test_a_committed_batch_acknowledges_every_message() -> None:
     publisher, items = _with_batch_in_flight()
-    loop = asyncio.new_event_loop()
-    try:
-        for item in items:
-            item.acked = loop.create_future()
-        ack = {"stream": "EV", "seq": 9, "batch": "b", "count": 3}
-        loop.run_until_complete(publisher._on_reply(_reply(json.dumps(ack).encode())))  # type: ignore[arg-type]
-        assert all(i.acked.done() for i in items if i.acked)
-    finally:
-        loop.close()
+    assert _answer(publisher, items, {"stream": "EV", "seq": 9, "batch": "b", "count": 3}) == [True] * 3
     assert publisher.buffered == 0 and publisher.stats.batches == 1 and publisher.stats.acked == 3
