@@ -23,7 +23,9 @@ Unspent allowance comes back to the budget in two ways, and only after the lease
   region has been back for a lease and grace, are reclaimed (a region whose only process was killed and
   restarted gets that process's allowance back then, instead of stranding it for the day). A holder that was
   cut off with its region, spent after its last report and was killed before the heal is the one case where
-  a reclaim gives back allowance that was spent: within the same overdraft bound as above.
+  a reclaim gives back allowance that was spent, and there the bound is larger: cut off, the holder may
+  spend until its lease ends, so up to the account's whole unspent holding as last reported (including
+  what was granted in answer to that report). It takes a cut and a kill of the same process before the heal.
 
 An account is settled once (returned or reclaimed), so a late return after a reclaim changes nothing.
 """
