@@ -105,7 +105,7 @@ def _impression_paths(edge_url: str, keyword: str, keys: SigningKeys, count: int
     saturating run need tens of minutes of preparation."""
     params = {"placement": "bench", "format": "300x250", "keywords": keyword, "slots": "1"}
     deadline = time.monotonic() + 30
-    while True:  # the new campaign reaches the edge with the next snapshot
+    while True:  # launch_campaign waited for the snapshot; the edge fills once its first grant arrives
         r = httpx.get(f"{edge_url}/v1/ads", params=params, timeout=10)
         if r.status_code == 200 or time.monotonic() > deadline:
             break

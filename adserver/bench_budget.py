@@ -64,7 +64,7 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
         spend.pace(snapshot, now)
     # Off: every campaign may spend without limit, read the same way the ledger's view is (a dict's get).
     allowance: Any = ledger.allowance_view() if budget else {c.campaign_id: 10**15 for c in snapshot.campaigns}
-    throttle = spend.throttle if budget else None  # passed as edge/app.py does: None when nothing is throttled
+    throttle = spend.throttle  # empty when off; passed as edge/app.py does, None while nothing is throttled
     decisions = 0
     started = time.perf_counter()
     next_tick = started + 0.1

@@ -14,9 +14,10 @@ from typing import Any
 
 from control_plane.builder import SnapshotBuilder
 from control_plane.storage import EventStore
-from control_plane.traffic import learn_shape, learning_window, local_hour_counts
+from control_plane.traffic import learning_window, local_hour_counts
 from replication.calendar import utc_offset_h
 from replication.clock import Clock
+from replication.hourly import blend_hourly
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class ShapeLearner:
         self.days = days
         self.prior_weight = prior_weight
         self.every_s = every_s
-        self.decisions_seen = 0  # decisions behind the current shape (readiness and the admin stats show it)
+        self.decisions_seen = 0  # decisions behind the current shape (GET /v1/admin/stats shows it)
 
     def _offset(self, now_s: float) -> Callable[[str], float | None]:
         def offset(campaign_id: str) -> float | None:
@@ -46,7 +47,7 @@ class ShapeLearner:
         start_ms, end_ms = learning_window(now, self.days)
         rows = await self._run_storage(self._reports.hourly_decisions, start_ms, end_ms)
         counts = local_hour_counts(rows, self._offset(now))
-        shape = learn_shape(counts, self.prior, prior_weight=self.prior_weight)
+        shape = blend_hourly(counts, self.prior, prior_weight=self.prior_weight)
         self.decisions_seen = int(sum(counts))
         self._builder.set_traffic_shape(shape)
         return shape

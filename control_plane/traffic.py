@@ -4,17 +4,18 @@ Edges spread each campaign's daily budget along a 24-hour shape of the campaign-
 shipped in the snapshot. The shape is learned here from what the system served: ad decisions per campaign and
 UTC hour over the last complete UTC days (``EventStore.hourly_decisions``), each campaign's counts moved into
 its local hours (a campaign at UTC+2 sees UTC hour 10 as its 12:00; a half-hour zone splits an hour's count
-between the two local hours it overlaps), summed over campaigns, and blended with a prior (the configured
-``ADSERVER_CP_TRAFFIC_SHAPE``, else flat) worth ``prior_weight`` decisions, so a new install or a quiet week
-plans on the prior and a busy one on its own traffic. Only complete days count: a half-seen day would make
-the hours still to come look empty.
+between the two local hours it overlaps), summed over campaigns, and blended (``replication.hourly``) with a
+prior (the configured ``ADSERVER_CP_TRAFFIC_SHAPE``, else flat) worth ``prior_weight`` decisions, so a new
+install or a quiet week plans on the prior and a busy one on its own traffic. Only complete days count: a
+half-seen day would make the hours still to come look empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
-HOURS = 24
+from replication.hourly import HOURS
+
 DAY_S = 86_400
 
 
@@ -40,21 +41,3 @@ def local_hour_counts(rows: Iterable[tuple[str, int, int]],
         counts[base] += count * (1.0 - part)
         counts[(base + 1) % HOURS] += count * part
     return counts
-
-
-def learn_shape(counts: Sequence[float], prior: Sequence[float] = (), *, prior_weight: float) -> tuple[float, ...]:
-    """24 weights summing to 1: observed local-hour counts plus ``prior_weight`` decisions spread like
-    ``prior`` (flat when empty). A Dirichlet-style blend: the data wins as it outgrows the prior."""
-    if len(counts) != HOURS or any(not 0 <= c < float("inf") for c in counts):
-        raise ValueError("counts must be 24 non-negative finite numbers")
-    if not 0 <= prior_weight < float("inf"):
-        raise ValueError(f"prior_weight must be a non-negative finite number, not {prior_weight!r}")
-    weights = list(prior) if prior else [1.0] * HOURS
-    if len(weights) != HOURS or any(not 0 <= w < float("inf") for w in weights) or not any(weights):
-        raise ValueError("prior must be 24 non-negative weights, not all zero")
-    total_prior = sum(weights)
-    blended = [c + prior_weight * w / total_prior for c, w in zip(counts, weights, strict=True)]
-    total = sum(blended)
-    if total <= 0:
-        raise ValueError("no traffic and prior_weight 0: nothing to learn a shape from")
-    return tuple(round(b / total, 6) for b in blended)

@@ -198,7 +198,7 @@ class BudgetLedger:
         b.reserved += micros
         account, day = self.account, b.day
         # One of these per ad shown, so it is written for speed: the tuple built without NamedTuple.__new__'s
-        # Python frame, and _stage inlined (together a third of this method's cost).
+        # Python frame, and _stage inlined.
         reservations[key] = _new_reservation(Reservation, (campaign_id, micros, expires_s, day, account))
         open_reservations = self.open_reservations
         open_reservations[account] = open_reservations.get(account, 0) + 1

@@ -212,11 +212,11 @@ class MemoryFloodCounter(_Base):
 
 
 # The store work of a batch of beacons as one server-side script: one command per event-loop iteration instead
-# of one per beacon (one call per beacon cost the edge ~150 us of CPU per beacon under load, more than
-# everything else the beacon does), and each beacon's part runs atomically. The batch travels as one msgpack
-# argument and comes back as one msgpack string (Redis' Lua has cmsgpack): redis-py then encodes one argument
-# and parses one bulk reply per batch, where six keys and five arguments in, five integers out, per beacon
-# cost the client ~50 us a beacon. ARGV[1]: the key prefix; ARGV[2]: msgpack of
+# of one per beacon (redis-py's per-command encoding and parsing was the largest cost of a beacon in a profile
+# under load), and each beacon's part runs atomically. The batch travels as one msgpack argument and comes
+# back as one msgpack string (Redis' Lua has cmsgpack): redis-py then encodes one argument and parses one bulk
+# reply per batch, instead of six keys and five arguments in, five integers out, per beacon.
+# ARGV[1]: the key prefix; ARGV[2]: msgpack of
 # [counter TTL, impression set TTL, [[count 0/1, IP counter key now, IP before, UA now, UA before,
 # impression set now, impression set before, impression id to mark or "", impression id to check or ""], ...]].
 # Reply: msgpack of [[IP count now, IP before, UA now, UA before, seen 1/0/-1 (-1: not asked)], ...].

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from replication.hourly import HOURS, blend_hourly, check_hourly
+
 DAY_S = 86_400
-HOURS = 24
 HOUR_S = 3_600
 
 
@@ -45,24 +46,6 @@ class PacingReason(StrEnum):
 
 
 # --- the plan --------------------------------------------------------------------------------------------------
-
-
-def _check_hourly(values: Sequence[float], what: str, *, all_zero_ok: bool = False) -> tuple[float, ...]:
-    if isinstance(values, (str, bytes)) or len(values) != HOURS:
-        raise ValueError(f"{what}: need {HOURS} hourly values, got {len(values)}")
-    out: list[float] = []
-    for hour, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{what}: hour {hour} is {v!r}, not a number")
-        f = float(v)
-        if not math.isfinite(f):
-            raise ValueError(f"{what}: hour {hour} is {v!r}, not a finite number")
-        if f < 0:
-            raise ValueError(f"{what}: hour {hour} is {v!r}, negative")
-        out.append(f)
-    if sum(out) <= 0 and not all_zero_ok:
-        raise ValueError(f"{what}: all {HOURS} values are zero; at least one hour must carry traffic")
-    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +66,7 @@ class TrafficShape:
     _at_finish: float = field(default=1.0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        weights = _check_hourly(self.weights, "traffic shape")
+        weights = check_hourly(self.weights, "traffic shape")
         total = sum(weights)
         weights = tuple(w / total for w in weights)
         if not (isinstance(self.finish_s, (int, float)) and 0 < self.finish_s <= DAY_S):
@@ -117,14 +100,8 @@ class TrafficShape:
         ``prior_weight`` is how many observations the prior is worth (a Dirichlet pseudo-count): with a few
         hundred requests the prior dominates, with millions the data does. Keeps the prior's ``finish_s``.
         """
-        counts = _check_hourly(counts_by_hour, "hourly counts", all_zero_ok=True)  # no data yet: the prior
-        if not (math.isfinite(prior_weight) and prior_weight >= 0):
-            raise ValueError(f"prior_weight must be a non-negative finite number, got {prior_weight!r}")
         prior = prior if prior is not None else cls.uniform()
-        blended = [c + prior_weight * w for c, w in zip(counts, prior.weights, strict=True)]
-        if sum(blended) <= 0:
-            raise ValueError("hourly counts: all zero and prior_weight is 0; nothing to learn a shape from")
-        return cls(tuple(blended), prior.finish_s)
+        return cls(blend_hourly(counts_by_hour, prior.weights, prior_weight=prior_weight), prior.finish_s)
 
     def traffic_fraction(self, seconds_into_day: float) -> float:
         """The share of the whole day's traffic that has gone by ``seconds_into_day`` (ignores finish_s)."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.traffic import learn_shape, learning_window, local_hour_counts
+from control_plane.traffic import learning_window, local_hour_counts
 from replication.calendar import utc_offset_h
+from replication.hourly import blend_hourly
 
 DAY_MS = 86_400_000
 
@@ -34,16 +35,16 @@ def test_counts_move_into_each_campaigns_local_hours() -> None:
 
 def test_the_prior_rules_until_the_data_outgrows_it() -> None:
     prior = [1.0] * 12 + [3.0] * 12
-    assert learn_shape([0.0] * 24, prior, prior_weight=1_000) == pytest.approx([1 / 48] * 12 + [3 / 48] * 12, abs=1e-6)
+    assert blend_hourly([0.0] * 24, prior, prior_weight=1_000) == pytest.approx([1 / 48] * 12 + [3 / 48] * 12, abs=1e-6)
     evening = [0.0] * 24
     evening[20] = 1_000_000
-    shape = learn_shape(evening, prior, prior_weight=1_000)
+    shape = blend_hourly(evening, prior, prior_weight=1_000)
     assert shape[20] > 0.99 and sum(shape) == pytest.approx(1, abs=1e-4)
-    assert learn_shape([0.0] * 24, (), prior_weight=5) == pytest.approx([1 / 24] * 24, abs=1e-6)  # no prior: flat
+    assert blend_hourly([0.0] * 24, (), prior_weight=5) == pytest.approx([1 / 24] * 24, abs=1e-6)  # no prior: flat
     with pytest.raises(ValueError, match="nothing to learn"):
-        learn_shape([0.0] * 24, prior, prior_weight=0)
+        blend_hourly([0.0] * 24, prior, prior_weight=0)
     with pytest.raises(ValueError, match="24"):
-        learn_shape([1.0] * 23, prior, prior_weight=1)
+        blend_hourly([1.0] * 23, prior, prior_weight=1)
 
 
 def test_utc_offsets_follow_the_zone_and_its_daylight_saving() -> None:
