@@ -70,6 +70,7 @@ from adserver.faults import (
 )
 from adserver.processes import Proc, wait_ready, wait_tcp
 from adserver.stack import LocalStack, hub_stream_state, run_sync
+from replication.subjects import region_events_stream
 
 EVENTS_STREAM = "ADS_EVENTS"
 COLLECTOR_DURABLE = "collector"
@@ -381,13 +382,13 @@ def consumer_state(nats_url: str) -> tuple[int, int] | None:
         return None
 
 
-async def _scan_stream(nats_url: str) -> tuple[int, Counter[str]]:
-    """Every event id (Nats-Msg-Id) stored in the events stream, with how many times, decisions skipped."""
+async def _scan_stream(nats_url: str, stream: str = EVENTS_STREAM) -> tuple[int, Counter[str]]:
+    """Every event id (Nats-Msg-Id) stored in an events stream, with how many times, decisions skipped."""
     nc = await nats.connect(nats_url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        total = (await js.stream_info(EVENTS_STREAM)).state.messages
-        sub = await js.pull_subscribe("ads.ev.>", stream=EVENTS_STREAM, config=api.ConsumerConfig(
+        total = (await js.stream_info(stream)).state.messages
+        sub = await js.pull_subscribe("ads.ev.>", stream=stream, config=api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=30,
             max_ack_pending=-1))
         ids: Counter[str] = Counter()
@@ -404,6 +405,23 @@ async def _scan_stream(nats_url: str) -> tuple[int, Counter[str]]:
         return total, ids
     finally:
         await nc.close()
+
+
+async def _scan_regional_streams(stack: LocalStack) -> set[str]:
+    """Every event id in the regions' own streams (each read from the server that holds it)."""
+    ids: set[str] = set()
+    for region in stack.regions:
+        _, found = await _scan_stream(stack.region_nats_url.get(region, stack.nats_url),
+                                      region_events_stream(region))
+        ids.update(found)
+    return ids
+
+
+async def _unsourced(stack: LocalStack) -> set[str]:
+    """Event ids a region's stream holds that the hub's stream does not (yet)."""
+    regional = await _scan_regional_streams(stack)
+    _, hub = await _scan_stream(stack.nats_url)
+    return regional - hub.keys()
 
 
 async def _set_dedup_window(nats_url: str, seconds: int) -> None:
@@ -473,6 +491,16 @@ def wait_caught_up(stack: ChaosStack, limit_s: float, say: Callable[[str], None]
             unique = None
         done = (buffered == 0 and consumer == (0, 0) and unique is not None and unique == last_unique)
         last_unique = unique
+        if done:
+            # The hub's source lag is not enough either: after nats-server was frozen the source reads lag 0
+            # while it waits to re-attach, with events still only in a region's stream. Compare the ids.
+            try:
+                unsourced: int | None = len(run_sync(_unsourced(stack)))
+            except Exception:
+                unsourced = None
+            done = unsourced == 0
+            if not done:
+                consumer = (f"{unsourced} events only in a region's stream", consumer)
         waited = time.monotonic() - started
         if done:
             return True, waited
@@ -531,7 +559,7 @@ def api_counts(stack: ChaosStack, tokens: dict[str, str]) -> dict[str, int]:
 
 
 def account(history: History, dump: dict[str, Any], campaigns: set[str],
-            jetstream_ids: Counter[str] | None) -> dict[str, Any]:
+            jetstream_ids: Counter[str] | None, regional_ids: set[str] | None = None) -> dict[str, Any]:
     """Jepsen-style accounting of one run: the client's history against the stored rows. Pure."""
     attempted = set(history.events)
     acked = {i for i, e in history.events.items() if e.acked}
@@ -593,8 +621,10 @@ def account(history: History, dump: dict[str, Any], campaigns: set[str],
     if jetstream_ids is not None:
         in_js = set(jetstream_ids)
         result["jetstream_duplicates"] = sum(n - 1 for n in jetstream_ids.values())
-        result["lost_before_jetstream"] = len(lost - in_js)  # acked by the edge, never reached JetStream
+        result["lost_before_jetstream"] = len(lost - in_js)  # acked by the edge, never reached the hub's stream
         result["lost_after_jetstream"] = len(lost & in_js)  # in JetStream, never stored
+        if regional_ids is not None:  # in a region's stream, never sourced into the hub's
+            result["lost_in_region_stream"] = len((lost - in_js) & regional_ids)
     return result
 
 
@@ -817,9 +847,10 @@ def run_scenario(scenario: Scenario, timing: Timing) -> dict[str, Any]:
         say(f"caught up in {waited:.1f}s" if caught_up else "continuing without a full catch-up")
         try:
             js_total, js_ids = asyncio.run(_scan_stream(stack.nats_url))
+            regional_ids: set[str] | None = asyncio.run(_scan_regional_streams(stack))
         except Exception as exc:
-            js_total, js_ids = -1, None
-            say(f"could not read the JetStream stream: {exc!r}")
+            js_total, js_ids, regional_ids = -1, None, None
+            say(f"could not read the JetStream streams: {exc!r}")
         publishers = [edge_events(e.url) or {} for e in stack.edges]
         try:
             admin = stack.admin_stats()
@@ -837,7 +868,7 @@ def run_scenario(scenario: Scenario, timing: Timing) -> dict[str, Any]:
         stack.stop()
     assert load is not None
     result = {"name": scenario.name, "description": scenario.description,
-              **account(load.history, dump, set(kinds), js_ids)}
+              **account(load.history, dump, set(kinds), js_ids, regional_ids)}
     result.update({
         "caught_up": caught_up,
         "catchup_s": round(waited, 1),
@@ -877,7 +908,8 @@ def notes(r: dict[str, Any]) -> str:
     if r.get("phantom"):
         out.append(f"{r['phantom']} phantom")
     if r.get("lost"):
-        out.append(f"lost {r.get('lost_by_type')}, {r.get('lost_before_jetstream')} before JetStream")
+        out.append(f"lost {r.get('lost_by_type')}, {r.get('lost_before_jetstream')} not in the hub's stream "
+                   f"({r.get('lost_in_region_stream')} of them in a region's)")
     if r.get("rollup_missing"):
         out.append(f"rollup lacks {r['rollup_missing']} ({r.get('spend_delta_micros')} micros spend)")
     elif r.get("spend_delta_micros"):

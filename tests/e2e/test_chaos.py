@@ -43,9 +43,10 @@ def test_accounting_finds_loss_phantoms_and_double_billing() -> None:
         "spend": [["c1", 20000], ["other", 5000]],
         "rollup": [["c1", 2, 1, 0, 0], ["other", 1, 0, 0, 0]],  # campaign, impressions, clicks, conversions, viewable
     }
-    r = account(h, dump, {"c1"}, Counter({"imp:a": 1, "imp:c": 1, "imp:z": 1, "clk:a": 1}))
+    r = account(h, dump, {"c1"}, Counter({"imp:a": 1, "imp:c": 1, "imp:z": 1, "clk:a": 1}), {"imp:a", "imp:b"})
     assert (r["attempted"], r["acked"], r["stored"]) == (4, 3, 4)
     assert r["lost"] == 1 and r["lost_sample"] == ["imp:b"] and r["lost_before_jetstream"] == 1
+    assert r["lost_in_region_stream"] == 1  # imp:b reached its region's stream, not the hub's
     assert r["unexpected"] == 2 and r["phantom"] == 1
     assert r["raw_duplicates"] == 1
     assert r["spend_delta_micros"] == 5000 and r["duplicates_billed"] == 1
@@ -100,4 +101,5 @@ def test_fault_run_reports_every_stored_event(name: str) -> None:
 def test_fault_run_loses_nothing_acknowledged(name: str) -> None:
     r = run(name)
     assert r["lost"] == 0, (f"{r['lost']} acknowledged events never stored ({r.get('lost_by_type')}, "
-                            f"{r.get('lost_before_jetstream')} never reached JetStream), e.g. {r['lost_sample']}")
+                            f"{r.get('lost_before_jetstream')} not in the hub's stream, "
+                            f"{r.get('lost_in_region_stream')} of those in a region's), e.g. {r['lost_sample']}")
