@@ -56,7 +56,8 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
     """Decisions per second over ``duration_s`` of wall time."""
     rng = random.Random(7)
     now = 1_800_000_000.0
-    ledger = BudgetLedger(worker_id="bench")
+    # A short TTL (of the loop's clock, 0.1 s per tick), so buckets expire and give back during the run too.
+    ledger = BudgetLedger(worker_id="bench", ttl_s=1.0)
     spend = SpendView("bench")
     if budget:
         for c in snapshot.campaigns:
@@ -70,15 +71,17 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
     next_tick = started + 0.1
     ticks = 0
     deadline = started + duration_s
-    key = 0
+    holds: list[tuple[str, int, int]] = []
     while True:
         for request in requests:
             result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance,
                                  throttle=throttle or None)
-            if budget:
+            if budget:  # as edge/app.py: reserve each win and keep its hold for the tokens
                 for win in result.wins:
-                    key += 1
-                    ledger.reserve(f"i{key}", win.campaign.campaign_id, win.reserve_micros, expires_s=now + 120)
+                    hold = ledger.reserve(win.campaign.campaign_id, win.reserve_micros, now_s=now)
+                    if hold is not None:
+                        holds.append(hold)
+                holds.clear()
             decisions += 1
         t = time.perf_counter()
         if budget and t >= next_tick:

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from edge.adrequest import parse_ad_request
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import run_auction
+from edge.budget import Hold
 from edge.ivt import BROWSER_KINDS, NO_ACTIVITY, VALID, BeaconContext, Verdict, classify, client_ip, ua_hash
 from edge.ivt_store import IvtStoreUnavailable
 from edge.limits import middleware as limits
@@ -95,17 +96,17 @@ async def ads(request: Request) -> Response:
     for win in result.wins:
         impression_id = f"{auction_id}-{win.slot}"
         c, k = win.campaign, win.creative
-        if win.reserve_micros and not st.ledger.reserve(
-            impression_id, c.campaign_id, win.reserve_micros, expires_s=now + settings.edge_reservation_ttl_s,
-            now_s=now,
-        ):
-            st.metrics.filtered.labels("budget").inc()
-            continue
         common = {
             "imp": impression_id, "auc": auction_id, "cmp": c.campaign_id, "crv": k.creative_id,
             "adv": c.advertiser_id, "plc": parsed.placement, "bt": c.bid_type, "px": win.price_micros,
             "geo": parsed.geo, "dev": parsed.device, **ivt_claims,
         }
+        if win.reserve_micros:
+            hold = st.ledger.reserve(c.campaign_id, win.reserve_micros, now_s=now)
+            if hold is None:
+                st.metrics.filtered.labels("budget").inc()
+                continue
+            common["rsv"] = hold  # rides in the tokens: the billable event settles exactly this reservation
         imp_token = sign({**common, "k": "i", "exp": int(now) + settings.edge_impression_ttl_s},
                          settings.edge_signing_keys)
         click_token = sign({**common, "k": "c", "url": k.landing_url, "exp": int(now) + settings.edge_click_ttl_s},
@@ -199,14 +200,20 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
     reason = InvalidReason(verdict.reason.value) if verdict.reason.value else inherited
     if reason is not InvalidReason.NONE:
         if cost:
-            st.ledger.release(claims["imp"])  # never billed: the reservation goes back now, not at expiry
-    elif cost and not st.ledger.settle(claims["imp"], claims["cmp"], cost):
+            st.ledger.release(claims["cmp"], _hold(claims))  # never billed: the reservation goes back now
+    elif cost and not st.ledger.settle(claims["cmp"], cost, _hold(claims)):
         # Shown, but past what this process was granted: recorded with a reason, never billed.
         reason = InvalidReason.OVER_BUDGET
     durable = st.emit_durable(_event(st, kind, event_id, claims, now, cost=cost, value=value, reason=reason))
     st.seen.add(event_id)
     st.metrics.beacons.labels(beacon, reason.value or "ok").inc()
     return await _durable(st, durable, reason)
+
+
+def _hold(claims: dict) -> Hold | None:
+    """The reservation hold signed into the ad's tokens (None in a token minted without one)."""
+    rsv = claims.get("rsv")
+    return (str(rsv[0]), int(rsv[1]), int(rsv[2])) if isinstance(rsv, list) and len(rsv) == 3 else None
 
 
 async def _durable(st: EdgeState, acked: asyncio.Future[None] | None,
@@ -234,7 +241,7 @@ async def impression(request: Request) -> Response:
     return Response(status_code=204, headers=_CORS)
 
 
-_TOUCH_CLAIMS = ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev", "usr")
+_TOUCH_CLAIMS = ("imp", "auc", "cmp", "crv", "adv", "plc", "bt", "px", "geo", "dev", "usr", "rsv")
 
 
 async def _remember(st: EdgeState, kind: str, claims: dict, reason: InvalidReason) -> None:

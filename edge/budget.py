@@ -16,6 +16,17 @@ it runs out (the allocator is unreachable) the ledger stops spending at once, mo
 reservations left, and the allocator re-grants it. Without any lease (unit tests, no allocator) the ledger
 spends its grants freely.
 
+In-flight reservations are held per campaign in expiry *buckets*, not per impression: an ad is chosen at
+thousands per second per process and a record per ad was a live object per ad shown for a whole TTL (a
+million of them at 1,400 six-slot decisions per second and the 120 s default), which the decision path paid
+for in allocation and the ledger in memory. ``reserve`` adds to the open bucket's sum for the campaign and
+returns a *hold* (ledger, bucket number, micros), which the caller signs into the ad's tokens,
+and the billable event hands it back to ``settle`` (or ``release``), which takes those micros out of that
+bucket if this ledger still holds it. A bucket expires whole, ``ttl_s`` after it closed, so memory is
+buckets x campaigns. The beacon dedup upstream makes a hold come back once; one that came back twice would
+release other impressions' micros early, never more than the bucket holds, so the books still balance and
+spend still never passes the grants.
+
 Every movement is also staged as PN-counter increments (``pn``) for the replicated spend counter: P takes
 reservations and charges, N takes releases and refunds, under ``"r"`` (in flight) and ``"c"`` (charged).
 """
@@ -23,10 +34,8 @@ reservations and charges, N takes releases and refunds, under ``"r"`` (in flight
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 # Indices into a staged PN entry: reservations (P, N) then charges (P, N).
 RES_P, RES_N, CHG_P, CHG_N = range(4)
@@ -45,31 +54,32 @@ class CampaignBudget:
     counter: bool = False  # the "counter" baseline: admitted against the replicated counter, not grants
 
 
-class Reservation(NamedTuple):  # one per ad shown: a tuple is the cheapest immutable record to build
-    campaign_id: str
-    micros: int
+# What the caller keeps for one reserved ad (signed into its tokens): the ledger's worker id, the number of
+# the bucket holding the reservation, and the micros reserved.
+Hold = tuple[str, int, int]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    account: str  # the account whose allowance the reservations came from
     expires_s: float
-    day: str
-    account: str = ""
-
-
-_new_reservation = tuple.__new__
+    held: dict[str, list] = field(default_factory=dict)  # campaign -> [micros still held, campaign-local day]
 
 
 @dataclass(slots=True)
 class BudgetLedger:
-    max_reservations: int = 1_000_000
     campaigns: dict[str, CampaignBudget] = field(default_factory=dict)
-    # key (impression id) -> reservation; ordered by insertion, and every reservation gets the same TTL, so
-    # expiry is a scan from the front that stops at the first live one.
-    reservations: OrderedDict[str, Reservation] = field(default_factory=OrderedDict)
     worker_id: str = "w"
+    ttl_s: float = 120.0  # a reservation no billable event settled goes back this long after its bucket closed
+    bucket_s: float = 1.0  # how long a bucket takes reservations (expiry granularity)
+    # bucket number -> bucket; numbers rise with time and every bucket gets the same TTL, so expiry is a scan
+    # from the front that stops at the first live one.
+    buckets: dict[int, _Bucket] = field(default_factory=dict)
     epoch: int = 0
     lease_until: float = math.inf  # campaign-clock end of the account's lease; inf: no leases in force
     live: bool = True
     # closed account -> campaign -> micros never used; sent once the account holds no reservations
     returns: dict[str, dict[str, int]] = field(default_factory=dict)
-    open_reservations: dict[str, int] = field(default_factory=dict)  # account -> reservations outstanding
     # (campaign, day) -> [reserved, released, charged, refunded] since the last drain, for the spend CRDT
     pn: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     # campaign -> its CampaignBudget.available, kept in step by every method that changes it: the auction reads
@@ -77,6 +87,9 @@ class BudgetLedger:
     available_by_campaign: dict[str, int] = field(default_factory=dict)
 
     account: str = field(init=False, default="")
+    _open: _Bucket | None = field(init=False, default=None)  # the bucket reservations go to now
+    _open_seq: int = field(init=False, default=0)
+    _open_until: float = field(init=False, default=-math.inf)
 
     def __post_init__(self) -> None:
         self.account = f"{self.worker_id}.{self.epoch}"
@@ -111,6 +124,7 @@ class BudgetLedger:
             b.asked_at = -1e18
         self.epoch += 1
         self.account = f"{self.worker_id}.{self.epoch}"
+        self._open = None  # a bucket holds one account's reservations
         self.live = False
         self.lease_until = -math.inf
         return True
@@ -121,8 +135,11 @@ class BudgetLedger:
             back[campaign_id] = back.get(campaign_id, 0) + micros
 
     def closable_returns(self) -> dict[str, dict[str, int]]:
-        """Returns of closed accounts whose reservations have all settled or expired; removed once taken."""
-        ready = {a: r for a, r in self.returns.items() if not self.open_reservations.get(a)}
+        """Returns of closed accounts none of whose buckets is still live; removed once taken."""
+        if not self.returns:
+            return {}
+        holding = {bucket.account for bucket in self.buckets.values()}
+        ready = {a: r for a, r in self.returns.items() if a not in holding}
         for a in ready:
             del self.returns[a]
         return ready
@@ -181,74 +198,98 @@ class BudgetLedger:
             b.exhausted = False
             b.asked_at = -1e18
 
-    def reserve(self, key: str, campaign_id: str, micros: int, *, expires_s: float,
-                now_s: float | None = None) -> bool:
-        """``now_s``: refuse past the lease's end even before the next tick notices (a stalled event loop
-        must not spend an expired lease)."""
+    def reserve(self, campaign_id: str, micros: int, *, now_s: float) -> Hold | None:
+        """Hold ``micros`` of the allowance for an ad just chosen. Returns the hold to sign into the ad's
+        tokens, None when refused: no allowance for it, or no live lease (``now_s`` past the lease's end is
+        refused even before the next tick notices: a stalled event loop must not spend an expired lease)."""
         b = self.campaigns.get(campaign_id)
         if b is None or b.available < micros or micros < 0:
-            return False
-        if not b.counter and (not self.live or (now_s is not None and now_s >= self.lease_until)):
-            return False
-        reservations = self.reservations
-        if len(reservations) >= self.max_reservations or key in reservations:
-            return False
+            return None
+        if not b.counter and (not self.live or now_s >= self.lease_until):
+            return None
+        # One call per ad shown, so it is written for speed: the common case is two dict lookups and adds.
+        bucket = self._open
+        if bucket is None or now_s >= self._open_until:
+            bucket = self._new_bucket(now_s)
+        day = b.day
+        held = bucket.held.get(campaign_id)
+        if held is None:
+            bucket.held[campaign_id] = [micros, day]
+        elif held[1] == day:
+            held[0] += micros
+        else:  # the campaign's day turned while this bucket was open: one day per campaign and bucket
+            bucket = self._new_bucket(now_s)
+            bucket.held[campaign_id] = [micros, day]
         b.available -= micros
         self.available_by_campaign[campaign_id] = b.available
         b.reserved += micros
-        account, day = self.account, b.day
-        # One of these per ad shown, so it is written for speed: the tuple built without NamedTuple.__new__'s
-        # Python frame, and _stage inlined.
-        reservations[key] = _new_reservation(Reservation, (campaign_id, micros, expires_s, day, account))
-        open_reservations = self.open_reservations
-        open_reservations[account] = open_reservations.get(account, 0) + 1
         entry = self.pn.get((campaign_id, day))
         if entry is None:
             entry = self.pn[(campaign_id, day)] = [0, 0, 0, 0]
         entry[RES_P] += micros
-        return True
+        return (self.worker_id, self._open_seq, micros)
 
-    def _release(self, key: str) -> None:
-        r = self.reservations.pop(key, None)
-        if r is None:
-            return
-        b = self.campaigns[r.campaign_id]
-        b.reserved -= r.micros
-        self._stage(r.campaign_id, r.day, RES_N, r.micros)
-        self.open_reservations[r.account] = self.open_reservations.get(r.account, 1) - 1
-        if r.day != b.day:
+    def _new_bucket(self, now_s: float) -> _Bucket:
+        self._open_seq += 1
+        self._open_until = now_s + self.bucket_s
+        bucket = self._open = self.buckets[self._open_seq] = _Bucket(self.account, self._open_until + self.ttl_s)
+        return bucket
+
+    def _take(self, hold: Hold | None, campaign_id: str) -> tuple[int, str, str] | None:
+        """Take a hold's micros out of its bucket: (micros, day, account), or None when this ledger does not
+        hold it (another process reserved it, it expired, or it was an older token without a hold)."""
+        if hold is None or hold[0] != self.worker_id:
+            return None
+        bucket = self.buckets.get(hold[1])
+        if bucket is None:
+            return None
+        held = bucket.held.get(campaign_id)
+        if held is None or held[0] <= 0:
+            return None
+        micros = min(hold[2], held[0])
+        held[0] -= micros
+        return micros, held[1], bucket.account
+
+    def _give_back(self, account: str, campaign_id: str, micros: int, day: str) -> None:
+        """A reservation ended unbilled: out of in-flight, back into the allowance it came from."""
+        b = self.campaigns[campaign_id]
+        b.reserved -= micros
+        self._stage(campaign_id, day, RES_N, micros)
+        if day != b.day:
             return  # yesterday's reservation does not refill today's allowance
-        if r.account != self.account:
-            back = self.returns.setdefault(r.account, {})  # a closed account's: it goes back with the return
-            back[r.campaign_id] = back.get(r.campaign_id, 0) + r.micros
+        if account != self.account:
+            back = self.returns.setdefault(account, {})  # a closed account's: it goes back with the return
+            back[campaign_id] = back.get(campaign_id, 0) + micros
         else:
-            b.available += r.micros
-            self.available_by_campaign[r.campaign_id] = b.available
+            b.available += micros
+            self.available_by_campaign[campaign_id] = b.available
 
-    def release(self, key: str) -> None:
+    def release(self, campaign_id: str, hold: Hold | None) -> None:
         """The event will not be billed (invalid traffic): give its reservation back now, not at expiry."""
-        self._release(key)
+        taken = self._take(hold, campaign_id)
+        if taken is not None:
+            micros, day, account = taken
+            self._give_back(account, campaign_id, micros, day)
 
-    def settle(self, key: str, campaign_id: str, cost: int) -> bool:
-        """A billable event arrived: release its reservation (if this process holds it) and take the real
+    def settle(self, campaign_id: str, cost: int, hold: Hold | None = None) -> bool:
+        """A billable event arrived: release its reservation (if this ledger holds it) and take the real
         cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""
-        reservation = self.reservations.get(key)
         b = self.campaigns.setdefault(campaign_id, CampaignBudget())
-        if reservation is not None and (reservation.day != b.day or reservation.account != self.account) \
-                and cost <= reservation.micros:
-            # Decided against yesterday's grants or a closed account's: bill it there (the reservation covers
-            # it) and leave today's allowance alone; what the reservation held beyond the cost goes back.
-            self.reservations.pop(key)
-            b.reserved -= reservation.micros
-            b.spent += cost
-            self._stage(campaign_id, reservation.day, RES_N, reservation.micros)
-            self._stage(campaign_id, reservation.day, CHG_P, cost)
-            self.open_reservations[reservation.account] = self.open_reservations.get(reservation.account, 1) - 1
-            if reservation.day == b.day and reservation.micros > cost:
-                back = self.returns.setdefault(reservation.account, {})
-                back[campaign_id] = back.get(campaign_id, 0) + reservation.micros - cost
-            return True
-        self._release(key)
+        taken = self._take(hold, campaign_id)
+        if taken is not None:
+            micros, day, account = taken
+            if (day != b.day or account != self.account) and cost <= micros:
+                # Decided against yesterday's grants or a closed account's: bill it there (the reservation
+                # covers it) and leave today's allowance alone; what the reservation held beyond the cost goes
+                # back with that account's return.
+                b.reserved -= micros
+                b.spent += cost
+                self._stage(campaign_id, day, RES_N, micros)
+                self._stage(campaign_id, day, CHG_P, cost)
+                if day == b.day and micros > cost:
+                    self.add_return(account, campaign_id, micros - cost)
+                return True
+            self._give_back(account, campaign_id, micros, day)
         if b.available < cost or not (self.live or b.counter):
             b.refused += 1
             return False
@@ -258,14 +299,27 @@ class BudgetLedger:
         self._stage(campaign_id, b.day, CHG_P, cost)
         return True
 
+    def in_flight(self, campaign_id: str) -> int:
+        """Micros this ledger's buckets still hold for the campaign (equals its ``reserved``)."""
+        return sum(held[0] for bucket in self.buckets.values()
+                   if (held := bucket.held.get(campaign_id)) is not None)
+
     def expire(self, now_s: float) -> int:
+        """Give back every bucket whose TTL has run out; returns the micros released."""
         released = 0
-        while self.reservations:
-            key, r = next(iter(self.reservations.items()))
-            if r.expires_s > now_s:
+        buckets = self.buckets
+        while buckets:
+            seq = next(iter(buckets))
+            bucket = buckets[seq]
+            if bucket.expires_s > now_s:
                 break
-            self._release(key)
-            released += r.micros
+            del buckets[seq]
+            if bucket is self._open:
+                self._open = None
+            for campaign_id, (micros, day) in bucket.held.items():
+                if micros:
+                    self._give_back(bucket.account, campaign_id, micros, day)
+                    released += micros
         return released
 
     def wants(self, targets: dict[str, int], *, now_s: float, retry_s: float) -> dict[str, int]:

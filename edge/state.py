@@ -354,7 +354,7 @@ def new_state(settings: EdgeSettings) -> EdgeState:
     # Seeded from the OS once per worker; the auction itself only ever sees this generator.
     return EdgeState(
         settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)), worker_id=worker_id,
-        ledger=BudgetLedger(worker_id=worker_id), spend=SpendView(worker_id),
+        ledger=BudgetLedger(worker_id=worker_id, ttl_s=settings.edge_reservation_ttl_s), spend=SpendView(worker_id),
         ack_waits=AckWaits(settings.edge_beacon_ack_timeout_s),
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),

@@ -153,6 +153,12 @@ def test_clicks_too_fast_or_without_impression_are_not_billed(stack: LocalStack)
 def test_one_ip_past_the_flood_limit_is_marked(stack: LocalStack):
     launch(stack, "ivtflood", "cpm")
     ip = next(_ips)
+    # The count is a sliding estimate over fixed 60 s windows (edge/ivt_store.py): across a window's edge it
+    # weighs the previous window's beacons a little less, so a run straddling one flags one fewer (seen once
+    # in a full suite run). Start clear of the edge.
+    left = 60 - time.time() % 60
+    if left < 15:
+        time.sleep(left + 0.2)
     before = beacon_counts(stack)
     for _ in range(IP_LIMIT + 3):
         shown = ad(stack, "ivtflood", ip=ip)

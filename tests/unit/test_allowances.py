@@ -41,7 +41,6 @@ class World:
     now: float = 1.0
     cut: set[str] = field(default_factory=set)
     charged: int = 0
-    keys: int = 0
 
     def credit(self, credits: list[Credit]) -> None:
         for c in credits:
@@ -74,11 +73,10 @@ class World:
         if not h.alive:
             return
         for _ in range(units):
-            self.keys += 1
-            key = f"imp{self.keys}"
-            if not h.ledger.reserve(key, "c", UNIT, expires_s=self.now + 30, now_s=self.now):
+            hold = h.ledger.reserve("c", UNIT, now_s=self.now)
+            if hold is None:
                 return
-            if h.ledger.settle(key, "c", UNIT):
+            if h.ledger.settle("c", UNIT, hold):
                 self.charged += UNIT
                 h.spent_since_report += UNIT
 
@@ -95,7 +93,7 @@ class World:
 
 
 def new_world() -> World:
-    holders = [Holder(region, BudgetLedger(worker_id=f"{region}{n}"))
+    holders = [Holder(region, BudgetLedger(worker_id=f"{region}{n}", ttl_s=30))
                for region in ("eu", "us", "ap") for n in range(2)]
     return World(holders)
 

@@ -29,109 +29,162 @@ def test_grant_adds_to_available_and_granted():
     assert (b.available, b.granted, b.exhausted) == (1_500, 1_500, True)
 
 
-def test_reserve_moves_available_to_reserved():
+def test_reserve_moves_available_to_reserved_and_returns_the_hold():
     ledger = ledger_with(1_000)
-    assert ledger.reserve("i1", "c1", 300, expires_s=10)
+    assert ledger.reserve("c1", 300, now_s=0) == ("w", 1, 300)  # (ledger, bucket, micros): signed into tokens
     b = ledger.campaigns["c1"]
     assert (b.available, b.reserved, b.spent) == (700, 300, 0)
+    assert ledger.in_flight("c1") == 300
     assert balanced(ledger, "c1")
 
 
 def test_reserve_fails_when_insufficient():
     ledger = ledger_with(1_000)
-    assert not ledger.reserve("i1", "c1", 1_001, expires_s=10)
+    assert ledger.reserve("c1", 1_001, now_s=0) is None
     assert ledger.campaigns["c1"].available == 1_000
-    assert "i1" not in ledger.reservations
+    assert ledger.in_flight("c1") == 0
 
 
 def test_reserve_exactly_the_rest_succeeds():
     ledger = ledger_with(1_000)
-    assert ledger.reserve("i1", "c1", 1_000, expires_s=10)
+    assert ledger.reserve("c1", 1_000, now_s=0)
     assert ledger.campaigns["c1"].available == 0
 
 
 def test_reserve_for_an_unknown_campaign_or_negative_amount_fails():
     ledger = ledger_with(1_000)
-    assert not ledger.reserve("i1", "nope", 1, expires_s=10)
-    assert not ledger.reserve("i2", "c1", -1, expires_s=10)
+    assert ledger.reserve("nope", 1, now_s=0) is None
+    assert ledger.reserve("c1", -1, now_s=0) is None
     assert ledger.campaigns["c1"].available == 1_000
 
 
-def test_reserve_refused_when_the_reservation_table_is_full():
-    ledger = BudgetLedger(max_reservations=2)
-    ledger.grant("c1", 1_000, exhausted=False, day=DAY)
-    assert ledger.reserve("i1", "c1", 1, expires_s=10)
-    assert ledger.reserve("i2", "c1", 1, expires_s=10)
-    assert not ledger.reserve("i3", "c1", 1, expires_s=10)
-    assert ledger.campaigns["c1"].available == 998
+def test_memory_grows_with_buckets_and_campaigns_not_with_ads():
+    ledger = BudgetLedger(bucket_s=1.0)
+    ledger.grant("c1", 10**9, exhausted=False, day=DAY)
+    ledger.grant("c2", 10**9, exhausted=False, day=DAY)
+    holds = [ledger.reserve(f"c{1 + i % 2}", 10, now_s=i / 10_000) for i in range(10_000)]  # 10k ads in 1 s
+    assert len(ledger.buckets) == 1 and len(ledger.buckets[1].held) == 2
+    assert {h[1] for h in holds} == {1}
+    assert ledger.reserve("c1", 10, now_s=1.0)[1] == 2  # the next second opens the next bucket
+    assert ledger.in_flight("c1") == 50_010
 
 
 def test_settle_turns_the_reservation_into_the_real_cost():
     ledger = ledger_with(1_000)
-    ledger.reserve("i1", "c1", 300, expires_s=10)
-    assert ledger.settle("i1", "c1", 250)  # the click cost less than reserved: the rest goes back
+    hold = ledger.reserve("c1", 300, now_s=0)
+    assert ledger.settle("c1", 250, hold)  # the click cost less than reserved: the rest goes back
     b = ledger.campaigns["c1"]
     assert (b.available, b.reserved, b.spent) == (750, 0, 250)
     assert balanced(ledger, "c1")
 
 
-def test_settle_without_a_reservation_here_takes_from_the_allowance():
+def test_settle_of_a_hold_this_ledger_does_not_have_takes_from_the_allowance():
     ledger = ledger_with(1_000)
-    assert ledger.settle("reserved-by-another-worker", "c1", 400)
-    assert (ledger.campaigns["c1"].available, ledger.campaigns["c1"].spent) == (600, 400)
+    mine = ledger.reserve("c1", 100, now_s=0)
+    assert ledger.settle("c1", 400, ("another-worker", mine[1], 100))  # same bucket number, other process
+    assert ledger.settle("c1", 50, None)  # a token minted without a hold
+    b = ledger.campaigns["c1"]
+    assert (b.available, b.reserved, b.spent) == (450, 100, 450)  # this ledger's own reservation untouched
+    assert balanced(ledger, "c1")
 
 
 def test_settle_refuses_what_the_allowance_cannot_cover_and_takes_nothing():
     ledger = ledger_with(100)
-    assert not ledger.settle("i1", "c1", 250)
+    assert not ledger.settle("c1", 250)
     b = ledger.campaigns["c1"]
     assert (b.available, b.spent, b.refused) == (100, 0, 1)
-    assert not ledger.settle("i2", "unknown", 1)
+    assert not ledger.settle("unknown", 1)
 
 
-def test_expire_releases_due_reservations_in_order():
+def test_release_gives_the_reservation_back_now():
     ledger = ledger_with(1_000)
-    ledger.reserve("i1", "c1", 100, expires_s=10)
-    ledger.reserve("i2", "c1", 200, expires_s=20)
-    ledger.reserve("i3", "c1", 400, expires_s=30)
-    assert ledger.expire(9.9) == 0
-    assert ledger.expire(20) == 300  # due at exactly its expiry
-    assert list(ledger.reservations) == ["i3"]
+    hold = ledger.reserve("c1", 300, now_s=0)
+    ledger.release("c1", hold)  # invalid traffic: never billed
+    b = ledger.campaigns["c1"]
+    assert (b.available, b.reserved, b.spent) == (1_000, 0, 0)
+    assert ledger.expire(1_000) == 0  # nothing left to expire
+
+
+def test_a_hold_handed_back_twice_releases_no_more_than_its_bucket_holds():
+    # The beacon dedup upstream makes this rare (a duplicate older than its window): the second release takes
+    # another impression's micros early, never more than the bucket holds, and the books still balance.
+    ledger = ledger_with(1_000)
+    h1 = ledger.reserve("c1", 100, now_s=0)
+    ledger.reserve("c1", 50, now_s=0.1)
+    ledger.release("c1", h1)
+    ledger.release("c1", h1)
+    ledger.release("c1", h1)
+    b = ledger.campaigns["c1"]
+    assert (b.available, b.reserved, ledger.in_flight("c1")) == (1_000, 0, 0)
+    assert ledger.settle("c1", 100, h1)  # nothing held any more: paid from the allowance, once
+    assert (b.available, b.spent) == (900, 100)
+    assert balanced(ledger, "c1")
+
+
+def test_expire_gives_back_whole_buckets_once_their_ttl_is_over():
+    ledger = BudgetLedger(ttl_s=10, bucket_s=1)
+    ledger.grant("c1", 1_000, exhausted=False, day=DAY)
+    h1 = ledger.reserve("c1", 100, now_s=0)  # bucket open [0, 1): expires at 1 + 10
+    ledger.reserve("c1", 200, now_s=10)  # expires at 21
+    ledger.reserve("c1", 400, now_s=20)  # expires at 31
+    assert ledger.expire(10.9) == 0
+    assert ledger.expire(21) == 300  # due at exactly its expiry
+    assert len(ledger.buckets) == 1
     b = ledger.campaigns["c1"]
     assert (b.available, b.reserved) == (600, 400)
-    assert ledger.settle("i1", "c1", 100)  # a late beacon is paid from the allowance, once
+    assert ledger.settle("c1", 100, h1)  # a late beacon is paid from the allowance, once
     assert (b.available, b.spent) == (500, 100)
 
 
-def test_expire_stops_at_the_first_reservation_not_yet_due():
-    ledger = ledger_with(1_000)
-    ledger.reserve("late", "c1", 100, expires_s=50)
-    ledger.reserve("early", "c1", 100, expires_s=10)
-    # Insertion order is the expiry order (one TTL per process): the scan stops at the first live entry.
-    assert ledger.expire(20) == 0
-    assert ledger.expire(50) == 200
+def test_no_reservation_lives_shorter_than_the_ttl():
+    ledger = BudgetLedger(ttl_s=10, bucket_s=1)
+    ledger.grant("c1", 1_000, exhausted=False, day=DAY)
+    ledger.reserve("c1", 100, now_s=0)
+    ledger.reserve("c1", 100, now_s=0.99)  # same bucket, made last
+    assert ledger.expire(10.98) == 0
+    assert ledger.expire(11) == 200
 
 
 def test_a_new_day_drops_yesterdays_unspent_slices():
-    ledger = ledger_with(1_000)
-    ledger.reserve("i1", "c1", 300, expires_s=10)
+    ledger = BudgetLedger(ttl_s=10)
+    ledger.grant("c1", 1_000, exhausted=False, day=DAY)
+    ledger.reserve("c1", 300, now_s=0)
     assert ledger.new_day("c1", "2026-11-25")
     b = ledger.campaigns["c1"]
     assert b.available == 0  # yesterday's 700 cannot be spent against today's budget
     assert not ledger.new_day("c1", "2026-11-25") and not ledger.new_day("c1", DAY)  # never backwards
     ledger.grant("c1", 500, exhausted=False, day="2026-11-25")
-    ledger.expire(10)  # yesterday's reservation expires: it does not refill today's allowance
+    ledger.expire(11)  # yesterday's reservation expires: it does not refill today's allowance
     assert (b.available, b.reserved) == (500, 0)
 
 
 def test_yesterdays_reservation_settles_as_yesterdays_spend():
     ledger = ledger_with(1_000)
-    ledger.reserve("i1", "c1", 300, expires_s=10)
+    hold = ledger.reserve("c1", 300, now_s=0)
     ledger.new_day("c1", "2026-11-25")
     ledger.grant("c1", 500, exhausted=False, day="2026-11-25")
-    assert ledger.settle("i1", "c1", 300)
+    today = ledger.reserve("c1", 100, now_s=0.5)  # the day turned inside the open bucket: a fresh bucket
+    assert today[1] != hold[1]
+    assert ledger.settle("c1", 300, hold)
     b = ledger.campaigns["c1"]
-    assert (b.available, b.reserved, b.spent) == (500, 0, 300)
+    assert (b.available, b.reserved, b.spent) == (400, 100, 300)
+    ledger.drain_pn()
+    assert ledger.settle("c1", 100, today)
+    assert ledger.drain_pn() == {("c1", "2026-11-25"): [0, 100, 100, 0]}  # today's RES_N and CHG_P
+
+
+def test_a_closed_accounts_reservations_go_back_with_its_return_once_its_buckets_expired():
+    ledger = BudgetLedger(ttl_s=10, lease_until=100)
+    ledger.grant("c1", 1_000, exhausted=False, day=DAY)
+    h1 = ledger.reserve("c1", 300, now_s=0)
+    ledger.reserve("c1", 200, now_s=0)
+    assert ledger.lapse(100)  # the lease ran out: 500 unused go into the closed account's return
+    assert ledger.reserve("c1", 1, now_s=100) is None  # no live lease, no spending
+    ledger.release("c1", h1)  # the closed account's reservation goes back with its return, not to today
+    assert ledger.closable_returns() == {}  # a bucket of that account is still live
+    ledger.expire(11)
+    assert ledger.closable_returns() == {"w.0": {"c1": 1_000}}
+    assert ledger.campaigns["c1"].available == 0
 
 
 def test_a_grant_for_a_day_that_is_over_is_ignored():
@@ -150,7 +203,7 @@ def test_allowance_lists_only_positive_balances():
 def test_allowance_view_is_live_and_defaults():
     ledger = ledger_with(100)
     view = ledger.allowance_view()
-    ledger.reserve("i1", "c1", 40, expires_s=1)
+    ledger.reserve("c1", 40, now_s=0)
     assert view.get("c1", 0) == 60
     assert view.get("nope", 0) == 0
     assert view.get("nope", 7) == 7
@@ -209,46 +262,55 @@ _ops = st.lists(
     st.one_of(
         st.tuples(st.just("grant"), st.sampled_from(["c1", "c2"]), st.integers(0, 5_000)),
         st.tuples(st.just("reserve"), st.sampled_from(["c1", "c2", "c3"]), st.integers(-5, 3_000)),
-        st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 3_000)),
+        st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 3_000)),  # a hold (or none) and cost
+        st.tuples(st.just("release"), st.integers(0, 40), st.just(0)),
         st.tuples(st.just("expire"), st.integers(0, 5), st.just(0)),
+        st.tuples(st.just("new_day"), st.sampled_from(["c1", "c2"]), st.just(0)),
     ),
     max_size=60,
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ops=_ops)
 def test_books_balance_and_spend_never_exceeds_grants(ops):
-    ledger = BudgetLedger()
-    now, n = 0.0, 0
+    ledger = BudgetLedger(ttl_s=3, bucket_s=1)
+    now = 0.0
+    day = DAY
+    holds: list[tuple[str, tuple[str, int, int]]] = []
+    granted_at: dict[str, int] = {}
     for op, a, b in ops:
         if op == "grant":
-            ledger.grant(a, b, exhausted=False, day=DAY)
+            ledger.grant(a, b, exhausted=False, day=day)
         elif op == "reserve":
             before = ledger.campaigns[a].available if a in ledger.campaigns else None
-            ok = ledger.reserve(f"i{n}", a, b, expires_s=now + 3)
-            assert ok == (before is not None and 0 <= b <= before)
-            n += 1
-        elif op == "settle":
-            if "c1" in ledger.campaigns:
-                ledger.settle(f"i{a}", "c1", b)
+            hold = ledger.reserve(a, b, now_s=now)
+            assert (hold is not None) == (before is not None and 0 <= b <= before)
+            if hold is not None:
+                holds.append((a, hold))
+            now += 0.25
+        elif op in ("settle", "release"):
+            # Any hold, several times over, or none: duplicates and foreign tokens must not unbalance anything.
+            campaign_id, hold = holds[a] if a < len(holds) else ("c1", None)
+            if op == "release":
+                ledger.release(campaign_id, hold)
+            elif campaign_id in ledger.campaigns:
+                ledger.settle(campaign_id, b, hold)
+        elif op == "new_day":
+            day = f"2026-11-{25 + len(granted_at)}"
+            granted_at[day] = 1
+            ledger.new_day(a, day)
         else:
             now += a
             ledger.expire(now)
         for cid, bud in ledger.campaigns.items():
             assert bud.available >= 0
-            assert balanced(ledger, cid)
-            assert bud.reserved == sum(r.micros for r in ledger.reservations.values() if r.campaign_id == cid)
+            assert bud.reserved == ledger.in_flight(cid) >= 0
             assert bud.spent <= bud.granted  # the hard bound: never spend more than was granted
+            if not granted_at:  # a new day drops yesterday's unspent slices on purpose: balance within one day
+                assert balanced(ledger, cid)
     # Everything still reserved is released once it is all due.
     ledger.expire(now + 10)
-    assert all(b.reserved == 0 and b.available + b.spent == b.granted for b in ledger.campaigns.values())
-
-
-def test_reserving_the_same_impression_twice_does_not_leak():
-    ledger = ledger_with(1_000)
-    ledger.reserve("i1", "c1", 300, expires_s=10)
-    ledger.reserve("i1", "c1", 300, expires_s=10)
-    ledger.expire(10)
-    b = ledger.campaigns["c1"]
-    assert (b.available, b.reserved) == (1_000, 0)
+    assert all(b.reserved == 0 for b in ledger.campaigns.values())
+    if not granted_at:
+        assert all(b.available + b.spent == b.granted for b in ledger.campaigns.values())
