@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.auction import AdRequest, run_auction
-from edge.budget import BudgetLedger
+from edge.budget import BudgetLedger, Hold
 from edge.spend import SpendView
 from replication.calendar import utc_day
 from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative, build_snapshot
@@ -71,7 +71,7 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
     next_tick = started + 0.1
     ticks = 0
     deadline = started + duration_s
-    holds: list[tuple[str, int, int]] = []
+    holds: list[Hold] = []
     while True:
         for request in requests:
             result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance,

@@ -213,7 +213,9 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
 def _hold(claims: dict) -> Hold | None:
     """The reservation hold signed into the ad's tokens (None in a token minted without one)."""
     rsv = claims.get("rsv")
-    return (str(rsv[0]), int(rsv[1]), int(rsv[2])) if isinstance(rsv, list) and len(rsv) == 3 else None
+    if not isinstance(rsv, list) or len(rsv) != 4:
+        return None
+    return (str(rsv[0]), int(rsv[1]), int(rsv[2]), int(rsv[3]))
 
 
 async def _durable(st: EdgeState, acked: asyncio.Future[None] | None,

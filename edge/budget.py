@@ -20,12 +20,12 @@ In-flight reservations are held per campaign in expiry *buckets*, not per impres
 thousands per second per process and a record per ad was a live object per ad shown for a whole TTL (a
 million of them at 1,400 six-slot decisions per second and the 120 s default), which the decision path paid
 for in allocation and the ledger in memory. ``reserve`` adds to the open bucket's sum for the campaign and
-returns a *hold* (ledger, bucket number, micros), which the caller signs into the ad's tokens,
-and the billable event hands it back to ``settle`` (or ``release``), which takes those micros out of that
-bucket if this ledger still holds it. A bucket expires whole, ``ttl_s`` after it closed, so memory is
-buckets x campaigns. The beacon dedup upstream makes a hold come back once; one that came back twice would
-release other impressions' micros early, never more than the bucket holds, so the books still balance and
-spend still never passes the grants.
+returns a *hold* (ledger, bucket number, micros, the reservation's ordinal in its bucket), which the
+caller signs into the ad's tokens; the billable event hands it back to ``settle`` (or ``release``), which
+takes those micros out of that bucket if this ledger still holds it. A bit per reservation marks the holds
+already handed back, so a hold works once however often it returns (a replay older than the beacon dedup,
+a second conversion on one click): another ad's reservation is never drained by it. A bucket expires
+whole, ``ttl_s`` after it closed, so memory is buckets x campaigns plus a bit per ad.
 
 Every movement is also staged as PN-counter increments (``pn``) for the replicated spend counter: P takes
 reservations and charges, N takes releases and refunds, under ``"r"`` (in flight) and ``"c"`` (charged).
@@ -55,8 +55,8 @@ class CampaignBudget:
 
 
 # What the caller keeps for one reserved ad (signed into its tokens): the ledger's worker id, the number of
-# the bucket holding the reservation, and the micros reserved.
-Hold = tuple[str, int, int]
+# the bucket holding the reservation, the micros reserved, and the reservation's ordinal in the bucket.
+Hold = tuple[str, int, int, int]
 
 
 @dataclass(slots=True)
@@ -64,6 +64,8 @@ class _Bucket:
     account: str  # the account whose allowance the reservations came from
     expires_s: float
     held: dict[str, list] = field(default_factory=dict)  # campaign -> [micros still held, campaign-local day]
+    count: int = 0  # reservations made in this bucket (the next one's ordinal)
+    returned: bytearray = field(default_factory=bytearray)  # bit per ordinal: its hold was handed back
 
 
 @dataclass(slots=True)
@@ -135,10 +137,11 @@ class BudgetLedger:
             back[campaign_id] = back.get(campaign_id, 0) + micros
 
     def closable_returns(self) -> dict[str, dict[str, int]]:
-        """Returns of closed accounts none of whose buckets is still live; removed once taken."""
+        """Returns of closed accounts with nothing left in flight; removed once taken."""
         if not self.returns:
             return {}
-        holding = {bucket.account for bucket in self.buckets.values()}
+        holding = {bucket.account for bucket in self.buckets.values()
+                   if bucket.account in self.returns and any(held[0] for held in bucket.held.values())}
         ready = {a: r for a, r in self.returns.items() if a not in holding}
         for a in ready:
             del self.returns[a]
@@ -227,7 +230,9 @@ class BudgetLedger:
         if entry is None:
             entry = self.pn[(campaign_id, day)] = [0, 0, 0, 0]
         entry[RES_P] += micros
-        return (self.worker_id, self._open_seq, micros)
+        n = bucket.count
+        bucket.count = n + 1
+        return (self.worker_id, self._open_seq, micros, n)
 
     def _new_bucket(self, now_s: float) -> _Bucket:
         self._open_seq += 1
@@ -237,16 +242,24 @@ class BudgetLedger:
 
     def _take(self, hold: Hold | None, campaign_id: str) -> tuple[int, str, str] | None:
         """Take a hold's micros out of its bucket: (micros, day, account), or None when this ledger does not
-        hold it (another process reserved it, it expired, or it was an older token without a hold)."""
+        hold it (another process reserved it, it expired, it was handed back before, or it came in an older
+        token without a hold)."""
         if hold is None or hold[0] != self.worker_id:
             return None
         bucket = self.buckets.get(hold[1])
-        if bucket is None:
+        if bucket is None or not 0 <= hold[3] < bucket.count:
             return None
         held = bucket.held.get(campaign_id)
-        if held is None or held[0] <= 0:
+        if held is None:
             return None
-        micros = min(hold[2], held[0])
+        byte, bit = divmod(hold[3], 8)
+        returned = bucket.returned
+        if byte >= len(returned):
+            returned.extend(bytes(byte + 1 - len(returned)))
+        elif returned[byte] & (1 << bit):
+            return None
+        returned[byte] |= 1 << bit
+        micros = min(hold[2], held[0])  # equal, unless the token lied about its campaign
         held[0] -= micros
         return micros, held[1], bucket.account
 
