@@ -20,7 +20,9 @@ Benchmarks:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import statistics
@@ -34,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import psutil
 
 from adserver.bench_budget import bench_decisions
 from adserver.faults import pause, resume
@@ -79,6 +82,36 @@ def wrk_binary() -> str:
     if found is None:
         raise RuntimeError("wrk not found: `make bench` installs it (Debian package wrk)")
     return found
+
+
+class CpuMeter:
+    """CPU seconds used by named process trees (a granian master and its workers count as one), so a ratio
+    comes with where each side's time went. wrk, a child of this process, is read from ``os.times``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            total = 0.0
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                tree = []
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system
+            out[name] = total
+        t = os.times()
+        out["wrk"] = t.children_user + t.children_system
+        return out
+
+    @staticmethod
+    def per_request_us(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+        used = {name: (after[name] - before[name]) * 1e6 / max(1, requests) for name in after}
+        return {**{k: round(v, 1) for k, v in used.items()}, "total": round(sum(used.values()), 1)}
 
 
 def run_wrk(url: str, *, duration_s: float, connections: int, paths_file: Path | None, script: Path) -> LoadRun:
@@ -131,7 +164,7 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
     helpers = ProcessGroup(workdir)
     try:
         # The region's Redis for the IVT flood counters, as in production.
-        redis_url = start_redis(helpers)[1] if shutil.which("redis-server") else ""
+        redis_proc, redis_url = start_redis(helpers) if shutil.which("redis-server") else (None, "")
         # One client address carries what a PoP gets from many browsers: its beacons are counted, but neither
         # flood verdicts nor the per-IP request limit apply.
         env = {"ADSERVER_EDGE_IVT_ENABLED": "true", "ADSERVER_EDGE_REDIS_URL": redis_url,
@@ -152,18 +185,28 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
             chunk = len(paths) // rounds
             hello_runs: list[LoadRun] = []
             beacon_runs: list[LoadRun] = []
-            assert stack.control_plane is not None
+            assert stack.control_plane is not None and stack.nats is not None
+            pids = {"baseline": baseline.popen.pid, "edge": stack.edges[0].proc.popen.pid,
+                    "nats-server": stack.nats.popen.pid, **({"redis": redis_proc.popen.pid} if redis_proc else {})}
+            meter = CpuMeter(pids)
+            cpu: dict[str, list[dict[str, float]]] = {"hello": [], "beacons": []}
             pause(stack.control_plane)  # the collector and chdb: not part of the endpoint under test
             try:
                 for r in range(rounds):
+                    before = meter.read()
                     hello_runs.append(run_wrk(hello_url, duration_s=duration_s, connections=connections,
                                               paths_file=None, script=script))
-                    say(f"round {r + 1}: /hello {hello_runs[-1].rps:,.0f} req/s")
+                    cpu["hello"].append(meter.per_request_us(before, meter.read(), hello_runs[-1].requests))
+                    say(f"round {r + 1}: /hello {hello_runs[-1].rps:,.0f} req/s; CPU us per request "
+                        f"{cpu['hello'][-1]}")
                     paths_file = workdir / f"beacons-{r}.txt"
                     paths_file.write_text("\n".join(paths[r * chunk:(r + 1) * chunk]) + "\n")
+                    before = meter.read()
                     beacon_runs.append(run_wrk(stack.edges[0].url, duration_s=duration_s,
                                                connections=connections, paths_file=paths_file, script=script))
-                    say(f"round {r + 1}: /v1/track/impression {beacon_runs[-1].rps:,.0f} req/s")
+                    cpu["beacons"].append(meter.per_request_us(before, meter.read(), beacon_runs[-1].requests))
+                    say(f"round {r + 1}: /v1/track/impression {beacon_runs[-1].rps:,.0f} req/s; CPU us per "
+                        f"request {cpu['beacons'][-1]}")
                     if beacon_runs[-1].requests > chunk:
                         raise RuntimeError("ran out of distinct tokens: replays would flatter the beacon side")
             finally:
@@ -181,6 +224,10 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
         "beacon_rps": round(beacon_rps), "hello_rps": round(hello_rps),
         "beacon_p99_ms": statistics.median(run.p99_ms for run in beacon_runs),
         "hello_p99_ms": statistics.median(run.p99_ms for run in hello_runs),
+        # CPU microseconds per request by process, medians over the rounds: with both sides saturating the
+        # cores, the ratio is about hello's total over the beacon's, and this says which process holds it.
+        "cpu_us_per_request": {side: {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+                               for side, runs in cpu.items()},
         "beacon_errors": sum(run.status_errors + run.socket_errors for run in beacon_runs),
         "beacons_answered": answered, "impressions_stored": stored, "stored_caught_up": caught_up,
         # wrk stops with up to ``connections`` requests in flight per run: the edge recorded those too, so
