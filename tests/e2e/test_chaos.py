@@ -60,9 +60,11 @@ def test_accounting_finds_loss_phantoms_and_double_billing() -> None:
 FAULT_HAPPENED = {
     # The kill found acknowledged events in the edge's memory, and clients saw the edge go away.
     "edge-kill": lambda r: r["fault"]["buffered_seen_before_kill"] >= 30 and r["client_during_fault"]["ad_errors"] > 0,
-    # Publishes failed while NATS was down or frozen and were retried.
-    "nats-kill-5s": lambda r: r["edge_publish_retries"] > 0,
-    "nats-stop": lambda r: r["edge_publish_retries"] > 0,
+    # Publishes failed while NATS was down or frozen and were retried, or beacons went unanswered past the
+    # edge's ack wait. (A restart quick enough that nats-py's reconnect buffer carried every publish through
+    # needs no retry: seen once in a full-suite run, with 0 retries.)
+    "nats-kill-5s": lambda r: r["edge_publish_retries"] > 0 or r["client_during_fault"]["beacon_failures"] > 0,
+    "nats-stop": lambda r: r["edge_publish_retries"] > 0 or r["client_during_fault"]["beacon_failures"] > 0,
     # The collector died holding delivered, unacknowledged messages.
     "collector-kill": lambda r: r["fault"]["unacked_at_kill"] > 0,
     # The cut-off region kept acknowledging beacons: its leaf's own stream held them, not the edge's memory
