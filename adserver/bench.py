@@ -16,6 +16,8 @@ Benchmarks:
   cores go to the endpoint and nats-server; afterwards every answered beacon must be stored exactly once.
 - ``decisions``: the auction with budget accounting (allowance, pacing throttle, reservations, the 100 ms
   CRDT and pacing tick) against the bare auction, in-process (``adserver.bench_budget``).
+- ``auction``: single-request auction latency percentiles at 10,000 and 100,000 campaigns, in-process
+  (``adserver.bench_auction``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import psutil
 
+from adserver.bench_auction import bench_auction
 from adserver.bench_budget import bench_decisions
 from adserver.faults import pause, resume
 from adserver.processes import ProcessGroup, adserver_argv, free_port, start_redis, wait_ready
@@ -237,9 +240,11 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
     }
 
 
-BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions}
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions,
+                                                       "auction": bench_auction}
 TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "every_answered_beacon_stored_once": (">=", 1),
-           "decision_ratio_budget_on_vs_off": (">=", 0.9)}
+           "decision_ratio_budget_on_vs_off": (">=", 0.9),
+           "auction_p99_us_10k": ("<=", 100), "auction_p99_us_100k": ("<=", 1000)}
 
 
 def _meets(value: float, op: str, target: float) -> bool:

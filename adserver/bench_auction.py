@@ -1,0 +1,127 @@
+"""``adserver bench --only auction``: in-process auction latency (retrieval + scoring + pricing) at 10,000 and
+100,000 campaigns, as percentiles of single requests.
+
+A seeded synthetic inventory shaped like real targeting: every campaign names some placements (or none:
+run-of-network), one or two formats, countries for most, devices for some, a Zipf-distributed handful of
+keywords, interests for a third, mixed CPM/CPC/CPA bids. Requests draw placement, format, geo, device and
+keywords from the same distributions, so candidate counts grow with the inventory as they would. Each request
+is timed alone (``perf_counter_ns``) against a ledger view that lets every campaign spend, and the budget
+machinery is left out: it has its own benchmark (``decisions``).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.auction import AdRequest, run_auction
+from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative, build_snapshot
+
+SIZES = (10_000, 100_000)
+FORMATS = ("300x250", "728x90", "320x50")
+DEVICES = ("desktop", "mobile", "tablet")
+COUNTRIES = tuple(f"C{i:02d}" for i in range(40))
+PLACEMENTS = 2_000
+KEYWORDS = 20_000
+INTERESTS = 300
+
+
+def _zipf(rng: random.Random, n: int, s: float = 1.1) -> int:
+    """An index in [0, n) with a Zipf-like skew (a few popular values, a long tail): inverse CDF of a
+    continuous power law, cheap enough for a million draws."""
+    u = rng.random()
+    return min(n - 1, int(((n ** (1 - s) - 1) * u + 1) ** (1 / (1 - s))) - 1)
+
+
+def _campaign(rng: random.Random, i: int) -> SnapshotCampaign:
+    bid_type = rng.choices(("cpm", "cpc", "cpa"), weights=(6, 3, 1))[0]
+    bid = {"cpm": rng.randrange(500_000, 8_000_000), "cpc": rng.randrange(100_000, 2_000_000),
+           "cpa": rng.randrange(2_000_000, 40_000_000)}[bid_type]
+    formats = rng.sample(FORMATS, rng.choice((1, 1, 2)))
+    creatives = tuple(SnapshotCreative(f"k{i}-{f}", f, "h", "https://cdn.example.com/a.png",
+                                       "https://example.com/", "Go", 0.002 + rng.random() * 0.02)
+                      for f in formats)
+    return SnapshotCampaign(
+        campaign_id=f"c{i:07d}", advertiser_id=f"a{i // 3}", revision=1, bid_type=bid_type,
+        max_bid_micros=bid, daily_budget_micros=10**12, total_budget_micros=10**13, start_s=0, end_s=0,
+        timezone="UTC", hours=frozenset(),
+        countries=frozenset(rng.sample(COUNTRIES, rng.randrange(1, 6))) if rng.random() < 0.8 else frozenset(),
+        geos=frozenset(),
+        devices=frozenset(rng.sample(DEVICES, rng.randrange(1, 3))) if rng.random() < 0.4 else frozenset(),
+        keywords=frozenset(f"kw{_zipf(rng, KEYWORDS)}" for _ in range(rng.randrange(1, 8)))
+        if rng.random() < 0.7 else frozenset(),
+        interests=frozenset(f"in{rng.randrange(INTERESTS)}" for _ in range(rng.randrange(1, 4)))
+        if rng.random() < 0.3 else frozenset(),
+        placements=frozenset(f"p{_zipf(rng, PLACEMENTS)}" for _ in range(rng.randrange(1, 10)))
+        if rng.random() < 0.6 else frozenset(),
+        prior_cvr=0.02, creatives=creatives, pacing="asap")
+
+
+def inventory(n: int, seed: int = 1) -> list[SnapshotCampaign]:
+    rng = random.Random(seed)
+    return [_campaign(rng, i) for i in range(n)]
+
+
+def requests(n: int, seed: int = 2) -> list[AdRequest]:
+    rng = random.Random(seed)
+    return [AdRequest(placement=f"p{_zipf(rng, PLACEMENTS)}", slots=rng.choice((1, 1, 2, 3)),
+                      format=rng.choice(FORMATS), geo=rng.choice(COUNTRIES), device=rng.choice(DEVICES),
+                      keywords=tuple(f"kw{_zipf(rng, KEYWORDS)}" for _ in range(rng.randrange(0, 4))),
+                      interests=tuple(f"in{rng.randrange(INTERESTS)}" for _ in range(rng.randrange(0, 3))))
+            for _ in range(n)]
+
+
+def _percentile(sorted_values: list[int], q: float) -> float:
+    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
+
+
+def measure(snapshot: Snapshot, reqs: list[AdRequest], duration_s: float) -> dict[str, float]:
+    """Per-request latency percentiles (microseconds) and mean candidates over ``duration_s`` of requests."""
+    allowance = {c.campaign_id: 10**15 for c in snapshot.campaigns}
+    rng = random.Random(3)
+    now = 1_800_000_000.0
+    times: list[int] = []
+    candidates = 0
+    clock = time.perf_counter_ns
+    deadline = clock() + int(duration_s * 1e9)
+    i = 0
+    while True:
+        request = reqs[i % len(reqs)]
+        i += 1
+        t0 = clock()
+        result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance)
+        t1 = clock()
+        times.append(t1 - t0)
+        candidates += result.candidates
+        if t1 >= deadline:
+            break
+    times.sort()
+    return {"p50_us": round(_percentile(times, 0.50) / 1000, 1), "p99_us": round(_percentile(times, 0.99) / 1000, 1),
+            "max_us": round(times[-1] / 1000, 1), "requests": len(times),
+            "mean_candidates": round(candidates / len(times), 1)}
+
+
+def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None], workdir: Path,
+                  sizes: tuple[int, ...] = SIZES, **_: Any) -> dict[str, Any]:
+    reqs = requests(2_000)
+    out: dict[str, Any] = {"runs": {}}
+    for n in sizes:
+        say(f"building a snapshot of {n:,} campaigns")
+        campaigns = inventory(n)
+        t0 = time.perf_counter()
+        snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
+        build_s = time.perf_counter() - t0
+        runs = [measure(snapshot, reqs, max(1.0, duration_s / 2)) for _ in range(rounds)]
+        p99 = statistics.median(r["p99_us"] for r in runs)
+        say(f"{n:,} campaigns: build {build_s:.1f}s; p50 {statistics.median(r['p50_us'] for r in runs):,.0f} us, "
+            f"p99 {p99:,.0f} us, {runs[0]['mean_candidates']:,.0f} candidates per request")
+        key = f"{n // 1000}k"
+        out[f"auction_p99_us_{key}"] = p99
+        out[f"auction_p50_us_{key}"] = statistics.median(r["p50_us"] for r in runs)
+        out[f"snapshot_build_s_{key}"] = round(build_s, 2)
+        out["runs"][key] = runs
+    return out
