@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+import numpy as np
+
 from replication.calendar import local_hour
 from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative
 
@@ -91,7 +93,8 @@ class AuctionResult:
 
 
 def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
-    """Candidate positions: the intersection over dimensions of (matching postings OR unrestricted)."""
+    """Candidate positions: the intersection over dimensions of (matching postings OR unrestricted), as
+    boolean masks over the snapshot's campaigns (``RetrievalIndex``)."""
     asked: dict[str, tuple[str, ...]] = {
         "placement": (request.placement,),
         "format": (request.format,),
@@ -101,22 +104,21 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
         "keyword": request.keywords,
         "interest": request.interests,
     }
-    sets: list[frozenset[int] | set[int]] = []
+    index = snapshot.index
+    assert index is not None  # built with every snapshot
+    result = np.ones(index.size, dtype=bool)
     for dim, values in asked.items():
-        postings = snapshot.postings.get(dim, {})
+        any_mask = index.unrestricted[dim]
+        postings = index.positions[dim]
         matched = [postings[v] for v in values if v in postings]
-        any_list = snapshot.unrestricted.get(dim, frozenset())
-        if not matched:
-            sets.append(any_list)
+        if matched:
+            mask = any_mask.copy()
+            for positions in matched:
+                mask[positions] = True
+            result &= mask
         else:
-            sets.append(any_list.union(*matched))
-    sets.sort(key=len)
-    result = set(sets[0])
-    for s in sets[1:]:
-        result &= s
-        if not result:
-            break
-    return result
+            result &= any_mask
+    return set(np.flatnonzero(result).tolist())
 
 
 def _local_hour(now_s: float, tz: str, cache: dict[str, int]) -> int:
