@@ -92,10 +92,9 @@ class AuctionResult:
     no_fill: NoFill | None = None
 
 
-def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
-    """Candidate positions: the intersection over dimensions of (matching postings OR unrestricted), as
-    boolean masks over the snapshot's campaigns (``RetrievalIndex``)."""
-    asked: dict[str, tuple[str, ...]] = {
+def asked_values(request: AdRequest) -> dict[str, tuple[str, ...]]:
+    """Per targeting dimension, the values the request brings (empty: it says nothing there)."""
+    return {
         "placement": (request.placement,),
         "format": (request.format,),
         "country": (request.country,) if request.country else (),
@@ -104,10 +103,15 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
         "keyword": request.keywords,
         "interest": request.interests,
     }
+
+
+def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
+    """Candidate positions: the intersection over dimensions of (matching postings OR unrestricted), as
+    boolean masks over the snapshot's campaigns (``RetrievalIndex``)."""
     index = snapshot.index
     assert index is not None  # built with every snapshot
     result = np.ones(index.size, dtype=bool)
-    for dim, values in asked.items():
+    for dim, values in asked_values(request).items():
         any_mask = index.unrestricted[dim]
         postings = index.positions[dim]
         matched = [postings[v] for v in values if v in postings]

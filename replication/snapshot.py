@@ -105,8 +105,7 @@ class RetrievalIndex:
         for dim in DIMENSIONS:
             mask = np.zeros(size, dtype=bool)
             mask[np.fromiter(unrestricted.get(dim, ()), dtype=np.intp)] = True
-            mask.flags.writeable = False
-            masks[dim] = mask
+            masks[dim] = _frozen(mask)
         positions = {dim: {v: _frozen(np.fromiter(sorted(p), dtype=np.intp)) for v, p in postings.get(dim, {}).items()}
                      for dim in DIMENSIONS}
         return cls(size, MappingProxyType(masks), MappingProxyType(positions))

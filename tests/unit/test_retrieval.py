@@ -4,17 +4,13 @@ request's values or not constrained there, intersected over the dimensions; also
 from __future__ import annotations
 
 from adserver.bench_auction import inventory, requests
-from edge.auction import AdRequest, retrieve
+from edge.auction import AdRequest, asked_values, retrieve
 from replication.snapshot import Snapshot, build_snapshot, decode_snapshot, empty_snapshot, encode_snapshot
 
 
 def by_sets(snapshot: Snapshot, request: AdRequest) -> set[int]:
-    asked = {"placement": (request.placement,), "format": (request.format,),
-             "country": (request.country,) if request.country else (), "geo": (request.geo,) if request.geo else (),
-             "device": (request.device,) if request.device else (), "keyword": request.keywords,
-             "interest": request.interests}
     result = set(range(len(snapshot.campaigns)))
-    for dim, values in asked.items():
+    for dim, values in asked_values(request).items():
         ok = set(snapshot.unrestricted[dim])
         for v in values:
             ok |= snapshot.postings[dim].get(v, frozenset())
