@@ -251,7 +251,8 @@ def _meets(value: float, op: str, target: float) -> bool:
     return value >= target if op == ">=" else value <= target
 
 
-def run_bench(*, report: str | None, duration_s: float, connections: int, rounds: int, only: str | None) -> int:
+def run_bench(*, report: str | None, duration_s: float, connections: int, rounds: int, only: str | None,
+              auction_sizes: tuple[int, ...] | None = None) -> int:
     names = [n.strip() for n in only.split(",")] if only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -267,8 +268,9 @@ def run_bench(*, report: str | None, duration_s: float, connections: int, rounds
         for name in names:
             workdir = Path(tmp) / name
             workdir.mkdir()
+            extra = {"sizes": auction_sizes} if name == "auction" and auction_sizes else {}
             results[name] = BENCHMARKS[name](duration_s=duration_s, connections=connections, rounds=rounds,
-                                             say=say, workdir=workdir)
+                                             say=say, workdir=workdir, **extra)
     failed = 0
     print(f"\n{'metric':<28} {'value':>12}  {'target':>10}  verdict")
     for name in names:

@@ -1,5 +1,7 @@
 """``adserver bench --only auction``: in-process auction latency (retrieval + scoring + pricing) at 10,000 and
-100,000 campaigns, as percentiles of single requests.
+100,000 campaigns (``--auction-sizes`` for others, such as 1,000,000), as percentiles of single requests; and
+per size the snapshot's build time, its size on the wire, and the time and memory an edge process needs to
+load it (measured in a fresh interpreter).
 
 A seeded synthetic inventory shaped like real targeting: every campaign names some placements (or none:
 run-of-network), one or two formats, countries for most, devices for some, a Zipf-distributed handful of
@@ -11,15 +13,18 @@ machinery is left out: it has its own benchmark (``decisions``).
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edge.auction import AdRequest, run_auction
-from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative, build_snapshot
+from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative, build_snapshot, encode_snapshot
 
 SIZES = (10_000, 100_000)
 FORMATS = ("300x250", "728x90", "320x50")
@@ -105,6 +110,39 @@ def measure(snapshot: Snapshot, reqs: list[AdRequest], duration_s: float) -> dic
             "mean_candidates": round(candidates / len(times), 1)}
 
 
+# Run in a fresh interpreter: how long an edge takes to load the snapshot it is sent, and how much its memory
+# grows by holding it (RSS after decoding, minus RSS before, both after a collection).
+_EDGE_LOAD = """
+import gc, json, sys, time
+import psutil
+from replication.snapshot import decode_snapshot
+data = open(sys.argv[1], "rb").read()
+gc.collect()
+before = psutil.Process().memory_info().rss
+t0 = time.perf_counter()
+snapshot = decode_snapshot(data)
+load_s = time.perf_counter() - t0
+del data
+gc.collect()
+print(json.dumps({"load_s": load_s, "rss_bytes": psutil.Process().memory_info().rss - before}))
+"""
+
+
+def edge_load(snapshot_bytes: bytes, workdir: Path) -> dict[str, float]:
+    path = workdir / "snapshot.bin"
+    path.write_bytes(snapshot_bytes)
+    try:
+        out = subprocess.run([sys.executable, "-c", _EDGE_LOAD, str(path)], check=True, capture_output=True,
+                             text=True, timeout=1800).stdout
+    finally:
+        path.unlink()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
 def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None], workdir: Path,
                   sizes: tuple[int, ...] = SIZES, **_: Any) -> dict[str, Any]:
     reqs = requests(2_000)
@@ -115,13 +153,23 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
         t0 = time.perf_counter()
         snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
         build_s = time.perf_counter() - t0
+        del campaigns
+        encoded = encode_snapshot(snapshot)
+        size_mb = len(encoded) / 1e6
+        say(f"{n:,} campaigns: {size_mb:,.1f} MB on the wire; loading it in a fresh edge process")
+        load = edge_load(encoded, workdir)
+        del encoded
         runs = [measure(snapshot, reqs, max(1.0, duration_s / 2)) for _ in range(rounds)]
         p99 = statistics.median(r["p99_us"] for r in runs)
-        say(f"{n:,} campaigns: build {build_s:.1f}s; p50 {statistics.median(r['p50_us'] for r in runs):,.0f} us, "
+        say(f"{n:,} campaigns: build {build_s:.1f}s, edge load {load['load_s']:.1f}s and "
+            f"{load['rss_bytes'] / 1e6:,.0f} MB; p50 {statistics.median(r['p50_us'] for r in runs):,.0f} us, "
             f"p99 {p99:,.0f} us, {runs[0]['mean_candidates']:,.0f} candidates per request")
-        key = f"{n // 1000}k"
+        key = size_label(n)
         out[f"auction_p99_us_{key}"] = p99
         out[f"auction_p50_us_{key}"] = statistics.median(r["p50_us"] for r in runs)
         out[f"snapshot_build_s_{key}"] = round(build_s, 2)
+        out[f"snapshot_mb_{key}"] = round(size_mb, 1)
+        out[f"edge_load_s_{key}"] = round(load["load_s"], 2)
+        out[f"edge_memory_mb_{key}"] = round(load["rss_bytes"] / 1e6, 1)
         out["runs"][key] = runs
     return out

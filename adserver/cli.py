@@ -51,11 +51,21 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     _serve("adserver.baseline_app:create_app", args.host, args.port, args.workers)
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated campaign counts, got {text!r}") from None
+    if not sizes or any(n < 1 for n in sizes):
+        raise argparse.ArgumentTypeError("campaign counts must be positive")
+    return sizes
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from adserver.bench import run_bench
 
     sys.exit(run_bench(report=args.report, duration_s=args.duration, connections=args.connections,
-                       rounds=args.rounds, only=args.only))
+                       rounds=args.rounds, only=args.only, auction_sizes=args.auction_sizes))
 
 
 def cmd_control_plane(args: argparse.Namespace) -> None:
@@ -121,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
                         "after a group commit, so its throughput is concurrency / commit latency")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs of each side; the median counts")
     p.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    p.add_argument("--auction-sizes", type=_sizes, default=None,
+                   help="campaign counts for the auction benchmark, comma-separated (default 10000,100000; "
+                        "1000000 takes about 5 minutes and 10 GB)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("control-plane", help="serve the control plane (settings: ADSERVER_CP_*)")

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from replication.snapshot import SnapshotCampaign, SnapshotCreative
+from replication.snapshot import FrequencyCap, SnapshotCampaign, SnapshotCreative
 
 MAX_MICROS = 10**15  # a billion currency units: far above any real budget, far below int64 overflow
 SIZES = frozenset({"300x250", "728x90", "320x50", "160x600", "300x600", "970x250", "320x100", "336x280"})
@@ -59,6 +59,7 @@ class ValidationFailed(ValueError):
 CAMPAIGN_FIELDS = frozenset({
     "name", "objective", "bid_type", "max_bid_micros", "daily_budget_micros", "total_budget_micros",
     "start", "end", "timezone", "targeting", "pacing", "budget_mode", "prior_cvr", "attribution",
+    "frequency_caps",
 })
 # Pacing: "even" follows the traffic-shaped plan (ours), "asap" spends as traffic comes, "step" is the
 # LinkedIn-style +-10%-per-minute throttle kept as a comparison baseline.
@@ -169,6 +170,47 @@ def validate_attribution(raw: Any, errors: list[FieldError]) -> dict[str, int]:
     return out
 
 
+# Frequency caps: per user, at most max_impressions of the campaign (all its creatives) or of each creative in
+# any window_minutes. A user's history keeps max_impressions times per capped campaign and creative, so the
+# ceiling bounds the region's Redis memory per user; the window is at most 30 days, as long as it keeps them.
+FREQUENCY_CAP_SCOPES = ("campaign", "creative")
+FREQUENCY_CAP_LIMITS = {"max_impressions": (1, 100), "window_minutes": (1, 30 * 24 * 60)}
+MAX_FREQUENCY_CAPS = 4
+
+
+def validate_frequency_caps(raw: Any, errors: list[FieldError]) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_FREQUENCY_CAPS:
+        errors.append(FieldError("frequency_caps", f"must be a list of at most {MAX_FREQUENCY_CAPS} caps, each "
+                                 "{scope, max_impressions, window_minutes}"))
+        return []
+    out = []
+    for i, cap in enumerate(raw):
+        where = f"frequency_caps[{i}]"
+        if not isinstance(cap, dict):
+            errors.append(FieldError(where, "must be an object with scope, max_impressions, window_minutes"))
+            continue
+        ok = True
+        for key in cap:
+            if key not in ("scope", *FREQUENCY_CAP_LIMITS):
+                errors.append(FieldError(f"{where}.{key}", "unknown field"))
+                ok = False
+        scope = cap.get("scope", "campaign")
+        if not isinstance(scope, str) or scope not in FREQUENCY_CAP_SCOPES:
+            errors.append(FieldError(f"{where}.scope", f"must be one of {list(FREQUENCY_CAP_SCOPES)}"))
+            ok = False
+        for key, (lo, hi) in FREQUENCY_CAP_LIMITS.items():
+            value = cap.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                errors.append(FieldError(f"{where}.{key}", f"must be an integer from {lo} to {hi}"))
+                ok = False
+        if ok:
+            out.append({"scope": scope, "max_impressions": cap["max_impressions"],
+                        "window_minutes": cap["window_minutes"]})
+    return out
+
+
 def validate_targeting(raw: Any, errors: list[FieldError]) -> dict[str, list[Any]]:
     if raw is None:
         return {k: [] for k in sorted(TARGETING_FIELDS)}
@@ -225,7 +267,7 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None,
                 errors.append(FieldError(key, "is required"))
         merged: dict[str, Any] = {"objective": "traffic", "end": None, "targeting": None,
                                   "pacing": "even", "budget_mode": "allowance", "prior_cvr": 0.02,
-                                  "attribution": None}
+                                  "attribution": None, "frequency_caps": None}
     else:
         if "creatives" in data:
             errors.append(FieldError("creatives", "add creatives with POST /v1/campaigns/{id}/creatives"))
@@ -281,6 +323,7 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None,
         errors.append(FieldError("prior_cvr", "must be a number in (0, 1]"))
     out["prior_cvr"] = cvr
     out["attribution"] = validate_attribution(merged.get("attribution"), errors)
+    out["frequency_caps"] = validate_frequency_caps(merged.get("frequency_caps"), errors)
     if errors:
         # One message per field: a missing field is reported as missing, not also as malformed.
         first: dict[str, FieldError] = {}
@@ -414,6 +457,8 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
         view_window_s=attribution["view_window_hours"] * 3600,
         pacing=campaign.get("pacing", "even"),
         budget_mode=campaign.get("budget_mode", "allowance"),
+        frequency_caps=tuple(FrequencyCap(c["scope"], c["max_impressions"], c["window_minutes"] * 60)
+                             for c in campaign.get("frequency_caps") or ()),  # older records have none
         creatives=tuple(
             SnapshotCreative(
                 creative_id=k["id"], format=k["size"], headline=k["headline"], image_url=k["image_url"],

@@ -126,6 +126,22 @@ _CAMPAIGN_FIELDS: dict[str, Any] = {
                   "description": "conversion rate to assume before the campaign has data"},
     "targeting": {"$ref": "#/components/schemas/Targeting"},
     "attribution": {"$ref": "#/components/schemas/Attribution"},
+    "frequency_caps": {
+        "type": "array", "maxItems": models.MAX_FREQUENCY_CAPS, "default": [],
+        "description": "per consenting user, at most max_impressions of the campaign (scope campaign: all its "
+                       "creatives together) or of each creative (scope creative) in any window_minutes; users "
+                       "without consent are not capped",
+        "items": {"$ref": "#/components/schemas/FrequencyCap"},
+    },
+}
+
+FREQUENCY_CAP = {
+    "type": "object", "additionalProperties": False, "required": ["max_impressions", "window_minutes"],
+    "properties": {
+        "scope": {"enum": list(models.FREQUENCY_CAP_SCOPES), "default": "campaign"},
+        **{k: {"type": "integer", "minimum": lo, "maximum": hi}
+           for k, (lo, hi) in models.FREQUENCY_CAP_LIMITS.items()},
+    },
 }
 
 ATTRIBUTION = {
@@ -203,6 +219,8 @@ CAMPAIGN = {
             "description": "absent on campaigns created before attribution windows existed (they use 168 and 24)",
             "properties": {"click_window_hours": {"type": "integer"}, "view_window_hours": {"type": "integer"}},
         },
+        "frequency_caps": {"type": "array", "items": {"$ref": "#/components/schemas/FrequencyCap"},
+                           "description": "absent on campaigns created before frequency caps existed (none)"},
         "targeting": {
             "type": "object", "additionalProperties": False,
             "required": sorted(models.TARGETING_FIELDS),
@@ -341,7 +359,7 @@ OPENAPI: dict[str, Any] = {
             "adminToken": {"type": "http", "scheme": "bearer", "description": "ADSERVER_CP_ADMIN_TOKEN"},
         },
         "schemas": {"Error": ERROR, "Timezone": TIMEZONE, "Targeting": TARGETING, "Attribution": ATTRIBUTION,
-                    "CreativeInput": CREATIVE_INPUT,
+                    "FrequencyCap": FREQUENCY_CAP, "CreativeInput": CREATIVE_INPUT,
                     "CampaignCreate": CAMPAIGN_CREATE, "CampaignPatch": CAMPAIGN_PATCH, "Creative": CREATIVE,
                     "Campaign": CAMPAIGN, "Metrics": METRICS},
         "responses": RESPONSES,

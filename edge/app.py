@@ -28,6 +28,8 @@ from edge.adrequest import parse_ad_request
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import run_auction
 from edge.budget import Hold
+from edge.frequency import NOTHING_CAPPED, Capped, all_capped, capped, fields_to_record
+from edge.frequency_store import FrequencyStoreDown
 from edge.ivt import BROWSER_KINDS, NO_ACTIVITY, VALID, BeaconContext, Verdict, classify, client_ip, ua_hash
 from edge.ivt_store import IvtStoreUnavailable
 from edge.limits import middleware as limits
@@ -51,6 +53,7 @@ from replication.events import (
     viewable_event_id,
 )
 from replication.observability import RequestIdMiddleware
+from replication.snapshot import Snapshot
 
 MAX_BODY = 16 * 1024
 _CORS = {"Access-Control-Allow-Origin": "*"}
@@ -80,12 +83,13 @@ async def ads(request: Request) -> Response:
         return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
                      [{"field": e.field, "message": e.message} for e in parsed])
     now = st.settings.clock.now()
+    excluded = await _capped(st, snapshot, parsed.user, now)
     started = time.perf_counter()
     result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
-                         throttle=st.spend.throttle or None)
+                         throttle=st.spend.throttle or None, capped=excluded)
     st.metrics.decision_seconds.observe(time.perf_counter() - started)
-    for reason in result.reasons.values():
-        st.metrics.filtered.labels(reason.value).inc()
+    for reason, count in result.reason_counts.items():
+        st.metrics.filtered.labels(reason.value).inc(count)
     settings = st.settings
     auction_id = secrets.token_hex(12)
     # Signed into the tokens for the IVT rules: when the ad was served (click_too_fast), which browser asked
@@ -132,6 +136,40 @@ async def ads(request: Request) -> Response:
     st.metrics.requests.labels("filled").inc()
     st.metrics.fills.inc(len(out))
     return JSONResponse({"auction_id": auction_id, "ads": out}, headers={**_CORS, "Cache-Control": "no-store"})
+
+
+async def _capped(st: EdgeState, snapshot: Snapshot, user: str, now: float) -> Capped:
+    """What this user has seen enough of. Only consenting users have a user id (``adrequest``); without one,
+    or when no campaign caps, nothing is looked up."""
+    if not user or not snapshot.caps_of:
+        return NOTHING_CAPPED
+    try:
+        history = await st.frequency.history(user_key(user), now)
+    except FrequencyStoreDown:
+        st.metrics.frequency_store.labels("read", "failed").inc()
+        return NOTHING_CAPPED if st.settings.edge_frequency_fail_open else all_capped(snapshot.caps_of)
+    st.metrics.frequency_store.labels("read", "ok").inc()
+    return capped(history, snapshot.caps_of, now) if history else NOTHING_CAPPED
+
+
+def _count_towards_caps(st: EdgeState, claims: dict, now: float) -> None:
+    """A new, valid impression of a consenting user counts towards its campaign's caps (in the background:
+    the beacon's answer waits only for its billing event)."""
+    snapshot = st.snapshot
+    caps = snapshot.caps_of.get(claims["cmp"]) if snapshot is not None and claims.get("usr") else None
+    if not caps:
+        return
+    fields = fields_to_record(claims["cmp"], claims["crv"], caps)
+
+    async def record() -> None:
+        try:
+            await st.frequency.record(claims["usr"], now, fields)
+        except FrequencyStoreDown:
+            st.metrics.frequency_store.labels("record", "failed").inc()
+            return
+        st.metrics.frequency_store.labels("record", "ok").inc()
+
+    st.spawn(record())
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,
@@ -207,6 +245,8 @@ async def _record(st: EdgeState, request: Request, kind: EventType, event_id: st
         reason = InvalidReason.OVER_BUDGET
     durable = st.emit_durable(_event(st, kind, event_id, claims, now, cost=cost, value=value, reason=reason))
     st.seen.add(event_id)
+    if kind is EventType.IMPRESSION and reason in (InvalidReason.NONE, InvalidReason.OVER_BUDGET):
+        _count_towards_caps(st, claims, now)  # a real view counts, billed or not; invalid traffic does not
     st.metrics.beacons.labels(beacon, reason.value or "ok").inc()
     return await _durable(st, durable, reason)
 

@@ -16,12 +16,17 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
 
+from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
-from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative
+from replication.columns import BID_TYPES, CampaignColumns
+from replication.snapshot import RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
+
+_CPM, _CPA = BID_TYPES.index("cpm"), BID_TYPES.index("cpa")
 
 
 class SupportsAllowance(Protocol):
@@ -39,6 +44,7 @@ class Reason(StrEnum):
     SCHEDULE = "schedule"
     HOUR = "hour_of_day"
     FORMAT = "format"
+    FREQUENCY_CAP = "frequency_cap"  # this user has seen the campaign (or each fitting creative) enough
     BUDGET = "budget"
     PACING = "pacing"  # the campaign's pacing throttle sat this auction out
     BELOW_RESERVE = "below_reserve"
@@ -87,7 +93,12 @@ class Win:
 @dataclass(frozen=True, slots=True)
 class AuctionResult:
     wins: tuple[Win, ...]
+    # Every candidate's fate by campaign id, filled only when the auction ran with ``explain``.
     reasons: Mapping[str, Reason] = field(default_factory=dict)
+    # How many candidates each reason took out (always filled; metrics count these). Without ``explain``,
+    # candidates ranked below what filling the slots needed are counted as outranked without being checked
+    # for budget or pacing.
+    reason_counts: Mapping[Reason, int] = field(default_factory=dict)
     candidates: int = 0
     no_fill: NoFill | None = None
 
@@ -105,32 +116,101 @@ def asked_values(request: AdRequest) -> dict[str, tuple[str, ...]]:
     }
 
 
-def retrieve(snapshot: Snapshot, request: AdRequest) -> set[int]:
-    """Candidate positions: the intersection over dimensions of (matching postings OR unrestricted), as
-    boolean masks over the snapshot's campaigns (``RetrievalIndex``)."""
+def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
+    """Candidate positions, ascending: the intersection over dimensions of (matching postings OR
+    unrestricted), as boolean masks over the snapshot's campaigns (``RetrievalIndex``)."""
     index = snapshot.index
     assert index is not None  # built with every snapshot
-    result = np.ones(index.size, dtype=bool)
+    result: np.ndarray | None = None
     for dim, values in asked_values(request).items():
-        any_mask = index.unrestricted[dim]
-        postings = index.positions[dim]
-        matched = [postings[v] for v in values if v in postings]
-        if matched:
-            mask = any_mask.copy()
-            for positions in matched:
-                mask[positions] = True
-            result &= mask
+        if dim in index.open:
+            continue  # no campaign is restricted in this dimension: it keeps everyone
+        mask = _dimension_mask(index, dim, values)
+        if result is None:
+            result = mask.copy()  # the mask may be one of the index's shared, read-only ones
         else:
-            result &= any_mask
-    return set(np.flatnonzero(result).tolist())
+            result &= mask
+    return np.arange(index.size) if result is None else np.flatnonzero(result)
 
 
-def _local_hour(now_s: float, tz: str, cache: dict[str, int]) -> int:
-    hour = cache.get(tz)
-    if hour is None:
-        hour = local_hour(now_s, tz)
-        cache[tz] = hour
-    return hour
+def _dimension_mask(index: RetrievalIndex, dim: str, values: tuple[str, ...]) -> np.ndarray:
+    """The campaigns one dimension lets through: unrestricted there, or naming one of ``values``."""
+    postings = index.positions[dim]
+    known = [v for v in values if v in postings]
+    if not known:
+        return index.unrestricted[dim]
+    answers = index.answers.get(dim)
+    if answers is not None and len(known) == 1:
+        return answers[known[0]]
+    mask = index.unrestricted[dim].copy()
+    for value in known:
+        mask[postings[value]] = True
+    return mask
+
+
+@lru_cache(maxsize=4096)
+def _zone_hours(timezones: tuple[str, ...], quarter: int) -> np.ndarray:
+    """The local hour in each zone during one UTC quarter-hour. Every zone in use today is offset from UTC
+    by a multiple of 15 minutes and changes its offset on such a boundary, so one lookup per zone serves
+    the whole quarter-hour, and an auction pays for none."""
+    return np.array([local_hour(quarter * 900, tz) for tz in timezones], dtype=np.int64)
+
+
+def ecpm_scores(columns: CampaignColumns, fmt: str) -> np.ndarray:
+    """``ecpm_micros`` of every campaign with its best creative of ``fmt`` (NaN: it has none), computed once
+    per snapshot and format. Same operations in the same order as the scalar formula, so both give
+    identical floats."""
+    cached = columns.memo.get(("ecpm", fmt))
+    if cached is not None:
+        return cached
+    column = columns.formats.get(fmt)
+    if column is None:
+        scores = np.full(columns.size, np.nan)
+    else:
+        ctr, bid = column.ctr, columns.max_bid
+        by_ctr = bid * ctr
+        by_ctr = np.where(columns.bid_type == _CPA, by_ctr * columns.prior_cvr, by_ctr) * 1000
+        # A CPM campaign without a creative of the format has no score either.
+        scores = np.where(columns.bid_type == _CPM, np.where(np.isnan(ctr), np.nan, bid), by_ctr)
+    scores.flags.writeable = False
+    columns.memo[("ecpm", fmt)] = scores
+    return scores
+
+
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    """The filters that depend on the campaign and the time alone, for every campaign of a snapshot: in
+    order, (reason, passes) masks, and ``eligible``, all of them at once."""
+
+    second: int
+    checks: tuple[tuple[Reason, np.ndarray], ...]
+    eligible: np.ndarray
+
+
+def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _Checks:
+    """The campaign-level filters as of ``now_s``, computed once per second of the clock, format and reserve
+    (schedules are whole seconds, hour targeting changes on quarter-hours): a request then gathers its
+    candidates' verdicts from one mask instead of evaluating five filters."""
+    second = math.floor(now_s)
+    key = ("checks", fmt, reserve)
+    cached = columns.memo.get(key)
+    if cached is not None and cached.second == second:
+        return cached
+    # start_s and end_s are whole seconds, so "start <= now < end" is the same test on the second.
+    checks = [(Reason.SCHEDULE, (columns.start_s <= second) & (second < columns.end_s))]
+    if columns.any_hours:
+        hours_now = _zone_hours(columns.timezones, second // 900)[columns.timezone]
+        checks.append((Reason.HOUR, ((columns.hour_bits >> hours_now) & 1).astype(bool)))
+    scores = ecpm_scores(columns, fmt)
+    checks.append((Reason.FORMAT, ~np.isnan(scores)))
+    with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
+        checks.append((Reason.BELOW_RESERVE, (scores >= reserve) & (scores > 0)))
+    eligible = checks[0][1]
+    for _, ok in checks[1:]:
+        eligible = eligible & ok
+    made = _Checks(second, tuple(checks), eligible)
+    columns.memo[key] = made
+    return made
 
 
 def ecpm_micros(campaign: SnapshotCampaign, creative: SnapshotCreative) -> float:
@@ -176,83 +256,194 @@ def run_auction(
     allowance: SupportsAllowance,
     reserve_cpm_micros: int | None = None,
     throttle: SupportsThrottle | None = None,
+    capped: Capped = NOTHING_CAPPED,
+    explain: bool = False,
 ) -> AuctionResult:
     """Run one auction. ``allowance`` maps campaign id -> micros this process may still spend; ``throttle``
-    maps campaign id -> the probability its pacing lets it take part (absent: 1)."""
+    maps campaign id -> the probability its pacing lets it take part (absent: 1); ``capped`` names what this
+    user has seen enough of (``edge.frequency``): a capped campaign sits out, a capped creative gives way to
+    its campaign's next best one of the format.
+
+    The filters that depend on the campaign alone (schedule, hour of day, format, reserve) run as vector
+    operations over every candidate. The rest (budget, pacing, one ad per advertiser) needs a dict lookup or a
+    random draw per campaign, so it runs only down the ranking, as far as filling the slots and pricing the
+    last one needs: each of those draws is independent, so skipping the ones nobody would look at changes no
+    outcome's probability. With ``explain`` the walk goes on to the end and ``reasons`` gives every
+    candidate's fate; the wins are the same either way for the same ``rng`` state."""
     reserve = snapshot.reserve_cpm_micros if reserve_cpm_micros is None else reserve_cpm_micros
     positions = retrieve(snapshot, request)
-    if not positions:
+    if not len(positions):
         return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
+    columns = snapshot.columns
+    assert columns is not None  # built with every snapshot
 
+    checks = _checks(columns, request.format, reserve, now_s)
+    scores = ecpm_scores(columns, request.format)[positions]  # a fresh array: caps may rescore it in place
+    overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
+    if capped:
+        uncapped = np.ones(len(positions), dtype=bool)
+        _apply_caps(snapshot, positions, scores, uncapped, overrides, request.format, capped)
+        with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
+            rescored = (scores >= reserve) & (scores > 0)
+        local = [(reason, ok[positions]) for reason, ok in checks.checks if reason is not Reason.BELOW_RESERVE]
+        local += [(Reason.FREQUENCY_CAP, uncapped), (Reason.BELOW_RESERVE, rescored)]
+        passed = local[0][1]
+        for _, ok in local[1:]:
+            passed = passed & ok
+    else:
+        local = None
+        passed = checks.eligible[positions]
+    counts: dict[Reason, int] = {}
     reasons: dict[str, Reason] = {}
-    hours: dict[str, int] = {}
-    scored: list[tuple[float, float, SnapshotCampaign, SnapshotCreative]] = []
-    for pos in positions:
-        c = snapshot.campaigns[pos]
-        if now_s < c.start_s or (c.end_s and now_s >= c.end_s):
-            reasons[c.campaign_id] = Reason.SCHEDULE
-            continue
-        if c.hours and _local_hour(now_s, c.timezone, hours) not in c.hours:
-            reasons[c.campaign_id] = Reason.HOUR
-            continue
-        if allowance.get(c.campaign_id, 0) <= 0:
-            reasons[c.campaign_id] = Reason.BUDGET
-            continue
-        if throttle is not None:
-            p = throttle.get(c.campaign_id, 1.0)
-            if p < 1.0 and rng.random() >= p:
-                reasons[c.campaign_id] = Reason.PACING
-                continue
-        fitting = [k for k in c.creatives if k.format == request.format]
-        if not fitting:
-            reasons[c.campaign_id] = Reason.FORMAT
-            continue
-        # Best creative by prior CTR; the random tie-break keeps equal creatives rotating.
-        creative = max(fitting, key=lambda k: (k.prior_ctr, rng.random()))
-        score = ecpm_micros(c, creative)
-        if score < reserve or score <= 0:
-            reasons[c.campaign_id] = Reason.BELOW_RESERVE
-            continue
-        scored.append((score, rng.random(), c, creative))
+    if explain or not passed.all():
+        # Each candidate out is counted once, under the first check it failed (in the order of the checks).
+        before = np.ones(len(positions), dtype=bool)
+        for reason, ok in local or [(reason, ok[positions]) for reason, ok in checks.checks]:
+            failed = before & ~ok
+            n_failed = int(np.count_nonzero(failed))
+            if n_failed:
+                counts[reason] = n_failed
+                if explain:
+                    reasons.update(dict.fromkeys(
+                        (snapshot.campaigns[p].campaign_id for p in positions[failed].tolist()), reason))
+            before = before & ok
 
-    scored.sort(key=lambda s: (-s[0], s[1]))
-    ranked: list[tuple[float, float, SnapshotCampaign, SnapshotCreative]] = []
-    seen_advertisers: set[str] = set()
-    for entry in scored:
-        advertiser = entry[2].advertiser_id
-        if advertiser in seen_advertisers:
-            reasons[entry[2].campaign_id] = Reason.SAME_ADVERTISER
-            continue
-        seen_advertisers.add(advertiser)
-        ranked.append(entry)
-
+    live = positions[passed]
+    live_scores = scores[passed]
+    walk = _Ranking(snapshot, live, live_scores, request.format, overrides, rng, allowance, throttle, counts,
+                    reasons if explain else None)
     wins: list[Win] = []
     slots = max(1, request.slots)
-    for position, (score, _, campaign, creative) in enumerate(ranked):
-        if len(wins) == slots:
-            reasons[campaign.campaign_id] = Reason.OUTRANKED
-            continue
+    ranked = walk.ranked
+    position = 0
+    while len(wins) < slots:
+        walk.fill(position + 2)  # this entry and its runner-up, whose score sets the price
+        if position >= len(ranked):
+            break
+        score, campaign, creative = ranked[position]
         runner_up = ranked[position + 1][0] if position + 1 < len(ranked) else 0.0
+        position += 1
         pay = min(score, max(runner_up, float(reserve)))
         price = _unit_price(campaign, creative, pay)
         # The price is known only now: a campaign that cannot afford one billable unit at this price
         # gives its slot to the next candidate instead of overspending.
         if allowance.get(campaign.campaign_id, 0) < price:
-            reasons[campaign.campaign_id] = Reason.BUDGET
+            walk.mark(campaign, Reason.BUDGET)
             continue
-        wins.append(
-            Win(
-                slot=len(wins),
-                campaign=campaign,
-                creative=creative,
-                ecpm_micros=round(score),
-                price_micros=price,
-                reserve_micros=expected_cost(campaign, creative, price),
-            )
-        )
+        wins.append(Win(slot=len(wins), campaign=campaign, creative=creative, ecpm_micros=round(score),
+                        price_micros=price, reserve_micros=expected_cost(campaign, creative, price)))
+    if explain:
+        walk.fill(len(live))
+    for _, campaign, _ in ranked[position:]:
+        walk.mark(campaign, Reason.OUTRANKED)
+    # Never reached by the walk: ranked below what the slots needed.
+    if walk.unvisited:
+        counts[Reason.OUTRANKED] = counts.get(Reason.OUTRANKED, 0) + walk.unvisited
     return AuctionResult(
         wins=tuple(wins),
         reasons=reasons,
+        reason_counts=counts,
         candidates=len(positions),
         no_fill=None if wins else NoFill.ALL_FILTERED,
     )
+
+
+def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, uncapped: np.ndarray,
+                overrides: dict[int, tuple[SnapshotCreative, ...]], fmt: str, capped: Capped) -> None:
+    """Take the user's capped campaigns out (``uncapped`` False) and rescore campaigns whose best creatives
+    are capped on their best remaining one (``overrides``), in place. A user has seen few campaigns, so this
+    loops over what is capped, not over the candidates."""
+    def index_of(campaign_id: str) -> int | None:
+        pos = snapshot.by_id.get(campaign_id)
+        if pos is None:
+            return None
+        i = int(np.searchsorted(positions, pos))
+        return i if i < len(positions) and positions[i] == pos else None
+
+    for campaign_id in capped.campaigns:
+        i = index_of(campaign_id)
+        if i is not None:
+            uncapped[i] = False
+    for campaign_id, creative_ids in capped.creatives.items():
+        i = index_of(campaign_id)
+        if i is None or not uncapped[i] or np.isnan(scores[i]):
+            continue
+        campaign = snapshot.campaigns[positions[i]]
+        fitting = [k for k in campaign.creatives if k.format == fmt and k.creative_id not in creative_ids]
+        if not fitting:
+            uncapped[i] = False
+            continue
+        top = max(k.prior_ctr for k in fitting)
+        best = tuple(k for k in fitting if k.prior_ctr == top)
+        overrides[int(positions[i])] = best
+        scores[i] = ecpm_micros(campaign, best[0])
+
+
+class _Ranking:
+    """The eligible candidates in eCPM order, materialized lazily: each step takes the next campaign by
+    score, applies the per-campaign filters (budget, pacing, one per advertiser) and picks its creative.
+    Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
+    ties that are reached cost a draw)."""
+
+    def __init__(self, snapshot: Snapshot, live: np.ndarray, scores: np.ndarray, fmt: str,
+                 overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
+                 allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
+                 reasons: dict[str, Reason] | None) -> None:
+        order = np.argsort(-scores, kind="stable")
+        self._positions: list[int] = live[order].tolist()
+        self._scores: list[float] = scores[order].tolist()
+        self._group_end = 0  # where the run of equal scores the walk is in ends
+        self._next = 0
+        self._snapshot = snapshot
+        assert snapshot.columns is not None
+        self._best = snapshot.columns.formats[fmt].best if len(order) else ()
+        self._overrides = overrides
+        self._rng = rng
+        self._allowance = allowance
+        self._throttle = throttle
+        self._counts = counts
+        self._reasons = reasons
+        self._advertisers: set[str] = set()
+        self.ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative]] = []
+
+    @property
+    def unvisited(self) -> int:
+        return len(self._positions) - self._next
+
+    def mark(self, campaign: SnapshotCampaign, reason: Reason) -> None:
+        self._counts[reason] = self._counts.get(reason, 0) + 1
+        if self._reasons is not None:
+            self._reasons[campaign.campaign_id] = reason
+
+    def fill(self, size: int) -> None:
+        """Walk on until ``ranked`` holds ``size`` entries or every candidate has been seen."""
+        positions, scores, rng = self._positions, self._scores, self._rng
+        while len(self.ranked) < size and self._next < len(positions):
+            i = self._next
+            self._next += 1
+            if i >= self._group_end:  # a new score: find where its run of equals ends
+                end = i + 1
+                while end < len(scores) and scores[end] == scores[i]:
+                    end += 1
+                self._group_end = end
+            if self._group_end - i > 1:  # equal scores: draw which of the rest comes next
+                j = i + rng.randrange(self._group_end - i)
+                positions[i], positions[j] = positions[j], positions[i]
+            pos = positions[i]
+            campaign = self._snapshot.campaigns[pos]
+            cid = campaign.campaign_id
+            if self._allowance.get(cid, 0) <= 0:
+                self.mark(campaign, Reason.BUDGET)
+                continue
+            if self._throttle is not None:
+                p = self._throttle.get(cid, 1.0)
+                if p < 1.0 and rng.random() >= p:
+                    self.mark(campaign, Reason.PACING)
+                    continue
+            if campaign.advertiser_id in self._advertisers:
+                self.mark(campaign, Reason.SAME_ADVERTISER)
+                continue
+            self._advertisers.add(campaign.advertiser_id)
+            best = self._overrides.get(pos) or self._best[pos]
+            creative = best[0] if len(best) == 1 else best[rng.randrange(len(best))]
+            self.ranked.append((scores[i], campaign, creative))

@@ -14,7 +14,7 @@ import os
 import random
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from edge.budget import BudgetLedger
+from edge.frequency_store import FrequencyStore, MemoryFrequencyStore, new_frequency_store
 from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
@@ -81,6 +82,9 @@ class EdgeState:
     js: JetStreamContext | None = None
     publisher: EventPublisher | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Best-effort side work a request starts and does not wait for (frequency-cap records): strong
+    # references until done, since the event loop keeps only weak ones.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     grant_failures: int = 0
     lease_s: float = 60.0  # until the allocator's first answer says otherwise
     rates: dict[str, float] = field(default_factory=dict)
@@ -93,8 +97,14 @@ class EdgeState:
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
     touches: TouchStore = field(default_factory=MemoryTouchStore)
+    frequency: FrequencyStore = field(default_factory=MemoryFrequencyStore)
     spend: SpendView = field(default_factory=lambda: SpendView("unnamed"))
     ack_waits: AckWaits = field(default_factory=lambda: AckWaits(2.0))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def publisher_has_room(self) -> bool:
         assert self.publisher is not None
@@ -359,6 +369,7 @@ def new_state(settings: EdgeSettings) -> EdgeState:
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),
         touches=new_touch_store(settings.edge_redis_url, settings.edge_region),
+        frequency=new_frequency_store(settings.edge_redis_url, settings.edge_region),
         ivt_policy=IvtPolicy(min_click_delay_s=settings.edge_ivt_min_click_s, ip_limit=settings.edge_ivt_ip_limit,
                              ua_limit=settings.edge_ivt_ua_limit),
     )
@@ -400,3 +411,5 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await state.ivt_store.aclose()
         with contextlib.suppress(Exception):
             await state.touches.aclose()
+        with contextlib.suppress(Exception):
+            await state.frequency.aclose()

@@ -17,6 +17,8 @@ from types import MappingProxyType
 import msgpack
 import numpy as np
 
+from replication.columns import CampaignColumns, frozen_array
+
 MAGIC = "ADSNAP"
 SCHEMA_VERSION = 1
 
@@ -47,6 +49,15 @@ DEFAULT_VIEW_WINDOW_S = 86_400
 
 
 @dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    """At most ``max_impressions`` per user in any ``window_s`` (``edge.frequency`` enforces it)."""
+
+    scope: str  # "campaign": all its creatives together; "creative": each creative on its own
+    max_impressions: int
+    window_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotCampaign:
     campaign_id: str
     advertiser_id: str
@@ -73,6 +84,7 @@ class SnapshotCampaign:
     view_window_s: int = DEFAULT_VIEW_WINDOW_S
     pacing: str = "even"  # "even" | "asap" | "step" (see control_plane.models.PACING_MODES)
     budget_mode: str = "allowance"  # "allowance" | "counter" (a baseline)
+    frequency_caps: tuple[FrequencyCap, ...] = ()
 
     def values(self, dimension: str) -> frozenset[str]:
         if dimension == "format":
@@ -87,6 +99,9 @@ class SnapshotCampaign:
         }[dimension]
 
 
+MAX_ANSWER_MASKS = 64  # values per dimension up to which RetrievalIndex keeps a whole mask per value
+
+
 @dataclass(frozen=True, slots=True)
 class RetrievalIndex:
     """The postings as numpy arrays, for retrieval by boolean masks: per dimension, a mask of the campaigns
@@ -97,6 +112,11 @@ class RetrievalIndex:
     size: int
     unrestricted: Mapping[str, np.ndarray]
     positions: Mapping[str, Mapping[str, np.ndarray]]
+    open: frozenset[str]  # dimensions no campaign is restricted in: retrieval skips them
+    # For dimensions with few values (formats, devices, countries), each value's whole answer "unrestricted
+    # or naming this value" as one mask, so a request's single value there costs one AND, not a copy and a
+    # scatter; few values times one byte per campaign keeps it small.
+    answers: Mapping[str, Mapping[str, np.ndarray]]
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],
@@ -105,15 +125,22 @@ class RetrievalIndex:
         for dim in DIMENSIONS:
             mask = np.zeros(size, dtype=bool)
             mask[np.fromiter(unrestricted.get(dim, ()), dtype=np.intp)] = True
-            masks[dim] = _frozen(mask)
-        positions = {dim: {v: _frozen(np.fromiter(sorted(p), dtype=np.intp)) for v, p in postings.get(dim, {}).items()}
+            masks[dim] = frozen_array(mask)
+        positions = {dim: {v: frozen_array(np.fromiter(sorted(p), dtype=np.intp))
+                           for v, p in postings.get(dim, {}).items()}
                      for dim in DIMENSIONS}
-        return cls(size, MappingProxyType(masks), MappingProxyType(positions))
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False
-    return array
+        open_dims = frozenset(dim for dim in DIMENSIONS if bool(masks[dim].all()))
+        answers = {}
+        for dim in DIMENSIONS:
+            if dim in open_dims or len(positions[dim]) > MAX_ANSWER_MASKS:
+                continue
+            answers[dim] = {}
+            for value, where in positions[dim].items():
+                mask = masks[dim].copy()
+                mask[where] = True
+                answers[dim][value] = frozen_array(mask)
+        return cls(size, MappingProxyType(masks), MappingProxyType(positions), open_dims,
+                   MappingProxyType(answers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +159,20 @@ class Snapshot:
     # The pacing plan's shape: 24 hourly traffic weights of a campaign-local day (empty: flat).
     traffic_shape: tuple[float, ...] = ()
     index: RetrievalIndex | None = field(default=None, repr=False, compare=False)  # derived from the postings
+    columns: CampaignColumns | None = field(default=None, repr=False, compare=False)  # derived from campaigns
+    # campaign id -> its frequency caps, for the campaigns that have any (derived from campaigns).
+    caps_of: Mapping[str, tuple[FrequencyCap, ...]] = field(default_factory=lambda: MappingProxyType({}),
+                                                             repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.index is None:
             object.__setattr__(self, "index", RetrievalIndex.build(len(self.campaigns), self.postings,
                                                                   self.unrestricted))
+        if self.columns is None:
+            object.__setattr__(self, "columns", CampaignColumns.build(self.campaigns))
+        if not self.caps_of:
+            object.__setattr__(self, "caps_of", MappingProxyType(
+                {c.campaign_id: c.frequency_caps for c in self.campaigns if c.frequency_caps}))
 
     def campaign(self, campaign_id: str) -> SnapshotCampaign | None:
         pos = self.by_id.get(campaign_id)
@@ -193,6 +229,7 @@ def _campaign_to_wire(c: SnapshotCampaign) -> list:
         [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr]
          for k in c.creatives],
         c.click_window_s, c.view_window_s, c.pacing, c.budget_mode,
+        [[f.scope, f.max_impressions, f.window_s] for f in c.frequency_caps],
     ]
 
 
@@ -208,6 +245,7 @@ def _campaign_from_wire(w: list) -> SnapshotCampaign:
         view_window_s=w[20] if len(w) > 20 else DEFAULT_VIEW_WINDOW_S,
         pacing=w[21] if len(w) > 21 else "even",
         budget_mode=w[22] if len(w) > 22 else "allowance",
+        frequency_caps=tuple(FrequencyCap(str(f[0]), int(f[1]), int(f[2])) for f in w[23]) if len(w) > 23 else (),
     )
 
 

@@ -33,15 +33,6 @@ T0 = 1_700_000_040.0  # a 60 s window boundary
 _regions = (f"r{n}" for n in itertools.count())
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    group = ProcessGroup(tmp_path_factory.mktemp("redis"))
-    try:
-        yield start_redis(group)[1]
-    finally:
-        group.stop_all()
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[ProcessGroup, Proc, str]]:
     """A server of the test's own, for tests that stop, freeze or restart it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -39,7 +40,7 @@ def auction(snapshot, request, *, allowance=None, seed=1, reserve=None):
     if allowance is None:
         allowance = rich(*(c.campaign_id for c in snapshot.campaigns))
     return run_auction(snapshot, request, now_s=NOW, rng=random.Random(seed), allowance=allowance,
-                       reserve_cpm_micros=reserve)
+                       reserve_cpm_micros=reserve, explain=True)
 
 
 def winners(result):
@@ -424,9 +425,14 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     advertisers = [w.campaign.advertiser_id for w in result.wins]
     assert len(advertisers) == len(set(advertisers))
     assert [w.slot for w in result.wins] == list(range(len(result.wins)))
-    # Every retrieved candidate either wins or has exactly one reason.
-    won = {w.campaign.campaign_id for w in result.wins}
-    assert won.isdisjoint(result.reasons)
-    assert won | set(result.reasons) == ids(s, retrieve(s, request))
+    # Explained, every retrieved candidate either wins or has exactly one reason, and the counts agree.
+    explained = run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance, explain=True)
+    won = {w.campaign.campaign_id for w in explained.wins}
+    assert won.isdisjoint(explained.reasons)
+    assert won | set(explained.reasons) == ids(s, retrieve(s, request))
+    assert explained.reason_counts == Counter(explained.reasons.values())
+    # Explaining changes no outcome; without it every candidate is still counted once.
+    assert explained.wins == result.wins
+    assert sum(result.reason_counts.values()) + len(result.wins) == result.candidates == explained.candidates
     # Same inputs, same auction.
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)

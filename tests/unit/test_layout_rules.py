@@ -16,7 +16,7 @@ PURE = [
     "replication/snapshot.py", "replication/events.py", "replication/settings.py", "replication/calendar.py",
     "edge/ivt.py", "edge/attribution.py", "control_plane/attribution.py", "edge/pacing.py",
     "control_plane/allowances.py", "replication/budget_crdt.py", "edge/spend.py", "control_plane/traffic.py",
-    "replication/hourly.py",
+    "replication/hourly.py", "replication/columns.py", "edge/frequency.py",
 ]
 IO_MODULES = {"asyncio", "socket", "time", "nats", "httpx", "redis", "chdb", "clickhouse_connect", "subprocess",
               "starlette", "granian", "os"}

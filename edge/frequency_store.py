@@ -1,0 +1,159 @@
+"""Where a user's recent impressions live for frequency capping: the region's Redis, or process memory.
+
+One Redis hash per user (``fq:<region>:<user key>``), one field per capped campaign and per capped creative
+(``edge.frequency`` names them), each holding the newest impression times as a msgpack list. An ad request
+reads the user's whole hash in one HGETALL: a user's capped history is small, and the edge need not know the
+candidates first. An impression appends its time in a Lua script, so two PoP workers recording the same
+user at once cannot lose one. The hash expires after the longest window it serves.
+
+Failures are the caller's policy (``ADSERVER_EDGE_FREQUENCY_FAIL_OPEN``): ``history`` raises, the ad path
+counts it and either ignores caps or leaves every capping campaign out. After a failure the store does not
+try again for ``retry_after_s``, so a hung Redis costs one timeout, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgpack
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from edge.frequency import appended
+
+
+class FrequencyStoreDown(RuntimeError):
+    """The store failed just now (or recently: the breaker is open)."""
+
+
+class FrequencyStore(Protocol):
+    async def history(self, user_key: str, now_s: float) -> dict[str, list[float]]:
+        """The user's field -> impression times. Raises FrequencyStoreDown."""
+        ...
+
+    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
+        """One impression, for each (field, times to keep, seconds to live). Raises FrequencyStoreDown."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class _Breaker:
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        self._down_until = -math.inf
+        self.last_error = ""
+
+    def check(self, now_s: float) -> None:
+        if now_s < self._down_until:
+            raise FrequencyStoreDown(f"not retried until the breaker closes: {self.last_error}")
+
+    def failed(self, now_s: float, exc: BaseException) -> FrequencyStoreDown:
+        self._down_until = now_s + self.retry_after_s
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        return FrequencyStoreDown(self.last_error)
+
+
+class MemoryFrequencyStore:
+    """Per-process twin, a bounded LRU of users (a PoP without Redis, and unit tests). With several workers
+    each sees only the impressions it recorded, so caps are per worker there."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._users: OrderedDict[str, tuple[float, dict[str, list[float]]]] = OrderedDict()
+        self._capacity = capacity
+
+    async def history(self, user_key: str, now_s: float) -> dict[str, list[float]]:
+        entry = self._users.get(user_key)
+        if entry is None or entry[0] <= now_s:
+            return {}
+        return {k: list(v) for k, v in entry[1].items()}
+
+    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
+        expires, data = self._users.pop(user_key, (0.0, {}))
+        if expires <= now_s:
+            data = {}
+        for field, keep, ttl_s in fields:
+            data[field] = appended(data.get(field, ()), now_s, keep)
+            expires = max(expires, now_s + ttl_s)
+        self._users[user_key] = (expires, data)
+        while len(self._users) > self._capacity:
+            self._users.popitem(last=False)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# KEYS[1]: the user's hash. ARGV: now, then (field, keep, ttl) triples. Appends now to each field's msgpack
+# list of times, keeps the newest `keep` (sorted: PoPs' clocks and workers may record out of order), and
+# never shortens the hash's TTL.
+_RECORD_LUA = """
+local now = tonumber(ARGV[1])
+local longest = 0
+for i = 2, #ARGV, 3 do
+  local field, keep, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local raw = redis.call('HGET', KEYS[1], field)
+  local times = raw and cmsgpack.unpack(raw) or {}
+  table.insert(times, now)
+  table.sort(times)
+  while #times > keep do table.remove(times, 1) end
+  redis.call('HSET', KEYS[1], field, cmsgpack.pack(times))
+  if ttl > longest then longest = ttl end
+end
+if redis.call('TTL', KEYS[1]) < longest then redis.call('EXPIRE', KEYS[1], longest) end
+return 1
+"""
+
+
+# Opening a connection may take longer than a command on a busy loop (a burst of first requests opens many
+# at once); a command on an open one gets ``timeout_s``.
+CONNECT_TIMEOUT_S = 0.25
+
+
+class RedisFrequencyStore:
+    def __init__(self, client: Redis, *, region: str, timeout_s: float = 0.05, retry_after_s: float = 1.0) -> None:
+        self.client = client
+        # The whole call's bound, on top of the socket timeouts: a stopped Redis accepts and never answers.
+        self.timeout_s = CONNECT_TIMEOUT_S + timeout_s
+        self.prefix = f"fq:{region}:"
+        self._record = client.register_script(_RECORD_LUA)
+        self._breaker = _Breaker(retry_after_s)
+
+    @classmethod
+    def from_url(cls, url: str, *, region: str, timeout_s: float = 0.05,
+                 retry_after_s: float = 1.0) -> RedisFrequencyStore:
+        # Short timeouts and no retries: the ad request waits on this, and the breaker decides when to retry.
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        return cls(client, region=region, timeout_s=timeout_s, retry_after_s=retry_after_s)
+
+    async def history(self, user_key: str, now_s: float) -> dict[str, list[float]]:
+        self._breaker.check(now_s)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                raw = await self.client.hgetall(self.prefix + user_key)
+            return {k.decode(): [float(t) for t in msgpack.unpackb(v)] for k, v in raw.items()}
+        except Exception as exc:
+            raise self._breaker.failed(now_s, exc) from exc
+
+    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
+        self._breaker.check(now_s)
+        args: list[object] = [repr(float(now_s))]
+        for field, keep, ttl_s in fields:
+            args += [field, keep, ttl_s]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._record(keys=[self.prefix + user_key], args=args)
+        except Exception as exc:
+            raise self._breaker.failed(now_s, exc) from exc
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def new_frequency_store(redis_url: str, region: str) -> FrequencyStore:
+    return RedisFrequencyStore.from_url(redis_url, region=region) if redis_url else MemoryFrequencyStore()
