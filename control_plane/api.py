@@ -389,6 +389,11 @@ async def admin_stats(request: Request) -> Response:
                        "writers": len(cp.spend.heard)},
         "traffic_shape": {"weights": list(cp.builder.traffic_shape),
                           "decisions_seen": cp.shape.decisions_seen if cp.shape else 0},
+        "click_model": None if cp.clicks is None else {
+            "version": cp.clicks.version, "impressions": cp.clicks.model.trained, "clicks": cp.clicks.clicks,
+            "creatives": len(cp.clicks.impressions),
+            "nonzero_weights": 0 if cp.builder.click_model is None
+            else int((cp.builder.click_model.weights != 0).sum())},
         "budget": budget,
     })
 

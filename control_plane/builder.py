@@ -20,6 +20,7 @@ from control_plane.allocator import BudgetTerms
 from control_plane.models import is_servable, to_snapshot_campaign
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
+from replication.ctr_model import ClickModel
 from replication.nats_io import publish_snapshot
 from replication.snapshot import build_snapshot, encode_snapshot, unit_cost_ceiling
 
@@ -52,6 +53,7 @@ class SnapshotBuilder:
         self._regions = regions
         self._clock = clock
         self._traffic_shape = traffic_shape
+        self._click_model: ClickModel | None = None
         self._reserve = reserve_cpm_micros
         self._debounce = debounce_s
         self._refresh = refresh_s
@@ -106,6 +108,15 @@ class SnapshotBuilder:
     def traffic_shape(self) -> tuple[float, ...]:
         return self._traffic_shape
 
+    def set_click_model(self, model: ClickModel) -> None:
+        """A newly trained click model (control_plane.click_trainer): the next snapshot carries it."""
+        self._click_model = model
+        self._dirty.set()
+
+    @property
+    def click_model(self) -> ClickModel | None:
+        return self._click_model
+
     def set_traffic_shape(self, weights: tuple[float, ...]) -> None:
         """A new pacing shape (control_plane.traffic): the next snapshot carries it to every edge."""
         if weights != self._traffic_shape:
@@ -138,7 +149,7 @@ class SnapshotBuilder:
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),
                                   reserve_cpm_micros=self._reserve,
                                   postback_keys={a: h for a, h in self._postback.items() if h},
-                                  traffic_shape=self._traffic_shape)
+                                  traffic_shape=self._traffic_shape, click_model=self._click_model)
         data = encode_snapshot(snapshot)
         for region in self._regions:
             await publish_snapshot(self._js, region, version, data)

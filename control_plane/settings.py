@@ -70,6 +70,10 @@ SPECS = [
     s.Spec("CP_SHAPE_PRIOR_WEIGHT", s.parse_float(0), "10000",
            "how many decisions the prior shape is worth against the observed ones"),
     s.Spec("CP_SHAPE_REFRESH_S", s.parse_float(1), "600", "seconds between traffic-shape refreshes"),
+    s.Spec("CP_CTR_TRAIN_EVERY_S", s.parse_float(1), "60", "seconds between click-model training rounds"),
+    s.Spec("CP_CTR_LABEL_DELAY_S", s.parse_float(0), "600",
+           "how old an impression must be before it is learned as clicked or not (later clicks are missed)"),
+    s.Spec("CP_CTR_HISTORY_S", s.parse_float(0), "86400", "impressions a starting control plane learns from first"),
     s.Spec("CP_ALLOW_BASELINES", s.parse_bool, "false",
            "accept budget_mode=counter, the overspending research baseline (the simulator's negative control)"),
     s.Spec("CP_MAX_BODY_BYTES", s.parse_int(1024, 10_000_000), "65536", "largest request body accepted"),
@@ -92,6 +96,9 @@ class ControlPlaneSettings:
     cp_shape_days: int
     cp_shape_prior_weight: float
     cp_shape_refresh_s: float
+    cp_ctr_train_every_s: float
+    cp_ctr_label_delay_s: float
+    cp_ctr_history_s: float
     cp_allow_baselines: bool
     cp_max_body_bytes: int
 

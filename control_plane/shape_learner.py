@@ -7,19 +7,16 @@ with the next snapshot when it changed.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from control_plane.builder import SnapshotBuilder
+from control_plane.periodic import every
 from control_plane.storage import EventStore
 from control_plane.traffic import learning_window, local_hour_counts
 from replication.calendar import utc_offset_h
 from replication.clock import Clock
 from replication.hourly import blend_hourly
-
-log = logging.getLogger(__name__)
 
 
 class ShapeLearner:
@@ -53,9 +50,4 @@ class ShapeLearner:
         return shape
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # the store may be down: keep the current shape, try again later
-                log.warning("learning the traffic shape failed (%r); keeping the current one", exc)
-            await asyncio.sleep(self.every_s)
+        await every(self.every_s, self.refresh, "learning the traffic shape failed; keeping the current one")

@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from control_plane.builder import SnapshotBuilder
+from control_plane.click_trainer import ClickTrainer
 from control_plane.collector import Collector
 from control_plane.grants import GrantService
 from control_plane.settings import ControlPlaneSettings
@@ -48,6 +49,7 @@ class ControlPlaneState:
     reports: EventStore | None = None
     collector: Collector | None = None
     shape: ShapeLearner | None = None
+    clicks: ClickTrainer | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     crashes: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -118,6 +120,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                       prior_weight=settings.cp_shape_prior_weight,
                                       every_s=settings.cp_shape_refresh_s)
     cp.tasks.append(asyncio.create_task(supervise("traffic-shape", learner.run, cp.crashes), name="traffic-shape"))
+    trainer = cp.clicks = ClickTrainer(cp.reports, builder, settings.clock, cp.run_storage,
+                                       every_s=settings.cp_ctr_train_every_s,
+                                       label_delay_s=settings.cp_ctr_label_delay_s,
+                                       history_s=settings.cp_ctr_history_s)
+    cp.tasks.append(asyncio.create_task(supervise("click-model", trainer.run, cp.crashes), name="click-model"))
     if settings.cp_embedded_collector:
         collector = cp.collector = Collector(js, cp.reports, executor, clock=settings.clock)
         cp.tasks.append(asyncio.create_task(supervise("collector", collector.run, cp.crashes), name="collector"))

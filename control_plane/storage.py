@@ -66,6 +66,20 @@ _MAX_EPOCH_S = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
+class LabelledImpression:
+    """A valid impression and whether it was clicked: one training row of the click model."""
+
+    campaign_id: str
+    creative_id: str
+    advertiser_id: str
+    placement: str
+    geo: str
+    device: str
+    ts_ms: int
+    clicked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsRow:
     """A time bucket of a campaign's report. Valid counts exclude IVT; gross is valid + invalid."""
 
@@ -118,6 +132,8 @@ class EventStore(Protocol):
                                lookback_ms: int) -> dict[str, tuple[float, float]]: ...
 
     def hourly_decisions(self, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]: ...
+
+    def labelled_impressions(self, start_ms: int, end_ms: int, limit: int) -> list[LabelledImpression]: ...
 
     def stats(self) -> StoreStats: ...
 
@@ -570,6 +586,24 @@ class SqlEventStore(ABC):
                f"AND minute < toDateTime({_minute_bound_s(end_ms)}, 'UTC') "
                "GROUP BY campaign_id, hour HAVING sum(decisions) > 0")
         return [(str(row[0]), int(row[1]), int(row[2])) for row in self._query_rows(sql)]
+
+    def labelled_impressions(self, start_ms: int, end_ms: int, limit: int) -> list[LabelledImpression]:
+        """Valid impressions served in [start_ms, end_ms), each once, oldest first (at most ``limit``), each
+        with whether a valid click on it is stored: the click model's training rows. Invalid traffic is
+        left out on both sides, so bots teach the model nothing."""
+        sql = (
+            # Aliases differ from the column names: ClickHouse would read a same-named alias in WHERE.
+            "SELECT i.cid, i.kid, i.aid, i.plc, i.geo1, i.dev1, i.first_ms, c.impression_id != '' AS clicked FROM ("
+            "SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, any(advertiser_id) AS aid, "
+            "any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, min(ts_ms) AS first_ms "
+            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND {_VALID} AND ts_ms >= {int(start_ms)} "
+            f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS i "
+            f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
+            f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS c ON i.impression_id = c.impression_id "
+            f"ORDER BY i.first_ms, i.impression_id LIMIT {int(limit)}"
+        )
+        return [LabelledImpression(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]),
+                                   bool(r[7])) for r in self._query_rows(sql)]
 
     def stats(self) -> StoreStats:
         rows, unique, *per_type = (int(v) for v in self._query_rows(_STATS_SQL)[0])

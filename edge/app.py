@@ -473,6 +473,8 @@ async def readyz(request: Request) -> Response:
         "snapshot_version": snap.version if snap else None,
         "campaigns": len(snap.campaigns) if snap else 0,
         "revisions": {c.campaign_id: c.revision for c in snap.campaigns} if snap else {},
+        # The click model the auction ranks with (None: the creatives' prior CTRs).
+        "click_model_version": snap.click_model.version if snap and snap.click_model else None,
     }
     return JSONResponse(body, status_code=200 if snap else 503)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.ctr import predicted_ctr_and_ecpm, predicted_ctr_one
 from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns
@@ -88,6 +89,9 @@ class Win:
     # cost (price x P(click) [x P(conversion)], with a safety margin), settled when the click or conversion
     # arrives.
     reserve_micros: int
+    # The click-through rate the auction ranked and priced with: the creative's prior, or the click model's
+    # prediction for this context (with its exploration bonus).
+    ctr: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,7 @@ class _Checks:
     second: int
     checks: tuple[tuple[Reason, np.ndarray], ...]
     eligible: np.ndarray
+    before_reserve: np.ndarray  # every check but the reserve (for scores that differ per request)
 
 
 def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _Checks:
@@ -205,20 +210,21 @@ def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _
     checks.append((Reason.FORMAT, ~np.isnan(scores)))
     with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
         checks.append((Reason.BELOW_RESERVE, (scores >= reserve) & (scores > 0)))
-    eligible = checks[0][1]
-    for _, ok in checks[1:]:
-        eligible = eligible & ok
-    made = _Checks(second, tuple(checks), eligible)
+    before_reserve = checks[0][1]
+    for _, ok in checks[1:-1]:
+        before_reserve = before_reserve & ok
+    made = _Checks(second, tuple(checks), before_reserve & checks[-1][1], before_reserve)
     columns.memo[key] = made
     return made
 
 
-def ecpm_micros(campaign: SnapshotCampaign, creative: SnapshotCreative) -> float:
+def ecpm_micros(campaign: SnapshotCampaign, ctr: float) -> float:
+    """What one thousand impressions are worth to the campaign, at click-through rate ``ctr``."""
     if campaign.bid_type == "cpm":
         return float(campaign.max_bid_micros)
     if campaign.bid_type == "cpc":
-        return campaign.max_bid_micros * creative.prior_ctr * 1000
-    return campaign.max_bid_micros * creative.prior_ctr * campaign.prior_cvr * 1000
+        return campaign.max_bid_micros * ctr * 1000
+    return campaign.max_bid_micros * ctr * campaign.prior_cvr * 1000
 
 
 # Reserve this many times the expected click/conversion cost: P(click) is a prior, and an under-reservation
@@ -226,23 +232,23 @@ def ecpm_micros(campaign: SnapshotCampaign, creative: SnapshotCreative) -> float
 RESERVE_MARGIN = 3.0
 
 
-def expected_cost(campaign: SnapshotCampaign, creative: SnapshotCreative, price: int) -> int:
+def expected_cost(campaign: SnapshotCampaign, ctr: float, price: int) -> int:
     if campaign.bid_type == "cpm":
         return price
-    p = creative.prior_ctr if campaign.bid_type == "cpc" else creative.prior_ctr * campaign.prior_cvr
+    p = ctr if campaign.bid_type == "cpc" else ctr * campaign.prior_cvr
     return math.ceil(price * min(1.0, p * RESERVE_MARGIN))
 
 
-def _unit_price(campaign: SnapshotCampaign, creative: SnapshotCreative, pay_ecpm: float) -> int:
+def _unit_price(campaign: SnapshotCampaign, ctr: float, pay_ecpm: float) -> int:
     """Convert the eCPM a winner must pay into its own bid unit, capped at its bid."""
     if campaign.bid_type == "cpm":
         per_unit = pay_ecpm / 1000
         cap = campaign.max_bid_micros / 1000
     elif campaign.bid_type == "cpc":
-        per_unit = pay_ecpm / (creative.prior_ctr * 1000)
+        per_unit = pay_ecpm / (ctr * 1000)
         cap = campaign.max_bid_micros
     else:
-        per_unit = pay_ecpm / (creative.prior_ctr * campaign.prior_cvr * 1000)
+        per_unit = pay_ecpm / (ctr * campaign.prior_cvr * 1000)
         cap = campaign.max_bid_micros
     return max(1, math.ceil(min(per_unit, cap)))
 
@@ -277,28 +283,53 @@ def run_auction(
     columns = snapshot.columns
     assert columns is not None  # built with every snapshot
 
-    checks = _checks(columns, request.format, reserve, now_s)
-    scores = ecpm_scores(columns, request.format)[positions]  # a fresh array: caps may rescore it in place
-    overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
-    if capped:
-        uncapped = np.ones(len(positions), dtype=bool)
-        _apply_caps(snapshot, positions, scores, uncapped, overrides, request.format, capped)
-        with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
-            rescored = (scores >= reserve) & (scores > 0)
-        local = [(reason, ok[positions]) for reason, ok in checks.checks if reason is not Reason.BELOW_RESERVE]
-        local += [(Reason.FREQUENCY_CAP, uncapped), (Reason.BELOW_RESERVE, rescored)]
-        passed = local[0][1]
-        for _, ok in local[1:]:
-            passed = passed & ok
+    fmt = request.format
+    checks = _checks(columns, fmt, reserve, now_s)
+    model = snapshot.click_model
+    # Fresh arrays (fancy indexing copies): caps may rescore them in place.
+    if model is None:
+        ctrs = columns.formats[fmt].ctr[positions] if fmt in columns.formats else np.full(len(positions), np.nan)
+        scores = ecpm_scores(columns, fmt)[positions]
     else:
-        local = None
+        ctrs, scores = predicted_ctr_and_ecpm(snapshot, positions, fmt, request.placement, request.country,
+                                              request.device, now_s)
+    overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
+    # (reason, passes) per candidate, in the order the filters apply; built only when something failed.
+    local: Callable[[], list[tuple[Reason, np.ndarray]]]
+    if model is None and not capped:
         passed = checks.eligible[positions]
+
+        def local() -> list[tuple[Reason, np.ndarray]]:
+            return [(reason, ok[positions]) for reason, ok in checks.checks]
+    else:
+        # Scores differ per request (the model) or per user (caps): the reserve check cannot be precomputed.
+        uncapped: np.ndarray | None = None
+        if capped:
+            def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> float:
+                if model is None:
+                    return creative.prior_ctr
+                return predicted_ctr_one(model, campaign, creative, request.placement, request.country,
+                                         request.device, now_s)
+
+            uncapped = np.ones(len(positions), dtype=bool)
+            _apply_caps(snapshot, positions, scores, ctrs, uncapped, overrides, fmt, capped, ctr_of)
+        with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
+            above_reserve = (scores >= reserve) & (scores > 0)
+        passed = checks.before_reserve[positions] & above_reserve
+        if uncapped is not None:
+            passed &= uncapped
+
+        def local() -> list[tuple[Reason, np.ndarray]]:
+            out = [(reason, ok[positions]) for reason, ok in checks.checks if reason is not Reason.BELOW_RESERVE]
+            if uncapped is not None:
+                out.append((Reason.FREQUENCY_CAP, uncapped))
+            return [*out, (Reason.BELOW_RESERVE, above_reserve)]
     counts: dict[Reason, int] = {}
     reasons: dict[str, Reason] = {}
     if explain or not passed.all():
         # Each candidate out is counted once, under the first check it failed (in the order of the checks).
         before = np.ones(len(positions), dtype=bool)
-        for reason, ok in local or [(reason, ok[positions]) for reason, ok in checks.checks]:
+        for reason, ok in local():
             failed = before & ~ok
             n_failed = int(np.count_nonzero(failed))
             if n_failed:
@@ -309,8 +340,7 @@ def run_auction(
             before = before & ok
 
     live = positions[passed]
-    live_scores = scores[passed]
-    walk = _Ranking(snapshot, live, live_scores, request.format, overrides, rng, allowance, throttle, counts,
+    walk = _Ranking(snapshot, live, scores[passed], ctrs[passed], fmt, overrides, rng, allowance, throttle, counts,
                     reasons if explain else None)
     wins: list[Win] = []
     slots = max(1, request.slots)
@@ -320,21 +350,21 @@ def run_auction(
         walk.fill(position + 2)  # this entry and its runner-up, whose score sets the price
         if position >= len(ranked):
             break
-        score, campaign, creative = ranked[position]
+        score, campaign, creative, ctr = ranked[position]
         runner_up = ranked[position + 1][0] if position + 1 < len(ranked) else 0.0
         position += 1
         pay = min(score, max(runner_up, float(reserve)))
-        price = _unit_price(campaign, creative, pay)
+        price = _unit_price(campaign, ctr, pay)
         # The price is known only now: a campaign that cannot afford one billable unit at this price
         # gives its slot to the next candidate instead of overspending.
         if allowance.get(campaign.campaign_id, 0) < price:
             walk.mark(campaign, Reason.BUDGET)
             continue
         wins.append(Win(slot=len(wins), campaign=campaign, creative=creative, ecpm_micros=round(score),
-                        price_micros=price, reserve_micros=expected_cost(campaign, creative, price)))
+                        price_micros=price, reserve_micros=expected_cost(campaign, ctr, price), ctr=ctr))
     if explain:
         walk.fill(len(live))
-    for _, campaign, _ in ranked[position:]:
+    for _, campaign, _, _ in ranked[position:]:
         walk.mark(campaign, Reason.OUTRANKED)
     # Never reached by the walk: ranked below what the slots needed.
     if walk.unvisited:
@@ -348,8 +378,9 @@ def run_auction(
     )
 
 
-def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, uncapped: np.ndarray,
-                overrides: dict[int, tuple[SnapshotCreative, ...]], fmt: str, capped: Capped) -> None:
+def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, ctrs: np.ndarray,
+                uncapped: np.ndarray, overrides: dict[int, tuple[SnapshotCreative, ...]], fmt: str, capped: Capped,
+                ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], float]) -> None:
     """Take the user's capped campaigns out (``uncapped`` False) and rescore campaigns whose best creatives
     are capped on their best remaining one (``overrides``), in place. A user has seen few campaigns, so this
     loops over what is capped, not over the candidates."""
@@ -376,7 +407,8 @@ def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, u
         top = max(k.prior_ctr for k in fitting)
         best = tuple(k for k in fitting if k.prior_ctr == top)
         overrides[int(positions[i])] = best
-        scores[i] = ecpm_micros(campaign, best[0])
+        ctrs[i] = ctr_of(campaign, best[0])
+        scores[i] = ecpm_micros(campaign, float(ctrs[i]))
 
 
 class _Ranking:
@@ -385,13 +417,14 @@ class _Ranking:
     Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
     ties that are reached cost a draw)."""
 
-    def __init__(self, snapshot: Snapshot, live: np.ndarray, scores: np.ndarray, fmt: str,
+    def __init__(self, snapshot: Snapshot, live: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, fmt: str,
                  overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
                  reasons: dict[str, Reason] | None) -> None:
         order = np.argsort(-scores, kind="stable")
         self._positions: list[int] = live[order].tolist()
         self._scores: list[float] = scores[order].tolist()
+        self._ctrs: list[float] = ctrs[order].tolist()
         self._group_end = 0  # where the run of equal scores the walk is in ends
         self._next = 0
         self._snapshot = snapshot
@@ -404,7 +437,7 @@ class _Ranking:
         self._counts = counts
         self._reasons = reasons
         self._advertisers: set[str] = set()
-        self.ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative]] = []
+        self.ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative, float]] = []
 
     @property
     def unvisited(self) -> int:
@@ -417,7 +450,7 @@ class _Ranking:
 
     def fill(self, size: int) -> None:
         """Walk on until ``ranked`` holds ``size`` entries or every candidate has been seen."""
-        positions, scores, rng = self._positions, self._scores, self._rng
+        positions, scores, ctrs, rng = self._positions, self._scores, self._ctrs, self._rng
         while len(self.ranked) < size and self._next < len(positions):
             i = self._next
             self._next += 1
@@ -429,6 +462,7 @@ class _Ranking:
             if self._group_end - i > 1:  # equal scores: draw which of the rest comes next
                 j = i + rng.randrange(self._group_end - i)
                 positions[i], positions[j] = positions[j], positions[i]
+                ctrs[i], ctrs[j] = ctrs[j], ctrs[i]  # equal eCPMs can come from different bids and CTRs
             pos = positions[i]
             campaign = self._snapshot.campaigns[pos]
             cid = campaign.campaign_id
@@ -446,4 +480,4 @@ class _Ranking:
             self._advertisers.add(campaign.advertiser_id)
             best = self._overrides.get(pos) or self._best[pos]
             creative = best[0] if len(best) == 1 else best[rng.randrange(len(best))]
-            self.ranked.append((scores[i], campaign, creative))
+            self.ranked.append((scores[i], campaign, creative, ctrs[i]))

@@ -219,7 +219,10 @@ OPENAPI: dict[str, Any] = {
                                "snapshot_version": {"type": "integer", "nullable": True},
                                "campaigns": {"type": "integer", "minimum": 0},
                                "revisions": {"type": "object", "additionalProperties": {"type": "integer"},
-                                             "description": "campaign id -> revision this PoP serves"}}}, text)
+                                             "description": "campaign id -> revision this PoP serves"},
+                               "click_model_version": {"type": "integer", "nullable": True,
+                                                       "description": "the click model ranking the auction "
+                                                                      "(null: creatives' prior CTRs)"}}}, text)
                 for code, text in (("200", "a snapshot is loaded"), ("503", "no snapshot yet"))},
                 "431": _ref("HeadersTooLarge")}}},
         "/metrics": {"get": {

@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 
 from replication.columns import CampaignColumns, frozen_array
+from replication.ctr_model import ClickModel
 
 MAGIC = "ADSNAP"
 SCHEMA_VERSION = 1
@@ -158,6 +159,8 @@ class Snapshot:
     by_id: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     # The pacing plan's shape: 24 hourly traffic weights of a campaign-local day (empty: flat).
     traffic_shape: tuple[float, ...] = ()
+    # The click model the control plane trained (None: rank by the creatives' prior CTRs).
+    click_model: ClickModel | None = field(default=None, repr=False, compare=False)
     index: RetrievalIndex | None = field(default=None, repr=False, compare=False)  # derived from the postings
     columns: CampaignColumns | None = field(default=None, repr=False, compare=False)  # derived from campaigns
     # campaign id -> its frequency caps, for the campaigns that have any (derived from campaigns).
@@ -182,6 +185,7 @@ class Snapshot:
 def build_snapshot(
     campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int,
     postback_keys: Mapping[str, Iterable[str]] | None = None, traffic_shape: Iterable[float] = (),
+    click_model: ClickModel | None = None,
 ) -> Snapshot:
     ordered = tuple(sorted(campaigns, key=lambda c: c.campaign_id))
     postings: dict[str, dict[str, set[int]]] = {d: {} for d in DIMENSIONS}
@@ -205,6 +209,7 @@ def build_snapshot(
         postback_keys=_postback_keys(postback_keys or {}),
         by_id=_by_id(ordered),
         traffic_shape=_traffic_shape(list(traffic_shape)),
+        click_model=click_model,
     )
 
 
@@ -262,6 +267,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "unrestricted": {d: sorted(p) for d, p in snapshot.unrestricted.items()},
             "postback_keys": {adv: list(h) for adv, h in snapshot.postback_keys.items()},
             "traffic_shape": list(snapshot.traffic_shape),
+            "click_model": _click_model_to_wire(snapshot.click_model),
         },
         use_bin_type=True,
     )
@@ -312,7 +318,35 @@ def _decode_body(body: bytes) -> Snapshot:
         postback_keys=_postback_keys(raw.get("postback_keys", {})),
         by_id=_by_id(campaigns),
         traffic_shape=_traffic_shape(raw.get("traffic_shape", [])),
+        click_model=_click_model_from_wire(raw.get("click_model")),
     )
+
+
+def _click_model_to_wire(model: ClickModel | None) -> dict | None:
+    """Sparse: only the nonzero weights (L1 keeps most at zero), as little-endian int32 and float32 bytes."""
+    if model is None:
+        return None
+    idx = np.flatnonzero(model.weights)
+    return {"version": model.version, "bits": model.bits, "idx": idx.astype("<i4").tobytes(),
+            "w": model.weights[idx].astype("<f4").tobytes(), "impressions": dict(model.impressions)}
+
+
+def _click_model_from_wire(raw: object) -> ClickModel | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("idx"), bytes) or not isinstance(raw.get("w"), bytes):
+        raise SnapshotDecodeError("click_model must carry idx and w as bytes")
+    bits = raw.get("bits")
+    if not isinstance(bits, int) or not 8 <= bits <= 24 or len(raw["idx"]) != len(raw["w"]) or len(raw["w"]) % 4:
+        raise SnapshotDecodeError("click_model: bad bits or index/weight lengths")
+    impressions = raw.get("impressions", {})
+    if not isinstance(impressions, dict) or not all(isinstance(v, int) for v in impressions.values()):
+        raise SnapshotDecodeError("click_model: impressions must map creative ids to counts")
+    try:
+        return ClickModel.from_sparse(int(raw.get("version", 0)), bits, np.frombuffer(raw["idx"], dtype="<i4"),
+                                      np.frombuffer(raw["w"], dtype="<f4"), impressions)
+    except ValueError as exc:
+        raise SnapshotDecodeError(f"click_model: {exc}") from exc
 
 
 def _traffic_shape(raw: list) -> tuple[float, ...]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -79,14 +78,6 @@ def imps(n: int, ts_ms: int, **kw: Any) -> list[Event]:
     return [make_event(EventType.IMPRESSION, ts_ms + i, **kw) for i in range(n)]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[ChdbStore]:
-    s = ChdbStore(str(tmp_path / "chdb"))
-    try:
-        s.ensure_schema()
-        yield s
-    finally:
-        s.close()
 
 
 # --- deduplication --------------------------------------------------------------------------------------

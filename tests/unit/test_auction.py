@@ -223,17 +223,17 @@ def test_filters_apply_in_order_schedule_before_budget(make_campaign):
 
 def test_ecpm_cpm_is_the_bid(make_campaign, make_creative):
     c = make_campaign(bid_type="cpm", max_bid_micros=3_000_000)
-    assert ecpm_micros(c, make_creative(prior_ctr=0.5)) == 3_000_000
+    assert ecpm_micros(c, 0.5) == 3_000_000
 
 
 def test_ecpm_cpc_is_bid_times_ctr_per_mille(make_campaign, make_creative):
     c = make_campaign(bid_type="cpc", max_bid_micros=500_000)
-    assert ecpm_micros(c, make_creative(prior_ctr=0.02)) == pytest.approx(10_000_000)
+    assert ecpm_micros(c, 0.02) == pytest.approx(10_000_000)
 
 
 def test_ecpm_cpa_is_bid_times_ctr_times_cvr_per_mille(make_campaign, make_creative):
     c = make_campaign(bid_type="cpa", max_bid_micros=10_000_000, prior_cvr=0.05)
-    assert ecpm_micros(c, make_creative(prior_ctr=0.01)) == pytest.approx(5_000_000)
+    assert ecpm_micros(c, 0.01) == pytest.approx(5_000_000)
 
 
 def test_best_creative_by_ctr_is_chosen(make_campaign, make_creative):
@@ -414,7 +414,7 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
         assert allowance[c.campaign_id] >= w.price_micros
         assert w.ecpm_micros >= reserve
         assert w.creative.format == request.format
-        assert w.reserve_micros == expected_cost(c, w.creative, w.price_micros)
+        assert w.reserve_micros == expected_cost(c, w.ctr, w.price_micros)
         assert 0 < w.reserve_micros <= w.price_micros
     ecpms = [w.ecpm_micros for w in result.wins]
     assert ecpms == sorted(ecpms, reverse=True)

@@ -40,7 +40,7 @@ def reference(snapshot: Snapshot, request: AdRequest, allowance: dict[str, int],
             reasons[c.campaign_id] = Reason.FORMAT
             continue
         creative = max(fitting, key=lambda k: k.prior_ctr)
-        score = ecpm_micros(c, creative)
+        score = ecpm_micros(c, creative.prior_ctr)
         if score < reserve or score <= 0:
             reasons[c.campaign_id] = Reason.BELOW_RESERVE
             continue
@@ -63,11 +63,11 @@ def reference(snapshot: Snapshot, request: AdRequest, allowance: dict[str, int],
             reasons[c.campaign_id] = Reason.OUTRANKED
             continue
         runner_up = ranked[i + 1][0] if i + 1 < len(ranked) else 0.0
-        price = _unit_price(c, creative, min(score, max(runner_up, float(reserve))))
+        price = _unit_price(c, creative.prior_ctr, min(score, max(runner_up, float(reserve))))
         if allowance.get(c.campaign_id, 0) < price:
             reasons[c.campaign_id] = Reason.BUDGET
             continue
-        assert expected_cost(c, creative, price) > 0
+        assert expected_cost(c, creative.prior_ctr, price) > 0
         wins.append((c.campaign_id, creative.creative_id, price))
     return wins, reasons
 

@@ -28,10 +28,12 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     said: list[str] = []
     out = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(1_000,))
     assert out["auction_p99_us_1k"] >= out["auction_p50_us_1k"] > 0
-    assert out["runs"]["1k"][0]["requests"] > 10 and out["runs"]["1k"][0]["mean_candidates"] > 0
+    assert out["runs"]["1k"]["click_model"][0]["requests"] > 10
+    assert out["runs"]["1k"]["priors_only"][0]["mean_candidates"] > 0
+    assert out["auction_p99_us_1k_priors_only"] > 0
     assert any("1,000 campaigns" in line for line in said)
     # The edge-side figures come from a real decode in a fresh process: nonzero, and growing with size.
     assert out["snapshot_mb_1k"] > 0 and out["edge_load_s_1k"] > 0 and out["edge_memory_mb_1k"] > 0
     bigger = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(10_000,))
-    assert bigger["snapshot_mb_10k"] > 5 * out["snapshot_mb_1k"]
+    assert bigger["snapshot_mb_10k"] > 3 * out["snapshot_mb_1k"]  # both carry the same 0.5 MB model
     assert bigger["edge_memory_mb_10k"] > 2 * out["edge_memory_mb_1k"]

@@ -110,7 +110,7 @@ def test_a_capped_creative_gives_way_to_the_campaigns_next_best_at_its_lower_ecp
     result = _auction(s, Capped(creatives={"cpc": frozenset({"best"})}), slots=2)
     got = [(w.campaign.campaign_id, w.creative.creative_id) for w in result.wins]
     assert got == [("cpm", "cpm-k1"), ("cpc", "second")]
-    assert result.wins[1].ecpm_micros == round(ecpm_micros(cpc, second))
+    assert result.wins[1].ecpm_micros == round(ecpm_micros(cpc, second.prior_ctr))
 
 
 def test_a_campaign_whose_every_fitting_creative_is_capped_sits_out(make_campaign, make_creative):

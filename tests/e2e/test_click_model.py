@@ -1,0 +1,57 @@
+"""The click model end to end: impressions and clicks through a real edge land in ClickHouse, the control plane
+learns from them, the next snapshot carries the model, and the edge's auction then ranks by what users
+actually clicked rather than by the advertisers' prior CTRs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from adserver.stack import LocalStack
+
+pytestmark = pytest.mark.e2e
+CREATIVE = {"size": "300x250", "image_url": "https://img.example.com/a.png", "landing_url": "https://shop.example.com/"}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[LocalStack]:
+    cp_env = {"ADSERVER_CP_CTR_TRAIN_EVERY_S": "1", "ADSERVER_CP_CTR_LABEL_DELAY_S": "2"}
+    with LocalStack(regions=("eu",), edge_env={"ADSERVER_EDGE_IVT_ENABLED": "false"}, cp_env=cp_env) as s:
+        yield s
+
+
+def ads(s: LocalStack, slots: int) -> list[dict]:
+    r = httpx.get(f"{s.edges[0].url}/v1/ads", params={"placement": "ctr", "format": "300x250",
+                                                      "keywords": "ctrshoes", "slots": str(slots)}, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()["ads"]
+
+
+def test_the_auction_learns_from_clicks_which_ad_users_prefer(stack: LocalStack) -> None:
+    s = stack
+    # The advertiser says "a" clicks five times better; users will click only "b".
+    a = s.launch_campaign(s.create_advertiser("Confident")[1], "ctrshoes", bid_type="cpc", max_bid_micros=500_000,
+                          creatives=[{**CREATIVE, "headline": "a", "prior_ctr": 0.05}])
+    b = s.launch_campaign(s.create_advertiser("Modest")[1], "ctrshoes", bid_type="cpc", max_bid_micros=500_000,
+                          creatives=[{**CREATIVE, "headline": "b", "prior_ctr": 0.01}])
+    assert [ad["campaign_id"] for ad in ads(s, 1)] == [a]  # before any data, the priors rank
+    with httpx.Client(timeout=5) as client:
+        for _ in range(200):
+            for ad in ads(s, 2):
+                assert client.get(ad["impression_url"]).status_code == 204
+                if ad["campaign_id"] == b:
+                    assert client.get(ad["click_url"]).status_code == 302
+    deadline = time.monotonic() + 60
+    while True:
+        stats = httpx.get(f"{s.cp_url}/v1/admin/stats", headers={"Authorization": f"Bearer {s.admin_token}"},
+                          timeout=10).json()["click_model"]
+        ready = httpx.get(f"{s.edges[0].url}/readyz", timeout=5).json()
+        if stats["impressions"] >= 400 and ready["click_model_version"] == stats["version"]:
+            break
+        assert time.monotonic() < deadline, f"the model never reached the edge: {stats}, {ready}"
+        time.sleep(0.5)
+    assert stats["clicks"] >= 200 and stats["creatives"] == 2 and stats["nonzero_weights"] > 0
+    assert [ad["campaign_id"] for ad in ads(s, 1)] == [b]

@@ -1,0 +1,88 @@
+"""The click model's training path against a real embedded chdb: labelled impressions come out of the event
+store once each, clicked or not, without invalid traffic; the trainer learns them in rounds behind a watermark
+and hands each new model to the snapshot builder, whose snapshot carries it to the edges."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from typing import Any
+
+import pytest
+from test_storage import T0, make_event  # the sibling module: pytest puts this directory on sys.path
+
+from control_plane.click_trainer import ClickTrainer
+from control_plane.storage import ChdbStore
+from replication.ctr_model import ClickModel, Impression
+from replication.events import EventType, InvalidReason
+
+pytestmark = pytest.mark.integration
+MINUTE = 60_000
+
+
+def impression_and_click(ts_ms: int, creative: str, clicked: bool, **kw: Any) -> list:
+    imp = make_event(EventType.IMPRESSION, ts_ms, creative_id=creative, **kw)
+    if not clicked:
+        return [imp]
+    click = dataclasses.replace(imp, event_id="cli:" + imp.impression_id, type=EventType.CLICK, ts_ms=ts_ms + 5_000)
+    return [imp, click]
+
+
+def test_labelled_impressions_are_unique_valid_and_labelled(store: ChdbStore) -> None:
+    events = impression_and_click(T0, "k1", True) + impression_and_click(T0 + 1, "k2", False)
+    bot = impression_and_click(T0 + 2, "k3", True, invalid_reason=InvalidReason.KNOWN_BOT)
+    store.insert_events(events + bot, "b1")
+    store.insert_events([dataclasses.replace(events[0])], "b2")  # a stored duplicate of the first impression
+    rows = store.labelled_impressions(T0, T0 + MINUTE, limit=100)
+    assert [(r.creative_id, r.clicked) for r in rows] == [("k1", True), ("k2", False)]
+    assert rows[0].placement == "top-banner" and rows[0].device == "mobile" and rows[0].ts_ms == T0
+    assert store.labelled_impressions(T0, T0 + MINUTE, limit=1)[0].creative_id == "k1"  # oldest first
+
+
+class FakeClock:
+    def __init__(self, now_s: float) -> None:
+        self.t = now_s
+
+    def now(self) -> float:
+        return self.t
+
+
+class Builder:
+    def __init__(self) -> None:
+        self.models: list[ClickModel] = []
+
+    def set_click_model(self, model: ClickModel) -> None:
+        self.models.append(model)
+
+
+def test_the_trainer_learns_each_labelled_impression_once_and_ships_the_model(store: ChdbStore) -> None:
+    rng = random.Random(5)
+    events = []
+    for i in range(3_000):
+        creative = "good" if i % 2 else "bad"
+        events += impression_and_click(T0 + i * 100, creative, rng.random() < (0.3 if creative == "good" else 0.02),
+                                       campaign_id=f"c-{creative}")
+    store.insert_events(events, "b1")
+    clock = FakeClock((T0 + 3_000 * 100) / 1000 + 600 + 1)  # everything is past the label delay
+    builder = Builder()
+
+    async def run_storage(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    trainer = ClickTrainer(store, builder, clock, run_storage, every_s=60, label_delay_s=600, history_s=86_400,
+                           batch=700)  # several full batches in one round
+    assert asyncio.run(trainer.refresh()) == 3_000
+    assert trainer.impressions == {"good": 1_500, "bad": 1_500}
+    model = builder.models[-1]
+    good = model.predict(Impression("c-good", "good", "adv-1", "top-banner", "NL", "mobile", 10))
+    bad = model.predict(Impression("c-bad", "bad", "adv-1", "top-banner", "NL", "mobile", 10))
+    assert good > 5 * bad and 0.15 < good < 0.45
+    # The next round starts at the watermark: nothing new, nothing learned again, no new model.
+    clock.t += 60
+    assert asyncio.run(trainer.refresh()) == 0 and len(builder.models) == 1
+    # An impression served after the watermark is learned once the label delay has passed over it.
+    store.insert_events(impression_and_click(trainer.watermark_ms + 10, "good", True, campaign_id="c-good"), "b2")
+    clock.t += 60
+    assert asyncio.run(trainer.refresh()) == 1 and trainer.impressions["good"] == 1_501
+    assert builder.models[-1].version == 2 and builder.models[-1].impressions["good"] == 1_501
