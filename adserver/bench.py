@@ -243,12 +243,21 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
     }
 
 
+def _bench_http(**kw: Any) -> dict[str, Any]:
+    from adserver.bench_http import bench_http  # it imports this module's wrk helpers
+
+    return bench_http(**kw)
+
+
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions,
-                                                       "auction": bench_auction, "pctr": bench_pctr}
+                                                       "auction": bench_auction, "pctr": bench_pctr,
+                                                       "http": _bench_http}
 TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "every_answered_beacon_stored_once": (">=", 1),
            "decision_ratio_budget_on_vs_off": (">=", 0.9),
            "auction_p99_us_10k": ("<=", 100), "auction_p99_us_100k": ("<=", 1000),
-           "pctr_logloss_ratio": ("<=", 0.9), "pctr_calibration_error": ("<=", 0.05)}
+           "pctr_logloss_ratio": ("<=", 0.9), "pctr_calibration_error": ("<=", 0.05),
+           "http_ratio_vs_hello": (">=", 0.2), "event_tax": (">=", 0.85), "p99_ratio_vs_json": ("<=", 2)}
+
 
 
 def _meets(value: float, op: str, target: float) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from replication.segments import owned_interest
 from replication.snapshot import FrequencyCap, SnapshotCampaign, SnapshotCreative
 
 MAX_MICROS = 10**15  # a billion currency units: far above any real budget, far below int64 overflow
@@ -450,7 +451,7 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
         geos=frozenset(t.get("geos", [])),
         devices=frozenset(t.get("devices", [])),
         keywords=frozenset(t.get("keywords", [])),
-        interests=frozenset(t.get("interests", [])),
+        interests=frozenset(owned_interest(campaign["advertiser_id"], i) for i in t.get("interests", [])),
         placements=frozenset(t.get("placements", [])),
         prior_cvr=float(campaign.get("prior_cvr", 0.02)),
         click_window_s=attribution["click_window_hours"] * 3600,

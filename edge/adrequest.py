@@ -51,11 +51,58 @@ def _page_keywords(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in terms if _TERM.fullmatch(t)))[:50]
 
 
+def _unknown(params: Mapping[str, str], known: frozenset[str]) -> list[ParamError]:
+    """A list of errors, started with the first parameter this endpoint does not take (if any)."""
+    unknown = sorted(k for k in params if k not in known)
+    return [ParamError(unknown[0], f"unknown parameter; allowed: {sorted(known)}")] if unknown else []
+
+
+def consented(params: Mapping[str, str], errors: list[ParamError]) -> bool:
+    """Whether the user may be profiled: not under Global Privacy Control (gpc=1), and under GDPR (gdpr=1)
+    only with a TCF consent string. Bad flag values are added to ``errors``."""
+    flags = {}
+    for name in ("gdpr", "gpc"):
+        raw = params.get(name, "0")
+        if raw not in ("0", "1"):
+            errors.append(ParamError(name, "must be 0 or 1"))
+        flags[name] = raw == "1"
+    consent = params.get("gdpr_consent", "")
+    if consent and not _CONSENT.fullmatch(consent):
+        errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
+    return not flags["gpc"] and not (flags["gdpr"] and not consent)
+
+
+_ADVERTISER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PIXEL_KNOWN = frozenset({"adv", "seg", "user", "gdpr", "gdpr_consent", "gpc"})
+
+
+@dataclass(frozen=True, slots=True)
+class PixelHit:
+    advertiser_id: str
+    segment: str
+    user: str  # empty without consent: nothing is recorded
+
+
+def parse_pixel(params: Mapping[str, str]) -> PixelHit | list[ParamError]:
+    """A retargeting pixel: ``adv`` (the advertiser's id), ``seg`` (its list's name, a term), ``user``."""
+    errors = _unknown(params, PIXEL_KNOWN)
+    advertiser = params.get("adv", "")
+    if not _ADVERTISER.fullmatch(advertiser):
+        errors.append(ParamError("adv", "required: the advertiser id, 1-64 letters, digits, '_' or '-'"))
+    segment = params.get("seg", "").strip().lower()
+    if not _TERM.fullmatch(segment):
+        errors.append(ParamError("seg", "required: a list name of 1-64 letters, digits, spaces, '-' or '_'"))
+    user = params.get("user", "")
+    if not 1 <= len(user) <= 128:
+        errors.append(ParamError("user", "required: 1-128 characters"))
+    personalized = consented(params, errors)
+    if errors:
+        return errors
+    return PixelHit(advertiser, segment, user if personalized else "")
+
+
 def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | list[ParamError]:
-    errors: list[ParamError] = []
-    unknown = sorted(k for k in params if k not in KNOWN)
-    if unknown:
-        errors.append(ParamError(unknown[0], f"unknown parameter; allowed: {sorted(KNOWN)}"))
+    errors = _unknown(params, KNOWN)
     placement = params.get("placement", "")
     if not _PLACEMENT.fullmatch(placement):
         errors.append(ParamError("placement", "required: 1-128 letters, digits or _.:-"))
@@ -84,20 +131,11 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | l
         errors.append(ParamError("url", "at most 2048 characters"))
     keywords = _page_keywords(params.get("keywords", ""))
     interests = _terms(params.get("interests", ""), "interests", errors)
-    flags = {}
-    for name in ("gdpr", "gpc"):
-        raw = params.get(name, "0")
-        if raw not in ("0", "1"):
-            errors.append(ParamError(name, "must be 0 or 1"))
-        flags[name] = raw == "1"
-    consent = params.get("gdpr_consent", "")
-    if consent and not _CONSENT.fullmatch(consent):
-        errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
+    personalized = consented(params, errors)
     if errors:
         return errors
     # Without consent the request is contextual only: no user id (frequency caps, profiles) and no
     # interest segments; page keywords, placement, geo and device still target.
-    personalized = not flags["gpc"] and not (flags["gdpr"] and not consent)
     return AdRequest(placement=placement, slots=slots, format=fmt, user=user if personalized else "", geo=geo,
                      device=device, keywords=keywords, interests=interests if personalized else (), url=url,
                      personalized=personalized)

@@ -7,6 +7,8 @@ from the in-process ledger, so a request costs only the auction and the JSON.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,18 +26,19 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.adrequest import parse_ad_request
+from edge.adrequest import parse_ad_request, parse_pixel
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import run_auction
+from edge.audiences import fresh_segments, keyword_segments, retargeting_segment, to_record
 from edge.budget import Hold
 from edge.frequency import NOTHING_CAPPED, Capped, all_capped, capped, fields_to_record
-from edge.frequency_store import FrequencyStoreDown
 from edge.ivt import BROWSER_KINDS, NO_ACTIVITY, VALID, BeaconContext, Verdict, classify, client_ip, ua_hash
 from edge.ivt_store import IvtStoreUnavailable
 from edge.limits import middleware as limits
 from edge.metrics import render as render_metrics
 from edge.openapi import OPENAPI
 from edge.pages import PAGE_ROUTES
+from edge.profile_store import ProfileStoreDown
 from edge.settings import EdgeSettings
 from edge.state import EdgeState, lifespan
 from edge.tokens import sign, verify
@@ -83,7 +86,12 @@ async def ads(request: Request) -> Response:
         return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
                      [{"field": e.field, "message": e.message} for e in parsed])
     now = st.settings.clock.now()
-    excluded = await _capped(st, snapshot, parsed.user, now)
+    excluded, segments = await _personal(st, snapshot, parsed.user, now)
+    if segments:  # the user's fresh behavioural segments target like the page's interests
+        parsed = dataclasses.replace(parsed, interests=tuple(dict.fromkeys((*parsed.interests, *segments))))
+    if parsed.user and parsed.keywords and snapshot.segments_in_use:
+        _record_segments(st, user_key(parsed.user), keyword_segments(parsed.keywords, snapshot.segments_in_use),
+                         now)
     started = time.perf_counter()
     result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
                          throttle=st.spend.throttle or None, capped=excluded)
@@ -126,8 +134,9 @@ async def ads(request: Request) -> Response:
             "impression_url": f"{base}/v1/track/impression?t={imp_token}",
             "click_url": f"{base}/v1/track/click?t={click_token}",
         })
-        st.emit(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0),
-                billing=False)
+        if settings.edge_decision_events:
+            st.emit(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0),
+                    billing=False)
     if not out:
         reason = result.no_fill.value if result.no_fill else "budget"
         st.metrics.requests.labels("no_fill").inc()
@@ -138,18 +147,37 @@ async def ads(request: Request) -> Response:
     return JSONResponse({"auction_id": auction_id, "ads": out}, headers={**_CORS, "Cache-Control": "no-store"})
 
 
-async def _capped(st: EdgeState, snapshot: Snapshot, user: str, now: float) -> Capped:
-    """What this user has seen enough of. Only consenting users have a user id (``adrequest``); without one,
-    or when no campaign caps, nothing is looked up."""
-    if not user or not snapshot.caps_of:
-        return NOTHING_CAPPED
+async def _personal(st: EdgeState, snapshot: Snapshot, user: str, now: float) -> tuple[Capped, tuple[str, ...]]:
+    """What this user has seen enough of, and the behavioural segments they are in, from one read of their
+    profile. Only consenting users have a user id (``adrequest``); without one, or when no campaign caps or
+    targets a segment, nothing is looked up."""
+    if not user or not (snapshot.caps_of or snapshot.segments_in_use):
+        return NOTHING_CAPPED, ()
     try:
-        history = await st.frequency.history(user_key(user), now)
-    except FrequencyStoreDown:
-        st.metrics.frequency_store.labels("read", "failed").inc()
-        return NOTHING_CAPPED if st.settings.edge_frequency_fail_open else all_capped(snapshot.caps_of)
-    st.metrics.frequency_store.labels("read", "ok").inc()
-    return capped(history, snapshot.caps_of, now) if history else NOTHING_CAPPED
+        history = await st.profiles.history(user_key(user), now)
+    except ProfileStoreDown:
+        st.metrics.profile_store.labels("read", "failed").inc()
+        return (NOTHING_CAPPED if st.settings.edge_frequency_fail_open else all_capped(snapshot.caps_of)), ()
+    st.metrics.profile_store.labels("read", "ok").inc()
+    if not history:
+        return NOTHING_CAPPED, ()
+    return capped(history, snapshot.caps_of, now), fresh_segments(history, now)
+
+
+def _record_segments(st: EdgeState, key: str, segments: list[str], now: float) -> None:
+    """Put the user in these segments, in the background (best effort, like a cap record)."""
+    if segments:
+        st.spawn(_record_profile(st, key, now, to_record(segments), "segments"))
+
+
+async def _record_profile(st: EdgeState, key: str, now: float, fields: list[tuple[str, int, int]],
+                          op: str) -> None:
+    try:
+        await st.profiles.record(key, now, fields)
+    except ProfileStoreDown:
+        st.metrics.profile_store.labels(op, "failed").inc()
+        return
+    st.metrics.profile_store.labels(op, "ok").inc()
 
 
 def _count_towards_caps(st: EdgeState, claims: dict, now: float) -> None:
@@ -159,17 +187,7 @@ def _count_towards_caps(st: EdgeState, claims: dict, now: float) -> None:
     caps = snapshot.caps_of.get(claims["cmp"]) if snapshot is not None and claims.get("usr") else None
     if not caps:
         return
-    fields = fields_to_record(claims["cmp"], claims["crv"], caps)
-
-    async def record() -> None:
-        try:
-            await st.frequency.record(claims["usr"], now, fields)
-        except FrequencyStoreDown:
-            st.metrics.frequency_store.labels("record", "failed").inc()
-            return
-        st.metrics.frequency_store.labels("record", "ok").inc()
-
-    st.spawn(record())
+    st.spawn(_record_profile(st, claims["usr"], now, fields_to_record(claims["cmp"], claims["crv"], caps), "record"))
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,
@@ -463,6 +481,29 @@ async def livez(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+# A 1x1 transparent GIF: what an <img> retargeting pixel expects back.
+_PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+async def pixel(request: Request) -> Response:
+    """An advertiser's retargeting pixel: a consenting user joins the advertiser's list ``seg``, which its
+    campaigns target as ``rt-<seg>`` from the next ad request on (the record is awaited). Without consent
+    nothing is recorded; a store failure is counted and the pixel still answers."""
+    st = edge_of(request)
+    hit = parse_pixel(request.query_params)
+    if isinstance(hit, list):
+        st.metrics.profile_store.labels("pixel", "bad_request").inc()
+        return error(400, f"invalid pixel: {hit[0].field}: {hit[0].message}",
+                     [{"field": e.field, "message": e.message} for e in hit])
+    headers = {**_CORS, "Cache-Control": "no-store"}
+    if not hit.user:
+        st.metrics.profile_store.labels("pixel", "no_consent").inc()
+        return Response(_PIXEL_GIF, media_type="image/gif", headers=headers)
+    await _record_profile(st, user_key(hit.user), st.settings.clock.now(),
+                          to_record([retargeting_segment(hit.advertiser_id, hit.segment)]), "pixel")
+    return Response(_PIXEL_GIF, media_type="image/gif", headers=headers)
+
+
 async def readyz(request: Request) -> Response:
     st = edge_of(request)
     snap = st.snapshot
@@ -495,6 +536,7 @@ HOT_ROUTES = [
 ROUTES = [
     *HOT_ROUTES,
     Route("/v1/track/conversion", conversion, methods=["POST"]),
+    Route("/v1/pixel", pixel, methods=["GET"]),
     *PAGE_ROUTES,
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/livez", livez, methods=["GET"]),

@@ -1,5 +1,5 @@
 """Frequency caps: at most N impressions per user of a campaign, or of each of its creatives, in a sliding
-window. Pure: the store (``edge.frequency_store``) keeps each user's recent impression times per campaign and
+window. Pure: the store (``edge.profile_store``) keeps each user's recent impression times per campaign and
 creative; this module names the fields, says how many times to keep, and decides what is capped.
 
 Why timestamps and not counters: a cap is "3 per 24 h" in the advertiser's words, a sliding window. Keeping the

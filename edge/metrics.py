@@ -29,7 +29,7 @@ class EdgeMetrics:
     snapshot_age: Gauge
     allowance: Gauge
     ivt_store: Gauge
-    frequency_store: Counter
+    profile_store: Counter
 
 
 def build_metrics() -> EdgeMetrics:
@@ -55,7 +55,7 @@ def build_metrics() -> EdgeMetrics:
                         ["state"], registry=r, multiprocess_mode="livesum"),
         ivt_store=Gauge("adserver_ivt_store", "IVT store calls answered, failed, skipped (fail-open); list reloads",
                         ["state"], registry=r, multiprocess_mode="livesum"),
-        frequency_store=Counter("adserver_frequency_store", "frequency-cap store calls by operation and result "
+        profile_store=Counter("adserver_profile_store", "frequency-cap store calls by operation and result "
                                 "(ok, failed; failed reads are served by the fail-open or fail-closed policy)",
                                 ["op", "result"], registry=r),
     )

@@ -64,6 +64,13 @@ def _q(name: str, schema: dict[str, Any], description: str, required: bool = Fal
     return {"name": name, "in": "query", "required": required, "description": description, "schema": schema}
 
 
+_CONSENT_PARAMS = (
+    _q("gdpr", {"enum": ["0", "1"], "default": "0"}, "1 when GDPR applies"),
+    _q("gdpr_consent", {"type": "string", "pattern": "^[A-Za-z0-9_.~-]{0,4096}$"},
+       "the TCF consent string; with gdpr=1 and none, the request is contextual only"),
+    _q("gpc", {"enum": ["0", "1"], "default": "0"}, "1 for Global Privacy Control: contextual only"),
+)
+
 AD = {
     "type": "object", "additionalProperties": False,
     "required": ["ad_id", "campaign_id", "creative", "impression_url", "viewable_url", "click_url"],
@@ -89,7 +96,7 @@ OPENAPI: dict[str, Any] = {
                        "tag can read it from any page. Beacon URLs come from the ad response and are signed: "
                        "each is valid for one kind of event and a limited time, and counted once.",
     },
-    "tags": [{"name": "ads"}, {"name": "beacons"}, {"name": "operations"}],
+    "tags": [{"name": "ads"}, {"name": "beacons"}, {"name": "audiences"}, {"name": "operations"}],
     "security": [],
     "components": {"schemas": {"Error": ERROR, "Ad": AD}, "responses": RESPONSES, "securitySchemes": {
         "postbackToken": {"type": "http", "scheme": "bearer", "bearerFormat": "<advertiser_id>.<secret>",
@@ -119,10 +126,7 @@ OPENAPI: dict[str, Any] = {
                 _q("user", {"type": "string", "maxLength": 128},
                    "a user id for frequency capping (dropped without consent)"),
                 _q("url", {"type": "string", "maxLength": 2048}, "the page URL"),
-                _q("gdpr", {"enum": ["0", "1"], "default": "0"}, "1 when GDPR applies"),
-                _q("gdpr_consent", {"type": "string", "pattern": "^[A-Za-z0-9_.~-]{0,4096}$"},
-                   "the TCF consent string; with gdpr=1 and none, the request is contextual only"),
-                _q("gpc", {"enum": ["0", "1"], "default": "0"}, "1 for Global Privacy Control: contextual only"),
+                *_CONSENT_PARAMS,
                 _q("explain", {"type": "string"}, "reserved; accepted and ignored"),
             ],
             "responses": {
@@ -135,6 +139,28 @@ OPENAPI: dict[str, Any] = {
                 "204": {"description": "no fill: nothing eligible, or no budget"},
                 "400": _json(ERROR_REF, "bad parameters: `fields` names each one"),
                 "503": _json(ERROR_REF, "this PoP has not loaded a snapshot yet"),
+                **_LIMITS,
+            },
+        }},
+        "/v1/pixel": {"get": {
+            "operationId": "pixel", "tags": ["audiences"],
+            "summary": "Retargeting pixel: a consenting user joins the advertiser's list",
+            "description": "For an <img> on the advertiser's own pages. The user joins `rt-<adv>-<seg>` for 30 "
+                           "days; the advertiser's campaigns target it as the interest `rt-<seg>`, from the next "
+                           "ad request on. Without consent nothing is recorded. Any parameter not listed here "
+                           "is a 400.",
+            "parameters": [
+                _q("adv", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "the advertiser id",
+                   required=True),
+                _q("seg", {"type": "string", "pattern": rf"^{_SEGMENT}$"}, "the list's name (a term)",
+                   required=True),
+                _q("user", {"type": "string", "minLength": 1, "maxLength": 128}, "the user id", required=True),
+                *_CONSENT_PARAMS,
+            ],
+            "responses": {
+                "200": {"description": "a 1x1 transparent GIF (recorded, or nothing to record without consent)",
+                        "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}},
+                "400": _json(ERROR_REF, "bad parameters: `fields` names each one"),
                 **_LIMITS,
             },
         }},

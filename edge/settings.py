@@ -66,6 +66,9 @@ SPECS = [
            "beacons per user agent per window, region-wide, before ua_flood; 0 disables"),
     s.Spec("EDGE_IVT_FAIL_OPEN", s.parse_bool, "true",
            "Redis unreachable: record beacons without the flood and click-without-impression rules (false: 503)"),
+    s.Spec("EDGE_DECISION_EVENTS", s.parse_bool, "true",
+           "publish a decision event per ad served (the delivery log the pacing shape is learned from; billing "
+           "events are always published)"),
     s.Spec("EDGE_FREQUENCY_FAIL_OPEN", s.parse_bool, "true",
            "frequency-cap history unreadable: serve as if nothing were capped (false: campaigns with caps sit out)"),
 ]
@@ -97,6 +100,7 @@ class EdgeSettings:
     edge_ivt_ip_limit: int
     edge_ivt_ua_limit: int
     edge_ivt_fail_open: bool
+    edge_decision_events: bool
     edge_frequency_fail_open: bool
 
     @classmethod

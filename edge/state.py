@@ -25,10 +25,10 @@ from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from edge.budget import BudgetLedger
-from edge.frequency_store import FrequencyStore, MemoryFrequencyStore, new_frequency_store
 from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
+from edge.profile_store import MemoryProfileStore, ProfileStore, new_profile_store
 from edge.settings import EdgeSettings
 from edge.spend import SpendView
 from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
@@ -97,7 +97,7 @@ class EdgeState:
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
     touches: TouchStore = field(default_factory=MemoryTouchStore)
-    frequency: FrequencyStore = field(default_factory=MemoryFrequencyStore)
+    profiles: ProfileStore = field(default_factory=MemoryProfileStore)
     spend: SpendView = field(default_factory=lambda: SpendView("unnamed"))
     ack_waits: AckWaits = field(default_factory=lambda: AckWaits(2.0))
 
@@ -369,7 +369,7 @@ def new_state(settings: EdgeSettings) -> EdgeState:
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),
         touches=new_touch_store(settings.edge_redis_url, settings.edge_region),
-        frequency=new_frequency_store(settings.edge_redis_url, settings.edge_region),
+        profiles=new_profile_store(settings.edge_redis_url, settings.edge_region),
         ivt_policy=IvtPolicy(min_click_delay_s=settings.edge_ivt_min_click_s, ip_limit=settings.edge_ivt_ip_limit,
                              ua_limit=settings.edge_ivt_ua_limit),
     )
@@ -412,4 +412,4 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await state.touches.aclose()
         with contextlib.suppress(Exception):
-            await state.frequency.aclose()
+            await state.profiles.aclose()

@@ -19,6 +19,7 @@ import numpy as np
 
 from replication.columns import CampaignColumns, frozen_array
 from replication.ctr_model import ClickModel
+from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
 
 MAGIC = "ADSNAP"
 SCHEMA_VERSION = 1
@@ -163,6 +164,8 @@ class Snapshot:
     click_model: ClickModel | None = field(default=None, repr=False, compare=False)
     index: RetrievalIndex | None = field(default=None, repr=False, compare=False)  # derived from the postings
     columns: CampaignColumns | None = field(default=None, repr=False, compare=False)  # derived from campaigns
+    # Behavioural segments some campaign targets (edge.audiences records only these; derived from postings).
+    segments_in_use: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
     # campaign id -> its frequency caps, for the campaigns that have any (derived from campaigns).
     caps_of: Mapping[str, tuple[FrequencyCap, ...]] = field(default_factory=lambda: MappingProxyType({}),
                                                              repr=False, compare=False)
@@ -173,6 +176,9 @@ class Snapshot:
                                                                   self.unrestricted))
         if self.columns is None:
             object.__setattr__(self, "columns", CampaignColumns.build(self.campaigns))
+        if not self.segments_in_use:
+            object.__setattr__(self, "segments_in_use", frozenset(
+                v for v in self.postings.get("interest", {}) if v.startswith((KEYWORD_PREFIX, RETARGETING_PREFIX))))
         if not self.caps_of:
             object.__setattr__(self, "caps_of", MappingProxyType(
                 {c.campaign_id: c.frequency_caps for c in self.campaigns if c.frequency_caps}))

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from redis_stack import stack_with_redis  # tests/e2e/redis_stack.py (this directory is on sys.path)
 
-from adserver.processes import ProcessGroup, start_redis
 from adserver.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -28,14 +28,8 @@ PRICE = 4_000_000  # the CPA bid: the most one credited conversion bills
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    group = ProcessGroup(tmp_path_factory.mktemp("redis"))
-    _, redis_url = start_redis(group)
-    env = {"ADSERVER_EDGE_IVT_ENABLED": "false", "ADSERVER_EDGE_REDIS_URL": redis_url}
-    try:
-        with LocalStack(regions=("eu",), edge_env=env) as s:
-            yield s
-    finally:
-        group.stop_all()
+    with stack_with_redis(tmp_path_factory.mktemp("redis")) as (s, _):
+        yield s
 
 
 def launch(stack: LocalStack, token: str, keyword: str, **extra: Any) -> str:

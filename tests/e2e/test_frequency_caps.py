@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from redis_stack import stack_with_redis  # tests/e2e/redis_stack.py (this directory is on sys.path)
 
-from adserver.processes import Proc, ProcessGroup, start_redis, wait_ready
+from adserver.processes import Proc, wait_ready
 from adserver.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -24,19 +25,15 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Proc]]:
-    group = ProcessGroup(tmp_path_factory.mktemp("redis"))
-    redis, redis_url = start_redis(group)
-    env = {"ADSERVER_EDGE_IVT_ENABLED": "false", "ADSERVER_EDGE_REDIS_URL": redis_url}
-    try:
-        with LocalStack(regions=("eu",), edge_env=env) as s:
-            s.edge_env = {**env, "ADSERVER_EDGE_FREQUENCY_FAIL_OPEN": "false"}
+    with stack_with_redis(tmp_path_factory.mktemp("redis")) as (s, redis):
+        try:
+            s.edge_env = {**s.edge_env, "ADSERVER_EDGE_FREQUENCY_FAIL_OPEN": "false"}
             closed = s.start_edge("eu", "pop2")
             wait_ready(f"{closed.url}/readyz", closed.proc, timeout=60)
             yield s, redis
-    finally:
-        if redis.alive():
-            os.kill(redis.popen.pid, signal.SIGCONT)
-        group.stop_all()
+        finally:
+            if redis.alive():
+                os.kill(redis.popen.pid, signal.SIGCONT)  # a frozen server cannot act on SIGTERM
 
 
 def ads(edge_url: str, keyword: str, user: str | None = None, **extra: str) -> list[dict[str, Any]]:
@@ -69,7 +66,7 @@ def until_capped(edge_url: str, keyword: str, user: str, campaign_id: str, timeo
 def metric(edge_url: str, op: str, result: str) -> float:
     text = httpx.get(f"{edge_url}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith(f'adserver_frequency_store_total{{op="{op}",result="{result}"}}'):
+        if line.startswith(f'adserver_profile_store_total{{op="{op}",result="{result}"}}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

@@ -1,14 +1,17 @@
-"""Where a user's recent impressions live for frequency capping: the region's Redis, or process memory.
+"""A consenting user's profile in the region: recent impressions (frequency caps) and behavioural segments
+(real-time audiences); in the region's Redis, or process memory.
 
-One Redis hash per user (``fq:<region>:<user key>``), one field per capped campaign and per capped creative
-(``edge.frequency`` names them), each holding the newest impression times as a msgpack list. An ad request
-reads the user's whole hash in one HGETALL: a user's capped history is small, and the edge need not know the
-candidates first. An impression appends its time in a Lua script, so two PoP workers recording the same
-user at once cannot lose one. The hash expires after the longest window it serves.
+One Redis hash per user (``profile:<region>:<user key>``), one field per capped campaign and per capped
+creative (``edge.frequency`` names them) and per segment the user was seen in (``edge.audiences``), each
+holding the newest times as a msgpack list (a segment keeps one: when it was last seen). An ad request reads
+the user's whole hash in one HGETALL: a profile is small, and the edge need not know the candidates first. A
+record appends its time in a Lua script, so two PoP workers recording the same user at once cannot lose one.
+The hash expires after the longest window it serves.
 
 Failures are the caller's policy (``ADSERVER_EDGE_FREQUENCY_FAIL_OPEN``): ``history`` raises, the ad path
-counts it and either ignores caps or leaves every capping campaign out. After a failure the store does not
-try again for ``retry_after_s``, so a hung Redis costs one timeout, not one per request.
+counts it and either ignores caps or leaves every capping campaign out (segments are then unknown: the
+request is served on its contextual signals). After a failure the store does not try again for
+``retry_after_s``, so a hung Redis costs one timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ from redis.retry import Retry
 from edge.frequency import appended
 
 
-class FrequencyStoreDown(RuntimeError):
+class ProfileStoreDown(RuntimeError):
     """The store failed just now (or recently: the breaker is open)."""
 
 
-class FrequencyStore(Protocol):
+class ProfileStore(Protocol):
     async def history(self, user_key: str, now_s: float) -> dict[str, list[float]]:
-        """The user's field -> impression times. Raises FrequencyStoreDown."""
+        """The user's field -> impression times. Raises ProfileStoreDown."""
         ...
 
     async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
-        """One impression, for each (field, times to keep, seconds to live). Raises FrequencyStoreDown."""
+        """One impression, for each (field, times to keep, seconds to live). Raises ProfileStoreDown."""
         ...
 
     async def aclose(self) -> None: ...
@@ -51,15 +54,15 @@ class _Breaker:
 
     def check(self, now_s: float) -> None:
         if now_s < self._down_until:
-            raise FrequencyStoreDown(f"not retried until the breaker closes: {self.last_error}")
+            raise ProfileStoreDown(f"not retried until the breaker closes: {self.last_error}")
 
-    def failed(self, now_s: float, exc: BaseException) -> FrequencyStoreDown:
+    def failed(self, now_s: float, exc: BaseException) -> ProfileStoreDown:
         self._down_until = now_s + self.retry_after_s
         self.last_error = f"{type(exc).__name__}: {exc}"
-        return FrequencyStoreDown(self.last_error)
+        return ProfileStoreDown(self.last_error)
 
 
-class MemoryFrequencyStore:
+class MemoryProfileStore:
     """Per-process twin, a bounded LRU of users (a PoP without Redis, and unit tests). With several workers
     each sees only the impressions it recorded, so caps are per worker there."""
 
@@ -114,18 +117,18 @@ return 1
 CONNECT_TIMEOUT_S = 0.25
 
 
-class RedisFrequencyStore:
+class RedisProfileStore:
     def __init__(self, client: Redis, *, region: str, timeout_s: float = 0.05, retry_after_s: float = 1.0) -> None:
         self.client = client
         # The whole call's bound, on top of the socket timeouts: a stopped Redis accepts and never answers.
         self.timeout_s = CONNECT_TIMEOUT_S + timeout_s
-        self.prefix = f"fq:{region}:"
+        self.prefix = f"profile:{region}:"
         self._record = client.register_script(_RECORD_LUA)
         self._breaker = _Breaker(retry_after_s)
 
     @classmethod
     def from_url(cls, url: str, *, region: str, timeout_s: float = 0.05,
-                 retry_after_s: float = 1.0) -> RedisFrequencyStore:
+                 retry_after_s: float = 1.0) -> RedisProfileStore:
         # Short timeouts and no retries: the ad request waits on this, and the breaker decides when to retry.
         client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                 retry=Retry(NoBackoff(), 0), health_check_interval=0)
@@ -155,5 +158,5 @@ class RedisFrequencyStore:
         await self.client.aclose()
 
 
-def new_frequency_store(redis_url: str, region: str) -> FrequencyStore:
-    return RedisFrequencyStore.from_url(redis_url, region=region) if redis_url else MemoryFrequencyStore()
+def new_profile_store(redis_url: str, region: str) -> ProfileStore:
+    return RedisProfileStore.from_url(redis_url, region=region) if redis_url else MemoryProfileStore()

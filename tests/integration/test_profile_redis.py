@@ -1,4 +1,4 @@
-"""The frequency-cap store (edge/frequency_store.py) against a real redis-server: the Lua record keeps the
+"""The user profile store (edge/profile_store.py) against a real redis-server: the Lua record keeps the
 newest times per field and loses none under concurrency, the hash expires after its longest window, the
 Redis adapter answers exactly what the in-memory twin does, and a stopped Redis fails fast, trips the
 breaker, and is used again once it is back."""
@@ -17,20 +17,20 @@ import pytest
 from redis.asyncio import Redis
 
 from adserver.processes import Proc, ProcessGroup, start_redis
-from edge.frequency_store import FrequencyStoreDown, MemoryFrequencyStore, RedisFrequencyStore
+from edge.profile_store import MemoryProfileStore, ProfileStoreDown, RedisProfileStore
 
 pytestmark = pytest.mark.integration
 NOW = 1_705_320_000.0
 _regions = (f"f{n}" for n in itertools.count())
 
 
-def store(url: str, **kw: object) -> RedisFrequencyStore:
-    return RedisFrequencyStore.from_url(url, region=next(_regions), **kw)  # type: ignore[arg-type]
+def store(url: str, **kw: object) -> RedisProfileStore:
+    return RedisProfileStore.from_url(url, region=next(_regions), **kw)  # type: ignore[arg-type]
 
 
 def test_records_keep_the_newest_times_and_the_twin_agrees(redis_url: str) -> None:
     async def run() -> None:
-        redis, memory = store(redis_url), MemoryFrequencyStore()
+        redis, memory = store(redis_url), MemoryProfileStore()
         script = [(NOW + 5, [("c:a", 3, 3600)]), (NOW + 1, [("c:a", 3, 3600), ("k:a:x", 1, 600)]),
                   (NOW + 9, [("c:a", 3, 3600)]), (NOW + 7, [("c:a", 3, 3600), ("k:a:x", 1, 600)]),
                   (NOW + 8, [("c:b", 2, 60)])]
@@ -94,11 +94,11 @@ def test_a_frozen_redis_fails_fast_then_the_breaker_skips_it_until_it_is_back(ow
         await s.record("u", NOW, [("c:a", 2, 3600)])
         os.kill(proc.popen.pid, signal.SIGSTOP)  # accepts connections, never answers
         t0 = time.monotonic()
-        with pytest.raises(FrequencyStoreDown):
+        with pytest.raises(ProfileStoreDown):
             await s.history("u", NOW)
         assert time.monotonic() - t0 < 0.5  # one timeout, not a hang
         t1 = time.monotonic()
-        with pytest.raises(FrequencyStoreDown, match="breaker"):
+        with pytest.raises(ProfileStoreDown, match="breaker"):
             await s.history("u", NOW + 0.1)  # within retry_after_s: not even tried
         assert time.monotonic() - t1 < 0.01
         os.kill(proc.popen.pid, signal.SIGCONT)
@@ -108,7 +108,7 @@ def test_a_frozen_redis_fails_fast_then_the_breaker_skips_it_until_it_is_back(ow
             try:
                 assert await s.history("u", NOW + 1 + time.monotonic()) == {"c:a": [NOW]}
                 break
-            except FrequencyStoreDown:
+            except ProfileStoreDown:
                 assert time.monotonic() < deadline, "the store did not come back after Redis did"
                 await asyncio.sleep(0.1)
         await s.aclose()
