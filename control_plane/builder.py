@@ -46,6 +46,7 @@ class SnapshotBuilder:
         reserve_cpm_micros: int,
         clock: Clock = REAL_CLOCK,
         traffic_shape: tuple[float, ...] = (),
+        admin_key: str = "",
         debounce_s: float = 0.01,
         refresh_s: float = 5.0,
     ) -> None:
@@ -54,6 +55,7 @@ class SnapshotBuilder:
         self._clock = clock
         self._traffic_shape = traffic_shape
         self._click_model: ClickModel | None = None
+        self._admin_key = admin_key  # SHA-256 of the admin token, never the token: edges check explain calls
         self._reserve = reserve_cpm_micros
         self._debounce = debounce_s
         self._refresh = refresh_s
@@ -149,7 +151,8 @@ class SnapshotBuilder:
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),
                                   reserve_cpm_micros=self._reserve,
                                   postback_keys={a: h for a, h in self._postback.items() if h},
-                                  traffic_shape=self._traffic_shape, click_model=self._click_model)
+                                  traffic_shape=self._traffic_shape, click_model=self._click_model,
+                                  admin_key=self._admin_key)
         data = encode_snapshot(snapshot)
         for region in self._regions:
             await publish_snapshot(self._js, region, version, data)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +103,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
     store = await Store(js).open()
     builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros,
-                              clock=settings.clock, traffic_shape=settings.cp_traffic_shape)
+                              clock=settings.clock, traffic_shape=settings.cp_traffic_shape,
+                              admin_key=hashlib.sha256(settings.cp_admin_token.encode()).hexdigest()
+                              if settings.cp_admin_token else "")
     grants = GrantService(nc, store, builder.terms, settings.cp_grant_slice, clock=settings.clock,
                           lease_s=settings.cp_lease_s)
     cp = ControlPlaneState(settings, nc, js, store, builder, grants, executor)

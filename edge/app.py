@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.adrequest import parse_ad_request, parse_pixel
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
-from edge.auction import run_auction
+from edge.auction import AdRequest, run_auction
 from edge.audiences import fresh_segments, keyword_segments, retargeting_segment, to_record
 from edge.budget import Hold
 from edge.frequency import NOTHING_CAPPED, Capped, all_capped, capped, fields_to_record
@@ -85,10 +85,17 @@ async def ads(request: Request) -> Response:
         st.metrics.requests.labels("bad_request").inc()
         return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
                      [{"field": e.field, "message": e.message} for e in parsed])
+    explain = request.query_params.get("explain", "")
+    if explain not in ("", "0", "1", "false", "true"):
+        st.metrics.requests.labels("bad_request").inc()
+        return error(400, "invalid ad request: explain: must be 1 or true (or 0, false)",
+                     [{"field": "explain", "message": "must be 1 or true (or 0, false)"}])
     now = st.settings.clock.now()
     excluded, segments = await _personal(st, snapshot, parsed.user, now)
     if segments:  # the user's fresh behavioural segments target like the page's interests
         parsed = dataclasses.replace(parsed, interests=tuple(dict.fromkeys((*parsed.interests, *segments))))
+    if explain in ("1", "true"):
+        return _explain(st, snapshot, parsed, request.headers.get("authorization", ""), now, excluded)
     if parsed.user and parsed.keywords and snapshot.segments_in_use:
         _record_segments(st, user_key(parsed.user), keyword_segments(parsed.keywords, snapshot.segments_in_use),
                          now)
@@ -188,6 +195,39 @@ def _count_towards_caps(st: EdgeState, claims: dict, now: float) -> None:
     if not caps:
         return
     st.spawn(_record_profile(st, claims["usr"], now, fields_to_record(claims["cmp"], claims["crv"], caps), "record"))
+
+
+def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization: str, now: float,
+             excluded: Capped) -> Response:
+    """A dry run of the auction that says what happened to every candidate: an admin (the control plane's
+    admin token) sees all of them, an advertiser (its postback token) only its own campaigns. Nothing is
+    served, reserved, recorded or published."""
+    scope: str | None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token and "." not in token:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if not snapshot.admin_key or not hmac.compare_digest(digest, snapshot.admin_key):
+            return error(401, "invalid admin token for explain")
+        scope = None
+    else:
+        advertiser = _postback_advertiser(st, authorization)
+        if isinstance(advertiser, JSONResponse):
+            return advertiser
+        scope = advertiser
+    result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
+                         throttle=st.spend.throttle or None, capped=excluded, explain=True)
+    fates: list[dict[str, Any]] = [
+        {"campaign_id": w.campaign.campaign_id, "fate": "won", "slot": w.slot, "creative_id": w.creative.creative_id,
+         "ecpm_micros": w.ecpm_micros, "price_micros": w.price_micros, "ctr": round(w.ctr, 6)}
+        for w in result.wins]
+    fates += [{"campaign_id": cid, "fate": reason.value} for cid, reason in sorted(result.reasons.items())]
+    if scope is not None:
+        fates = [f for f in fates if (c := snapshot.campaign(f["campaign_id"])) and c.advertiser_id == scope]
+    st.metrics.requests.labels("explain").inc()
+    return JSONResponse({"dry_run": True, "snapshot_version": snapshot.version,
+                         "candidates": result.candidates if scope is None else len(fates), "fates": fates},
+                        headers={**_CORS, "Cache-Control": "no-store"})
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.adrequest import DEVICES
+from edge.auction import Reason
 from replication.openapi import ERROR_REF, error_schema
 from replication.openapi import json_response as _json
 from replication.openapi import response_ref as _ref
@@ -71,6 +72,24 @@ _CONSENT_PARAMS = (
     _q("gpc", {"enum": ["0", "1"], "default": "0"}, "1 for Global Privacy Control: contextual only"),
 )
 
+EXPLAINED = {
+    "type": "object", "additionalProperties": False,
+    "required": ["dry_run", "snapshot_version", "candidates", "fates"],
+    "properties": {
+        "dry_run": {"enum": [True]},
+        "snapshot_version": {"type": "integer"},
+        "candidates": {"type": "integer", "minimum": 0,
+                       "description": "retrieved candidates (an advertiser: how many of its own are listed)"},
+        "fates": {"type": "array", "items": {
+            "type": "object", "required": ["campaign_id", "fate"],
+            "properties": {"campaign_id": {"type": "string"},
+                           "fate": {"enum": ["won", *(reason.value for reason in Reason)]},
+                           "slot": {"type": "integer"}, "creative_id": {"type": "string"},
+                           "ecpm_micros": {"type": "integer"}, "price_micros": {"type": "integer"},
+                           "ctr": {"type": "number"}}}},
+    },
+}
+
 AD = {
     "type": "object", "additionalProperties": False,
     "required": ["ad_id", "campaign_id", "creative", "impression_url", "viewable_url", "click_url"],
@@ -127,17 +146,23 @@ OPENAPI: dict[str, Any] = {
                    "a user id for frequency capping (dropped without consent)"),
                 _q("url", {"type": "string", "maxLength": 2048}, "the page URL"),
                 *_CONSENT_PARAMS,
-                _q("explain", {"type": "string"}, "reserved; accepted and ignored"),
+                _q("explain", {"enum": ["0", "1", "false", "true"]},
+                   "1: a dry run that says what happened to every candidate (won, or why not), and serves, "
+                   "reserves and records nothing. Needs Authorization: Bearer <the control plane's admin "
+                   "token> (every campaign) or <an advertiser's postback token> (its own campaigns)"),
             ],
             "responses": {
-                "200": _json({"type": "object", "additionalProperties": False, "required": ["auction_id", "ads"],
-                              "properties": {"auction_id": {"type": "string"},
-                                             "ads": {"type": "array", "minItems": 1,
-                                                     "items": {"$ref": "#/components/schemas/Ad"}}}},
-                             "the winning ads, at most `slots`",
-                             {"Cache-Control": {"schema": {"enum": ["no-store"]}}}),
+                "200": _json({"oneOf": [
+                    {"type": "object", "additionalProperties": False, "required": ["auction_id", "ads"],
+                     "properties": {"auction_id": {"type": "string"},
+                                    "ads": {"type": "array", "minItems": 1,
+                                            "items": {"$ref": "#/components/schemas/Ad"}}}},
+                    EXPLAINED]},
+                    "the winning ads, at most `slots`; with explain=1, every candidate's fate instead",
+                    {"Cache-Control": {"schema": {"enum": ["no-store"]}}}),
                 "204": {"description": "no fill: nothing eligible, or no budget"},
                 "400": _json(ERROR_REF, "bad parameters: `fields` names each one"),
+                "401": _json(ERROR_REF, "explain without a valid admin or postback token"),
                 "503": _json(ERROR_REF, "this PoP has not loaded a snapshot yet"),
                 **_LIMITS,
             },
@@ -152,7 +177,7 @@ OPENAPI: dict[str, Any] = {
             "parameters": [
                 _q("adv", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "the advertiser id",
                    required=True),
-                _q("seg", {"type": "string", "pattern": rf"^{_SEGMENT}$"}, "the list's name (a term)",
+                _q("seg", {"type": "string", "pattern": rf"^{_WS}*{_TERM}{_WS}*$"}, "the list's name (a term)",
                    required=True),
                 _q("user", {"type": "string", "minLength": 1, "maxLength": 128}, "the user id", required=True),
                 *_CONSENT_PARAMS,

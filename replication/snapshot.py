@@ -160,6 +160,8 @@ class Snapshot:
     by_id: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     # The pacing plan's shape: 24 hourly traffic weights of a campaign-local day (empty: flat).
     traffic_shape: tuple[float, ...] = ()
+    # SHA-256 (hex) of the control plane's admin token: lets an admin ask an edge to explain an auction.
+    admin_key: str = field(default="", repr=False)
     # The click model the control plane trained (None: rank by the creatives' prior CTRs).
     click_model: ClickModel | None = field(default=None, repr=False, compare=False)
     index: RetrievalIndex | None = field(default=None, repr=False, compare=False)  # derived from the postings
@@ -191,7 +193,7 @@ class Snapshot:
 def build_snapshot(
     campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int,
     postback_keys: Mapping[str, Iterable[str]] | None = None, traffic_shape: Iterable[float] = (),
-    click_model: ClickModel | None = None,
+    click_model: ClickModel | None = None, admin_key: str = "",
 ) -> Snapshot:
     ordered = tuple(sorted(campaigns, key=lambda c: c.campaign_id))
     postings: dict[str, dict[str, set[int]]] = {d: {} for d in DIMENSIONS}
@@ -216,6 +218,7 @@ def build_snapshot(
         by_id=_by_id(ordered),
         traffic_shape=_traffic_shape(list(traffic_shape)),
         click_model=click_model,
+        admin_key=admin_key,
     )
 
 
@@ -274,6 +277,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "postback_keys": {adv: list(h) for adv, h in snapshot.postback_keys.items()},
             "traffic_shape": list(snapshot.traffic_shape),
             "click_model": _click_model_to_wire(snapshot.click_model),
+            "admin_key": snapshot.admin_key,
         },
         use_bin_type=True,
     )
@@ -325,6 +329,7 @@ def _decode_body(body: bytes) -> Snapshot:
         by_id=_by_id(campaigns),
         traffic_shape=_traffic_shape(raw.get("traffic_shape", [])),
         click_model=_click_model_from_wire(raw.get("click_model")),
+        admin_key=str(raw.get("admin_key", "")),
     )
 
 

@@ -17,7 +17,7 @@ PURE = [
     "edge/ivt.py", "edge/attribution.py", "control_plane/attribution.py", "edge/pacing.py",
     "control_plane/allowances.py", "replication/budget_crdt.py", "edge/spend.py", "control_plane/traffic.py",
     "replication/hourly.py", "replication/columns.py", "edge/frequency.py",
-    "replication/ctr_model.py", "edge/ctr.py",
+    "replication/ctr_model.py", "edge/ctr.py", "edge/audiences.py", "replication/segments.py",
 ]
 IO_MODULES = {"asyncio", "socket", "time", "nats", "httpx", "redis", "chdb", "clickhouse_connect", "subprocess",
               "starlette", "granian", "os"}
