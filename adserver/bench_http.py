@@ -3,8 +3,9 @@
 One stack (nats-server, the control plane, Redis), three edge processes of one region (one granian worker
 each, started the same way): the one under test, a second identical one with decision events off (the event
 tax), and the baseline app. Twenty campaigns, each on its own keyword, budgets no run exhausts; wrk walks a
-list of ad requests over those keywords (one slot each, every fourth with a user id, so the frequency-cap
-lookup runs).
+list of ad requests over those keywords (one slot each, every fourth with a user id). No campaign caps or
+targets a segment and no click model has been trained, so neither the profile read nor the model's scoring
+is in these figures (``auction`` measures the model's cost in-process).
 
 - ``http_ratio_vs_hello``: saturated decisions/s of ``/v1/ads`` (events and budget on) / ``/hello`` req/s,
   alternating rounds (target ≥ 0.2);
@@ -113,8 +114,11 @@ def bench_http(*, duration_s: float, connections: int, rounds: int, say: Callabl
                               "edge_no_events": quiet.proc.popen.pid, "nats-server": stack.nats.popen.pid,
                               "control-plane": stack.control_plane.popen.pid, "redis": redis.popen.pid})
             cpu: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+            # Ad outcomes over the timed runs only (the warm-up and refill runs are left out).
+            outcomes: dict[str, dict[str, int]] = {edge_url: {}, quiet.url: {}}
             for r in range(rounds):
                 refill(stack, (edge_url, quiet.url), paths_file, script, connections)
+                before_round = {url: ad_outcomes(url) for url in outcomes}
                 pause(stack.control_plane)
                 try:
                     measured = (("hello", f"{base_url}/hello", None), ("ads", edge_url, paths_file),
@@ -133,7 +137,9 @@ def bench_http(*, duration_s: float, connections: int, rounds: int, say: Callabl
                     f"{runs['ads'][-1].rps:,.0f}, without decision events {runs['ads_no_events'][-1].rps:,.0f}; "
                     f"unloaded p99 /json {unloaded['json'][-1].p99_ms:.2f} ms, /v1/ads "
                     f"{unloaded['ads'][-1].p99_ms:.2f} ms")
-            outcomes = {url: ad_outcomes(url) for url in (edge_url, quiet.url)}
+                for url, counts in outcomes.items():
+                    for outcome, n in ad_outcomes(url).items():
+                        counts[outcome] = counts.get(outcome, 0) + n - before_round[url].get(outcome, 0)
     finally:
         helpers.stop_all()
     filled = sum(o.get("filled", 0) for o in outcomes.values())

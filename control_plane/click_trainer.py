@@ -68,8 +68,9 @@ class ClickTrainer:
             if len(rows) < self.batch:
                 break
             # A full batch: go on after its last millisecond (other impressions of that very millisecond past
-            # the limit are skipped rather than learned twice; one batch holds 200,000).
-            start_ms = rows[-1].ts_ms + 1
+            # the limit are skipped rather than learned twice; one batch holds 200,000). The watermark moves
+            # with each batch learned, so a later batch failing does not make the next round learn this again.
+            start_ms = self.watermark_ms = rows[-1].ts_ms + 1
         self.watermark_ms = end_ms
         if learned:
             self.version += 1

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge.auction import AdRequest
+from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
 
 _PLACEMENT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _FORMAT = re.compile(r"[0-9]{1,4}x[0-9]{1,4}")
@@ -130,7 +131,10 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | l
     if len(url) > 2048:
         errors.append(ParamError("url", "at most 2048 characters"))
     keywords = _page_keywords(params.get("keywords", ""))
-    interests = _terms(params.get("interests", ""), "interests", errors)
+    # Behavioural segments come from the user's profile only: a publisher must not claim that its reader is
+    # on an advertiser's retargeting list (or in a keyword segment) by naming it.
+    interests = tuple(t for t in _terms(params.get("interests", ""), "interests", errors)
+                      if not t.startswith((KEYWORD_PREFIX, RETARGETING_PREFIX)))
     personalized = consented(params, errors)
     if errors:
         return errors

@@ -224,6 +224,9 @@ def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization
     fates += [{"campaign_id": cid, "fate": reason.value} for cid, reason in sorted(result.reasons.items())]
     if scope is not None:
         fates = [f for f in fates if (c := snapshot.campaign(f["campaign_id"])) and c.advertiser_id == scope]
+        for fate in fates:
+            # A won price is the runner-up's eCPM: free, unlimited dry runs would map competitors' bids.
+            fate.pop("price_micros", None)
     st.metrics.requests.labels("explain").inc()
     return JSONResponse({"dry_run": True, "snapshot_version": snapshot.version,
                          "candidates": result.candidates if scope is None else len(fates), "fates": fates},
@@ -539,8 +542,14 @@ async def pixel(request: Request) -> Response:
     if not hit.user:
         st.metrics.profile_store.labels("pixel", "no_consent").inc()
         return Response(_PIXEL_GIF, media_type="image/gif", headers=headers)
-    await _record_profile(st, user_key(hit.user), st.settings.clock.now(),
-                          to_record([retargeting_segment(hit.advertiser_id, hit.segment)]), "pixel")
+    segment = retargeting_segment(hit.advertiser_id, hit.segment)
+    snapshot = st.snapshot
+    if snapshot is None or segment not in snapshot.segments_in_use:
+        # Only lists a live campaign targets are kept (as for keyword segments): anyone can fire a pixel,
+        # and a profile must not fill up with names nobody will ever read.
+        st.metrics.profile_store.labels("pixel", "unused_list").inc()
+        return Response(_PIXEL_GIF, media_type="image/gif", headers=headers)
+    await _record_profile(st, user_key(hit.user), st.settings.clock.now(), to_record([segment]), "pixel")
     return Response(_PIXEL_GIF, media_type="image/gif", headers=headers)
 
 

@@ -89,8 +89,8 @@ class Win:
     # cost (price x P(click) [x P(conversion)], with a safety margin), settled when the click or conversion
     # arrives.
     reserve_micros: int
-    # The click-through rate the auction ranked and priced with: the creative's prior, or the click model's
-    # prediction for this context (with its exploration bonus).
+    # The click-through rate the auction priced with: the creative's prior, or the click model's prediction for
+    # this context blended with that prior (ranking added an exploration bonus on top; pricing does not).
     ctr: float = 0.0
 
 
@@ -164,6 +164,7 @@ def ecpm_scores(columns: CampaignColumns, fmt: str) -> np.ndarray:
     """``ecpm_micros`` of every campaign with its best creative of ``fmt`` (NaN: it has none), computed once
     per snapshot and format. Same operations in the same order as the scalar formula, so both give
     identical floats."""
+    fmt = fmt if fmt in columns.formats else ""  # every format no campaign has is one entry, not one per string
     cached = columns.memo.get(("ecpm", fmt))
     if cached is not None:
         return cached
@@ -197,6 +198,7 @@ def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _
     (schedules are whole seconds, hour targeting changes on quarter-hours): a request then gathers its
     candidates' verdicts from one mask instead of evaluating five filters."""
     second = math.floor(now_s)
+    fmt = fmt if fmt in columns.formats else ""  # one entry for every format no campaign has
     key = ("checks", fmt, reserve)
     cached = columns.memo.get(key)
     if cached is not None and cached.second == second:
@@ -305,9 +307,9 @@ def run_auction(
         # Scores differ per request (the model) or per user (caps): the reserve check cannot be precomputed.
         uncapped: np.ndarray | None = None
         if capped:
-            def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> float:
+            def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> tuple[float, float]:
                 if model is None:
-                    return creative.prior_ctr
+                    return creative.prior_ctr, creative.prior_ctr
                 return predicted_ctr_one(model, campaign, creative, request.placement, request.country,
                                          request.device, now_s)
 
@@ -380,7 +382,7 @@ def run_auction(
 
 def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, ctrs: np.ndarray,
                 uncapped: np.ndarray, overrides: dict[int, tuple[SnapshotCreative, ...]], fmt: str, capped: Capped,
-                ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], float]) -> None:
+                ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], tuple[float, float]]) -> None:
     """Take the user's capped campaigns out (``uncapped`` False) and rescore campaigns whose best creatives
     are capped on their best remaining one (``overrides``), in place. A user has seen few campaigns, so this
     loops over what is capped, not over the candidates."""
@@ -407,8 +409,9 @@ def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, c
         top = max(k.prior_ctr for k in fitting)
         best = tuple(k for k in fitting if k.prior_ctr == top)
         overrides[int(positions[i])] = best
-        ctrs[i] = ctr_of(campaign, best[0])
-        scores[i] = ecpm_micros(campaign, float(ctrs[i]))
+        mean, ranking = ctr_of(campaign, best[0])
+        ctrs[i] = mean
+        scores[i] = ecpm_micros(campaign, ranking)
 
 
 class _Ranking:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -33,6 +32,7 @@ from replication.ctr_model import (
     feature_indexes,
     index_array,
     index_of,
+    sigmoid,
     token_hash,
 )
 from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative
@@ -59,6 +59,7 @@ class _ModelColumns:
 def _columns(snapshot: Snapshot, model: ClickModel, fmt: str) -> _ModelColumns:
     columns = snapshot.columns
     assert columns is not None
+    fmt = fmt if fmt in columns.formats else ""  # every format no campaign has is one entry, not one per string
     key = ("ctr-model", model.version, fmt)
     cached = columns.memo.get(key)
     if cached is not None:
@@ -94,28 +95,43 @@ def utc_hour(now_s: float) -> int:
     return int(now_s // 3600) % 24
 
 
-def blend(p: np.ndarray, seen: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """The model's CTR shrunk towards the prior for creatives it has seen little, plus the exploration bonus."""
+def blend(p: np.ndarray, seen: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, ranking CTR): the model's CTR shrunk towards the prior for creatives it has seen little, and that
+    plus the exploration bonus. The bonus only ranks: prices and reservations use the mean, so a winner pays
+    what its expected clicks are worth, not what its optimism is."""
     total = seen + PRIOR_IMPRESSIONS
     shrunk = seen / total * p + PRIOR_IMPRESSIONS * prior / total
-    return np.minimum(1.0, shrunk + EXPLORATION * np.sqrt(shrunk * (1 - shrunk) / total))
+    return shrunk, np.minimum(1.0, shrunk + EXPLORATION * np.sqrt(shrunk * (1 - shrunk) / total))
 
 
-@lru_cache(maxsize=65_536)
-def _context(placement: str, country: str, device: str, hour: int, model: ClickModel) -> tuple[float, np.ndarray]:
-    """The request side, per context: the sum of its own weights, and per cross the context hash to mix."""
-    context = context_hashes(placement, country, device, hour)
-    own = float(sum(float(model.weights[index_of(h, model.bits)]) for h in context.values()))
-    mix = np.array([(context[c] * SALT) & MASK64 for _, c in CROSSES], dtype=np.uint64)
-    return own, mix
+_CONTEXTS_KEPT = 65_536
+
+
+def _context(columns_memo: dict, placement: str, country: str, device: str, hour: int,
+             model: ClickModel) -> tuple[float, np.ndarray]:
+    """The request side, per context: the sum of its own weights, and per cross the context hash to mix.
+    Remembered per snapshot and model (so an old model is freed with its snapshot), at most 65,536 contexts."""
+    cache = columns_memo.setdefault(("ctr-contexts", model.version), {})
+    key = (placement, country, device, hour)
+    found = cache.get(key)
+    if found is None:
+        context = context_hashes(placement, country, device, hour)
+        own = float(sum(float(model.weights[index_of(h, model.bits)]) for h in context.values()))
+        mix = np.array([(context[c] * SALT) & MASK64 for _, c in CROSSES], dtype=np.uint64)
+        if len(cache) >= _CONTEXTS_KEPT:
+            cache.clear()
+        found = cache[key] = (own, mix)
+    return found
 
 
 @njit(cache=True, nogil=True)
 def _score(positions: np.ndarray, static: np.ndarray, cross_ads: np.ndarray, mix: np.ndarray, weights: np.ndarray,
            shift: np.uint64, own: float, blend_abc: np.ndarray, exploration: float, is_cpm: np.ndarray,
            bid: np.ndarray, per_ctr: np.ndarray, out_ctr: np.ndarray, out_score: np.ndarray) -> None:
-    """Per candidate: logit, CTR (blended, with its bonus) and eCPM in one compiled pass. The same
-    arithmetic as ``cross_hash`` (uint64 wraps at 2**64 here too) and ``blend``."""
+    """Per candidate: logit, mean CTR and the eCPM ranked on (with the exploration bonus) in one compiled
+    pass. The same arithmetic as ``cross_hash`` (uint64 wraps at 2**64 here too) and ``blend``; a campaign
+    without a creative of the format (NaN prior) gets NaN for both, tested explicitly because min(1.0, nan)
+    is 1.0 here."""
     for j in range(positions.shape[0]):
         pos = positions[j]
         logit = static[pos] + own
@@ -123,24 +139,32 @@ def _score(positions: np.ndarray, static: np.ndarray, cross_ads: np.ndarray, mix
             h = (cross_ads[pos, k] ^ mix[k]) * np.uint64(MIX)
             h ^= h >> np.uint64(29)
             logit += weights[h >> shift]
-        p = 1.0 / (1.0 + math.exp(-logit))
-        shrunk = blend_abc[pos, 0] * p + blend_abc[pos, 1]
-        ctr = min(1.0, shrunk + exploration * math.sqrt(shrunk * (1.0 - shrunk) * blend_abc[pos, 2]))
-        out_ctr[j] = ctr
-        if is_cpm[pos]:
-            out_score[j] = math.nan if math.isnan(ctr) else bid[pos]
+        if logit >= 0:
+            p = 1.0 / (1.0 + math.exp(-logit))
         else:
-            out_score[j] = per_ctr[pos] * ctr * 1000.0
+            e = math.exp(logit)
+            p = e / (1.0 + e)
+        shrunk = blend_abc[pos, 0] * p + blend_abc[pos, 1]
+        if math.isnan(shrunk):
+            out_ctr[j] = math.nan
+            out_score[j] = math.nan
+            continue
+        out_ctr[j] = shrunk
+        if is_cpm[pos]:
+            out_score[j] = bid[pos]
+        else:
+            ranking = min(1.0, shrunk + exploration * math.sqrt(shrunk * (1.0 - shrunk) * blend_abc[pos, 2]))
+            out_score[j] = per_ctr[pos] * ranking * 1000.0
 
 
 def predicted_ctr_and_ecpm(snapshot: Snapshot, positions: np.ndarray, fmt: str, placement: str, country: str,
                            device: str, now_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The CTR the auction ranks and prices with, for each candidate's best creative of ``fmt``, and the eCPM
-    it gives (NaN for a campaign without a creative of the format)."""
+    """For each candidate's best creative of ``fmt``: the mean CTR it is priced with, and the eCPM it ranks on
+    (with the exploration bonus); NaN for both when it has no creative of the format."""
     model = snapshot.click_model
-    assert model is not None
+    assert model is not None and snapshot.columns is not None
     mc = _columns(snapshot, model, fmt)
-    own, mix = _context(placement, country, device, utc_hour(now_s), model)
+    own, mix = _context(snapshot.columns.memo, placement, country, device, utc_hour(now_s), model)
     ctr = np.empty(len(positions))
     score = np.empty(len(positions))
     _score(positions, mc.static, mc.cross_ads, mix, model.weights, np.uint64(64 - model.bits), own, mc.blend,
@@ -149,14 +173,15 @@ def predicted_ctr_and_ecpm(snapshot: Snapshot, positions: np.ndarray, fmt: str, 
 
 
 def predicted_ctr_one(model: ClickModel, campaign: SnapshotCampaign, creative: SnapshotCreative, placement: str,
-                      country: str, device: str, now_s: float) -> float:
-    """``predicted_ctr`` for one campaign and a creative of its choosing (a capped best creative's stand-in)."""
+                      country: str, device: str, now_s: float) -> tuple[float, float]:
+    """(mean CTR, ranking CTR) for one campaign and a creative of its choosing (a capped best creative's
+    stand-in), as ``predicted_ctr_and_ecpm`` computes them."""
     ad = {"cm": token_hash("cm", campaign.campaign_id), "cr": token_hash("cr", creative.creative_id),
           "adv": token_hash("adv", campaign.advertiser_id)}
     context = context_hashes(placement, country, device, utc_hour(now_s))
     logit = float(sum(float(model.weights[i]) for i in feature_indexes(ad, context, model.bits)))
-    p = np.array([1.0 / (1.0 + math.exp(-logit))])
     seen = np.array([float(model.impressions.get(creative.creative_id, 0))])
-    return float(blend(p, seen, np.array([creative.prior_ctr]))[0])
+    mean, ranking = blend(np.array([sigmoid(logit)]), seen, np.array([creative.prior_ctr]))
+    return float(mean[0]), float(ranking[0])
 
 

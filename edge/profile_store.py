@@ -81,6 +81,8 @@ class MemoryProfileStore:
         if expires <= now_s:
             data = {}
         for field, keep, ttl_s in fields:
+            if field not in data and len(data) >= MAX_FIELDS:
+                continue
             data[field] = appended(data.get(field, ()), now_s, keep)
             expires = max(expires, now_s + ttl_s)
         self._users[user_key] = (expires, data)
@@ -91,23 +93,29 @@ class MemoryProfileStore:
         return None
 
 
-# KEYS[1]: the user's hash. ARGV: now, then (field, keep, ttl) triples. Appends now to each field's msgpack
-# list of times, keeps the newest `keep` (sorted: PoPs' clocks and workers may record out of order), and
-# never shortens the hash's TTL.
+# At most this many fields per user: a new field beyond it is not added (existing ones still update), so no
+# caller can grow a profile, and the one HGETALL per ad request, without bound.
+MAX_FIELDS = 512
+
+# KEYS[1]: the user's hash. ARGV: max fields, now, then (field, keep, ttl) triples. Appends now to each field's
+# msgpack list of times, keeps the newest `keep` (sorted: PoPs' clocks and workers may record out of order),
+# and never shortens the hash's TTL. (Redis runs Lua 5.1: no goto.)
 _RECORD_LUA = """
-local now = tonumber(ARGV[1])
+local max_fields, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local longest = 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local field, keep, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local raw = redis.call('HGET', KEYS[1], field)
-  local times = raw and cmsgpack.unpack(raw) or {}
-  table.insert(times, now)
-  table.sort(times)
-  while #times > keep do table.remove(times, 1) end
-  redis.call('HSET', KEYS[1], field, cmsgpack.pack(times))
-  if ttl > longest then longest = ttl end
+  if raw or redis.call('HLEN', KEYS[1]) < max_fields then
+    local times = raw and cmsgpack.unpack(raw) or {}
+    table.insert(times, now)
+    table.sort(times)
+    while #times > keep do table.remove(times, 1) end
+    redis.call('HSET', KEYS[1], field, cmsgpack.pack(times))
+    if ttl > longest then longest = ttl end
+  end
 end
-if redis.call('TTL', KEYS[1]) < longest then redis.call('EXPIRE', KEYS[1], longest) end
+if longest > 0 and redis.call('TTL', KEYS[1]) < longest then redis.call('EXPIRE', KEYS[1], longest) end
 return 1
 """
 
@@ -145,7 +153,7 @@ class RedisProfileStore:
 
     async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
         self._breaker.check(now_s)
-        args: list[object] = [repr(float(now_s))]
+        args: list[object] = [MAX_FIELDS, repr(float(now_s))]
         for field, keep, ttl_s in fields:
             args += [field, keep, ttl_s]
         try:

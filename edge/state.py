@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from edge.budget import BudgetLedger
+from edge.ctr import predicted_ctr_and_ecpm
 from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
@@ -137,6 +139,11 @@ class EdgeState:
         if previous is not None and snapshot.version <= previous.version:
             return
         old_revisions = {c.campaign_id: c.revision for c in previous.campaigns} if previous else {}
+        if snapshot.click_model is not None:
+            # Compile (or load from numba's cache) the model's scoring and build its columns for the common
+            # format before the swap, so the first ad request after a new model does not pay for it.
+            predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "",
+                                   self.settings.clock.now())
         self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
         self.snapshot_loaded_at = self.settings.clock.now()
         self.metrics.snapshot_version.set(snapshot.version)

@@ -351,8 +351,8 @@ def _click_model_from_wire(raw: object) -> ClickModel | None:
     if not isinstance(bits, int) or not 8 <= bits <= 24 or len(raw["idx"]) != len(raw["w"]) or len(raw["w"]) % 4:
         raise SnapshotDecodeError("click_model: bad bits or index/weight lengths")
     impressions = raw.get("impressions", {})
-    if not isinstance(impressions, dict) or not all(isinstance(v, int) for v in impressions.values()):
-        raise SnapshotDecodeError("click_model: impressions must map creative ids to counts")
+    if not isinstance(impressions, dict) or not all(isinstance(v, int) and v >= 0 for v in impressions.values()):
+        raise SnapshotDecodeError("click_model: impressions must map creative ids to counts of at least 0")
     try:
         return ClickModel.from_sparse(int(raw.get("version", 0)), bits, np.frombuffer(raw["idx"], dtype="<i4"),
                                       np.frombuffer(raw["w"], dtype="<f4"), impressions)

@@ -51,6 +51,10 @@ def test_a_retargeting_pixel_lets_only_that_advertisers_campaign_reach_the_user(
     assert served(s, "audpage", "ann") == retarget  # the record is awaited: the very next request
     assert served(s, "audpage", "bob") == fallback
     assert served(s, "audpage", "ann", gpc="1") == fallback  # no consent: the profile is not read
+    # A list no live campaign targets is not kept (anyone can fire a pixel).
+    assert pixel(s, adv=shop_id, seg="wishlist", user="ann").status_code == 200
+    metrics = httpx.get(f"{s.edges[0].url}/metrics", timeout=5).text
+    assert 'adserver_profile_store_total{op="pixel",result="unused_list"} 1.0' in metrics
     # A pixel without consent records nothing.
     assert pixel(s, adv=shop_id, seg="cart", user="cyd", gdpr="1").status_code == 200
     assert served(s, "audpage", "cyd") == fallback

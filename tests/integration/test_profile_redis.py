@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from adserver.processes import Proc, ProcessGroup, start_redis
-from edge.profile_store import MemoryProfileStore, ProfileStoreDown, RedisProfileStore
+from edge.profile_store import MAX_FIELDS, MemoryProfileStore, ProfileStoreDown, RedisProfileStore
 
 pytestmark = pytest.mark.integration
 NOW = 1_705_320_000.0
@@ -112,5 +112,19 @@ def test_a_frozen_redis_fails_fast_then_the_breaker_skips_it_until_it_is_back(ow
                 assert time.monotonic() < deadline, "the store did not come back after Redis did"
                 await asyncio.sleep(0.1)
         await s.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_profile_stops_growing_at_max_fields_but_known_fields_still_update(redis_url: str) -> None:
+    async def run() -> None:
+        redis, memory = store(redis_url), MemoryProfileStore()
+        for s in (redis, memory):
+            await s.record("u", NOW, [(f"s:kw-{i}", 1, 3600) for i in range(MAX_FIELDS + 50)])
+            await s.record("u", NOW + 5, [("s:kw-0", 1, 3600), ("s:kw-new", 1, 3600)])
+            history = await s.history("u", NOW + 6)
+            assert len(history) == MAX_FIELDS
+            assert history["s:kw-0"] == [NOW + 5] and "s:kw-new" not in history
+        await redis.aclose()
 
     asyncio.run(run())

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adserver.bench_pctr import bench_pctr
-from edge.auction import AdRequest, expected_cost, run_auction
+from edge.auction import AdRequest, Reason, ecpm_micros, expected_cost, run_auction
 from edge.ctr import PRIOR_IMPRESSIONS, blend, predicted_ctr_and_ecpm, predicted_ctr_one
 from replication.ctr_model import (
     ClickModel,
@@ -95,20 +95,24 @@ def test_vectorized_edge_scoring_equals_the_scalar_one(make_campaign, make_creat
     model = ClickModel(1, 12, weights, {"c1-k1": 50, "c3-k1": 5_000})
     s = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
     positions = np.arange(len(campaigns))
-    vector, _ = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
+    means, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
     for pos in positions:
         c = s.campaigns[pos]
-        assert vector[pos] == pytest.approx(predicted_ctr_one(model, c, c.creatives[0], "home", "US", "mobile", NOW),
-                                            rel=1e-5)
+        mean, ranking = predicted_ctr_one(model, c, c.creatives[0], "home", "US", "mobile", NOW)
+        assert means[pos] == pytest.approx(mean, rel=1e-5)
+        assert scores[pos] == pytest.approx(ecpm_micros(c, ranking), rel=1e-5)  # ranked with the bonus
+        assert ranking > mean
 
 
 def test_the_exploration_bonus_fades_with_impressions():
     p, prior = np.array([0.02, 0.02]), np.array([0.02, 0.02])
-    fresh, known = blend(p, np.array([0.0, 1e6]), prior)
+    means, ranking = blend(p, np.array([0.0, 1e6]), prior)
+    fresh, known = ranking
     assert fresh > known > 0.02
     assert known == pytest.approx(0.02, rel=0.01)
+    assert means.tolist() == pytest.approx([0.02, 0.02])  # the bonus ranks; the mean prices
     # With no impressions the model's own opinion counts for nothing: the prior (plus its bonus) decides.
-    assert blend(np.array([0.9]), np.array([0.0]), np.array([0.02]))[0] == pytest.approx(
+    assert blend(np.array([0.9]), np.array([0.0]), np.array([0.02]))[1][0] == pytest.approx(
         0.02 + (0.02 * 0.98 / PRIOR_IMPRESSIONS) ** 0.5)
 
 
@@ -155,3 +159,32 @@ def test_the_ground_truth_benchmark_beats_the_constant_and_random_on_a_small_run
     assert out["oracle_logloss_ratio"] < out["pctr_logloss_ratio"] < 1.0
     assert out["rpm_ratio_vs_random"] > 1.5 and out["ctr_ratio_vs_random"] > 1.0
     assert abs(out["pctr_calibration"] - 1) < 0.15
+
+
+def test_with_a_model_a_campaign_without_a_creative_of_the_format_is_not_served(make_campaign, make_creative):
+    tall = make_campaign("tall", bid_type="cpc", creatives=[make_creative("kt", format="160x600")],
+                         max_bid_micros=9_000_000)
+    empty = make_campaign("empty", bid_type="cpc", creatives=[], max_bid_micros=9_000_000)  # unrestricted
+    fits = make_campaign("fits", bid_type="cpc", creatives=[make_creative("kf", prior_ctr=0.01)])
+    model = ClickModel.from_sparse(1, 12, [1], [0.5], {"kt": 10, "kf": 10})
+    s = build_snapshot([tall, empty, fits], version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
+    result = run_auction(s, AdRequest(placement="x", slots=3, format="300x250"), now_s=NOW, rng=random.Random(1),
+                         allowance={c: 10**12 for c in ("tall", "empty", "fits")}, explain=True)
+    assert [w.campaign.campaign_id for w in result.wins] == ["fits"]
+    assert result.reasons == {"empty": Reason.FORMAT}  # (tall is not even retrieved for 300x250)
+
+
+def test_negative_impression_counts_are_refused_on_the_wire(make_campaign):
+    model = ClickModel.from_sparse(1, 12, [1], [0.5], {"k": -300})
+    s = build_snapshot([make_campaign("a")], version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
+    with pytest.raises(SnapshotDecodeError, match="at least 0"):
+        decode_snapshot(encode_snapshot(s))
+
+
+def test_formats_no_campaign_has_share_one_memo_entry(make_campaign):
+    s = build_snapshot([make_campaign("a", creatives=[])], version=1, created_ms=0, reserve_cpm_micros=0,
+                       click_model=ClickModel.from_sparse(1, 12, [], [], {}))
+    for i in range(200):  # a caller cycling through format strings must not grow the edge's memory
+        run_auction(s, AdRequest(placement="x", slots=1, format=f"{i + 10}x{i + 10}"), now_s=NOW,
+                    rng=random.Random(1), allowance={"a": 10**12})
+    assert len(s.columns.memo) < 10

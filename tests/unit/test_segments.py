@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.models import to_snapshot_campaign
-from edge.adrequest import PixelHit, parse_pixel
+from edge.adrequest import PixelHit, parse_ad_request, parse_pixel
 from edge.audiences import SEGMENT_TTL_S, fresh_segments, keyword_segments, segment_field, to_record
 from replication.segments import owned_interest, retargeting_segment
 from replication.snapshot import build_snapshot
@@ -63,3 +63,8 @@ def test_the_snapshot_knows_which_segments_campaigns_target(make_campaign):
     s = build_snapshot([make_campaign("a", interests=["kw-run", "sports"]), make_campaign("b", interests=["rt-x-c"]),
                         make_campaign("c")], version=1, created_ms=0, reserve_cpm_micros=0)
     assert s.segments_in_use == {"kw-run", "rt-x-c"}
+
+
+def test_a_publisher_cannot_claim_behavioural_segments_in_the_request():
+    parsed = parse_ad_request({"placement": "p", "format": "300x250", "interests": "sports,rt-adv1-cart,kw-run"}, 6)
+    assert parsed.interests == ("sports",)
