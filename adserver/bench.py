@@ -20,6 +20,8 @@ Benchmarks:
   (``adserver.bench_auction``).
 - ``pctr``: the click model's log loss and calibration against a hidden true click model, and the revenue
   and CTR of ranking by its pCTR against random and highest-bid picks (``adserver.bench_pctr``).
+- ``http``: ``/v1/ads`` over HTTP against ``/hello`` and a no-work JSON endpoint, and with decision events
+  on against off (``adserver.bench_http``).
 """
 
 from __future__ import annotations
