@@ -35,16 +35,13 @@ def _check_settings(load: object) -> None:
 
 
 def cmd_edge(args: argparse.Namespace) -> None:
-    import tempfile
-
-    # numba caches the click model's compiled scoring next to the source, which a read-only image does not
-    # allow; /tmp is writable (an emptyDir in the Helm chart) and shared by the granian workers.
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "adserver-numba"))
     from edge.settings import EdgeSettings
 
     _check_settings(EdgeSettings.from_env)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker is a process: they share their metric values through files in this directory.
+        import tempfile
+
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="adserver-metrics-")
     os.environ.setdefault("ADSERVER_EDGE_WORKERS", str(args.workers))
     _serve("edge.app:create_app", args.host, args.port, args.workers)

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edge.adrequest import parse_ad_request, parse_pixel
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import AdRequest, run_auction
-from edge.audiences import fresh_segments, keyword_segments, retargeting_segment, to_record
+from edge.audiences import fresh_segments, keyword_segments, to_record
 from edge.budget import Hold
 from edge.frequency import NOTHING_CAPPED, Capped, all_capped, capped, fields_to_record
 from edge.ivt import BROWSER_KINDS, NO_ACTIVITY, VALID, BeaconContext, Verdict, classify, client_ip, ua_hash
@@ -56,6 +56,7 @@ from replication.events import (
     viewable_event_id,
 )
 from replication.observability import RequestIdMiddleware
+from replication.segments import retargeting_segment
 from replication.snapshot import Snapshot
 
 MAX_BODY = 16 * 1024

@@ -164,7 +164,7 @@ def ecpm_scores(columns: CampaignColumns, fmt: str) -> np.ndarray:
     """``ecpm_micros`` of every campaign with its best creative of ``fmt`` (NaN: it has none), computed once
     per snapshot and format. Same operations in the same order as the scalar formula, so both give
     identical floats."""
-    fmt = fmt if fmt in columns.formats else ""  # every format no campaign has is one entry, not one per string
+    fmt = columns.format_key(fmt)
     cached = columns.memo.get(("ecpm", fmt))
     if cached is not None:
         return cached
@@ -198,7 +198,7 @@ def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _
     (schedules are whole seconds, hour targeting changes on quarter-hours): a request then gathers its
     candidates' verdicts from one mask instead of evaluating five filters."""
     second = math.floor(now_s)
-    fmt = fmt if fmt in columns.formats else ""  # one entry for every format no campaign has
+    fmt = columns.format_key(fmt)
     key = ("checks", fmt, reserve)
     cached = columns.memo.get(key)
     if cached is not None and cached.second == second:

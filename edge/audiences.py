@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX, retargeting_segment
+from replication.segments import KEYWORD_PREFIX
 
 SEGMENT_TTL_S = 30 * 86_400
 _FIELD = "s:"
@@ -48,9 +48,3 @@ def fresh_segments(history: Mapping[str, Sequence[float]], now_s: float) -> tupl
     return tuple(name for _, name in seen[:MAX_SEGMENTS_PER_USER])
 
 
-def is_segment(interest: str) -> bool:
-    return interest.startswith((KEYWORD_PREFIX, RETARGETING_PREFIX))
-
-
-__all__ = ["SEGMENT_TTL_S", "fresh_segments", "is_segment", "keyword_segments", "retargeting_segment",
-           "segment_field", "to_record"]

@@ -3,8 +3,10 @@
 Per request, the context's features (placement, country, device, UTC hour) are hashed once; each candidate's
 logit is its campaign's static part (bias, campaign, best creative of the format, advertiser: computed once
 per snapshot and format) plus the context's weights plus the weights of the campaign x context crosses,
-computed for every candidate in one pass compiled by numba (a numpy expression per step cost ~60 us in
-call overheads alone at 100 candidates; the compiled loop costs a few).
+computed for every candidate in one pass compiled by numba: as numpy expressions, the per-call overheads of
+some thirty small array operations cost more than the work itself. The kernel is compiled in memory (no
+on-disk cache: this module does no I/O), once per process, when the first snapshot with a model is loaded
+(``edge.state``), not in a request.
 
 New creatives: the model knows a creative only from the impressions it learned from, so its prediction is
 blended with the advertiser's prior CTR, weighted as ``PRIOR_IMPRESSIONS`` impressions, and the ranking adds
@@ -59,7 +61,7 @@ class _ModelColumns:
 def _columns(snapshot: Snapshot, model: ClickModel, fmt: str) -> _ModelColumns:
     columns = snapshot.columns
     assert columns is not None
-    fmt = fmt if fmt in columns.formats else ""  # every format no campaign has is one entry, not one per string
+    fmt = columns.format_key(fmt)
     key = ("ctr-model", model.version, fmt)
     cached = columns.memo.get(key)
     if cached is not None:
@@ -67,9 +69,7 @@ def _columns(snapshot: Snapshot, model: ClickModel, fmt: str) -> _ModelColumns:
     n = columns.size
     best = columns.formats[fmt].best if fmt in columns.formats else ((),) * n
     hashes = {
-        "cm": np.fromiter((token_hash("cm", c.campaign_id) for c in snapshot.campaigns), dtype=np.uint64, count=n),
-        "adv": np.fromiter((token_hash("adv", c.advertiser_id) for c in snapshot.campaigns), dtype=np.uint64,
-                           count=n),
+        **_campaign_hashes(snapshot),
         "cr": np.fromiter((token_hash("cr", b[0].creative_id) if b else 0 for b in best), dtype=np.uint64, count=n),
     }
     w, bits = model.weights, model.bits
@@ -89,6 +89,21 @@ def _columns(snapshot: Snapshot, model: ClickModel, fmt: str) -> _ModelColumns:
     )
     columns.memo[key] = made
     return made
+
+
+def _campaign_hashes(snapshot: Snapshot) -> dict[str, np.ndarray]:
+    """The campaign and advertiser token hashes of every campaign: the same for every model and format."""
+    assert snapshot.columns is not None
+    found = snapshot.columns.memo.get("ctr-campaign-hashes")
+    if found is None:
+        n = len(snapshot.campaigns)
+        found = snapshot.columns.memo["ctr-campaign-hashes"] = {
+            "cm": np.fromiter((token_hash("cm", c.campaign_id) for c in snapshot.campaigns), dtype=np.uint64,
+                              count=n),
+            "adv": np.fromiter((token_hash("adv", c.advertiser_id) for c in snapshot.campaigns), dtype=np.uint64,
+                               count=n),
+        }
+    return found
 
 
 def utc_hour(now_s: float) -> int:
@@ -124,7 +139,7 @@ def _context(columns_memo: dict, placement: str, country: str, device: str, hour
     return found
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _score(positions: np.ndarray, static: np.ndarray, cross_ads: np.ndarray, mix: np.ndarray, weights: np.ndarray,
            shift: np.uint64, own: float, blend_abc: np.ndarray, exploration: float, is_cpm: np.ndarray,
            bid: np.ndarray, per_ctr: np.ndarray, out_ctr: np.ndarray, out_score: np.ndarray) -> None:

@@ -72,7 +72,7 @@ class SeenIds:
 
 def _load_snapshot(data: bytes) -> Snapshot:
     """Decode a snapshot and warm what its first requests would otherwise build: with a click model, compile
-    (or load from numba's cache) its scoring and build its columns for the common format."""
+    its scoring (once per process) and build its columns for the common format."""
     snapshot = decode_snapshot(data)
     if snapshot.click_model is not None:
         predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)

@@ -47,6 +47,11 @@ class CampaignColumns:
     # request against this snapshot, so computed once; never part of equality.
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    def format_key(self, fmt: str) -> str:
+        """``fmt`` as a memo key: every format no campaign has is one key (""), not one per string a caller
+        sends (that would grow the memo without bound)."""
+        return fmt if fmt in self.formats else ""
+
     @classmethod
     def build(cls, campaigns: Sequence[SnapshotCampaign]) -> CampaignColumns:
         n = len(campaigns)

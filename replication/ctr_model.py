@@ -98,10 +98,6 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
-def logit(p: float) -> float:
-    p = min(max(p, 1e-9), 1 - 1e-9)
-    return math.log(p / (1 - p))
-
 
 @dataclass
 class Ftrl:
@@ -128,9 +124,6 @@ class Ftrl:
         if abs(z) <= self.l1:
             return 0.0
         return -(z - math.copysign(self.l1, z)) / ((self.beta + math.sqrt(self.n[i])) / self.alpha + self.l2)
-
-    def predict(self, indexes: Sequence[int]) -> float:
-        return sigmoid(sum(self._weight(i) for i in indexes))
 
     def learn(self, indexes: Sequence[int], clicked: bool) -> float:
         """One impression: returns the prediction made before learning from it (progressive validation)."""
@@ -183,10 +176,6 @@ class ClickModel:
         weights[idx] = given
         weights.flags.writeable = False
         return cls(version, bits, weights, dict(impressions))
-
-    def sparse(self) -> tuple[list[int], list[float]]:
-        idx = np.flatnonzero(self.weights)
-        return idx.tolist(), self.weights[idx].tolist()
 
     def predict(self, imp: Impression) -> float:
         return sigmoid(float(sum(self.weights[i] for i in impression_indexes(imp, self.bits))))
