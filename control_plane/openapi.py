@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from control_plane import models
-from replication.openapi import ERROR_REF, error_schema
+from replication.openapi import ERROR_REF, TERM_PATTERN, error_schema
 from replication.openapi import json_response as _json
 from replication.openapi import response_ref as _ref
 
@@ -60,10 +60,7 @@ def _term_list(pattern: str, hint: str, *, case_insensitive_input: bool = False)
             "items": {"type": "string", "pattern": f"^[{_WS}]*{pattern}[{_WS}]*$"}}
 
 
-# models._TERM: a letter or digit of any script, then letters, digits, spaces, '-' or '_'. Here \w is read with
-# Python's Unicode meaning, as the server reads it. U+0130 is left out: it lowercases to two characters, the
-# second of which is not a word character, so the server refuses it.
-_TERM = _term_list(r"[^\W_\u0130](?:[^\W\u0130]| |-){0,63}",
+_TERM = _term_list(TERM_PATTERN,
                    "terms of 1-64 letters or digits of any script, spaces, '-' or '_', not starting with one of "
                    "the last three", case_insensitive_input=True)
 _MICROS = {"type": "integer", "minimum": 1, "maximum": models.MAX_MICROS,

@@ -12,16 +12,13 @@ from typing import Any
 
 from edge.adrequest import DEVICES
 from edge.auction import Reason
-from replication.openapi import ERROR_REF, error_schema
+from replication.openapi import ERROR_REF, TERM_PATTERN, error_schema
 from replication.openapi import json_response as _json
 from replication.openapi import response_ref as _ref
 
 # Python's str.strip() removes exactly the str.isspace() characters; spelled out because regex \s differs.
 _WS = r"[\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-# adrequest._TERM: a letter or digit of any script, then letters, digits, spaces, '-' or '_'. \w is read with
-# Python's Unicode meaning, as the server reads it; U+0130 lowercases to a non-word pair, so it is refused.
-_TERM = r"[^\W_\u0130](?:[^\W\u0130]| |-){0,63}"
-_SEGMENT = rf"{_WS}*({_TERM})?{_WS}*"
+_SEGMENT = rf"{_WS}*({TERM_PATTERN})?{_WS}*"
 # WIDTHxHEIGHT of 1-4 digits each, except the literal 0x0 and 1x1 (tracking pixels, never an ad slot).
 _FORMAT = r"^([0-9]{2,4}x[0-9]{1,4}|[0-9]x[0-9]{2,4}|[2-9]x[0-9]|0x[1-9]|1x[02-9])$"
 
@@ -177,7 +174,7 @@ OPENAPI: dict[str, Any] = {
             "parameters": [
                 _q("adv", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "the advertiser id",
                    required=True),
-                _q("seg", {"type": "string", "pattern": rf"^{_WS}*{_TERM}{_WS}*$"}, "the list's name (a term)",
+                _q("seg", {"type": "string", "pattern": rf"^{_WS}*{TERM_PATTERN}{_WS}*$"}, "the list's name (a term)",
                    required=True),
                 _q("user", {"type": "string", "minLength": 1, "maxLength": 128}, "the user id", required=True),
                 *_CONSENT_PARAMS,

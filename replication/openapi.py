@@ -7,6 +7,14 @@ from typing import Any
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
+# A targeting term as both servers check it (edge.adrequest._TERM, control_plane.models._TERM): a letter or
+# digit of any script, then letters, digits, spaces, '-' or '_', 64 at most, matched after lowercasing.
+# Spelled with Unicode property escapes, not \w: JSON Schema patterns are ECMA-262, where \w means ASCII only,
+# so a validator reading "[^\W_]" refuses "é" that the server (Python's Unicode \w) accepts. Python's \w is
+# exactly \p{L}, \p{N} and '_' (tests/unit/test_openapi_patterns.py checks every code point). U+0130 is left
+# out: it lowercases to "i" plus a combining dot, which is not a word character, so the servers refuse it.
+TERM_PATTERN = r"(?!\u0130)[\p{L}\p{N}](?:(?!\u0130)[\p{L}\p{N}_ -]){0,63}"
+
 
 def error_schema(error_description: str, field_example: str | None, limits: list[str]) -> dict[str, Any]:
     """The body of every 4xx: a message, optionally each bad field, and which request limit refused it."""
