@@ -20,6 +20,9 @@ Benchmarks:
   (``adserver.bench_auction``).
 - ``pctr``: the click model's log loss and calibration against a hidden true click model, and the revenue
   and CTR of ranking by its pCTR against random and highest-bid picks (``adserver.bench_pctr``).
+- ``variants``: creative optimization's Thompson sampling against a hidden truth of which headline, image
+  and call to action get clicked per device, against random, as-written and device-blind picks
+  (``adserver.bench_variants``).
 - ``http``: ``/v1/ads`` over HTTP against ``/hello`` and a no-work JSON endpoint, and with decision events
   on against off (``adserver.bench_http``).
 """
@@ -47,6 +50,7 @@ import psutil
 from adserver.bench_auction import bench_auction
 from adserver.bench_budget import bench_decisions
 from adserver.bench_pctr import bench_pctr
+from adserver.bench_variants import bench_variants
 from adserver.faults import pause, resume
 from adserver.processes import ProcessGroup, adserver_argv, free_port, start_redis, wait_ready
 from adserver.stack import LocalStack
@@ -253,7 +257,7 @@ def _bench_http(**kw: Any) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions,
                                                        "auction": bench_auction, "pctr": bench_pctr,
-                                                       "http": _bench_http}
+                                                       "variants": bench_variants, "http": _bench_http}
 TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "every_answered_beacon_stored_once": (">=", 1),
            "decision_ratio_budget_on_vs_off": (">=", 0.9),
            "auction_p99_us_10k": ("<=", 100), "auction_p99_us_100k": ("<=", 1000),

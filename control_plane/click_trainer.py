@@ -4,8 +4,9 @@
 Every ``every_s`` it reads the valid impressions served since its watermark that are at least
 ``label_delay_s`` old (a click comes seconds to minutes after its impression; waiting that long before
 calling an impression unclicked keeps late clicks from being learned as misses), each labelled by whether a
-valid click on it is stored, learns from them in time order (FTRL-Proximal, online: each impression once),
-and gives the builder the new weights, which the next snapshot carries to every edge. On start it learns
+valid click on it is stored, learns from them in time order (FTRL-Proximal, online: each impression once;
+and the creative variants' impressions and clicks per segment, for the edge's Thompson sampling), and gives
+the builder the new weights, which the next snapshot carries to every edge. On start it learns
 from the last ``history_s`` of impressions, so a restarted control plane serves a trained model again
 within one round. Training runs in a worker thread: the event loop keeps answering the API.
 
@@ -25,6 +26,7 @@ from control_plane.periodic import every
 from control_plane.storage import EventStore, LabelledImpression
 from replication.clock import Clock
 from replication.ctr_model import Ftrl, Impression, impression_indexes
+from replication.variants import Tally
 
 
 class ClickTrainer:
@@ -41,6 +43,7 @@ class ClickTrainer:
         self.batch = batch
         self.model = model or Ftrl()
         self.impressions: dict[str, int] = {}  # creative id -> impressions learned from
+        self.variants = Tally()  # per creative, segment and variant of its components: the edge's bandit arms
         self.watermark_ms: int | None = None
         self.version = 0
         self.clicks = 0
@@ -54,6 +57,7 @@ class ClickTrainer:
             self.model.learn(impression_indexes(imp, bits), r.clicked)
             self.impressions[r.creative_id] = self.impressions.get(r.creative_id, 0) + 1
             self.clicks += r.clicked
+            self.variants.add(r.creative_id, r.device, r.variant, r.clicked, r.ts_ms)
 
     async def refresh(self) -> int:
         """One round: learn what is newly labelled; returns how many impressions that was."""
@@ -74,7 +78,7 @@ class ClickTrainer:
         self.watermark_ms = end_ms
         if learned:
             self.version += 1
-            self._builder.set_click_model(self.model.export(self.version, self.impressions))
+            self._builder.set_click_model(self.model.export(self.version, self.impressions, self.variants.export()))
         return learned
 
     async def run(self) -> None:

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from replication.segments import owned_interest
 from replication.snapshot import FrequencyCap, SnapshotCampaign, SnapshotCreative
+from replication.variants import COMPONENTS, MAX_ALTERNATIVES
 
 MAX_MICROS = 10**15  # a billion currency units: far above any real budget, far below int64 overflow
 SIZES = frozenset({"300x250", "728x90", "320x50", "160x600", "300x600", "970x250", "320x100", "336x280"})
@@ -72,7 +73,7 @@ BUDGET_MODES = ("allowance", "counter")
 REQUIRED_CAMPAIGN_FIELDS = ("name", "bid_type", "max_bid_micros", "daily_budget_micros", "total_budget_micros",
                             "start", "timezone")
 TARGETING_FIELDS = frozenset({"countries", "geos", "devices", "interests", "keywords", "placements", "hours"})
-CREATIVE_FIELDS = frozenset({"headline", "image_url", "landing_url", "cta", "size", "prior_ctr"})
+CREATIVE_FIELDS = frozenset({"headline", "image_url", "landing_url", "cta", "size", "prior_ctr", "alternatives"})
 
 
 def _int_micros(value: Any, field: str, errors: list[FieldError], *, allow_zero: bool = False) -> int | None:
@@ -334,6 +335,9 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None,
     return out
 
 
+_TEXT_MAX = {"headline": 90, "cta": 30}
+
+
 def validate_creative(data: Any, field_prefix: str = "") -> dict[str, Any]:
     errors: list[FieldError] = []
     if not isinstance(data, dict):
@@ -343,10 +347,10 @@ def validate_creative(data: Any, field_prefix: str = "") -> dict[str, Any]:
         if key not in CREATIVE_FIELDS:
             errors.append(FieldError(f"{p}{key}", "unknown or read-only field"))
     out: dict[str, Any] = {
-        "headline": _text(data.get("headline"), f"{p}headline", errors, 90),
+        "headline": _text(data.get("headline"), f"{p}headline", errors, _TEXT_MAX["headline"]),
         "image_url": _url(data.get("image_url"), f"{p}image_url", errors),
         "landing_url": _url(data.get("landing_url"), f"{p}landing_url", errors),
-        "cta": _text(data.get("cta", "Learn more"), f"{p}cta", errors, 30),
+        "cta": _text(data.get("cta", "Learn more"), f"{p}cta", errors, _TEXT_MAX["cta"]),
     }
     size = data.get("size")
     if not isinstance(size, str) or size not in SIZES:
@@ -356,8 +360,38 @@ def validate_creative(data: Any, field_prefix: str = "") -> dict[str, Any]:
     if isinstance(ctr, bool) or not isinstance(ctr, int | float) or not 0 < ctr < 1:
         errors.append(FieldError(f"{p}prior_ctr", "must be a number in (0, 1)"))
     out["prior_ctr"] = ctr
+    out["alternatives"] = _alternatives(data.get("alternatives"), out, f"{p}alternatives", errors)
     if errors:
         raise ValidationFailed(errors)
+    return out
+
+
+def _alternatives(raw: Any, own: dict[str, Any], field: str, errors: list[FieldError]) -> dict[str, list[str]]:
+    """Other headlines, images and calls to action to try in the creative's place (replication.variants):
+    up to MAX_ALTERNATIVES of each; repeats (of another or of the creative's own value) are merged."""
+    out: dict[str, list[str]] = {name: [] for name in COMPONENTS}
+    if raw is None:
+        return out
+    if not isinstance(raw, dict):
+        errors.append(FieldError(field, f"must be an object with lists under {list(COMPONENTS)}"))
+        return out
+    for key in raw:
+        if key not in COMPONENTS:
+            errors.append(FieldError(f"{field}.{key}", f"unknown component; allowed: {list(COMPONENTS)}"))
+    for name in COMPONENTS:
+        values = raw.get(name, [])
+        if not isinstance(values, list) or len(values) > MAX_ALTERNATIVES:
+            errors.append(FieldError(f"{field}.{name}", f"must be a list of at most {MAX_ALTERNATIVES} values"))
+            continue
+        seen = {own.get(name)}
+        for i, value in enumerate(values):
+            at = f"{field}.{name}[{i}]"
+            checked = _url(value, at, errors) if name == "image_url" else _text(value, at, errors, _TEXT_MAX[name])
+            if checked is None:
+                continue
+            if checked not in seen:  # a repeat would only be the same variant twice: merged, like term lists
+                seen.add(checked)
+                out[name].append(checked)
     return out
 
 
@@ -389,12 +423,17 @@ def check_live_edit(fields: dict[str, Any]) -> None:
 
 def review_creative(creative: dict[str, Any]) -> list[str]:
     reasons = []
-    text = f"{creative['headline']} {creative['cta']}".lower()
+    alternatives = creative.get("alternatives") or {}  # older records have none
+    headlines = [creative["headline"], *alternatives.get("headline", [])]
+    ctas = [creative["cta"], *alternatives.get("cta", [])]
+    text = " ".join(headlines + ctas).lower()
     reasons.extend(f"contains banned phrase {w!r}" for w in BANNED_WORDS if w in text)
     if not creative["landing_url"].startswith("https://"):
         reasons.append("landing_url must use https")
     if not creative["image_url"].startswith("https://"):
         reasons.append("image_url must use https")
+    if not all(url.startswith("https://") for url in alternatives.get("image_url", [])):
+        reasons.append("every alternative image_url must use https")
     return reasons
 
 
@@ -464,6 +503,7 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
             SnapshotCreative(
                 creative_id=k["id"], format=k["size"], headline=k["headline"], image_url=k["image_url"],
                 landing_url=k["landing_url"], cta=k["cta"], prior_ctr=float(k["prior_ctr"]),
+                alternatives=tuple(tuple((k.get("alternatives") or {}).get(name, ())) for name in COMPONENTS),
             )
             for k in campaign.get("creatives", [])
             if k.get("status") == "active"

@@ -23,6 +23,7 @@ from control_plane import models
 from replication.openapi import ERROR_REF, TERM_PATTERN, error_schema
 from replication.openapi import json_response as _json
 from replication.openapi import response_ref as _ref
+from replication.variants import COMPONENTS, MAX_ALTERNATIVES
 
 # --- pattern building blocks ---------------------------------------------------------------------------
 # Python's str.strip() removes exactly the characters for which str.isspace() is true; regex \s differs
@@ -86,6 +87,18 @@ TARGETING = {
     },
 }
 
+ALTERNATIVES = {
+    "type": "object", "additionalProperties": False, "nullable": True,
+    "description": "other headlines, images and calls to action to try: the edge shows combinations of them "
+                   "and learns per device class which gets clicked (Thompson sampling); a value repeating the "
+                   "creative's own or another is merged; null means none",
+    "properties": {
+        "headline": {"type": "array", "maxItems": MAX_ALTERNATIVES, "items": _text(90, "a headline")},
+        "image_url": {"type": "array", "maxItems": MAX_ALTERNATIVES, "items": _URL},
+        "cta": {"type": "array", "maxItems": MAX_ALTERNATIVES, "items": _text(30, "a call to action")},
+    },
+}
+
 CREATIVE_INPUT = {
     "type": "object", "additionalProperties": False, "required": ["headline", "image_url", "landing_url", "size"],
     "properties": {
@@ -97,6 +110,8 @@ CREATIVE_INPUT = {
         "prior_ctr": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
                       "exclusiveMaximum": True, "default": 0.01,
                       "description": "click-through rate to assume before the campaign has data"},
+
+        "alternatives": ALTERNATIVES,
     },
 }
 
@@ -184,6 +199,8 @@ CREATIVE = {
                            "description": "why a creative added to a live campaign was rejected"},
         "headline": {"type": "string"}, "image_url": {"type": "string"}, "landing_url": {"type": "string"},
         "cta": {"type": "string"}, "size": {"enum": sorted(models.SIZES)}, "prior_ctr": {"type": "number"},
+        "alternatives": {"type": "object", "additionalProperties": False, "properties": {
+            name: {"type": "array", "items": {"type": "string"}} for name in COMPONENTS}},
     },
 }
 

@@ -77,6 +77,7 @@ class LabelledImpression:
     device: str
     ts_ms: int
     clicked: bool
+    variant: str = ""  # which combination of the creative's components was shown (replication.variants)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ _EVENT_COLUMN_TYPES: dict[str, str] = {
     "geo": "LowCardinality(String)",
     "device": "LowCardinality(String)",
     "user_key": "String",
+    "variant": "LowCardinality(String)",
 }
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
@@ -255,6 +257,7 @@ SCHEMA_SQL: tuple[str, ...] = (
     CREATE_EVENTS_SQL,
     # Columns added after the table first shipped: a no-op on a new table, a migration on an old one.
     f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS user_key String",
+    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS variant LowCardinality(String)",
     CREATE_ROLLUP_SQL,
     CREATE_ROLLUP_VIEW_SQL,
 )
@@ -593,9 +596,10 @@ class SqlEventStore(ABC):
         left out on both sides, so bots teach the model nothing."""
         sql = (
             # Aliases differ from the column names: ClickHouse would read a same-named alias in WHERE.
-            "SELECT i.cid, i.kid, i.aid, i.plc, i.geo1, i.dev1, i.first_ms, c.impression_id != '' AS clicked FROM ("
-            "SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, any(advertiser_id) AS aid, "
-            "any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, min(ts_ms) AS first_ms "
+            "SELECT i.cid, i.kid, i.aid, i.plc, i.geo1, i.dev1, i.first_ms, c.impression_id != '' AS clicked, "
+            "i.var1 FROM (SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, "
+            "any(advertiser_id) AS aid, any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, "
+            "min(ts_ms) AS first_ms, any(variant) AS var1 "
             f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND {_VALID} AND ts_ms >= {int(start_ms)} "
             f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS i "
             f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
@@ -603,7 +607,7 @@ class SqlEventStore(ABC):
             f"ORDER BY i.first_ms, i.impression_id LIMIT {int(limit)}"
         )
         return [LabelledImpression(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]),
-                                   bool(r[7])) for r in self._query_rows(sql)]
+                                   bool(r[7]), str(r[8])) for r in self._query_rows(sql)]
 
     def stats(self) -> StoreStats:
         rows, unique, *per_type = (int(v) for v in self._query_rows(_STATS_SQL)[0])

@@ -57,7 +57,8 @@ from replication.events import (
 )
 from replication.observability import RequestIdMiddleware
 from replication.segments import retargeting_segment
-from replication.snapshot import Snapshot
+from replication.snapshot import Snapshot, SnapshotCreative
+from replication.variants import Variant, pick
 
 MAX_BODY = 16 * 1024
 _CORS = {"Access-Control-Allow-Origin": "*"}
@@ -114,6 +115,7 @@ async def ads(request: Request) -> Response:
     if parsed.user:  # set only with consent (adrequest): the key that joins this user's touches to conversions
         ivt_claims["usr"] = user_key(parsed.user)
     out = []
+    arms = snapshot.click_model.arms if snapshot.click_model is not None else {}
     for win in result.wins:
         impression_id = f"{auction_id}-{win.slot}"
         c, k = win.campaign, win.creative
@@ -122,6 +124,9 @@ async def ads(request: Request) -> Response:
             "adv": c.advertiser_id, "plc": parsed.placement, "bt": c.bid_type, "px": win.price_micros,
             "geo": parsed.geo, "dev": parsed.device, **ivt_claims,
         }
+        shown = pick(k, k.creative_id, arms, parsed.device, st.variant_rng)
+        if shown is not None:  # the click token carries it too: a click credits the variant it was on
+            common["var"] = shown.key
         if win.reserve_micros:
             hold = st.ledger.reserve(c.campaign_id, win.reserve_micros, now_s=now)
             if hold is None:
@@ -137,8 +142,7 @@ async def ads(request: Request) -> Response:
             "viewable_url": f"{base}/v1/track/viewable?t={imp_token}",
             "ad_id": impression_id,
             "campaign_id": c.campaign_id,
-            "creative": {"id": k.creative_id, "headline": k.headline, "image_url": k.image_url, "cta": k.cta,
-                         "size": k.format},
+            "creative": _creative_json(k, shown),
             "impression_url": f"{base}/v1/track/impression?t={imp_token}",
             "click_url": f"{base}/v1/track/click?t={click_token}",
         })
@@ -153,6 +157,13 @@ async def ads(request: Request) -> Response:
     st.metrics.requests.labels("filled").inc()
     st.metrics.fills.inc(len(out))
     return JSONResponse({"auction_id": auction_id, "ads": out}, headers={**_CORS, "Cache-Control": "no-store"})
+
+
+def _creative_json(k: SnapshotCreative, shown: Variant | None) -> dict[str, str]:
+    if shown is None:
+        return {"id": k.creative_id, "headline": k.headline, "image_url": k.image_url, "cta": k.cta, "size": k.format}
+    return {"id": k.creative_id, "headline": shown.headline, "image_url": shown.image_url, "cta": shown.cta,
+            "size": k.format, "variant": shown.key}
 
 
 async def _personal(st: EdgeState, snapshot: Snapshot, user: str, now: float) -> tuple[Capped, tuple[str, ...]]:
@@ -242,7 +253,7 @@ def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: flo
         campaign_id=claims["cmp"], creative_id=claims["crv"], advertiser_id=claims["adv"],
         placement=claims["plc"], bid_type=BidType(claims["bt"]), price_micros=int(claims["px"]),
         cost_micros=cost, value_micros=value, geo=claims.get("geo", ""), device=claims.get("dev", ""),
-        invalid_reason=reason, user_key=str(claims.get("usr", "")),
+        invalid_reason=reason, user_key=str(claims.get("usr", "")), variant=str(claims.get("var", "")),
     )
 
 

@@ -97,7 +97,11 @@ AD = {
                      "required": ["id", "headline", "image_url", "cta", "size"],
                      "properties": {"id": {"type": "string"}, "headline": {"type": "string"},
                                     "image_url": {"type": "string"}, "cta": {"type": "string"},
-                                    "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"}}},
+                                    "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$"},
+                                    "variant": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+\\.[0-9]+$",
+                                                "description": "which combination of the creative's headline, "
+                                                               "image and call to action this is (only for a "
+                                                               "creative with alternatives)"}}},
         "impression_url": {"type": "string", "description": "fire when the ad renders (bills CPM once)"},
         "viewable_url": {"type": "string", "description": "fire once the ad is viewable (MRC: 50% for 1s)"},
         "click_url": {"type": "string", "description": "send the user here on click: 302 to the landing page"},

@@ -85,6 +85,8 @@ class EdgeState:
     metrics: EdgeMetrics
     rng: random.Random
     worker_id: str
+    # Thompson sampling draws Beta variates for all of a creative's variants at once (replication.variants).
+    variant_rng: np.random.Generator = field(default_factory=np.random.default_rng)
     ledger: BudgetLedger = field(default_factory=BudgetLedger)
     seen: SeenIds = field(default_factory=SeenIds)
     snapshot: Snapshot | None = None

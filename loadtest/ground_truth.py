@@ -80,3 +80,26 @@ class TrueClickModel:
     def candidates(self, rng: random.Random, k: int = 8) -> list[Ad]:
         """The ads eligible for one request: k campaigns' creatives, at random."""
         return rng.sample(self.ads, k)
+
+
+class TrueVariantModel:
+    """The hidden click model of creative components: how a headline, an image and a call to action, and
+    their pairings, move the click-through rate, differently per device. A headline that works on a phone
+    can fall flat on a desktop (the per-device effects), and an image can suit one headline better than
+    another (the headline x image effect). The learner sees only clicks (``adserver bench --only variants``)."""
+
+    def __init__(self, seed: int = 1, *, base_ctr: float = 0.01) -> None:
+        self.seed = seed
+        self.base = math.log(base_ctr / (1 - base_ctr))
+
+    def ctr(self, creative_id: str, device: str, headline: int, image: int, cta: int) -> float:
+        s = self.seed
+        logit = (self.base
+                 + _normal(s, "cr", creative_id, sigma=0.4)
+                 + _normal(s, "h", creative_id, headline, sigma=0.3)
+                 + _normal(s, "i", creative_id, image, sigma=0.3)
+                 + _normal(s, "c", creative_id, cta, sigma=0.15)
+                 + _normal(s, "h-dev", creative_id, headline, device, sigma=0.25)
+                 + _normal(s, "i-dev", creative_id, image, device, sigma=0.25)
+                 + _normal(s, "h-i", creative_id, headline, image, sigma=0.15))
+        return 1.0 / (1.0 + math.exp(-logit))

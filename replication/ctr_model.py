@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from replication.variants import Arms
+
 MASK64 = (1 << 64) - 1
 MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: a full-period odd multiplier
 SALT = 0xC2B2AE3D27D4EB4F
@@ -146,10 +148,10 @@ class Ftrl:
         w[np.abs(z) <= self.l1] = 0.0
         return w.astype(np.float32)
 
-    def export(self, version: int, impressions: dict[str, int]) -> ClickModel:
+    def export(self, version: int, impressions: dict[str, int], arms: Arms | None = None) -> ClickModel:
         weights = self.weights()
         weights.flags.writeable = False
-        return ClickModel(version, self.bits, weights, dict(impressions))
+        return ClickModel(version, self.bits, weights, dict(impressions), arms or {})
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # compared and hashed by identity: a model is big
@@ -162,10 +164,12 @@ class ClickModel:
     bits: int
     weights: np.ndarray  # float32, 2**bits
     impressions: dict[str, int]  # creative id -> impressions trained on
+    # Impressions and clicks per creative, segment and variant of its components (replication.variants).
+    arms: Arms = field(default_factory=dict)
 
     @classmethod
     def from_sparse(cls, version: int, bits: int, indexes: Iterable[int], values: Iterable[float],
-                    impressions: dict[str, int]) -> ClickModel:
+                    impressions: dict[str, int], arms: Arms | None = None) -> ClickModel:
         weights = np.zeros(1 << bits, dtype=np.float32)
         idx = np.fromiter(indexes, dtype=np.intp)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(weights)):
@@ -175,7 +179,7 @@ class ClickModel:
             raise ValueError("click model weights must be finite")
         weights[idx] = given
         weights.flags.writeable = False
-        return cls(version, bits, weights, dict(impressions))
+        return cls(version, bits, weights, dict(impressions), arms or {})
 
     def predict(self, imp: Impression) -> float:
         return sigmoid(float(sum(self.weights[i] for i in impression_indexes(imp, self.bits))))

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 
+from replication.variants import MAX_VARIANT_KEY
+
 SCHEMA_VERSION = 1
 # Money and timestamps fit comfortably below 2**53; anything larger is a forged or corrupt event.
 MAX_INT = 10**15 * 1000
@@ -80,6 +82,9 @@ class Event:
     # Pseudonymous user key (a hash of the publisher's user id), only when the user consented; joins a
     # conversion to the user's earlier impressions and clicks for multi-touch reports.
     user_key: str = ""
+    # Which combination of the creative's components was shown ("h.i.c", replication.variants); empty for a
+    # creative without alternatives. Clicks carry their impression's, so the trainer can credit it.
+    variant: str = ""
 
     @property
     def billable(self) -> bool:
@@ -88,7 +93,7 @@ class Event:
 
 _FIELDS = tuple(f.name for f in fields(Event))
 # Fields added after schema version 1 shipped, with their defaults: older messages simply lack them.
-_ADDED = {"user_key": ""}
+_ADDED = {"user_key": "", "variant": ""}
 
 
 def impression_event_id(impression_id: str) -> str:
@@ -150,9 +155,11 @@ def decode_event(data: bytes) -> Event:
             if not 0 <= value <= MAX_INT:
                 raise EventDecodeError(f"{name} out of range 0..{MAX_INT}")
         for name in ("event_id", "region", "pop", "auction_id", "impression_id", "campaign_id",
-                     "creative_id", "advertiser_id", "placement", "geo", "device", "user_key"):
+                     "creative_id", "advertiser_id", "placement", "geo", "device", "user_key", "variant"):
             if not isinstance(raw[name], str):
                 raise EventDecodeError(f"{name} must be a string")
+        if len(raw["variant"]) > MAX_VARIANT_KEY:
+            raise EventDecodeError(f"variant longer than {MAX_VARIANT_KEY} characters")
     except ValueError as exc:
         if isinstance(exc, EventDecodeError):
             raise

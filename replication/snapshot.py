@@ -20,6 +20,7 @@ import numpy as np
 from replication.columns import CampaignColumns, frozen_array
 from replication.ctr_model import ClickModel
 from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
+from replication.variants import MAX_ALTERNATIVES, Arms
 
 MAGIC = "ADSNAP"
 SCHEMA_VERSION = 1
@@ -44,6 +45,8 @@ class SnapshotCreative:
     landing_url: str
     cta: str
     prior_ctr: float
+    # Other headlines, images and calls to action (replication.variants): the edge tries their combinations.
+    alternatives: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
 
 
 DEFAULT_CLICK_WINDOW_S = 7 * 86_400
@@ -240,8 +243,8 @@ def _campaign_to_wire(c: SnapshotCampaign) -> list:
         c.total_budget_micros, c.start_s, c.end_s, c.timezone, sorted(c.hours), sorted(c.countries),
         sorted(c.geos), sorted(c.devices), sorted(c.keywords), sorted(c.interests), sorted(c.placements),
         c.prior_cvr,
-        [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr]
-         for k in c.creatives],
+        [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr,
+          [list(a) for a in k.alternatives]] for k in c.creatives],
         c.click_window_s, c.view_window_s, c.pacing, c.budget_mode,
         [[f.scope, f.max_impressions, f.window_s] for f in c.frequency_caps],
     ]
@@ -253,7 +256,7 @@ def _campaign_from_wire(w: list) -> SnapshotCampaign:
         daily_budget_micros=w[5], total_budget_micros=w[6], start_s=w[7], end_s=w[8], timezone=w[9],
         hours=frozenset(w[10]), countries=frozenset(w[11]), geos=frozenset(w[12]), devices=frozenset(w[13]),
         keywords=frozenset(w[14]), interests=frozenset(w[15]), placements=frozenset(w[16]), prior_cvr=w[17],
-        creatives=tuple(SnapshotCreative(*k) for k in w[18]),
+        creatives=tuple(_creative_from_wire(k) for k in w[18]),
         # Added later: a snapshot from an older builder has no windows and gets the defaults.
         click_window_s=w[19] if len(w) > 19 else DEFAULT_CLICK_WINDOW_S,
         view_window_s=w[20] if len(w) > 20 else DEFAULT_VIEW_WINDOW_S,
@@ -261,6 +264,19 @@ def _campaign_from_wire(w: list) -> SnapshotCampaign:
         budget_mode=w[22] if len(w) > 22 else "allowance",
         frequency_caps=tuple(FrequencyCap(str(f[0]), int(f[1]), int(f[2])) for f in w[23]) if len(w) > 23 else (),
     )
+
+
+def _creative_from_wire(k: list) -> SnapshotCreative:
+    if len(k) < 8:  # from a builder older than creative alternatives
+        return SnapshotCreative(*k)
+    alternatives = k[7]
+    if not isinstance(alternatives, list) or len(alternatives) != 3 or not all(
+            isinstance(a, list) and len(a) <= MAX_ALTERNATIVES and all(isinstance(v, str) for v in a)
+            for a in alternatives):
+        raise SnapshotDecodeError(f"creative {k[0]!r}: alternatives must be 3 lists of at most "
+                                  f"{MAX_ALTERNATIVES} strings")
+    return SnapshotCreative(*k[:7], alternatives=(tuple(alternatives[0]), tuple(alternatives[1]),
+                                                  tuple(alternatives[2])))
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
@@ -339,7 +355,9 @@ def _click_model_to_wire(model: ClickModel | None) -> dict | None:
         return None
     idx = np.flatnonzero(model.weights)
     return {"version": model.version, "bits": model.bits, "idx": idx.astype("<i4").tobytes(),
-            "w": model.weights[idx].astype("<f4").tobytes(), "impressions": dict(model.impressions)}
+            "w": model.weights[idx].astype("<f4").tobytes(), "impressions": dict(model.impressions),
+            "arms": {cid: {seg: {v: list(c) for v, c in cells.items()} for seg, cells in by_segment.items()}
+                     for cid, by_segment in model.arms.items()}}
 
 
 def _click_model_from_wire(raw: object) -> ClickModel | None:
@@ -355,9 +373,31 @@ def _click_model_from_wire(raw: object) -> ClickModel | None:
         raise SnapshotDecodeError("click_model: impressions must map creative ids to counts of at least 0")
     try:
         return ClickModel.from_sparse(int(raw.get("version", 0)), bits, np.frombuffer(raw["idx"], dtype="<i4"),
-                                      np.frombuffer(raw["w"], dtype="<f4"), impressions)
+                                      np.frombuffer(raw["w"], dtype="<f4"), impressions,
+                                      _arms_from_wire(raw.get("arms", {})))
     except ValueError as exc:
         raise SnapshotDecodeError(f"click_model: {exc}") from exc
+
+
+def _arms_from_wire(raw: object) -> Arms:
+    """creative id -> segment -> variant -> (impressions, clicks), with 0 <= clicks <= impressions."""
+    bad = SnapshotDecodeError("click_model: arms must map creative -> segment -> variant -> [impressions, clicks]")
+    if not isinstance(raw, dict):
+        raise bad
+    out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for cid, by_segment in raw.items():
+        if not isinstance(by_segment, dict):
+            raise bad
+        for seg, cells in by_segment.items():
+            if not isinstance(cells, dict):
+                raise bad
+            for variant, cell in cells.items():
+                if not (isinstance(variant, str) and isinstance(cell, list) and len(cell) == 2
+                        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in cell)
+                        and 0 <= cell[1] <= cell[0] < float("inf")):
+                    raise bad
+                out.setdefault(str(cid), {}).setdefault(str(seg), {})[variant] = (float(cell[0]), float(cell[1]))
+    return out
 
 
 def _traffic_shape(raw: list) -> tuple[float, ...]:

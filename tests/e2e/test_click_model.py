@@ -55,3 +55,45 @@ def test_the_auction_learns_from_clicks_which_ad_users_prefer(stack: LocalStack)
         time.sleep(0.5)
     assert stats["clicks"] >= 200 and stats["creatives"] == 2 and stats["nonzero_weights"] > 0
     assert [ad["campaign_id"] for ad in ads(s, 1)] == [b]
+
+
+def test_each_device_learns_its_own_best_headline(stack: LocalStack) -> None:
+    """Creative optimization end to end: a creative with two headlines; phone users click only "Tap",
+    desktop users only "Click". The variant rides in the tokens into ClickHouse, the control plane tallies
+    it per device, and the edge's Thompson sampling then shows each device its own winner."""
+    s = stack
+    s.launch_campaign(s.create_advertiser("Variants")[1], "varshoes", bid_type="cpc", max_bid_micros=500_000,
+                      creatives=[{**CREATIVE, "headline": "Click", "prior_ctr": 0.02,
+                                  "alternatives": {"headline": ["Tap"]}}])
+    wanted = {"mobile": "Tap", "desktop": "Click"}
+
+    def serve(device: str) -> dict:
+        r = httpx.get(f"{s.edges[0].url}/v1/ads", params={"placement": "var", "format": "300x250",
+                                                          "keywords": "varshoes", "device": device}, timeout=5)
+        assert r.status_code == 200, r.text
+        return r.json()["ads"][0]
+
+    shown: dict[str, set[str]] = {"mobile": set(), "desktop": set()}
+    learned_before = s.admin_stats()["click_model"]["impressions"]
+    with httpx.Client(timeout=5) as client:
+        for _ in range(200):
+            for device, headline in wanted.items():
+                ad = serve(device)
+                shown[device].add(ad["creative"]["headline"])
+                assert ad["creative"]["variant"] in ("0.0.0", "1.0.0")
+                assert client.get(ad["impression_url"]).status_code == 204
+                if ad["creative"]["headline"] == headline:
+                    assert client.get(ad["click_url"]).status_code == 302
+    assert shown == {"mobile": {"Click", "Tap"}, "desktop": {"Click", "Tap"}}  # both explored before any data
+    deadline = time.monotonic() + 60
+    while True:
+        stats = s.admin_stats()["click_model"]
+        ready = httpx.get(f"{s.edges[0].url}/readyz", timeout=5).json()
+        if stats["creatives_with_variants"] >= 1 and stats["impressions"] >= learned_before + 400 \
+                and ready["click_model_version"] == stats["version"]:
+            break
+        assert time.monotonic() < deadline, f"the variants' tally never reached the edge: {stats}, {ready}"
+        time.sleep(0.5)
+    for device, headline in wanted.items():
+        served = [serve(device)["creative"]["headline"] for _ in range(100)]
+        assert served.count(headline) >= 85, (device, served.count(headline))

@@ -1,0 +1,140 @@
+"""Creative optimization: a creative assembled from components, and per-segment Thompson sampling over them.
+
+A creative may name alternatives for its headline, image and call to action (up to ``MAX_ALTERNATIVES``
+each, besides its own). Every combination is a *variant*, keyed "h.i.c" by the indexes of its parts (0 is the
+creative's own value, so "0.0.0" is the creative as written). When the auction has picked a creative, the
+edge picks its variant by Thompson sampling: for each variant draw a click-through rate from its Beta
+posterior and show the best draw. Arms are learned per *segment* (the device class: a layout that wins on a
+phone can lose on a desktop, the device is known without consent, and there are few of them, so every
+segment's arms get data quickly), with a pooled prior: a variant's evidence from the other segments counts
+as up to ``POOL_WEIGHT`` impressions of prior in this one, and the creative's prior CTR as ``PRIOR_WEIGHT``
+more (both small; see there). A new segment therefore starts from what the others learned, and its own clicks take over.
+
+The counts come from the control plane (``control_plane.click_trainer`` tallies valid impressions and clicks
+per creative, segment and variant from ClickHouse, discounted by ``HALF_LIFE_S`` so a tired headline can lose
+its lead) and ride in the snapshot with the click model. Pure: the random generator is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import product
+from typing import Protocol
+
+import numpy as np
+
+COMPONENTS = ("headline", "image_url", "cta")
+MAX_ALTERNATIVES = 3  # per component, besides the creative's own: at most 4 x 4 x 4 = 64 variants
+MAX_VARIANT_KEY = 8  # "3.3.3" is 5 characters; an event's variant longer than this is forged
+# Impressions' worth of belief in the creative's prior CTR, and at most in the other segments' evidence.
+# Both are small on purpose: segments can truly disagree (phone users click one headline, desktop users the
+# other), so the pool only starts a new segment off and a segment's own few hundred impressions outweigh it.
+PRIOR_WEIGHT = 30.0
+POOL_WEIGHT = 30.0
+HALF_LIFE_S = 3 * 86_400.0  # old impressions and clicks fade: the world (and the audience's fatigue) moves
+ALL_SEGMENTS = "*"
+
+# creative id -> segment -> variant key -> (impressions, clicks); counts are floats once discounted.
+Arms = Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]]
+
+
+class Composable(Protocol):
+    headline: str
+    image_url: str
+    cta: str
+    prior_ctr: float
+    alternatives: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    key: str
+    headline: str
+    image_url: str
+    cta: str
+
+
+@lru_cache(maxsize=4096)  # per creative of the snapshot in use: building 64 variants per ad would cost more
+def variants(creative: Composable) -> tuple[Variant, ...]:
+    """Every combination of the creative's components, its own first ("0.0.0")."""
+    options = [(creative.headline, *creative.alternatives[0]), (creative.image_url, *creative.alternatives[1]),
+               (creative.cta, *creative.alternatives[2])]
+    return tuple(
+        Variant(f"{h}.{i}.{c}", options[0][h], options[1][i], options[2][c])
+        for h, i, c in product(*(range(len(o)) for o in options))
+    )
+
+
+def segment_of(device: str) -> str:
+    return device or "unknown"
+
+
+def choose(creative: Composable, options: Sequence[Variant], arms: Mapping[str, Mapping[str, tuple[float, float]]],
+           segment: str, rng: np.random.Generator) -> Variant:
+    """Thompson sampling: one draw from each variant's posterior CTR in ``segment``; the best draw is shown."""
+    n = len(options)
+    pooled = arms.get(ALL_SEGMENTS, {})
+    own = arms.get(segment, {})
+    imps_all = np.fromiter((pooled.get(v.key, (0.0, 0.0))[0] for v in options), dtype=np.float64, count=n)
+    clicks_all = np.fromiter((pooled.get(v.key, (0.0, 0.0))[1] for v in options), dtype=np.float64, count=n)
+    imps = np.fromiter((own.get(v.key, (0.0, 0.0))[0] for v in options), dtype=np.float64, count=n)
+    clicks = np.fromiter((own.get(v.key, (0.0, 0.0))[1] for v in options), dtype=np.float64, count=n)
+    # The other segments' evidence, as a prior mean shrunk to the creative's prior CTR.
+    other_imps = np.maximum(imps_all - imps, 0.0)
+    other_clicks = np.clip(clicks_all - clicks, 0.0, other_imps)
+    prior_mean = (creative.prior_ctr * PRIOR_WEIGHT + other_clicks) / (PRIOR_WEIGHT + other_imps)
+    weight = PRIOR_WEIGHT + np.minimum(other_imps, POOL_WEIGHT)
+    clicks = np.minimum(clicks, imps)
+    alpha = prior_mean * weight + clicks
+    beta = (1.0 - prior_mean) * weight + (imps - clicks)
+    return options[int(np.argmax(rng.beta(alpha, beta)))]
+
+
+def pick(creative: Composable, creative_id: str, arms: Arms, device: str, rng: np.random.Generator) -> Variant | None:
+    """The variant to show of a creative the auction chose; None when it has no alternatives."""
+    if not any(creative.alternatives):
+        return None
+    return choose(creative, variants(creative), arms.get(creative_id, {}), segment_of(device), rng)
+
+
+class Tally:
+    """Discounted impressions and clicks per creative, segment and variant: what the trainer accumulates
+    from labelled impressions and exports as ``Arms``. Bounded by the creatives' variants x segments."""
+
+    def __init__(self, half_life_s: float = HALF_LIFE_S) -> None:
+        self.half_life_s = half_life_s
+        self.counts: dict[str, dict[str, dict[str, list[float]]]] = {}
+        self._at_ms: int | None = None
+
+    def add(self, creative_id: str, device: str, variant: str, clicked: bool, ts_ms: int) -> None:
+        """One valid impression (in time order); a variant-less impression (plain creative) is not tallied."""
+        if not variant:
+            return
+        if self._at_ms is None:
+            self._at_ms = ts_ms
+        elif ts_ms > self._at_ms:
+            factor = 0.5 ** ((ts_ms - self._at_ms) / 1000 / self.half_life_s)
+            # Decay only once it is worth a pass over the counts; the clock stays put until then, so many
+            # small gaps add up instead of each being rounded away.
+            if factor < 0.999:
+                self._decay(factor)
+                self._at_ms = ts_ms
+        by_segment = self.counts.setdefault(creative_id, {})
+        for segment in (segment_of(device), ALL_SEGMENTS):
+            cell = by_segment.setdefault(segment, {}).setdefault(variant, [0.0, 0.0])
+            cell[0] += 1.0
+            cell[1] += float(clicked)
+
+    def _decay(self, factor: float) -> None:
+        for by_segment in self.counts.values():
+            for cells in by_segment.values():
+                for cell in cells.values():
+                    cell[0] *= factor
+                    cell[1] *= factor
+
+    def export(self) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+        return {cid: {seg: {v: (round(c[0], 3), round(c[1], 3)) for v, c in cells.items()}
+                      for seg, cells in by_segment.items()}
+                for cid, by_segment in self.counts.items()}
