@@ -33,6 +33,8 @@ MAX_VARIANT_KEY = 8  # "3.3.3" is 5 characters; an event's variant longer than t
 # other), so the pool only starts a new segment off and a segment's own few hundred impressions outweigh it.
 PRIOR_WEIGHT = 30.0
 POOL_WEIGHT = 30.0
+PART_WEIGHT = 30.0  # impressions' worth of the creative's CTR in a part's (one headline's, ...) lift
+VARIANT_WEIGHT = 100.0  # impressions' worth of the parts' product in a variant's own posterior
 HALF_LIFE_S = 3 * 86_400.0  # old impressions and clicks fade: the world (and the audience's fatigue) moves
 ALL_SEGMENTS = "*"
 
@@ -71,32 +73,79 @@ def segment_of(device: str) -> str:
     return device or "unknown"
 
 
-def choose(creative: Composable, options: Sequence[Variant], arms: Mapping[str, Mapping[str, tuple[float, float]]],
-           segment: str, rng: np.random.Generator) -> Variant:
-    """Thompson sampling: one draw from each variant's posterior CTR in ``segment``; the best draw is shown."""
+@lru_cache(maxsize=4096)
+def _parts(creative: Composable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per variant (in ``variants`` order): the index of its headline, of its image, of its call to action."""
+    keys = np.array([[int(x) for x in v.key.split(".")] for v in variants(creative)], dtype=np.intp)
+    return keys[:, 0].copy(), keys[:, 1].copy(), keys[:, 2].copy()
+
+
+def posterior(creative: Composable, options: Sequence[Variant],
+              arms: Mapping[str, Mapping[str, tuple[float, float]]], segment: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each variant's Beta(alpha, beta) posterior CTR in ``segment``.
+
+    The evidence is the segment's own impressions and clicks plus the other segments', the latter capped at
+    ``POOL_WEIGHT`` impressions' worth per variant. The prior mean is factorized: the creative's CTR times the
+    lift of the variant's headline, of its image and of its call to action, each lift learned from every
+    variant sharing that part (a headline is judged on all the images it was shown with). 24 variants thus
+    learn from 9 parts' evidence instead of one variant's each, and a variant's own data (``VARIANT_WEIGHT``)
+    corrects the product where parts interact."""
     n = len(options)
+    if not arms:  # no data yet: every variant at the creative's prior (what the general case gives, cheaply)
+        return np.full(n, creative.prior_ctr * VARIANT_WEIGHT), np.full(n, (1 - creative.prior_ctr) * VARIANT_WEIGHT)
     pooled = arms.get(ALL_SEGMENTS, {})
     own = arms.get(segment, {})
     imps_all = np.fromiter((pooled.get(v.key, (0.0, 0.0))[0] for v in options), dtype=np.float64, count=n)
     clicks_all = np.fromiter((pooled.get(v.key, (0.0, 0.0))[1] for v in options), dtype=np.float64, count=n)
     imps = np.fromiter((own.get(v.key, (0.0, 0.0))[0] for v in options), dtype=np.float64, count=n)
-    clicks = np.fromiter((own.get(v.key, (0.0, 0.0))[1] for v in options), dtype=np.float64, count=n)
-    # The other segments' evidence, as a prior mean shrunk to the creative's prior CTR.
+    clicks = np.minimum(np.fromiter((own.get(v.key, (0.0, 0.0))[1] for v in options), dtype=np.float64, count=n),
+                        imps)
     other_imps = np.maximum(imps_all - imps, 0.0)
     other_clicks = np.clip(clicks_all - clicks, 0.0, other_imps)
-    prior_mean = (creative.prior_ctr * PRIOR_WEIGHT + other_clicks) / (PRIOR_WEIGHT + other_imps)
-    weight = PRIOR_WEIGHT + np.minimum(other_imps, POOL_WEIGHT)
-    clicks = np.minimum(clicks, imps)
-    alpha = prior_mean * weight + clicks
-    beta = (1.0 - prior_mean) * weight + (imps - clicks)
+    scale = np.minimum(1.0, POOL_WEIGHT / np.maximum(other_imps, 1.0))
+    e_imps = imps + other_imps * scale
+    e_clicks = clicks + other_clicks * scale
+    base = (creative.prior_ctr * PRIOR_WEIGHT + e_clicks.sum()) / (PRIOR_WEIGHT + e_imps.sum())
+    mean = np.full(n, base)
+    for index in _parts(creative):
+        part_imps = np.bincount(index, weights=e_imps)
+        part_clicks = np.bincount(index, weights=e_clicks)
+        mean *= ((base * PART_WEIGHT + part_clicks) / (PART_WEIGHT + part_imps) / base)[index]
+    mean = np.clip(mean, 1e-6, 0.999)
+    return mean * VARIANT_WEIGHT + e_clicks, (1.0 - mean) * VARIANT_WEIGHT + (e_imps - e_clicks)
+
+
+# (id of a creative's arms, segment) -> (those arms, alpha, beta). The arms of a snapshot never change, so a
+# posterior is computed once per snapshot, creative and segment instead of per ad (~50 us for 24 variants);
+# holding the arms object itself makes a recycled id() a miss, never a stale hit.
+_POSTERIORS: dict[tuple[int, str], tuple[object, np.ndarray, np.ndarray]] = {}
+_POSTERIORS_MAX = 8192
+
+
+def choose(creative: Composable, options: Sequence[Variant], arms: Mapping[str, Mapping[str, tuple[float, float]]],
+           segment: str, rng: np.random.Generator) -> Variant:
+    """Thompson sampling: one draw from each variant's posterior CTR in ``segment``; the best draw is shown."""
+    key = (id(arms), segment)
+    hit = _POSTERIORS.get(key)
+    if hit is not None and hit[0] is arms:
+        alpha, beta = hit[1], hit[2]
+    else:
+        alpha, beta = posterior(creative, options, arms, segment)
+        if arms:  # the empty arms of a creative without data are a fresh {} per call: nothing to reuse
+            if len(_POSTERIORS) >= _POSTERIORS_MAX:
+                _POSTERIORS.clear()
+            _POSTERIORS[key] = (arms, alpha, beta)
     return options[int(np.argmax(rng.beta(alpha, beta)))]
+
+
+_NO_ARMS: Mapping[str, Mapping[str, tuple[float, float]]] = {}
 
 
 def pick(creative: Composable, creative_id: str, arms: Arms, device: str, rng: np.random.Generator) -> Variant | None:
     """The variant to show of a creative the auction chose; None when it has no alternatives."""
     if not any(creative.alternatives):
         return None
-    return choose(creative, variants(creative), arms.get(creative_id, {}), segment_of(device), rng)
+    return choose(creative, variants(creative), arms.get(creative_id, _NO_ARMS), segment_of(device), rng)
 
 
 class Tally:

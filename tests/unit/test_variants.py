@@ -10,7 +10,7 @@ import pytest
 from control_plane.models import ValidationFailed, review_creative, validate_creative
 from replication.events import BidType, Event, EventDecodeError, EventType, decode_event, encode_event
 from replication.snapshot import SnapshotCreative, _arms_from_wire, _creative_from_wire
-from replication.variants import ALL_SEGMENTS, HALF_LIFE_S, Tally, choose, pick, segment_of, variants
+from replication.variants import ALL_SEGMENTS, HALF_LIFE_S, Tally, choose, pick, posterior, segment_of, variants
 
 CREATIVE = SnapshotCreative("k1", "300x250", "Run faster", "https://img/a.png", "https://shop", "Buy", 0.02,
                             alternatives=(("Run further", "Run lighter"), ("https://img/b.png",), ()))
@@ -41,21 +41,32 @@ def _shown(arms: dict, segment: str, n: int = 2000, seed: int = 7) -> dict[str, 
 
 
 def test_thompson_sampling_shows_each_segment_its_own_winner() -> None:
-    # Desktop clicks "1.0.0" (5%) far more than the rest (1%); mobile clicks "2.1.0". 5,000 impressions each.
+    # Desktop clicks "1.0.0" (5%) far more than the rest (1%); mobile clicks "1.1.0". 5,000 impressions each.
     arms: dict[str, dict[str, tuple[float, float]]] = {"desktop": {}, "mobile": {}, ALL_SEGMENTS: {}}
     for v in variants(CREATIVE):
-        for seg, best in (("desktop", "1.0.0"), ("mobile", "2.1.0")):
+        for seg, best in (("desktop", "1.0.0"), ("mobile", "1.1.0")):
             cell = (5000.0, 250.0 if v.key == best else 50.0)
             arms[seg][v.key] = cell
             pooled = arms[ALL_SEGMENTS].get(v.key, (0.0, 0.0))
             arms[ALL_SEGMENTS][v.key] = (pooled[0] + cell[0], pooled[1] + cell[1])
     desktop, mobile = _shown(arms, "desktop"), _shown(arms, "mobile")
     assert desktop.get("1.0.0", 0) > 0.95 * 2000, desktop
-    assert mobile.get("2.1.0", 0) > 0.95 * 2000, mobile
-    # A segment with no data of its own starts from the pooled evidence: the two winners get most of its
-    # impressions (at random they would get a third), and its own clicks decide from there.
+    assert mobile.get("1.1.0", 0) > 0.95 * 2000, mobile
+    # A segment with no data of its own starts from the others' evidence: headline 1 won on both, so it is
+    # shown mostly with headline 1 (a third of the variants have it), and its own clicks decide from there.
     tablet = _shown(arms, "tablet")
-    assert tablet.get("1.0.0", 0) + tablet.get("2.1.0", 0) > 0.6 * 2000, tablet
+    assert tablet.get("1.0.0", 0) + tablet.get("1.1.0", 0) > 0.7 * 2000, tablet
+
+
+def test_a_part_is_judged_on_every_variant_that_shares_it() -> None:
+    """Headline 2 was clicked well with image 0; with image 1 it was never shown. The factorized prior
+    still expects "2.1.0" to do better than the variants with headline 0, which did badly everywhere."""
+    seg = {"0.0.0": (2000.0, 10.0), "0.1.0": (2000.0, 12.0), "1.0.0": (2000.0, 20.0), "1.1.0": (2000.0, 22.0),
+           "2.0.0": (2000.0, 80.0)}
+    alpha, beta = posterior(CREATIVE, variants(CREATIVE), {"desktop": seg, ALL_SEGMENTS: seg}, "desktop")
+    mean = dict(zip((v.key for v in variants(CREATIVE)), alpha / (alpha + beta), strict=True))
+    assert mean["2.1.0"] > 2 * max(mean["0.0.0"], mean["0.1.0"]), mean
+    assert mean["2.0.0"] == max(mean.values())
 
 
 def test_without_evidence_every_variant_gets_tried() -> None:
