@@ -63,7 +63,8 @@ Hold = tuple[str, int, int, int]
 class _Bucket:
     account: str  # the account whose allowance the reservations came from
     expires_s: float
-    held: dict[str, list] = field(default_factory=dict)  # campaign -> [micros still held, campaign-local day]
+    # campaign -> [micros still held, campaign-local day, micros reserved but not yet staged for the PN counter]
+    held: dict[str, list] = field(default_factory=dict)
     count: int = 0  # reservations made in this bucket (the next one's ordinal)
     returned: bytearray = field(default_factory=bytearray)  # bit per ordinal: its hold was handed back
 
@@ -92,9 +93,13 @@ class BudgetLedger:
     _open: _Bucket | None = field(init=False, default=None)  # the bucket reservations go to now
     _open_seq: int = field(init=False, default=0)
     _open_until: float = field(init=False, default=-math.inf)
+    _unstaged_from: int = field(init=False, default=0)  # the first bucket number drain_pn must look at
+    # lease_until while the account is live, else -inf: reserve's one comparison for "may this account spend"
+    _spend_until: float = field(init=False, default=math.inf)
 
     def __post_init__(self) -> None:
         self.account = f"{self.worker_id}.{self.epoch}"
+        self._spend_until = self.lease_until if self.live else -math.inf
 
     def _stage(self, campaign_id: str, day: str, index: int, micros: int) -> None:
         entry = self.pn.get((campaign_id, day))
@@ -103,12 +108,27 @@ class BudgetLedger:
         entry[index] += micros
 
     def drain_pn(self) -> dict[tuple[str, str], list[int]]:
+        """Everything staged since the last drain. Reservations are staged here rather than in ``reserve``:
+        each bucket entry sums what it took since the last drain (its third item), so the per-ad path
+        skips a keyed lookup per ad, and this walks only the buckets opened since the last drain."""
+        buckets = self.buckets
+        for seq in range(self._unstaged_from, self._open_seq + 1):
+            bucket = buckets.get(seq)
+            if bucket is not None:
+                self._stage_reserved(bucket)
+        self._unstaged_from = self._open_seq  # the open bucket may take more before the next drain
         staged, self.pn = self.pn, {}
         return staged
 
+    def _stage_reserved(self, bucket: _Bucket) -> None:
+        for campaign_id, held in bucket.held.items():
+            if held[2]:
+                self._stage(campaign_id, held[1], RES_P, held[2])
+                held[2] = 0
+
     def renew(self, lease_until: float) -> None:
         """A grant answer renewed the account's lease until ``lease_until`` (campaign clock)."""
-        self.lease_until = lease_until
+        self.lease_until = self._spend_until = lease_until
         self.live = True
 
     def lapse(self, now_s: float, *, force: bool = False) -> bool:
@@ -128,7 +148,7 @@ class BudgetLedger:
         self.account = f"{self.worker_id}.{self.epoch}"
         self._open = None  # a bucket holds one account's reservations
         self.live = False
-        self.lease_until = -math.inf
+        self.lease_until = self._spend_until = -math.inf
         return True
 
     def add_return(self, account: str, campaign_id: str, micros: int) -> None:
@@ -206,9 +226,10 @@ class BudgetLedger:
         tokens, None when refused: no allowance for it, or no live lease (``now_s`` past the lease's end is
         refused even before the next tick notices: a stalled event loop must not spend an expired lease)."""
         b = self.campaigns.get(campaign_id)
-        if b is None or b.available < micros or micros < 0:
+        if b is None or micros < 0:
             return None
-        if not b.counter and (not self.live or now_s >= self.lease_until):
+        left = b.available - micros
+        if left < 0 or (now_s >= self._spend_until and not b.counter):
             return None
         # One call per ad shown, so it is written for speed: the common case is two dict lookups and adds.
         bucket = self._open
@@ -217,19 +238,16 @@ class BudgetLedger:
         day = b.day
         held = bucket.held.get(campaign_id)
         if held is None:
-            bucket.held[campaign_id] = [micros, day]
+            bucket.held[campaign_id] = [micros, day, micros]
         elif held[1] == day:
             held[0] += micros
+            held[2] += micros  # staged into the PN counter by drain_pn, not per ad (see there)
         else:  # the campaign's day turned while this bucket was open: one day per campaign and bucket
             bucket = self._new_bucket(now_s)
-            bucket.held[campaign_id] = [micros, day]
-        b.available -= micros
-        self.available_by_campaign[campaign_id] = b.available
+            bucket.held[campaign_id] = [micros, day, micros]
+        b.available = left
+        self.available_by_campaign[campaign_id] = left
         b.reserved += micros
-        entry = self.pn.get((campaign_id, day))
-        if entry is None:
-            entry = self.pn[(campaign_id, day)] = [0, 0, 0, 0]
-        entry[RES_P] += micros
         n = bucket.count
         bucket.count = n + 1
         return (self.worker_id, self._open_seq, micros, n)
@@ -329,7 +347,8 @@ class BudgetLedger:
             del buckets[seq]
             if bucket is self._open:
                 self._open = None
-            for campaign_id, (micros, day) in bucket.held.items():
+            self._stage_reserved(bucket)  # its reservations, if no drain has staged them yet
+            for campaign_id, (micros, day, _) in bucket.held.items():
                 if micros:
                     self._give_back(bucket.account, campaign_id, micros, day)
                     released += micros

@@ -40,6 +40,9 @@ class SpendView:
     paced_at: float = -1.0
     _shape_key: tuple[float, ...] = ()
     _shape: TrafficShape = field(default_factory=TrafficShape.uniform)
+    # (campaign, day) -> its in-flight and charged counter keys: every tick reads and writes them for every
+    # campaign, and building and validating the strings each time was most of a tick's cost.
+    _keys: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.book = SpendBook(self.writer_id, keep_periods=self.keep_periods)
@@ -47,11 +50,20 @@ class SpendView:
     def stage(self, period: str, staged: dict[tuple[str, str], list[int]]) -> None:
         counter = self.book.counter(period)
         for (campaign_id, day), pn in staged.items():
-            key = counter_key(campaign_id, day)
+            reserved, charged = self._keys_of(campaign_id, day)
             if pn[RES_P] or pn[RES_N]:
-                counter.add(f"{key}|r", p=pn[RES_P], n=pn[RES_N])
+                counter.add(reserved, p=pn[RES_P], n=pn[RES_N])
             if pn[CHG_P] or pn[CHG_N]:
-                counter.add(f"{key}|c", p=pn[CHG_P], n=pn[CHG_N])
+                counter.add(charged, p=pn[CHG_P], n=pn[CHG_N])
+
+    def _keys_of(self, campaign_id: str, day: str) -> tuple[str, str]:
+        keys = self._keys.get((campaign_id, day))
+        if keys is None:
+            if len(self._keys) > 1_000_000:  # days go by: a long-lived edge must not keep every day's keys
+                self._keys.clear()
+            key = counter_key(campaign_id, day)
+            keys = self._keys[(campaign_id, day)] = (f"{key}|r", f"{key}|c")
+        return keys
 
     def flush(self, *, full: bool) -> list[bytes]:
         """Sync messages for this tick: the deltas since the last one, or this writer's whole own state."""
@@ -67,8 +79,8 @@ class SpendView:
 
     def spent(self, campaign_id: str, day: str) -> int:
         """Charged plus in flight, every writer this replica has heard from (its own staged part included)."""
-        key = counter_key(campaign_id, day)
-        return self.book.value(f"{key}|c") + self.book.value(f"{key}|r")
+        reserved, charged = self._keys_of(campaign_id, day)
+        return self.book.value(charged) + self.book.value(reserved)
 
     def _traffic_shape(self, weights: tuple[float, ...]) -> TrafficShape:
         if weights != self._shape_key:
