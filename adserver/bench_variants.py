@@ -28,7 +28,7 @@ import numpy as np
 
 from loadtest.ground_truth import TrueVariantModel
 from replication.snapshot import SnapshotCreative
-from replication.variants import ALL_SEGMENTS, Arms, Tally, Variant, choose, variants
+from replication.variants import ALL_SEGMENTS, Arms, PickCache, Tally, Variant, pick, variants
 
 CREATIVES = 30
 IMPRESSIONS = 300_000
@@ -59,6 +59,7 @@ def run_once(seed: int, n: int, say: Callable[[str], None]) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     tallies = {"ours": Tally(), "pooled": Tally()}
     arms: dict[str, Arms] = {"ours": {}, "pooled": {}}
+    caches: dict[str, PickCache] = {"ours": {}, "pooled": {}}
     expected = dict.fromkeys(("ours", "pooled", "as_written", "random", "oracle"), 0.0)
     devices = [d for d, _ in DEVICE_SHARES]
     weights = [w for _, w in DEVICE_SHARES]
@@ -67,7 +68,8 @@ def run_once(seed: int, n: int, say: Callable[[str], None]) -> dict[str, float]:
         device = traffic.choices(devices, weights)[0]
         opts = options[k.creative_id]
         for name, segment in (("ours", device), ("pooled", ALL_SEGMENTS)):
-            shown = choose(k, opts, arms[name].get(k.creative_id, {}), segment, rng)
+            shown = pick(k, k.creative_id, arms[name], segment, rng, caches[name])
+            assert shown is not None
             p = ctr[(k.creative_id, device, shown.key)]
             expected[name] += p
             # The pooled learner tallies every impression under one segment: it cannot tell devices apart.
@@ -75,8 +77,9 @@ def run_once(seed: int, n: int, say: Callable[[str], None]) -> dict[str, float]:
         expected["as_written"] += ctr[(k.creative_id, device, opts[0].key)]
         expected["random"] += ctr[(k.creative_id, device, opts[traffic.randrange(len(opts))].key)]
         expected["oracle"] += ctr[(k.creative_id, device, best[(k.creative_id, device)].key)]
-        if (t + 1) % REFRESH_EVERY == 0:
+        if (t + 1) % REFRESH_EVERY == 0:  # a new snapshot: new arms, and the edge's cache starts afresh
             arms = {name: tally.export() for name, tally in tallies.items()}
+            caches = {"ours": {}, "pooled": {}}
         if (t + 1) % 100_000 == 0:
             say(f"variants: {t + 1:,} impressions")
     return {f"ctr_{name}": total / n for name, total in expected.items()}

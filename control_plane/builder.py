@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
 from replication.nats_io import publish_snapshot
-from replication.snapshot import build_snapshot, encode_snapshot, unit_cost_ceiling
+from replication.snapshot import SnapshotCampaign, build_snapshot, encode_snapshot, unit_cost_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ class SnapshotBuilder:
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),
                                   reserve_cpm_micros=self._reserve,
                                   postback_keys={a: h for a, h in self._postback.items() if h},
-                                  traffic_shape=self._traffic_shape, click_model=self._click_model,
+                                  traffic_shape=self._traffic_shape,
+                                  click_model=_with_arms_of(self._click_model, servable),
                                   admin_key=self._admin_key)
         data = encode_snapshot(snapshot)
         for region in self._regions:
@@ -204,3 +206,14 @@ class SnapshotBuilder:
         finally:
             watch.cancel()
             watch_advertisers.cancel()
+
+
+def _with_arms_of(model: ClickModel | None, servable: list[SnapshotCampaign]) -> ClickModel | None:
+    """The model with only the variant arms of creatives this snapshot serves: the trainer keeps every
+    creative it has learned about, and a finished campaign's arms would otherwise ride in every snapshot."""
+    if model is None or not model.arms:
+        return model
+    live = {k.creative_id for c in servable for k in c.creatives}
+    if live.issuperset(model.arms):
+        return model
+    return dataclasses.replace(model, arms={cid: arms for cid, arms in model.arms.items() if cid in live})

@@ -78,7 +78,10 @@ class ClickTrainer:
         self.watermark_ms = end_ms
         if learned:
             self.version += 1
-            self._builder.set_click_model(self.model.export(self.version, self.impressions, self.variants.export()))
+            # Exported in a worker thread too: copying the weights and the tally takes a while at scale.
+            model = await asyncio.to_thread(
+                lambda: self.model.export(self.version, self.impressions, self.variants.export()))
+            self._builder.set_click_model(model)
         return learned
 
     async def run(self) -> None:

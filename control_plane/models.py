@@ -426,8 +426,10 @@ def review_creative(creative: dict[str, Any]) -> list[str]:
     alternatives = creative.get("alternatives") or {}  # older records have none
     headlines = [creative["headline"], *alternatives.get("headline", [])]
     ctas = [creative["cta"], *alternatives.get("cta", [])]
-    text = " ".join(headlines + ctas).lower()
-    reasons.extend(f"contains banned phrase {w!r}" for w in BANNED_WORDS if w in text)
+    # Every text a user can be shown: each headline and CTA alone and each headline next to each CTA (a
+    # variant shows any pair), never texts that no ad puts side by side.
+    texts = [t.lower() for t in (*headlines, *ctas, *(f"{h} {c}" for h in headlines for c in ctas))]
+    reasons.extend(f"contains banned phrase {w!r}" for w in BANNED_WORDS if any(w in t for t in texts))
     if not creative["landing_url"].startswith("https://"):
         reasons.append("landing_url must use https")
     if not creative["image_url"].startswith("https://"):

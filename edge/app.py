@@ -58,7 +58,7 @@ from replication.events import (
 from replication.observability import RequestIdMiddleware
 from replication.segments import retargeting_segment
 from replication.snapshot import Snapshot, SnapshotCreative
-from replication.variants import Variant, pick
+from replication.variants import Variant, pick, segment_of
 
 MAX_BODY = 16 * 1024
 _CORS = {"Access-Control-Allow-Origin": "*"}
@@ -116,6 +116,7 @@ async def ads(request: Request) -> Response:
         ivt_claims["usr"] = user_key(parsed.user)
     out = []
     arms = snapshot.click_model.arms if snapshot.click_model is not None else {}
+    segment = segment_of(parsed.device)
     for win in result.wins:
         impression_id = f"{auction_id}-{win.slot}"
         c, k = win.campaign, win.creative
@@ -124,7 +125,7 @@ async def ads(request: Request) -> Response:
             "adv": c.advertiser_id, "plc": parsed.placement, "bt": c.bid_type, "px": win.price_micros,
             "geo": parsed.geo, "dev": parsed.device, **ivt_claims,
         }
-        shown = pick(k, k.creative_id, arms, parsed.device, st.variant_rng)
+        shown = pick(k, k.creative_id, arms, segment, st.variant_rng, snapshot.variant_memo)
         if shown is not None:  # the click token carries it too: a click credits the variant it was on
             common["var"] = shown.key
         if win.reserve_micros:

@@ -94,6 +94,8 @@ class Event:
 _FIELDS = tuple(f.name for f in fields(Event))
 # Fields added after schema version 1 shipped, with their defaults: older messages simply lack them.
 _ADDED = {"user_key": "", "variant": ""}
+if tuple(_ADDED) != _FIELDS[-len(_ADDED):]:  # encode_event trims them from the end: they must be last
+    raise RuntimeError("fields added after schema version 1 must be Event's last fields")
 
 
 def impression_event_id(impression_id: str) -> str:
@@ -127,7 +129,12 @@ def decision_event_id(impression_id: str) -> str:
 
 
 def encode_event(event: Event) -> bytes:
-    return msgpack.packb([SCHEMA_VERSION, [getattr(event, name) for name in _FIELDS]], use_bin_type=True)
+    values = [getattr(event, name) for name in _FIELDS]
+    # Fields added since version 1 are left off the end while they hold their defaults, so an event that uses
+    # none of them still decodes in a collector from before they existed (a rolling upgrade, edges first).
+    while len(values) > len(_FIELDS) - len(_ADDED) and values[-1] == _ADDED[_FIELDS[len(values) - 1]]:
+        values.pop()
+    return msgpack.packb([SCHEMA_VERSION, values], use_bin_type=True)
 
 
 class EventDecodeError(ValueError):
@@ -141,7 +148,8 @@ def decode_event(data: bytes) -> Event:
         raise EventDecodeError(f"not msgpack: {exc}") from exc
     if version != SCHEMA_VERSION:
         raise EventDecodeError(f"unknown event schema version {version!r}")
-    if not isinstance(values, list) or not len(_FIELDS) - len(_ADDED) <= len(values) <= len(_FIELDS):
+    # More fields than this code knows: a newer writer's additions, ignored (the collector upgrades last).
+    if not isinstance(values, list) or not len(_FIELDS) - len(_ADDED) <= len(values) <= len(_FIELDS) + 16:
         raise EventDecodeError("wrong number of event fields")
     raw: dict[str, Any] = {**_ADDED, **dict(zip(_FIELDS, values, strict=False))}
     try:

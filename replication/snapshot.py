@@ -20,7 +20,7 @@ import numpy as np
 from replication.columns import CampaignColumns, frozen_array
 from replication.ctr_model import ClickModel
 from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
-from replication.variants import MAX_ALTERNATIVES, Arms
+from replication.variants import MAX_ALTERNATIVES, Arms, PickCache
 
 MAGIC = "ADSNAP"
 SCHEMA_VERSION = 1
@@ -174,6 +174,9 @@ class Snapshot:
     # campaign id -> its frequency caps, for the campaigns that have any (derived from campaigns).
     caps_of: Mapping[str, tuple[FrequencyCap, ...]] = field(default_factory=lambda: MappingProxyType({}),
                                                              repr=False, compare=False)
+    # The edge's per-snapshot cache of creative variants and their posteriors (replication.variants.pick):
+    # it lives as long as the click model's arms it was computed from.
+    variant_memo: PickCache = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.index is None:
@@ -243,8 +246,7 @@ def _campaign_to_wire(c: SnapshotCampaign) -> list:
         c.total_budget_micros, c.start_s, c.end_s, c.timezone, sorted(c.hours), sorted(c.countries),
         sorted(c.geos), sorted(c.devices), sorted(c.keywords), sorted(c.interests), sorted(c.placements),
         c.prior_cvr,
-        [[k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr,
-          [list(a) for a in k.alternatives]] for k in c.creatives],
+        [_creative_to_wire(k) for k in c.creatives],
         c.click_window_s, c.view_window_s, c.pacing, c.budget_mode,
         [[f.scope, f.max_impressions, f.window_s] for f in c.frequency_caps],
     ]
@@ -266,8 +268,17 @@ def _campaign_from_wire(w: list) -> SnapshotCampaign:
     )
 
 
+def _creative_to_wire(k: SnapshotCreative) -> list:
+    wire = [k.creative_id, k.format, k.headline, k.image_url, k.landing_url, k.cta, k.prior_ctr]
+    # Only a creative with alternatives carries them: an edge from before them still reads the others.
+    if any(k.alternatives):
+        wire.append([list(a) for a in k.alternatives])
+    return wire
+
+
 def _creative_from_wire(k: list) -> SnapshotCreative:
-    if len(k) < 8:  # from a builder older than creative alternatives
+    # Later items than this code knows are a newer builder's additions: ignored (edges may upgrade last).
+    if len(k) < 8:  # no alternatives, or from a builder older than them
         return SnapshotCreative(*k)
     alternatives = k[7]
     if not isinstance(alternatives, list) or len(alternatives) != 3 or not all(

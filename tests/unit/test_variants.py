@@ -27,7 +27,17 @@ def test_variants_are_every_combination_with_the_creative_itself_first() -> None
 
 def test_a_creative_without_alternatives_has_no_variant_to_pick() -> None:
     plain = SnapshotCreative("k2", "300x250", "H", "https://i", "https://l", "Go", 0.02)
-    assert pick(plain, "k2", {}, "mobile", np.random.default_rng(1)) is None
+    assert pick(plain, "k2", {}, "mobile", np.random.default_rng(1), {}) is None
+
+
+def test_pick_computes_a_posterior_once_per_creative_and_segment() -> None:
+    cache: dict = {}
+    cells = {v.key: (1000.0, 100.0 if v.key == "1.0.0" else 10.0) for v in variants(CREATIVE)}
+    arms = {"k1": {"mobile": cells, ALL_SEGMENTS: cells}}
+    rng = np.random.default_rng(2)
+    shown = [pick(CREATIVE, "k1", arms, "mobile", rng, cache) for _ in range(200)]
+    assert set(cache) == {("k1", "mobile")}
+    assert sum(v is not None and v.key == "1.0.0" for v in shown) > 190
 
 
 def _shown(arms: dict, segment: str, n: int = 2000, seed: int = 7) -> dict[str, int]:
@@ -140,6 +150,13 @@ def test_creative_alternatives_are_validated_reviewed_and_merged() -> None:
                                "alternatives": {"headline": ["a miracle cure"], "image_url": ["http://img/b.png"],
                                                 "cta": []}})
     assert any("banned" in r for r in flagged) and "every alternative image_url must use https" in flagged
+    # A banned pair stays banned when alternatives are added (any headline may be shown beside any CTA), and
+    # two texts that no ad shows side by side do not make one.
+    pair = {**ok, "headline": "Get rich", "cta": "quick cash", "landing_url": "https://shop"}
+    assert review_creative({**pair, "alternatives": {"headline": ["Hello"], "image_url": [], "cta": []}})
+    apart = {**ok, "headline": "Get free", "cta": "Buy", "landing_url": "https://shop",
+             "alternatives": {"headline": ["Money back"], "image_url": [], "cta": []}}
+    assert review_creative(apart) == []
 
 
 def test_snapshot_codec_carries_alternatives_and_refuses_bad_arms() -> None:
@@ -166,3 +183,22 @@ def test_events_carry_the_variant_and_refuse_a_forged_one() -> None:
         decode_event(msgpack.packb([version, values]))
     older = msgpack.packb([version, values[:-1]])  # an edge from before variants
     assert decode_event(older).variant == ""
+
+
+def test_tally_forgets_a_creative_no_longer_shown() -> None:
+    tally = Tally(half_life_s=10.0)
+    tally.add("old", "mobile", "0.0.0", True, ts_ms=0)
+    tally.add("new", "mobile", "0.0.0", False, ts_ms=200_000)  # 20 half-lives later: "old" is down to 1e-6
+    assert set(tally.export()) == {"new"}
+
+
+def test_a_snapshot_carries_only_the_arms_of_creatives_it_serves(make_campaign) -> None:
+    from control_plane.builder import _with_arms_of
+    from replication.ctr_model import Ftrl
+
+    served = make_campaign("c1")
+    live = served.creatives[0].creative_id
+    model = Ftrl(bits=8).export(1, {}, arms={live: {"*": {"0.0.0": (1.0, 0.0)}}, "gone": {"*": {"0.0.0": (9.0, 1.0)}}})
+    shipped = _with_arms_of(model, [served])
+    assert shipped is not None and set(shipped.arms) == {live} and set(model.arms) == {live, "gone"}
+    assert shipped.weights is model.weights  # the weights are shared, not copied
