@@ -21,6 +21,7 @@ It drives the system over HTTP only and imports none of it (ARCHITECTURE §3).
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import math
 import random
@@ -32,9 +33,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
+import msgpack
 
 from loadtest.traffic import Progress
 
@@ -349,6 +351,21 @@ def _target_ratios(n: int, cfg: SimConfig, rng: random.Random) -> list[float]:
     return strata(n_low, cfg.ratio_lo, 1.1) + strata(n_high, 1.3, cfg.ratio_hi)
 
 
+def impression_price(bid_cpm: int, runner_up_cpm: int, reserve_cpm: int) -> int:
+    """Micros one impression costs a CPM campaign in the edge's second-price auction."""
+    return max(1, math.ceil(min(bid_cpm, max(runner_up_cpm, reserve_cpm)) / 1000))
+
+
+def token_price(url: str) -> int | None:
+    """The impression price an ad's beacon URL carries: the ``px`` claim of its token (``edge/tokens.py``:
+    base64url(msgpack(claims)).kid.mac), read without verifying it, as any holder of the URL can."""
+    payload = parse_qs(urlsplit(url).query).get("t", [""])[0].split(".")[0]
+    try:
+        return int(msgpack.unpackb(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["px"])
+    except Exception:  # not a token this code understands: no price
+        return None
+
+
 def generate_campaigns(cfg: SimConfig, trace: Sequence[Arrival]) -> tuple[CampaignSpec, ...]:
     """Bids, prices, demand and budgets. Campaigns on a topic all serve on each of its page views (one slot
     each), ranked by bid; each pays the next lower bid (or the reserve), as the edge's second-price auction
@@ -367,8 +384,7 @@ def generate_campaigns(cfg: SimConfig, trace: Sequence[Arrival]) -> tuple[Campai
         members = sorted((i for i in range(n) if topics[i] == topic), key=lambda i: -bids[i])
         for rank, i in enumerate(members):
             runner_up = bids[members[rank + 1]] if rank + 1 < len(members) else 0
-            pay = min(bids[i], max(runner_up, cfg.reserve_cpm_micros))
-            price[i] = max(1, math.ceil(pay / 1000))
+            price[i] = impression_price(bids[i], runner_up, cfg.reserve_cpm_micros)
     demand = [rendered[topics[i]] * price[i] for i in range(n)]
     raw_budget = [rng.lognormvariate(0.0, cfg.budget_sigma) for _ in range(n)]
     ratios = _target_ratios(n, cfg, rng)
@@ -513,6 +529,9 @@ class DriverStats:
     beacon_lag_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     no_edge: int = 0  # page views for a region with no edge at that moment
+    # (controller, campaign index) -> micros it would have paid on the rendered page views it could have
+    # served, at the prices it met there (see DayDriver._realized_demand)
+    realized_demand: Counter[tuple[str, int]] = field(default_factory=Counter)
 
     # Totals under the names loadtest.traffic.Progress reads.
     @property
@@ -619,8 +638,13 @@ class DayDriver:
 
     def __init__(self, cfg: SimConfig, trace: Sequence[Arrival], *, client: httpx.AsyncClient,
                  edges: EdgesSource, clock: VirtualClock, day_start_v: float, label: str = "daysim",
-                 progress: bool = True) -> None:
+                 progress: bool = True, live: Sequence[LiveCampaign] = ()) -> None:
         self.cfg = cfg
+        # campaign id -> (controller, spec), and topic -> its campaigns' specs: what a response's ads mean
+        self._live = {c.campaign_id: (c.controller, c.spec) for c in live}
+        self._topic_specs: dict[int, list[CampaignSpec]] = {}
+        for spec in {c.spec.index: c.spec for c in live}.values():
+            self._topic_specs.setdefault(spec.topic, []).append(spec)
         self.trace = trace
         self.client = client
         self.edges = edges
@@ -726,19 +750,43 @@ class DayDriver:
             response = r
         if response.status_code == 204:
             st.no_fill += 1
+            self._realized_demand(arrival, controller, [])
             return
         if response.status_code != 200:
             st.failed += 1
             return
         st.fills += 1
         answered = time.monotonic()
-        for slot, ad in enumerate(response.json()["ads"]):
+        ads = response.json()["ads"]
+        self._realized_demand(arrival, controller, ads)
+        for slot, ad in enumerate(ads):
             st.ads += 1
             if not arrival.rendered or slot >= len(arrival.imp_delays_s):
                 continue
             imp_at = answered + arrival.imp_delays_s[slot] / self.cfg.speed
             click_at = imp_at + arrival.click_delays_s[slot] / self.cfg.speed if arrival.clicks[slot] else None
             self._spawn(self._ad_events(ad, arrival.region, st, imp_at, click_at))
+
+    def _realized_demand(self, arrival: Arrival, controller: str, ads: Sequence[Mapping[str, Any]]) -> None:
+        """What each of the topic's campaigns would have paid on this page view had it served: its bid against
+        the highest lower bid among the campaigns that did serve (or the reserve). The campaign generator's
+        demand assumes every lower bidder always serves; when pacing or spent budgets keep them out, the
+        price falls toward the reserve and the budget may become unreachable. Summed over a day this is the
+        demand a campaign really met, which utilisation is judged against."""
+        if not arrival.rendered or not self._live:
+            return
+        paid = {self._live[a["campaign_id"]][1].index: token_price(a.get("impression_url", ""))
+                for a in ads if a.get("campaign_id") in self._live}
+        specs = self._topic_specs.get(arrival.topic, [])
+        bids = sorted((x.cpm_micros for x in specs if x.index in paid), reverse=True)
+        reserve = self.cfg.reserve_cpm_micros
+        for spec in specs:
+            price = paid.get(spec.index)
+            if price is None:  # it did not serve: price it against the lower bidders that did
+                # (a lower bound: a candidate that ranked but could not afford its slot also sets a price)
+                runner_up = next((b for b in bids if b < spec.cpm_micros), 0)
+                price = impression_price(spec.cpm_micros, runner_up, reserve)
+            self.stats.realized_demand[(controller, spec.index)] += price
 
     async def _ad_events(self, ad: Mapping[str, Any], region: str, st: ControllerTraffic, imp_at: float,
                          click_at: float | None) -> None:
@@ -834,6 +882,13 @@ class CampaignOutcome:
     hourly_spend: tuple[int, ...]  # 24 virtual hours
     granted: int | None = None
     allowance_spent: int | None = None
+    # What it could have spent at the prices it met (DayDriver._realized_demand); None: not measured, the
+    # generator's nominal demand stands in.
+    realized_demand: int | None = None
+
+    @property
+    def demand(self) -> int:
+        return self.spec.demand_micros if self.realized_demand is None else self.realized_demand
 
     @property
     def spend(self) -> int:
@@ -845,7 +900,7 @@ class CampaignOutcome:
 
     @property
     def constrained(self) -> bool:
-        return self.spec.demand_micros >= CONSTRAINED_RATIO * self.budget
+        return self.demand >= CONSTRAINED_RATIO * self.budget
 
     @property
     def overspend_pct(self) -> float:
@@ -853,7 +908,7 @@ class CampaignOutcome:
 
     @property
     def utilisation_pct(self) -> float:
-        return utilisation_pct(self.spend, self.budget, self.spec.demand_micros)
+        return utilisation_pct(self.spend, self.budget, self.demand)
 
     @property
     def rmse_vs_plan(self) -> float:
@@ -871,7 +926,8 @@ class CampaignOutcome:
             "controller": self.controller, "campaign_id": self.campaign_id, "index": self.spec.index,
             "topic": self.spec.topic, "cpm_micros": self.spec.cpm_micros, "price_micros": self.spec.price_micros,
             "daily_budget_micros": self.budget, "demand_micros": self.spec.demand_micros,
-            "demand_ratio": round(self.spec.demand_ratio, 3), "constrained": self.constrained,
+            "demand_ratio": round(self.spec.demand_ratio, 3), "realized_demand_micros": self.realized_demand,
+            "realized_demand_ratio": round(self.demand / self.budget, 3), "constrained": self.constrained,
             "budget_impressions": round(self.spec.budget_impressions, 1),
             "spend_micros": self.spend, "hourly_spend_micros": list(self.hourly_spend),
             "overspend_pct": round(self.overspend_pct, 3), "utilization_pct": round(self.utilisation_pct, 2),
@@ -932,7 +988,8 @@ def hourly_from_series(series: Sequence[Mapping[str, Any]], day_start_ms: int) -
 
 async def fetch_outcomes(client: httpx.AsyncClient, live: Sequence[LiveCampaign], *, cp_url: str,
                          admin_token: str | None, day_start_v: float,
-                         budget_snapshot: Mapping[str, Any] | None = None) -> list[CampaignOutcome]:
+                         budget_snapshot: Mapping[str, Any] | None = None,
+                         realized: Mapping[tuple[str, int], int] | None = None) -> list[CampaignOutcome]:
     """Each campaign's hourly spend over the virtual day, and its allowance granted/spent when the control
     plane's admin stats report them (``budget: {campaign_id: {granted, spent}}``). ``budget_snapshot``: that
     section as read just before the day ended (after midnight the control plane reports the next day)."""
@@ -955,7 +1012,8 @@ async def fetch_outcomes(client: httpx.AsyncClient, live: Sequence[LiveCampaign]
         granted = int(entry["granted"]) if isinstance(entry, Mapping) and "granted" in entry else None
         spent = int(entry["spent"]) if isinstance(entry, Mapping) and "spent" in entry else None
         return CampaignOutcome(c.controller, c.campaign_id, c.spec,
-                               hourly_from_series(r.json().get("series", []), start_ms), granted, spent)
+                               hourly_from_series(r.json().get("series", []), start_ms), granted, spent,
+                               None if realized is None else int(realized.get((c.controller, c.spec.index), 0)))
 
     return list(await asyncio.gather(*(one(c) for c in live)))
 
@@ -1038,12 +1096,13 @@ async def run_day(
             f"{len(live)} campaigns, day {fmt_virtual(day_start_v)} in {cfg.day_real_s:.0f} s real, "
             f"about {rate['mean_requests_per_s']:.0f} requests/s (peak {rate['peak_requests_per_s']:.0f})\n")
         driver = DayDriver(cfg, trace, client=client, edges=edges, clock=clock, day_start_v=day_start_v,
-                           label=name, progress=progress)
+                           label=name, progress=progress, live=live)
         stats = await driver.run(faults)
         if settle is not None:
             await settle()
         outcomes = await fetch_outcomes(client, live, cp_url=cp_url, admin_token=admin_token,
-                                        day_start_v=day_start_v, budget_snapshot=budget_snapshot or None)
+                                        day_start_v=day_start_v, budget_snapshot=budget_snapshot or None,
+                                        realized=stats.realized_demand)
     return DayResult(name=name, config=cfg, day_start_v=day_start_v, campaigns=outcomes,
                      controllers=summarise(outcomes), traffic=stats.summary(),
                      faults=sorted(driver.faults, key=lambda f: f.started_v),

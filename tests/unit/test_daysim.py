@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from edge.tokens import SigningKeys, sign
 from loadtest import daysim
 from loadtest.daysim import (
     CONTROLLERS,
@@ -349,3 +350,32 @@ def test_run_day_against_fake_servers() -> None:
     s = result.controllers["ours"]
     assert s.max_overspend_pct > 0 and s.max_stranded_pct is None
     assert json.dumps(result.as_dict())
+
+
+def test_realized_demand_prices_each_campaign_against_the_lower_bidders_that_really_served() -> None:
+    """Three campaigns on one topic bid 5, 3 and 1 (CPM units). When all serve, the top pays 3 and the middle
+    1 per thousand; when the middle one is paced out, the top's price falls to the lowest bid, and with no
+    one else serving, to the reserve. The generator's nominal demand would have kept the top at 3."""
+    cfg = SimConfig(reserve_cpm_micros=100_000)
+    specs = [CampaignSpec(index=i, topic=0, advertiser=i, cpm_micros=bid, price_micros=0, demand_micros=0,
+                          daily_budget_micros=1) for i, bid in enumerate((5_000_000, 3_000_000, 1_000_000))]
+    live = [daysim.LiveCampaign(spec, "ours", f"c{spec.index}", "t") for spec in specs]
+    driver = daysim.DayDriver(cfg, [], client=None, edges={}, clock=daysim.VirtualClock(0, 0, cfg.speed),  # type: ignore[arg-type]
+                              day_start_v=0, live=live)
+    view = daysim.Arrival(0, "eu", 0, "p", "u", "desktop", 0, True, (False,) * 3, (1.0,) * 3, (1.0,) * 3)
+    driver._realized_demand(view, "ours", [{"campaign_id": "c0"}, {"campaign_id": "c1"}, {"campaign_id": "c2"}])
+    assert [driver.stats.realized_demand[("ours", i)] for i in range(3)] == [3_000, 1_000, 100]
+    driver._realized_demand(view, "ours", [{"campaign_id": "c0"}, {"campaign_id": "c2"}])  # the middle paced
+    assert driver.stats.realized_demand[("ours", 0)] == 3_000 + 1_000
+    driver._realized_demand(view, "ours", [])  # nobody served (no fill): each alone would pay the reserve
+    assert [driver.stats.realized_demand[("ours", i)] for i in range(3)] == [4_100, 2_100, 300]
+    unrendered = replace(view, rendered=False)
+    driver._realized_demand(unrendered, "ours", [])
+    assert driver.stats.realized_demand[("ours", 0)] == 4_100
+    # A campaign that served counts what it really paid, read from its beacon's token (here 2,500: a
+    # runner-up that ranked but could not afford a slot set it, which the response does not show).
+    keys = SigningKeys("k1", {"k1": b"x" * 32})
+    url = f"https://edge/v1/track/impression?t={sign({'px': 2_500, 'k': 'i', 'exp': 9}, keys)}"
+    driver._realized_demand(view, "ours", [{"campaign_id": "c0", "impression_url": url}])
+    assert driver.stats.realized_demand[("ours", 0)] == 4_100 + 2_500
+    assert daysim.token_price("https://edge/v1/track/impression?t=garbage") is None
