@@ -109,6 +109,24 @@ class AllowanceBook:
         h.granted += micros
         h.unused += micros
 
+    def given_back(self, account_id: str, offer: dict[str, tuple[int, str]]) -> list[Credit]:
+        """A live account offers back allowance it holds beyond its needs (``edge.budget.take_excess``); call
+        after ``renew`` succeeded for the same request. Each campaign's holding of that day shrinks by it."""
+        acct = self.accounts.get(account_id)
+        if acct is None or acct.settled:
+            return []
+        credits = []
+        for campaign_id, (micros, day) in offer.items():
+            h = acct.holdings.get(campaign_id)
+            if h is None or h.day != day:
+                continue
+            back = max(0, min(int(micros), h.granted))
+            if back:
+                h.granted -= back
+                h.unused = min(h.unused, h.granted)
+                credits.append(Credit(campaign_id, day, back, "returned"))
+        return credits
+
     def returned(self, account_id: str, returns: dict[str, int]) -> list[Credit]:
         """A holder closes ``account_id`` (its lease ran out on its clock, which ends first) and reports what
         it never used. The holder's word is final: it will not spend that account again, whatever the

@@ -128,6 +128,7 @@ class GrantService:
             region = str(request.get("region", ""))
             unused = _unused_map(request.get("unused", {}))
             returns = {str(a): _int_map(r) for a, r in dict(request.get("returns", {})).items()}
+            give_back = _unused_map(request.get("give_back", {}))
         except Exception:
             await msg.respond(msgpack.packb({"error": "bad grant request"}))
             return
@@ -142,6 +143,8 @@ class GrantService:
             # The account's lease lapsed before this request: its holder must close it and open a new one.
             reply = msgpack.packb({"grants": {}, "lease_s": None})
         else:
+            if give_back:  # allowance a live account holds beyond its needs: grantable again at once
+                await self.credit(self.book.given_back(account, give_back))
             valid = [(cid, want) for cid, want in asks.items() if isinstance(cid, str) and isinstance(want, int)]
             results = await asyncio.gather(*(self.grant(cid, want, account) for cid, want in valid),
                                            return_exceptions=True)

@@ -85,6 +85,10 @@ class BudgetLedger:
     returns: dict[str, dict[str, int]] = field(default_factory=dict)
     # (campaign, day) -> [reserved, released, charged, refunded] since the last drain, for the spend CRDT
     pn: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    # Allowance offered back to the allocator in the grant request now in flight (take_excess): campaign ->
+    # (micros, day), and the account it was taken from. Neither available nor returned until the answer says.
+    giving: dict[str, tuple[int, str]] = field(default_factory=dict)
+    giving_account: str = ""
     # campaign -> its CampaignBudget.available, kept in step by every method that changes it: the auction reads
     # it per candidate, and a plain dict's C-level get costs a fraction of a Python-level view's
     available_by_campaign: dict[str, int] = field(default_factory=dict)
@@ -162,6 +166,7 @@ class BudgetLedger:
             return {}
         holding = {bucket.account for bucket in self.buckets.values()
                    if bucket.account in self.returns and any(held[0] for held in bucket.held.values())}
+        holding.add(self.giving_account)  # an offer still in flight may yet join that account's return
         ready = {a: r for a, r in self.returns.items() if a not in holding}
         for a in ready:
             del self.returns[a]
@@ -353,6 +358,42 @@ class BudgetLedger:
                     self._give_back(bucket.account, campaign_id, micros, day)
                     released += micros
         return released
+
+    def take_excess(self, targets: Mapping[str, int]) -> dict[str, tuple[int, str]]:
+        """Allowance to offer back: for a campaign the allocator has run out of (``exhausted``: nothing left
+        to grant anyone), what this account holds beyond its target once it holds more than twice the
+        target. Late in the day a region whose traffic has gone quiet would otherwise sit on allowance that
+        a busier region is starved of. The micros leave the allowance now; ``resolve_giving`` settles them
+        when the request's answer comes (one offer in flight at a time)."""
+        if self.giving or not self.live:
+            return {}
+        offer: dict[str, tuple[int, str]] = {}
+        for campaign_id, target in targets.items():
+            b = self.campaigns.get(campaign_id)
+            if b is None or b.counter or not b.exhausted or not b.day or b.available <= 2 * target:
+                continue
+            excess = b.available - target
+            b.available -= excess
+            self.available_by_campaign[campaign_id] = b.available
+            offer[campaign_id] = (excess, b.day)
+        if offer:
+            self.giving, self.giving_account = offer, self.account
+        return offer
+
+    def resolve_giving(self, *, accepted: bool) -> None:
+        """The grant request carrying the offer was answered. Accepted: the allocator took the micros back
+        (they are no longer granted here). Not accepted (the account had lapsed there, or the request was
+        refused): they return to the allowance, or, when the account has closed since, to its return."""
+        for campaign_id, (micros, day) in self.giving.items():
+            b = self.campaigns[campaign_id]
+            if accepted:
+                b.granted -= micros
+            elif self.giving_account != self.account:
+                self.add_return(self.giving_account, campaign_id, micros)
+            elif day == b.day:
+                b.available += micros
+                self.available_by_campaign[campaign_id] = b.available
+        self.giving, self.giving_account = {}, ""
 
     def wants(self, targets: dict[str, int], *, now_s: float, retry_s: float) -> dict[str, int]:
         """Campaigns below their low-water mark (half the target) and how much to ask for each."""

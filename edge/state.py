@@ -291,16 +291,19 @@ class EdgeState:
             now = clock.now()
             if pending is None:
                 # retry_s is campaign time: a compressed day must not flood the allocator with asks.
-                asks = ledger.wants(self.grant_targets(), now_s=now, retry_s=0.25 * clock.speed)
+                targets = self.grant_targets()
+                asks = ledger.wants(targets, now_s=now, retry_s=0.25 * clock.speed)
                 returns = ledger.closable_returns()
+                give_back = ledger.take_excess(targets)
                 heartbeat = now - renewed_at >= self.lease_s / 4
-                if not asks and not returns and not heartbeat:
+                if not asks and not returns and not give_back and not heartbeat:
                     continue
                 pending_sent = now
                 pending_account = ledger.account
                 pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
                                          "region": self.settings.edge_region, "asks": asks,
-                                         "unused": ledger.unused(), "returns": returns})
+                                         "unused": ledger.unused(), "returns": returns,
+                                         "give_back": {cid: list(v) for cid, v in give_back.items()}})
             try:
                 reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)
                 answer: dict[str, Any] = msgpack.unpackb(reply.data, raw=False)
@@ -309,6 +312,7 @@ class EdgeState:
                     # would be refused forever, so drop it and build a fresh request next tick.
                     log.error("budget grant request refused: %s", answer["error"])
                     pending = None
+                    ledger.resolve_giving(accepted=False)
                     await asyncio.sleep(1.0)
                     continue
                 grants: dict[str, list[Any]] = answer["grants"]
@@ -326,8 +330,10 @@ class EdgeState:
                 # The allocator already counts this account as lapsed: close it and ask again from a new one.
                 if pending_account == ledger.account:
                     ledger.lapse(now, force=True)
+                ledger.resolve_giving(accepted=False)  # not taken back there: it goes with the return
                 renewed_at = -1e18
                 continue
+            ledger.resolve_giving(accepted=True)  # the allocator renewed this request's account and took it
             self.lease_s = float(lease_s)
             if pending_account != ledger.account or pending_sent + self.lease_s <= clock.now():
                 # The answer outlived its account (it lapsed here while the request was out): those grants

@@ -334,3 +334,37 @@ def test_a_lost_grant_reply_is_replayed_not_granted_twice(nats_url: str) -> None
     granted, recorded = run(scenario)
     assert granted == [30_000, 30_000, 30_000]  # the same answer every time
     assert recorded == 30_000  # granted once
+
+
+def test_allowance_offered_back_is_credited_once_and_granted_again(nats_url: str) -> None:
+    """A live account offers back what it holds beyond its needs; the counter goes down by exactly that (also
+    when the request is re-sent after a lost reply), and another account's ask gets it."""
+    terms = BudgetTerms(daily_budget_micros=100_000, total_budget_micros=1_000_000, timezone="UTC",
+                        unit_ceiling_micros=1_000)
+
+    async def scenario() -> tuple[int, int, int, int]:
+        nc, js = await _js(nats_url, "t-giveback")
+        store = await Store(js).open()
+        campaign_id = f"cmpgive{time.time_ns()}"
+        service = GrantService(nc, store, lambda cid: terms, 1.0)
+        await service.start()
+
+        async def ask(request: dict) -> dict:
+            reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
+            return msgpack.unpackb(reply.data, raw=False)
+
+        first = await ask({"id": "a1", "worker": "eu.0", "region": "eu", "asks": {campaign_id: 100_000}})
+        granted, exhausted, day = first["grants"][campaign_id]
+        offer = {"id": "a2", "worker": "eu.0", "region": "eu", "asks": {},
+                 "unused": {campaign_id: [granted - 15_000, day]}, "give_back": {campaign_id: [15_000, day]}}
+        for _ in range(2):  # the reply was lost once: the same request id comes again
+            assert (await ask(offer))["lease_s"] is not None
+        state, _ = await store.get_grant_state(campaign_id)
+        other = await ask({"id": "b1", "worker": "us.0", "region": "us", "asks": {campaign_id: 100_000}})
+        await nc.close()
+        return granted, int(exhausted), state.granted_day if state else -1, other["grants"][campaign_id][0]
+
+    granted, exhausted, after_offer, regranted = run(scenario)
+    assert granted == 25_000 and exhausted == 0  # a quarter of the remainder at a time
+    assert after_offer == granted - 15_000  # credited once, not twice
+    assert regranted > 0

@@ -47,7 +47,8 @@ class World:
             if self.state is not None:
                 self.state = credit_grant(self.state, c.day, c.micros) or self.state
 
-    def ask(self, i: int, want: int) -> None:
+    def ask(self, i: int, want: int, target: int | None = None) -> None:
+        """One grant request; with ``target``, it also offers back what the holder has beyond it."""
         h = self.holders[i]
         if not h.alive or h.region in self.cut:
             return
@@ -56,11 +57,16 @@ class World:
         sent = self.now
         for closed, back in led.closable_returns().items():
             self.credit(self.book.returned(closed, back))
+        offer = led.take_excess({"c": target}) if target is not None else {}
         lease = self.book.renew(led.account, h.region, sent, led.unused())
         h.spent_since_report = 0
         if lease is None:
             led.lapse(self.now, force=True)
+            led.resolve_giving(accepted=False)
             return
+        if offer:
+            self.credit(self.book.given_back(led.account, offer))
+        led.resolve_giving(accepted=True)
         decision = decide_grant(self.state, TERMS, want, now_s=self.now, max_slice_fraction=0.1)
         self.state = decision.state
         if decision.granted:
@@ -100,6 +106,7 @@ def new_world() -> World:
 
 ops = st.one_of(
     st.tuples(st.just("ask"), st.integers(0, 5), st.integers(UNIT, 20 * UNIT)),
+    st.tuples(st.just("give"), st.integers(0, 5), st.integers(UNIT, 20 * UNIT)),
     st.tuples(st.just("spend"), st.integers(0, 5), st.integers(1, 40)),
     st.tuples(st.just("tick"), st.floats(0.5, 50.0)),
     st.tuples(st.just("cut"), st.sampled_from(["eu", "us", "ap"])),
@@ -116,6 +123,8 @@ def test_spend_never_passes_the_budget_beyond_a_killed_holders_stale_report(prog
         kind = op[0]
         if kind == "ask":
             w.ask(op[1], op[2])
+        elif kind == "give":
+            w.ask(op[1], 0, target=op[2])
         elif kind == "spend":
             w.spend(op[1], op[2])
         elif kind == "tick":
@@ -243,3 +252,41 @@ def test_a_whole_silent_region_is_never_reclaimed() -> None:
         w.tick(LEASE)
         w.ask(0, UNIT)  # eu keeps renewing; that says nothing about us
     assert w.state.granted_day >= 5_000
+
+
+def test_allowance_a_quiet_holder_offers_back_is_granted_to_a_busy_one() -> None:
+    """Late in the day: the budget is all granted, eu0 sits on most of it and its traffic has gone quiet.
+    Offered back beyond its target, the micros become grantable again and reach us0, which has demand."""
+    w = new_world()
+    w.ask(0, 20 * UNIT)  # eu0
+    w.ask(2, 10 * UNIT)  # us0
+    while not w.holders[0].ledger.campaigns["c"].exhausted:
+        w.ask(0, 10 * UNIT)
+    eu0, us0 = w.holders[0].ledger, w.holders[2].ledger
+    held_before = eu0.available("c")
+    assert w.state is not None and BUDGET - w.state.granted_day < UNIT  # nothing left to grant
+    granted_before = w.state.granted_day
+    w.ask(0, 0, target=5 * UNIT)
+    assert eu0.available("c") == 5 * UNIT and eu0.campaigns["c"].granted == eu0.campaigns["c"].spent + 5 * UNIT
+    assert w.state.granted_day == granted_before - (held_before - 5 * UNIT)
+    us0.reset("c")
+    w.ask(2, 10 * UNIT)
+    assert us0.available("c") == 20 * UNIT  # its first 10 units and a new slice out of eu0's offer
+    # Below twice the target nothing is offered; the auction's view follows the ledger throughout.
+    w.ask(0, 0, target=3 * UNIT)
+    assert eu0.available("c") == 5 * UNIT and eu0.allowance_view()["c"] == 5 * UNIT
+
+
+def test_an_offer_the_allocator_did_not_take_goes_back_to_the_allowance_or_the_return() -> None:
+    led = BudgetLedger(worker_id="w")
+    led.grant("c", 10_000, exhausted=True, day="2026-11-29")
+    assert led.take_excess({"c": 1_000}) == {"c": (9_000, "2026-11-29")}
+    assert led.take_excess({"c": 1}) == {}  # one offer in flight at a time
+    led.resolve_giving(accepted=False)  # refused while the account is live: back into the allowance
+    assert led.available("c") == 10_000 and led.allowance_view()["c"] == 10_000
+    led.take_excess({"c": 1_000})
+    closed = led.account
+    led.lapse(0.0, force=True)  # the account closed while the offer was out...
+    assert led.closable_returns() == {}  # ...and its return waits for the offer's answer
+    led.resolve_giving(accepted=False)
+    assert led.closable_returns() == {closed: {"c": 10_000}}
