@@ -301,7 +301,8 @@ async def hub_region_messages(nats_url: str, regions: tuple[str, ...]) -> int:
 
 
 async def hub_stream_state(nats_url: str) -> tuple[int, int]:
-    """(messages in the hub's events stream, messages the hub has yet to source from the regions' streams)."""
+    """(events in the hub's events stream, messages the hub has yet to source from the regions' streams).
+    Events, not messages: an ad request's decisions travel as one message (``S.events_in`` counts them)."""
     async with _jetstream(nats_url) as js:
-        info = await js.stream_info(S.EVENTS_STREAM)
-        return info.state.messages, sum(int(src.lag or 0) for src in info.sources or [])
+        info = await js.stream_info(S.EVENTS_STREAM, subjects_filter=S.EVENTS_SUBJECTS)
+        return S.events_in(info.state.subjects or {}), sum(int(src.lag or 0) for src in info.sources or [])

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext, api
 from control_plane.storage import EventStore
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
-from replication.events import Event, EventDecodeError, decode_event
+from replication.events import Event, EventDecodeError, decode_events
 
 log = logging.getLogger(__name__)
 REPAIR_WINDOW_S = 2 * 86_400  # JetStream keeps events 7 days; a crash is noticed and restarted well within 2
@@ -126,7 +126,7 @@ class Collector:
             good = []
             for msg in msgs:
                 try:
-                    events.append(decode_event(msg.data))
+                    events.extend(decode_events(msg.data))
                     good.append(msg)
                 except EventDecodeError as exc:
                     try:

@@ -54,6 +54,10 @@ class GrantService:
         # two missed heartbeats. The lease book is this replica's: run one allocator replica (the queue
         # group spreads an edge's renewals over replicas, and another replica's book would see it silent).
         self._pending_credits: list[Credit] = []
+        # Campaigns whose last grant decision found nothing left to grant: every answer tells the asking account
+        # which of the campaigns it holds are in here, so a holder that has not asked since (a quiet region)
+        # learns it and offers back what it holds beyond its needs (edge.budget.take_excess).
+        self.exhausted: set[str] = set()
         self.book = AllowanceBook(lease_s=lease_s, grace_s=lease_s / 2 if grace_s is None else grace_s)
 
     async def start(self) -> None:
@@ -89,6 +93,7 @@ class GrantService:
             except Conflict:
                 continue
             back = state.granted_day - new_state.granted_day
+            self.exhausted.discard(c.campaign_id)
             if c.reason == "returned":
                 self.returned_micros += back
             else:
@@ -106,6 +111,10 @@ class GrantService:
             for _ in range(20):
                 state, revision = await self._store.get_grant_state(campaign_id)
                 decision = decide_grant(state, terms, want, now_s=self._clock.now(), max_slice_fraction=self._fraction)
+                if decision.exhausted:
+                    self.exhausted.add(campaign_id)
+                else:
+                    self.exhausted.discard(campaign_id)
                 if decision.granted == 0 and state == decision.state:
                     return 0, decision.exhausted, decision.state.day
                 try:
@@ -154,7 +163,8 @@ class GrantService:
                     log.warning("grant for %s failed: %r", cid, r)
                     r = (0, False, "")
                 grants[cid] = list(r)
-            reply = msgpack.packb({"grants": grants, "lease_s": self.book.lease_s})
+            reply = msgpack.packb({"grants": grants, "lease_s": self.book.lease_s,
+                                   "exhausted": [cid for cid in unused if cid in self.exhausted]})
         if request_id:
             self._replies[request_id] = reply
             if len(self._replies) > self._replay_cache:

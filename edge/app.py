@@ -115,6 +115,7 @@ async def ads(request: Request) -> Response:
     if parsed.user:  # set only with consent (adrequest): the key that joins this user's touches to conversions
         ivt_claims["usr"] = user_key(parsed.user)
     out = []
+    decisions: list[Event] = []
     arms = snapshot.click_model.arms if snapshot.click_model is not None else {}
     segment = segment_of(parsed.device)
     for win in result.wins:
@@ -148,8 +149,9 @@ async def ads(request: Request) -> Response:
             "click_url": f"{base}/v1/track/click?t={click_token}",
         })
         if settings.edge_decision_events:
-            st.emit(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0),
-                    billing=False)
+            decisions.append(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0))
+    if decisions:  # one message for the request's decisions: nats-server's cost is per message
+        st.emit_decisions(decisions)
     if not out:
         reason = result.no_fill.value if result.no_fill else "budget"
         st.metrics.requests.labels("no_fill").inc()

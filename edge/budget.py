@@ -34,7 +34,7 @@ reservations and charges, N takes releases and refunds, under ``"r"`` (in flight
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 # Indices into a staged PN entry: reservations (P, N) then charges (P, N).
@@ -358,6 +358,13 @@ class BudgetLedger:
                     self._give_back(bucket.account, campaign_id, micros, day)
                     released += micros
         return released
+
+    def mark_exhausted(self, campaign_ids: Iterable[str]) -> None:
+        """The allocator says it has nothing left to grant for these (told with any answer, asked or not)."""
+        for campaign_id in campaign_ids:
+            b = self.campaigns.get(campaign_id)
+            if b is not None:
+                b.exhausted = True
 
     def take_excess(self, targets: Mapping[str, int]) -> dict[str, tuple[int, str]]:
         """Allowance to offer back: for a campaign the allocator has run out of (``exhausted``: nothing left

@@ -36,7 +36,7 @@ from edge.spend import SpendView
 from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
 from replication import subjects as S
 from replication.calendar import local_day, utc_day
-from replication.events import Event, encode_event
+from replication.events import Event, encode_event, encode_event_batch
 from replication.nats_io import (
     close_quietly,
     connect,
@@ -132,6 +132,15 @@ class EdgeState:
             self.unacked[event.event_id] = future
             future.add_done_callback(lambda _f, eid=event.event_id: self.unacked.pop(eid, None))
         return future
+
+    def emit_decisions(self, events: list[Event]) -> bool:
+        """An ad request's decision events, as one message (not billing: shed first under pressure)."""
+        assert self.publisher is not None
+        first = events[0]
+        return self.publisher.submit(
+            S.event_batch_subject(self.settings.edge_region, first.type, len(events)), f"decs:{first.auction_id}",
+            encode_event_batch(events), billing=False, events=len(events),
+        )
 
     def emit(self, event: Event, *, billing: bool) -> bool:
         assert self.publisher is not None
@@ -345,6 +354,7 @@ class EdgeState:
             ledger.renew(pending_sent + self.lease_s)
             for campaign_id, (granted, exhausted, day) in grants.items():
                 ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
+            ledger.mark_exhausted(str(cid) for cid in answer.get("exhausted", ()) if cid not in grants)
 
     def publisher_metrics(self) -> None:
         totals = {"available": 0, "reserved": 0, "spent": 0, "granted": 0, "refused_events": 0}

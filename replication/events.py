@@ -8,6 +8,7 @@ insert-deduplication tokens in ClickHouse, and ``uniqExact(event_id)`` in billin
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -128,13 +129,44 @@ def decision_event_id(impression_id: str) -> str:
     return f"dec:{impression_id}"
 
 
-def encode_event(event: Event) -> bytes:
+def _values(event: Event) -> list[Any]:
     values = [getattr(event, name) for name in _FIELDS]
     # Fields added since version 1 are left off the end while they hold their defaults, so an event that uses
     # none of them still decodes in a collector from before they existed (a rolling upgrade, edges first).
     while len(values) > len(_FIELDS) - len(_ADDED) and values[-1] == _ADDED[_FIELDS[len(values) - 1]]:
         values.pop()
-    return msgpack.packb([SCHEMA_VERSION, values], use_bin_type=True)
+    return values
+
+
+def encode_event(event: Event) -> bytes:
+    return msgpack.packb([SCHEMA_VERSION, _values(event)], use_bin_type=True)
+
+
+BATCH = "batch"
+MAX_BATCH = 64
+
+
+def encode_event_batch(events: Sequence[Event]) -> bytes:
+    """Several events in one message: an ad request's decision events travel together, because nats-server's
+    work (and the stream's storage) is per message; each event keeps its own id for deduplication."""
+    if not 0 < len(events) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1-{MAX_BATCH} events")
+    return msgpack.packb([SCHEMA_VERSION, BATCH, [_values(e) for e in events]], use_bin_type=True)
+
+
+def decode_events(data: bytes) -> list[Event]:
+    """The events of one message: a single event (``encode_event``) or a batch (``encode_event_batch``).
+    A batch with one bad event is refused whole (it is dead-lettered as one message)."""
+    try:
+        unpacked = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise EventDecodeError(f"not msgpack: {exc}") from exc
+    if isinstance(unpacked, list) and len(unpacked) == 3 and unpacked[1] == BATCH:
+        version, _, batch = unpacked
+        if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
+            raise EventDecodeError(f"a batch must hold 1-{MAX_BATCH} events")
+        return [_from_values(version, values) for values in batch]
+    return [_from_unpacked(unpacked)]
 
 
 class EventDecodeError(ValueError):
@@ -143,9 +175,21 @@ class EventDecodeError(ValueError):
 
 def decode_event(data: bytes) -> Event:
     try:
-        version, values = msgpack.unpackb(data, raw=False)
+        unpacked = msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise EventDecodeError(f"not msgpack: {exc}") from exc
+    return _from_unpacked(unpacked)
+
+
+def _from_unpacked(unpacked: Any) -> Event:
+    try:
+        version, values = unpacked
+    except (TypeError, ValueError) as exc:
+        raise EventDecodeError("an event is [version, fields]") from exc
+    return _from_values(version, values)
+
+
+def _from_values(version: Any, values: Any) -> Event:
     if version != SCHEMA_VERSION:
         raise EventDecodeError(f"unknown event schema version {version!r}")
     # More fields than this code knows: a newer writer's additions, ignored (the collector upgrades last).

@@ -66,6 +66,7 @@ class _Pending:
     attempts: int = 0
     single: bool = False  # refused once inside a batch: go alone from now on
     acked: asyncio.Future[None] | None = None  # resolved when JetStream has the message
+    events: int = 1  # how many events the message carries (a batch of decisions: several); for the stats
 
 
 @dataclass(slots=True)
@@ -109,11 +110,12 @@ class EventPublisher:
     def has_room(self, *, billing: bool) -> bool:
         return self.buffered < (self._hard if billing else self._soft)
 
-    def submit(self, subject: str, msg_id: str, payload: bytes, *, billing: bool) -> bool:
+    def submit(self, subject: str, msg_id: str, payload: bytes, *, billing: bool, events: int = 1) -> bool:
+        """Queue a message (``events``: how many events it carries, for the stats, which count events)."""
         if not billing and self.buffered >= self._soft:
-            self.stats.shed += 1
+            self.stats.shed += events
             return False
-        return self._enqueue(_Pending(subject, msg_id, payload))
+        return self._enqueue(_Pending(subject, msg_id, payload, events=events))
 
     def submit_acked(self, subject: str, msg_id: str, payload: bytes) -> asyncio.Future[None] | None:
         """Submit a billing event and get a future resolved by JetStream's PubAck (None when full).
@@ -129,7 +131,7 @@ class EventPublisher:
             self.stats.rejected_billing += 1
             return False
         self._queue.append(item)
-        self.stats.submitted += 1
+        self.stats.submitted += item.events
         self._wake.set()
         return True
 
@@ -250,11 +252,11 @@ class EventPublisher:
             return
         self._finish(token)
         self._backoff = _MIN_BACKOFF_S
-        self.stats.acked += len(request.items)
+        self.stats.acked += sum(item.events for item in request.items)
         if batch:
             self.stats.batches += 1
         elif ack.get("duplicate"):
-            self.stats.duplicates += 1
+            self.stats.duplicates += request.items[0].events
         for item in request.items:
             if item.acked is not None and not item.acked.done():
                 item.acked.set_result(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from replication.events import EventType
 
@@ -43,6 +44,21 @@ def check_token(name: str, what: str) -> str:
 
 def event_subject(region: str, event_type: EventType) -> str:
     return f"ads.ev.{region}.{event_type.value}"
+
+
+def event_batch_subject(region: str, event_type: EventType, count: int) -> str:
+    """A batch of ``count`` events of one type (``replication.events.encode_event_batch``). The count rides in
+    the subject so a stream's per-subject message counts still add up to its events (``events_in``)."""
+    return f"ads.ev.{region}.{event_type.value}.{count}"
+
+
+def events_in(messages_by_subject: Mapping[str, int]) -> int:
+    """Events held under these event subjects: one per message, ``count`` per message of a batch subject."""
+    total = 0
+    for subject, messages in messages_by_subject.items():
+        parts = subject.split(".")
+        total += messages * (int(parts[4]) if len(parts) == 5 and parts[4].isdigit() else 1)
+    return total
 
 
 def region_events_stream(region: str) -> str:

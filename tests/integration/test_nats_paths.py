@@ -368,3 +368,40 @@ def test_allowance_offered_back_is_credited_once_and_granted_again(nats_url: str
     assert granted == 25_000 and exhausted == 0  # a quarter of the remainder at a time
     assert after_offer == granted - 15_000  # credited once, not twice
     assert regranted > 0
+
+
+def test_every_answer_names_the_held_campaigns_the_allocator_has_run_out_of(nats_url: str) -> None:
+    """A quiet holder that has not asked since the budget ran out learns it from its heartbeat's answer (so it
+    can offer back its excess), and stops hearing it once allowance has come back."""
+    terms = BudgetTerms(daily_budget_micros=4_000, total_budget_micros=1_000_000, timezone="UTC",
+                        unit_ceiling_micros=1_000)
+
+    async def scenario() -> tuple[list, list, list]:
+        nc, js = await _js(nats_url, "t-exhausted")
+        store = await Store(js).open()
+        cid = f"cmpex{time.time_ns()}"
+        service = GrantService(nc, store, lambda c: terms, 1.0)
+        await service.start()
+
+        async def ask(request: dict) -> dict:
+            reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
+            return msgpack.unpackb(reply.data, raw=False)
+
+        first = await ask({"id": "q1", "worker": "eu.0", "region": "eu", "asks": {cid: 1_000}})
+        day = first["grants"][cid][2]
+        before = (await ask({"id": "q2", "worker": "eu.0", "region": "eu", "asks": {},
+                             "unused": {cid: [1_000, day]}}))["exhausted"]
+        for n in range(6):  # another region takes the rest
+            await ask({"id": f"b{n}", "worker": "us.0", "region": "us", "asks": {cid: 1_000}})
+        quiet = (await ask({"id": "q3", "worker": "eu.0", "region": "eu", "asks": {},
+                            "unused": {cid: [1_000, day]}}))["exhausted"]
+        await ask({"id": "b9", "worker": "us.0", "region": "us", "asks": {}, "unused": {cid: [0, day]},
+                   "give_back": {cid: [2_000, day]}})
+        after = (await ask({"id": "q4", "worker": "eu.0", "region": "eu", "asks": {},
+                            "unused": {cid: [1_000, day]}}))["exhausted"]
+        await nc.close()
+        return before, quiet, after
+
+    before, quiet, after = run(scenario)
+    assert before == [] and after == []
+    assert len(quiet) == 1 and quiet[0].startswith("cmpex")

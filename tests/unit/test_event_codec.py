@@ -188,3 +188,21 @@ def test_out_of_range_money_is_refused():
     for bad in (-1, MAX_INT + 1):
         with pytest.raises(EventDecodeError, match="out of range"):
             decode_event(encode_event(event(cost_micros=bad)))
+
+
+def test_a_batch_carries_each_event_with_its_own_id_and_a_bad_one_refuses_it_whole():
+    from replication.events import MAX_BATCH, decode_events, encode_event_batch
+    from replication.subjects import event_batch_subject, events_in
+
+    batch = [dataclasses.replace(event(), event_id=f"dec:a-{i}", impression_id=f"a-{i}") for i in range(6)]
+    assert decode_events(encode_event_batch(batch)) == batch
+    assert decode_events(encode_event(batch[0])) == [batch[0]]  # a single event is a message of one
+    with pytest.raises(ValueError):
+        encode_event_batch([batch[0]] * (MAX_BATCH + 1))
+    bad = msgpack.packb([SCHEMA_VERSION, "batch", [values_of(batch[0]), ["not", "an", "event"]]])
+    with pytest.raises(EventDecodeError):
+        decode_events(bad)
+    # The stream's per-subject counts add up to events: a batch subject names how many it holds.
+    subject = event_batch_subject("eu", EventType.DECISION, 6)
+    assert subject == "ads.ev.eu.decision.6"
+    assert events_in({subject: 10, "ads.ev.eu.impression": 7, "ads.ev.eu.decision.1": 3}) == 60 + 7 + 3
