@@ -143,7 +143,7 @@ def encode_event(event: Event) -> bytes:
 
 
 BATCH = "batch"
-MAX_BATCH = 64
+MAX_BATCH = 1024
 
 
 def encode_event_batch(events: Sequence[Event]) -> bytes:

@@ -336,6 +336,12 @@ def test_a_lost_grant_reply_is_replayed_not_granted_twice(nats_url: str) -> None
     assert recorded == 30_000  # granted once
 
 
+async def _grant_request(nc: Any, request: dict) -> dict:
+    """One grant request/answer over NATS, as the edge's grant loop sends it."""
+    reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
+    return msgpack.unpackb(reply.data, raw=False)
+
+
 def test_allowance_offered_back_is_credited_once_and_granted_again(nats_url: str) -> None:
     """A live account offers back what it holds beyond its needs; the counter goes down by exactly that (also
     when the request is re-sent after a lost reply), and another account's ask gets it."""
@@ -349,9 +355,8 @@ def test_allowance_offered_back_is_credited_once_and_granted_again(nats_url: str
         service = GrantService(nc, store, lambda cid: terms, 1.0)
         await service.start()
 
-        async def ask(request: dict) -> dict:
-            reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
-            return msgpack.unpackb(reply.data, raw=False)
+        def ask(request: dict) -> Awaitable[dict]:
+            return _grant_request(nc, request)
 
         first = await ask({"id": "a1", "worker": "eu.0", "region": "eu", "asks": {campaign_id: 100_000}})
         granted, exhausted, day = first["grants"][campaign_id]
@@ -383,9 +388,8 @@ def test_every_answer_names_the_held_campaigns_the_allocator_has_run_out_of(nats
         service = GrantService(nc, store, lambda c: terms, 1.0)
         await service.start()
 
-        async def ask(request: dict) -> dict:
-            reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
-            return msgpack.unpackb(reply.data, raw=False)
+        def ask(request: dict) -> Awaitable[dict]:
+            return _grant_request(nc, request)
 
         first = await ask({"id": "q1", "worker": "eu.0", "region": "eu", "asks": {cid: 1_000}})
         day = first["grants"][cid][2]
