@@ -62,7 +62,7 @@ def ad_outcomes(edge_url: str) -> dict[str, int]:
     return out
 
 
-def refill(stack: LocalStack, urls: tuple[str, ...], paths_file: Path, script: Path, connections: int) -> None:
+def refill(urls: tuple[str, ...], paths_file: Path, script: Path, connections: int) -> None:
     """Load each edge briefly with the allocator running: an edge holds allowance for its recent spend rate
     over a quarter lease, so after this it holds enough for the timed runs that follow with the control
     plane frozen; then give the grant loops a moment to top up."""
@@ -117,7 +117,7 @@ def bench_http(*, duration_s: float, connections: int, rounds: int, say: Callabl
             # Ad outcomes over the timed runs only (the warm-up and refill runs are left out).
             outcomes: dict[str, dict[str, int]] = {edge_url: {}, quiet.url: {}}
             for r in range(rounds):
-                refill(stack, (edge_url, quiet.url), paths_file, script, connections)
+                refill((edge_url, quiet.url), paths_file, script, connections)
                 before_round = {url: ad_outcomes(url) for url in outcomes}
                 pause(stack.control_plane)
                 try:

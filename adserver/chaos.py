@@ -400,7 +400,7 @@ async def _scan_stream(nats_url: str, stream: str = EVENTS_STREAM) -> tuple[int,
                 break
             for msg in msgs:
                 seen += 1
-                if ".decision" not in msg.subject:  # decisions: one message per ad request, not billed
+                if ".decision" not in msg.subject:  # decisions: batched many to a message, not billed
                     ids[(msg.headers or {}).get("Nats-Msg-Id", "")] += 1
         return total, ids
     finally:

@@ -25,7 +25,7 @@ from control_plane.builder import SnapshotBuilder
 from control_plane.periodic import every
 from control_plane.storage import EventStore, LabelledImpression
 from replication.clock import Clock
-from replication.ctr_model import Ftrl, Impression, impression_indexes
+from replication.ctr_model import Ftrl, Impression, country_of, impression_indexes, utc_hour
 from replication.variants import Tally
 
 
@@ -51,9 +51,8 @@ class ClickTrainer:
     def learn(self, rows: Sequence[LabelledImpression]) -> None:
         bits = self.model.bits
         for r in rows:
-            hour = (r.ts_ms // 3_600_000) % 24
-            imp = Impression(r.campaign_id, r.creative_id, r.advertiser_id, r.placement, r.geo.split("-", 1)[0],
-                             r.device, hour)
+            imp = Impression(r.campaign_id, r.creative_id, r.advertiser_id, r.placement, country_of(r.geo),
+                             r.device, utc_hour(r.ts_ms // 1000))
             self.model.learn(impression_indexes(imp, bits), r.clicked)
             self.impressions[r.creative_id] = self.impressions.get(r.creative_id, 0) + 1
             self.clicks += r.clicked

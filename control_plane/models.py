@@ -335,7 +335,7 @@ def validate_campaign(data: Any, *, existing: dict[str, Any] | None = None,
     return out
 
 
-_TEXT_MAX = {"headline": 90, "cta": 30}
+TEXT_MAX = {"headline": 90, "cta": 30}  # characters; the OpenAPI document reads them from here
 
 
 def validate_creative(data: Any, field_prefix: str = "") -> dict[str, Any]:
@@ -347,10 +347,10 @@ def validate_creative(data: Any, field_prefix: str = "") -> dict[str, Any]:
         if key not in CREATIVE_FIELDS:
             errors.append(FieldError(f"{p}{key}", "unknown or read-only field"))
     out: dict[str, Any] = {
-        "headline": _text(data.get("headline"), f"{p}headline", errors, _TEXT_MAX["headline"]),
+        "headline": _text(data.get("headline"), f"{p}headline", errors, TEXT_MAX["headline"]),
         "image_url": _url(data.get("image_url"), f"{p}image_url", errors),
         "landing_url": _url(data.get("landing_url"), f"{p}landing_url", errors),
-        "cta": _text(data.get("cta", "Learn more"), f"{p}cta", errors, _TEXT_MAX["cta"]),
+        "cta": _text(data.get("cta", "Learn more"), f"{p}cta", errors, TEXT_MAX["cta"]),
     }
     size = data.get("size")
     if not isinstance(size, str) or size not in SIZES:
@@ -386,7 +386,7 @@ def _alternatives(raw: Any, own: dict[str, Any], field: str, errors: list[FieldE
         seen = {own.get(name)}
         for i, value in enumerate(values):
             at = f"{field}.{name}[{i}]"
-            checked = _url(value, at, errors) if name == "image_url" else _text(value, at, errors, _TEXT_MAX[name])
+            checked = _url(value, at, errors) if name == "image_url" else _text(value, at, errors, TEXT_MAX[name])
             if checked is None:
                 continue
             if checked not in seen:  # a repeat would only be the same variant twice: merged, like term lists

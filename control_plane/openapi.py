@@ -93,19 +93,21 @@ ALTERNATIVES = {
                    "and learns per device class which gets clicked (Thompson sampling); a value repeating the "
                    "creative's own or another is merged; null means none",
     "properties": {
-        "headline": {"type": "array", "maxItems": MAX_ALTERNATIVES, "items": _text(90, "a headline")},
+        "headline": {"type": "array", "maxItems": MAX_ALTERNATIVES,
+                     "items": _text(models.TEXT_MAX["headline"], "a headline")},
         "image_url": {"type": "array", "maxItems": MAX_ALTERNATIVES, "items": _URL},
-        "cta": {"type": "array", "maxItems": MAX_ALTERNATIVES, "items": _text(30, "a call to action")},
+        "cta": {"type": "array", "maxItems": MAX_ALTERNATIVES,
+                "items": _text(models.TEXT_MAX["cta"], "a call to action")},
     },
 }
 
 CREATIVE_INPUT = {
     "type": "object", "additionalProperties": False, "required": ["headline", "image_url", "landing_url", "size"],
     "properties": {
-        "headline": _text(90, "headline shown on the ad"),
+        "headline": _text(models.TEXT_MAX["headline"], "headline shown on the ad"),
         "image_url": _URL,
         "landing_url": _URL,
-        "cta": {**_text(30, "call to action"), "default": "Learn more"},
+        "cta": {**_text(models.TEXT_MAX["cta"], "call to action"), "default": "Learn more"},
         "size": {"enum": sorted(models.SIZES)},
         "prior_ctr": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
                       "exclusiveMaximum": True, "default": 0.01,

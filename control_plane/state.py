@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from nats.js import JetStreamContext
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from control_plane.auth import hash_token
 from control_plane.builder import SnapshotBuilder
 from control_plane.click_trainer import ClickTrainer
 from control_plane.collector import Collector
@@ -104,7 +104,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     store = await Store(js).open()
     builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros,
                               clock=settings.clock, traffic_shape=settings.cp_traffic_shape,
-                              admin_key=hashlib.sha256(settings.cp_admin_token.encode()).hexdigest()
+                              admin_key=hash_token(settings.cp_admin_token)
                               if settings.cp_admin_token else "")
     grants = GrantService(nc, store, builder.terms, settings.cp_grant_slice, clock=settings.clock,
                           lease_s=settings.cp_lease_s)

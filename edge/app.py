@@ -126,7 +126,7 @@ async def ads(request: Request) -> Response:
             "adv": c.advertiser_id, "plc": parsed.placement, "bt": c.bid_type, "px": win.price_micros,
             "geo": parsed.geo, "dev": parsed.device, **ivt_claims,
         }
-        shown = pick(k, k.creative_id, arms, segment, st.variant_rng, snapshot.variant_memo)
+        shown = pick(k, arms, segment, st.variant_rng, snapshot.variant_memo)
         if shown is not None:  # the click token carries it too: a click credits the variant it was on
             common["var"] = shown.key
         if win.reserve_micros:
@@ -150,7 +150,7 @@ async def ads(request: Request) -> Response:
         })
         if settings.edge_decision_events:
             decisions.append(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0))
-    if decisions:  # one message for the request's decisions: nats-server's cost is per message
+    if decisions:  # batched across requests into few messages (EdgeState.emit_decisions)
         st.emit_decisions(decisions)
     if not out:
         reason = result.no_fill.value if result.no_fill else "budget"

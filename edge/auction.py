@@ -25,6 +25,7 @@ from edge.ctr import predicted_ctr_and_ecpm, predicted_ctr_one
 from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns
+from replication.ctr_model import country_of
 from replication.snapshot import RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
 
 _CPM, _CPA = BID_TYPES.index("cpm"), BID_TYPES.index("cpa")
@@ -74,7 +75,7 @@ class AdRequest:
 
     @property
     def country(self) -> str:
-        return self.geo.split("-", 1)[0] if self.geo else ""
+        return country_of(self.geo)
 
 
 @dataclass(frozen=True, slots=True)

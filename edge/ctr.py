@@ -36,6 +36,7 @@ from replication.ctr_model import (
     index_of,
     sigmoid,
     token_hash,
+    utc_hour,
 )
 from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative
 
@@ -104,10 +105,6 @@ def _campaign_hashes(snapshot: Snapshot) -> dict[str, np.ndarray]:
                                count=n),
         }
     return found
-
-
-def utc_hour(now_s: float) -> int:
-    return int(now_s // 3600) % 24
 
 
 def blend(p: np.ndarray, seen: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

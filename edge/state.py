@@ -154,13 +154,6 @@ class EdgeState:
                 S.event_batch_subject(self.settings.edge_region, EventType.DECISION, len(batch)),
                 f"decs:{batch[0].event_id}", encode_event_batch(batch), billing=False, events=len(batch))
 
-    def emit(self, event: Event, *, billing: bool) -> bool:
-        assert self.publisher is not None
-        return self.publisher.submit(
-            S.event_subject(self.settings.edge_region, event.type), event.event_id, encode_event(event),
-            billing=billing,
-        )
-
     async def on_snapshot(self, version: int, data: bytes) -> None:
         try:
             # In a worker thread: decoding and indexing take seconds at 100,000 campaigns, and on the event loop

@@ -640,8 +640,8 @@ class DayDriver:
                  edges: EdgesSource, clock: VirtualClock, day_start_v: float, label: str = "daysim",
                  progress: bool = True, live: Sequence[LiveCampaign] = ()) -> None:
         self.cfg = cfg
-        # campaign id -> (controller, spec), and topic -> its campaigns' specs: what a response's ads mean
-        self._live = {c.campaign_id: (c.controller, c.spec) for c in live}
+        # campaign id -> spec, and topic -> its campaigns' specs: what a response's ads mean
+        self._spec_of = {c.campaign_id: c.spec for c in live}
         self._topic_specs: dict[int, list[CampaignSpec]] = {}
         for spec in {c.spec.index: c.spec for c in live}.values():
             self._topic_specs.setdefault(spec.topic, []).append(spec)
@@ -773,10 +773,10 @@ class DayDriver:
         demand assumes every lower bidder always serves; when pacing or spent budgets keep them out, the
         price falls toward the reserve and the budget may become unreachable. Summed over a day this is the
         demand a campaign really met, which utilisation is judged against."""
-        if not arrival.rendered or not self._live:
+        if not arrival.rendered or not self._spec_of:
             return
-        paid = {self._live[a["campaign_id"]][1].index: token_price(a.get("impression_url", ""))
-                for a in ads if a.get("campaign_id") in self._live}
+        paid = {self._spec_of[a["campaign_id"]].index: token_price(a.get("impression_url", ""))
+                for a in ads if a.get("campaign_id") in self._spec_of}
         specs = self._topic_specs.get(arrival.topic, [])
         bids = sorted((x.cpm_micros for x in specs if x.index in paid), reverse=True)
         reserve = self.cfg.reserve_cpm_micros

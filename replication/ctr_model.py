@@ -29,10 +29,19 @@ MASK64 = (1 << 64) - 1
 MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: a full-period odd multiplier
 SALT = 0xC2B2AE3D27D4EB4F
 DEFAULT_BITS = 18  # 262,144 weights: 1 MB as float32 at the edge
-AD_FIELDS = ("cm", "cr", "adv")
-CONTEXT_FIELDS = ("pl", "geo", "dev", "hr")
 # (ad field, context field) pairs crossed: campaign x placement, creative x placement, campaign x device.
 CROSSES = (("cm", "pl"), ("cr", "pl"), ("cm", "dev"))
+
+
+# The context features as training (control_plane.click_trainer) and serving (edge.ctr) both derive them: one
+# definition, so the model is never scored on features it was not trained on.
+def utc_hour(epoch_s: float) -> int:
+    return int(epoch_s // 3600) % 24
+
+
+def country_of(geo: str) -> str:
+    """"US" of "US-CA": the country part of a geo."""
+    return geo.split("-", 1)[0] if geo else ""
 
 
 def token_hash(field_name: str, value: str) -> int:

@@ -147,8 +147,8 @@ MAX_BATCH = 1024
 
 
 def encode_event_batch(events: Sequence[Event]) -> bytes:
-    """Several events in one message: an ad request's decision events travel together, because nats-server's
-    work (and the stream's storage) is per message; each event keeps its own id for deduplication."""
+    """Several events in one message (the edge batches its decision events across requests), because
+    nats-server's work and the stream's storage are per message; each event keeps its own id for dedup."""
     if not 0 < len(events) <= MAX_BATCH:
         raise ValueError(f"a batch holds 1-{MAX_BATCH} events")
     return msgpack.packb([SCHEMA_VERSION, BATCH, [_values(e) for e in events]], use_bin_type=True)
@@ -157,10 +157,7 @@ def encode_event_batch(events: Sequence[Event]) -> bytes:
 def decode_events(data: bytes) -> list[Event]:
     """The events of one message: a single event (``encode_event``) or a batch (``encode_event_batch``).
     A batch with one bad event is refused whole (it is dead-lettered as one message)."""
-    try:
-        unpacked = msgpack.unpackb(data, raw=False)
-    except Exception as exc:
-        raise EventDecodeError(f"not msgpack: {exc}") from exc
+    unpacked = _unpack(data)
     if isinstance(unpacked, list) and len(unpacked) == 3 and unpacked[1] == BATCH:
         version, _, batch = unpacked
         if not isinstance(batch, list) or not 0 < len(batch) <= MAX_BATCH:
@@ -174,11 +171,14 @@ class EventDecodeError(ValueError):
 
 
 def decode_event(data: bytes) -> Event:
+    return _from_unpacked(_unpack(data))
+
+
+def _unpack(data: bytes) -> Any:
     try:
-        unpacked = msgpack.unpackb(data, raw=False)
+        return msgpack.unpackb(data, raw=False)
     except Exception as exc:
         raise EventDecodeError(f"not msgpack: {exc}") from exc
-    return _from_unpacked(unpacked)
 
 
 def _from_unpacked(unpacked: Any) -> Event:

@@ -286,8 +286,8 @@ def _creative_from_wire(k: list) -> SnapshotCreative:
             for a in alternatives):
         raise SnapshotDecodeError(f"creative {k[0]!r}: alternatives must be 3 lists of at most "
                                   f"{MAX_ALTERNATIVES} strings")
-    return SnapshotCreative(*k[:7], alternatives=(tuple(alternatives[0]), tuple(alternatives[1]),
-                                                  tuple(alternatives[2])))
+    headlines, images, ctas = (tuple(a) for a in alternatives)
+    return SnapshotCreative(*k[:7], alternatives=(headlines, images, ctas))
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:

@@ -336,10 +336,19 @@ def test_a_lost_grant_reply_is_replayed_not_granted_twice(nats_url: str) -> None
     assert recorded == 30_000  # granted once
 
 
-async def _grant_request(nc: Any, request: dict) -> dict:
-    """One grant request/answer over NATS, as the edge's grant loop sends it."""
-    reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
-    return msgpack.unpackb(reply.data, raw=False)
+async def _grant_service(nats_url: str, name: str,
+                         terms: BudgetTerms) -> tuple[Any, Store, Callable[[dict], Awaitable[dict]]]:
+    """A started grant service (every campaign on ``terms``, whole-budget slices) and a function that sends
+    it one grant request, as the edge's grant loop does, and returns the answer."""
+    nc, js = await _js(nats_url, name)
+    store = await Store(js).open()
+    await GrantService(nc, store, lambda cid: terms, 1.0).start()
+
+    async def ask(request: dict) -> dict:
+        reply = await nc.request(S.BUDGET_GRANT_SUBJECT, msgpack.packb(request), timeout=5)
+        return msgpack.unpackb(reply.data, raw=False)
+
+    return nc, store, ask
 
 
 def test_allowance_offered_back_is_credited_once_and_granted_again(nats_url: str) -> None:
@@ -349,15 +358,8 @@ def test_allowance_offered_back_is_credited_once_and_granted_again(nats_url: str
                         unit_ceiling_micros=1_000)
 
     async def scenario() -> tuple[int, int, int, int]:
-        nc, js = await _js(nats_url, "t-giveback")
-        store = await Store(js).open()
+        nc, store, ask = await _grant_service(nats_url, "t-giveback", terms)
         campaign_id = f"cmpgive{time.time_ns()}"
-        service = GrantService(nc, store, lambda cid: terms, 1.0)
-        await service.start()
-
-        def ask(request: dict) -> Awaitable[dict]:
-            return _grant_request(nc, request)
-
         first = await ask({"id": "a1", "worker": "eu.0", "region": "eu", "asks": {campaign_id: 100_000}})
         granted, exhausted, day = first["grants"][campaign_id]
         offer = {"id": "a2", "worker": "eu.0", "region": "eu", "asks": {},
@@ -382,15 +384,8 @@ def test_every_answer_names_the_held_campaigns_the_allocator_has_run_out_of(nats
                         unit_ceiling_micros=1_000)
 
     async def scenario() -> tuple[list, list, list]:
-        nc, js = await _js(nats_url, "t-exhausted")
-        store = await Store(js).open()
+        nc, _, ask = await _grant_service(nats_url, "t-exhausted", terms)
         cid = f"cmpex{time.time_ns()}"
-        service = GrantService(nc, store, lambda c: terms, 1.0)
-        await service.start()
-
-        def ask(request: dict) -> Awaitable[dict]:
-            return _grant_request(nc, request)
-
         first = await ask({"id": "q1", "worker": "eu.0", "region": "eu", "asks": {cid: 1_000}})
         day = first["grants"][cid][2]
         before = (await ask({"id": "q2", "worker": "eu.0", "region": "eu", "asks": {},

@@ -27,7 +27,7 @@ def test_variants_are_every_combination_with_the_creative_itself_first() -> None
 
 def test_a_creative_without_alternatives_has_no_variant_to_pick() -> None:
     plain = SnapshotCreative("k2", "300x250", "H", "https://i", "https://l", "Go", 0.02)
-    assert pick(plain, "k2", {}, "mobile", np.random.default_rng(1), {}) is None
+    assert pick(plain, {}, "mobile", np.random.default_rng(1), {}) is None
 
 
 def test_pick_computes_a_posterior_once_per_creative_and_segment() -> None:
@@ -35,7 +35,7 @@ def test_pick_computes_a_posterior_once_per_creative_and_segment() -> None:
     cells = {v.key: (1000.0, 100.0 if v.key == "1.0.0" else 10.0) for v in variants(CREATIVE)}
     arms = {"k1": {"mobile": cells, ALL_SEGMENTS: cells}}
     rng = np.random.default_rng(2)
-    shown = [pick(CREATIVE, "k1", arms, "mobile", rng, cache) for _ in range(200)]
+    shown = [pick(CREATIVE, arms, "mobile", rng, cache) for _ in range(200)]
     assert set(cache) == {("k1", "mobile")}
     assert sum(v is not None and v.key == "1.0.0" for v in shown) > 190
 
