@@ -3,9 +3,12 @@
 In-process and side by side: the same seeded requests against the same snapshot (1,000 campaigns, 6 slots),
 alternating rounds. "Off" is the bare auction with an unlimited allowance and no throttle. "On" is what the
 edge's ``/v1/ads`` does for budgets: the auction reads the live allowance of the worker's ledger and the
-pacing throttles, every win reserves its expected cost (staged as PN-counter increments), and the control tick
-the edge runs every 100 ms (expire reservations, move the staged increments into the pycrdt replica; every
-half second also flush the Yjs delta and re-pace every campaign) runs on the same schedule inside the loop.
+pacing throttles, every win reserves its expected cost (staged as PN-counter increments), and the edge's
+control tick (``edge.accounting.Accounting.tick``, the same code: expire reservations, track spend rates,
+roll days, move the staged increments into the pycrdt replica; every half second re-pace every campaign),
+the grant loop's 100 ms check of what to ask for (``Accounting.grant_request``; the NATS request itself is
+left out: the allocator grants enough up front) and the half-second Yjs delta flush run on the edge's
+schedule inside the loop.
 HTTP and JSON cost the same either way and are left out, so the ratio is the budget machinery's own cost.
 """
 
@@ -18,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge.accounting import Accounting
 from edge.auction import AdRequest, run_auction
-from edge.budget import BudgetLedger, Hold
+from edge.budget import BudgetLedger
 from edge.spend import SpendView
 from replication.calendar import utc_day
 from replication.snapshot import Snapshot, SnapshotCampaign, SnapshotCreative, build_snapshot
@@ -57,12 +61,12 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
     rng = random.Random(7)
     now = 1_800_000_000.0
     # A short TTL (of the loop's clock, 0.1 s per tick), so buckets expire and give back during the run too.
-    ledger = BudgetLedger(worker_id="bench", ttl_s=1.0)
-    spend = SpendView("bench")
+    accounting = Accounting(BudgetLedger(worker_id="bench", ttl_s=1.0), SpendView("bench"))
+    ledger, spend = accounting.ledger, accounting.spend
     if budget:
         for c in snapshot.campaigns:
             ledger.grant(c.campaign_id, 10**11, exhausted=False, day=utc_day(now))
-        spend.pace(snapshot, now)
+        accounting.tick(snapshot, now, pace=True)
     # Off: every campaign may spend without limit, read the same way the ledger's view is (a dict's get).
     allowance: Any = ledger.allowance_view() if budget else {c.campaign_id: 10**15 for c in snapshot.campaigns}
     throttle = spend.throttle  # empty when off; passed as edge/app.py does, None while nothing is throttled
@@ -71,27 +75,21 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
     next_tick = started + 0.1
     ticks = 0
     deadline = started + duration_s
-    holds: list[Hold] = []
     while True:
         for request in requests:
             result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance,
                                  throttle=throttle or None)
-            if budget:  # as edge/app.py: reserve each win and keep its hold for the tokens
-                for win in result.wins:
-                    hold = ledger.reserve(win.campaign.campaign_id, win.reserve_micros, now_s=now)
-                    if hold is not None:
-                        holds.append(hold)
-                holds.clear()
+            if budget:  # as edge/app.py: hold every win's expected cost, the holds go into its tokens
+                ledger.reserve_many([(w.campaign.campaign_id, w.reserve_micros) for w in result.wins], now_s=now)
             decisions += 1
         t = time.perf_counter()
-        if budget and t >= next_tick:
+        if budget and t >= next_tick:  # the edge's control tick (edge.state.control_loop), on its schedule
             now += 0.1
-            ledger.expire(now)
-            spend.stage(utc_day(now), ledger.drain_pn())
             ticks += 1
-            if ticks % 5 == 0:  # as edge.state: re-pace and publish the CRDT delta every half second
+            accounting.tick(snapshot, now, pace=ticks % 5 == 0)
+            accounting.grant_request(snapshot, now, retry_s=0.25)  # the grant loop's own 100 ms wake, unsent
+            if ticks % 5 == 0:  # as edge.state.spend_sync_loop: the CRDT delta goes out every half second
                 spend.flush(full=False)
-                spend.pace(snapshot, now)
             next_tick = t + 0.1
         if t >= deadline:
             return decisions / (t - started)

@@ -118,7 +118,12 @@ async def ads(request: Request) -> Response:
     decisions: list[Event] = []
     arms = snapshot.click_model.arms if snapshot.click_model is not None else {}
     segment = segment_of(parsed.device)
-    for win in result.wins:
+    # Every win's expected cost is held before its tokens are signed: the holds ride in them (claim "rsv").
+    holds = st.ledger.reserve_many([(w.campaign.campaign_id, w.reserve_micros) for w in result.wins], now_s=now)
+    for win, hold in zip(result.wins, holds, strict=True):
+        if hold is None:  # refused: the allowance or the lease ran out since the auction read it
+            st.metrics.filtered.labels("budget").inc()
+            continue
         impression_id = f"{auction_id}-{win.slot}"
         c, k = win.campaign, win.creative
         common = {
@@ -129,12 +134,7 @@ async def ads(request: Request) -> Response:
         shown = pick(k, arms, segment, st.variant_rng, snapshot.variant_memo)
         if shown is not None:  # the click token carries it too: a click credits the variant it was on
             common["var"] = shown.key
-        if win.reserve_micros:
-            hold = st.ledger.reserve(c.campaign_id, win.reserve_micros, now_s=now)
-            if hold is None:
-                st.metrics.filtered.labels("budget").inc()
-                continue
-            common["rsv"] = hold  # rides in the tokens: the billable event settles exactly this reservation
+        common["rsv"] = hold  # rides in the tokens: the billable event settles exactly this reservation
         imp_token = sign({**common, "k": "i", "exp": int(now) + settings.edge_impression_ttl_s},
                          settings.edge_signing_keys)
         click_token = sign({**common, "k": "c", "url": k.landing_url, "exp": int(now) + settings.edge_click_ttl_s},

@@ -41,17 +41,47 @@ from dataclasses import dataclass, field
 RES_P, RES_N, CHG_P, CHG_N = range(4)
 
 
-@dataclass(slots=True)
 class CampaignBudget:
-    available: int = 0
-    granted: int = 0
-    spent: int = 0
-    reserved: int = 0
-    refused: int = 0  # billable events not billed for lack of allowance
-    exhausted: bool = False
-    asked_at: float = -1e18
-    day: str = ""
-    counter: bool = False  # the "counter" baseline: admitted against the replicated counter, not grants
+    """One campaign's account in a ledger. ``available`` lives in the ledger's ``available_by_campaign`` (the
+    dict the auction reads); ``reserved`` is brought up to date when read (``BudgetLedger.fold``): the
+    per-ad path writes only that dict (see ``BudgetLedger.reserve_many``)."""
+
+    __slots__ = ("_id", "_ledger", "_reserved", "asked_at", "counter", "day", "exhausted", "granted", "refused",
+                 "spent")
+
+    def __init__(self, ledger: BudgetLedger, campaign_id: str) -> None:
+        self._ledger = ledger
+        self._id = campaign_id
+        self._reserved = 0
+        self.granted = 0
+        self.spent = 0
+        self.refused = 0  # billable events not billed for lack of allowance
+        self.exhausted = False
+        self.asked_at = -1e18
+        self.day = ""
+        self.counter = False  # the "counter" baseline: admitted against the replicated counter, not grants
+
+    @property
+    def available(self) -> int:
+        return self._ledger.available_by_campaign.get(self._id, 0)
+
+    @available.setter
+    def available(self, micros: int) -> None:
+        self._ledger._set_available(self._id, micros)
+
+    @property
+    def reserved(self) -> int:
+        self._ledger._fold_one(self._id)
+        return self._reserved
+
+    @reserved.setter
+    def reserved(self, micros: int) -> None:
+        self._ledger._fold_one(self._id)
+        self._reserved = micros
+
+    def __repr__(self) -> str:
+        return (f"CampaignBudget({self._id!r}, available={self.available}, reserved={self.reserved}, "
+                f"granted={self.granted}, spent={self.spent}, day={self.day!r})")
 
 
 # What the caller keeps for one reserved ad (signed into its tokens): the ledger's worker id, the number of
@@ -89,13 +119,15 @@ class BudgetLedger:
     # (micros, day), and the account it was taken from. Neither available nor returned until the answer says.
     giving: dict[str, tuple[int, str]] = field(default_factory=dict)
     giving_account: str = ""
-    # campaign -> its CampaignBudget.available, kept in step by every method that changes it: the auction reads
-    # it per candidate, and a plain dict's C-level get costs a fraction of a Python-level view's
+    # campaign -> micros it may still spend here (CampaignBudget.available reads and writes it): the auction
+    # reads it per candidate, and a plain dict's C-level get costs a fraction of a Python-level view's
     available_by_campaign: dict[str, int] = field(default_factory=dict)
 
     account: str = field(init=False, default="")
     _open: _Bucket | None = field(init=False, default=None)  # the bucket reservations go to now
     _open_seq: int = field(init=False, default=0)
+    _folded: dict[str, int] = field(init=False, default_factory=dict)  # see fold
+    _unfolded: bool = field(init=False, default=False)  # reserve_many ran since the last fold
     _open_until: float = field(init=False, default=-math.inf)
     _unstaged_from: int = field(init=False, default=0)  # the first bucket number drain_pn must look at
     # lease_until while the account is live, else -inf: reserve's one comparison for "may this account spend"
@@ -105,6 +137,57 @@ class BudgetLedger:
         self.account = f"{self.worker_id}.{self.epoch}"
         self._spend_until = self.lease_until if self.live else -math.inf
 
+    def _budget(self, campaign_id: str) -> CampaignBudget:
+        b = self.campaigns.get(campaign_id)
+        if b is None:
+            b = self.campaigns[campaign_id] = CampaignBudget(self, campaign_id)
+        return b
+
+    # Reservations reach the books lazily. reserve_many, once per ad, only lowers the campaign's entry in
+    # ``available_by_campaign``; ``_folded`` keeps each entry's value as of its campaign's last fold, and every
+    # other change of an allowance goes through ``_set_available``, which folds that campaign first. So the
+    # difference between the two is exactly what the campaign reserved since, all of it in the open bucket,
+    # and folding moves it into that bucket's ``held`` entry (under the campaign's day) and ``reserved``. Every
+    # reader of ``held`` or ``reserved`` folds first; opening another bucket, closing this one and every
+    # change of a campaign's day fold everything first, so a sum is never folded under the wrong bucket or day.
+
+    def fold(self) -> None:
+        """Bring every campaign's reservations since its last fold into the books (see above)."""
+        if not self._unfolded:
+            return
+        self._unfolded = False
+        folded = self._folded
+        for campaign_id, available in self.available_by_campaign.items():
+            if folded[campaign_id] != available:
+                self._fold_one(campaign_id)
+
+    def _fold_one(self, campaign_id: str) -> None:
+        available = self.available_by_campaign.get(campaign_id, 0)
+        micros = self._folded.get(campaign_id, available) - available
+        self._folded[campaign_id] = available
+        if not micros:
+            return
+        bucket = self._open
+        assert bucket is not None  # only reserve_many lowers an allowance unfolded, and it opens a bucket
+        b = self.campaigns[campaign_id]
+        b._reserved += micros
+        held = bucket.held.get(campaign_id)
+        if held is None:
+            bucket.held[campaign_id] = [micros, b.day, micros]
+        else:
+            held[0] += micros
+            held[2] += micros  # staged into the PN counter by drain_pn
+
+    def _set_available(self, campaign_id: str, micros: int) -> None:
+        self._fold_one(campaign_id)
+        self.available_by_campaign[campaign_id] = self._folded[campaign_id] = micros
+
+    def _close_open(self) -> None:
+        """No more reservations into the open bucket (a campaign's day turned, or the account closed)."""
+        self.fold()
+        self._open = None
+        self._open_until = -math.inf
+
     def _stage(self, campaign_id: str, day: str, index: int, micros: int) -> None:
         entry = self.pn.get((campaign_id, day))
         if entry is None:
@@ -112,9 +195,10 @@ class BudgetLedger:
         entry[index] += micros
 
     def drain_pn(self) -> dict[tuple[str, str], list[int]]:
-        """Everything staged since the last drain. Reservations are staged here rather than in ``reserve``:
-        each bucket entry sums what it took since the last drain (its third item), so the per-ad path
-        skips a keyed lookup per ad, and this walks only the buckets opened since the last drain."""
+        """Everything staged since the last drain. Reservations are staged here rather than per ad: each
+        bucket entry sums what it took since the last drain (its third item), and this walks only the buckets
+        opened since the last drain."""
+        self.fold()
         buckets = self.buckets
         for seq in range(self._unstaged_from, self._open_seq + 1):
             bucket = buckets.get(seq)
@@ -146,11 +230,10 @@ class BudgetLedger:
             if b.available > 0 and not b.counter:
                 back[campaign_id] = back.get(campaign_id, 0) + b.available
                 b.available = 0
-                self.available_by_campaign[campaign_id] = 0
             b.asked_at = -1e18
         self.epoch += 1
         self.account = f"{self.worker_id}.{self.epoch}"
-        self._open = None  # a bucket holds one account's reservations
+        self._close_open()  # a bucket holds one account's reservations
         self.live = False
         self.lease_until = self._spend_until = -math.inf
         return True
@@ -164,6 +247,7 @@ class BudgetLedger:
         """Returns of closed accounts with nothing left in flight; removed once taken."""
         if not self.returns:
             return {}
+        self.fold()
         holding = {bucket.account for bucket in self.buckets.values()
                    if bucket.account in self.returns and any(held[0] for held in bucket.held.values())}
         holding.add(self.giving_account)  # an offer still in flight may yet join that account's return
@@ -190,32 +274,34 @@ class BudgetLedger:
 
     def new_day(self, campaign_id: str, day: str) -> bool:
         """Enter the campaign-local ``day``. Returns True when it is newer: yesterday's slices are dropped."""
-        b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        b = self._budget(campaign_id)
         if day <= b.day:
             return False
+        self._close_open()
         b.day = day
         b.available = 0
-        self.available_by_campaign[campaign_id] = 0
         b.exhausted = False
         b.asked_at = -1e18
         return True
 
     def set_counter_allowance(self, campaign_id: str, day: str, micros: int) -> None:
         """The counter baseline: what this replica believes is left of the budget is the allowance."""
-        b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        b = self._budget(campaign_id)
         b.counter = True
-        b.day = max(b.day, day)
-        b.available = self.available_by_campaign[campaign_id] = max(0, micros)
+        if day > b.day:
+            self._close_open()
+            b.day = day
+        b.available = max(0, micros)
 
     def grant(self, campaign_id: str, micros: int, *, exhausted: bool, day: str) -> None:
-        b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        b = self._budget(campaign_id)
         if day < b.day:
             return  # a late answer for a day that is over: those micros were yesterday's
         if day > b.day:
+            self._close_open()
             b.day = day
             b.available = 0  # this grant is the new day's first: yesterday's leftovers are not carried over
         b.available += micros
-        self.available_by_campaign[campaign_id] = b.available
         b.granted += micros
         b.exhausted = exhausted
 
@@ -227,37 +313,38 @@ class BudgetLedger:
             b.asked_at = -1e18
 
     def reserve(self, campaign_id: str, micros: int, *, now_s: float) -> Hold | None:
-        """Hold ``micros`` of the allowance for an ad just chosen. Returns the hold to sign into the ad's
-        tokens, None when refused: no allowance for it, or no live lease (``now_s`` past the lease's end is
-        refused even before the next tick notices: a stalled event loop must not spend an expired lease)."""
-        b = self.campaigns.get(campaign_id)
-        if b is None or micros < 0:
-            return None
-        left = b.available - micros
-        if left < 0 or (now_s >= self._spend_until and not b.counter):
-            return None
-        # One call per ad shown, so it is written for speed: the common case is two dict lookups and adds.
+        """Hold ``micros`` of the allowance for an ad just chosen (one ``reserve_many`` entry)."""
+        return self.reserve_many(((campaign_id, micros),), now_s=now_s)[0]
+
+    def reserve_many(self, wanted: Iterable[tuple[str, int]], *, now_s: float) -> list[Hold | None]:
+        """Hold each (campaign, micros) of an ad request's chosen ads. Returns, in order, the hold to sign into
+        each ad's tokens, None where refused: no allowance for it, or no live lease (``now_s`` past the lease's
+        end is refused even before the next tick notices: a stalled event loop must not spend an expired lease).
+
+        Called for every ad shown, so per ad it only lowers the campaign's allowance and numbers the hold;
+        the bucket's entries and the campaign's ``reserved`` catch up in ``fold``
+        (``adserver bench --only decisions`` weighs this path)."""
         bucket = self._open
         if bucket is None or now_s >= self._open_until:
             bucket = self._new_bucket(now_s)
-        day = b.day
-        held = bucket.held.get(campaign_id)
-        if held is None:
-            bucket.held[campaign_id] = [micros, day, micros]
-        elif held[1] == day:
-            held[0] += micros
-            held[2] += micros  # staged into the PN counter by drain_pn, not per ad (see there)
-        else:  # the campaign's day turned while this bucket was open: one day per campaign and bucket
-            bucket = self._new_bucket(now_s)
-            bucket.held[campaign_id] = [micros, day, micros]
-        b.available = left
-        self.available_by_campaign[campaign_id] = left
-        b.reserved += micros
-        n = bucket.count
-        bucket.count = n + 1
-        return (self.worker_id, self._open_seq, micros, n)
+        self._unfolded = True
+        leased = now_s < self._spend_until
+        available = self.available_by_campaign
+        worker, seq, n = self.worker_id, self._open_seq, bucket.count
+        holds: list[Hold | None] = []
+        for campaign_id, micros in wanted:
+            left = available.get(campaign_id, -1) - micros
+            if left < 0 or micros < 0 or not (leased or self.campaigns[campaign_id].counter):
+                holds.append(None)  # an unknown campaign has no allowance (-1): refused too
+                continue
+            available[campaign_id] = left
+            holds.append((worker, seq, micros, n))
+            n += 1
+        bucket.count = n
+        return holds
 
     def _new_bucket(self, now_s: float) -> _Bucket:
+        self.fold()  # the bucket closing now: what it took joins its held entries before the next one opens
         self._open_seq += 1
         self._open_until = now_s + self.bucket_s
         bucket = self._open = self.buckets[self._open_seq] = _Bucket(self.account, self._open_until + self.ttl_s)
@@ -272,6 +359,8 @@ class BudgetLedger:
         bucket = self.buckets.get(hold[1])
         if bucket is None or not 0 <= hold[3] < bucket.count:
             return None
+        if bucket is self._open:
+            self._fold_one(campaign_id)
         held = bucket.held.get(campaign_id)
         if held is None:
             return None
@@ -298,7 +387,6 @@ class BudgetLedger:
             back[campaign_id] = back.get(campaign_id, 0) + micros
         else:
             b.available += micros
-            self.available_by_campaign[campaign_id] = b.available
 
     def release(self, campaign_id: str, hold: Hold | None) -> None:
         """The event will not be billed (invalid traffic): give its reservation back now, not at expiry."""
@@ -310,7 +398,7 @@ class BudgetLedger:
     def settle(self, campaign_id: str, cost: int, hold: Hold | None = None) -> bool:
         """A billable event arrived: release its reservation (if this ledger holds it) and take the real
         cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""
-        b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+        b = self._budget(campaign_id)
         taken = self._take(hold, campaign_id)
         if taken is not None:
             micros, day, account = taken
@@ -330,13 +418,18 @@ class BudgetLedger:
             b.refused += 1
             return False
         b.available -= cost
-        self.available_by_campaign[campaign_id] = b.available
         b.spent += cost
         self._stage(campaign_id, b.day, CHG_P, cost)
         return True
 
+    def used(self) -> dict[str, int]:
+        """Campaign -> micros spent plus in flight here (what its spend rate is measured on)."""
+        self.fold()
+        return {cid: b.spent + b._reserved for cid, b in self.campaigns.items()}
+
     def in_flight(self, campaign_id: str) -> int:
         """Micros this ledger's buckets still hold for the campaign (equals its ``reserved``)."""
+        self.fold()
         return sum(held[0] for bucket in self.buckets.values()
                    if (held := bucket.held.get(campaign_id)) is not None)
 
@@ -344,6 +437,7 @@ class BudgetLedger:
         """Give back every bucket whose TTL has run out; returns the micros released."""
         released = 0
         buckets = self.buckets
+        self.fold()
         while buckets:
             seq = next(iter(buckets))
             bucket = buckets[seq]
@@ -351,7 +445,7 @@ class BudgetLedger:
                 break
             del buckets[seq]
             if bucket is self._open:
-                self._open = None
+                self._close_open()
             self._stage_reserved(bucket)  # its reservations, if no drain has staged them yet
             for campaign_id, (micros, day, _) in bucket.held.items():
                 if micros:
@@ -381,7 +475,6 @@ class BudgetLedger:
                 continue
             excess = b.available - target
             b.available -= excess
-            self.available_by_campaign[campaign_id] = b.available
             offer[campaign_id] = (excess, b.day)
         if offer:
             self.giving, self.giving_account = offer, self.account
@@ -399,14 +492,16 @@ class BudgetLedger:
                 self.add_return(self.giving_account, campaign_id, micros)
             elif day == b.day:
                 b.available += micros
-                self.available_by_campaign[campaign_id] = b.available
         self.giving, self.giving_account = {}, ""
 
     def wants(self, targets: dict[str, int], *, now_s: float, retry_s: float) -> dict[str, int]:
         """Campaigns below their low-water mark (half the target) and how much to ask for each."""
         asks: dict[str, int] = {}
+        available = self.available_by_campaign
         for campaign_id, target in targets.items():
-            b = self.campaigns.setdefault(campaign_id, CampaignBudget())
+            if available.get(campaign_id, 0) * 2 >= target:
+                continue  # the common case, every 100 ms for every campaign: a dict read
+            b = self._budget(campaign_id)
             if b.exhausted and now_s - b.asked_at < retry_s * 20:
                 continue
             if b.available * 2 < target and now_s - b.asked_at >= retry_s:

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
+from edge.accounting import Accounting
 from edge.budget import BudgetLedger
 from edge.ctr import predicted_ctr_and_ecpm
 from edge.ivt import IvtPolicy
@@ -35,7 +36,6 @@ from edge.settings import EdgeSettings
 from edge.spend import SpendView
 from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
 from replication import subjects as S
-from replication.calendar import local_day, utc_day
 from replication.events import MAX_BATCH, Event, EventType, encode_event, encode_event_batch
 from replication.nats_io import (
     close_quietly,
@@ -45,7 +45,7 @@ from replication.nats_io import (
     follow_snapshots,
 )
 from replication.publisher import AckWaits, EventPublisher
-from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot, unit_cost_ceiling
+from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class EdgeState:
     worker_id: str
     # Thompson sampling draws Beta variates for all of a creative's variants at once (replication.variants).
     variant_rng: np.random.Generator = field(default_factory=np.random.default_rng)
-    ledger: BudgetLedger = field(default_factory=BudgetLedger)
+    accounting: Accounting = field(default_factory=lambda: Accounting(BudgetLedger(), SpendView("unnamed")))
     seen: SeenIds = field(default_factory=SeenIds)
     snapshot: Snapshot | None = None
     snapshot_loaded_at: float = 0.0
@@ -99,10 +99,6 @@ class EdgeState:
     # references until done, since the event loop keeps only weak ones.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     grant_failures: int = 0
-    lease_s: float = 60.0  # until the allocator's first answer says otherwise
-    rates: dict[str, float] = field(default_factory=dict)
-    used_seen: dict[str, int] = field(default_factory=dict)
-    rate_at: float = 0.0
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Billing events accepted but not yet acknowledged by JetStream: a retried beacon waits on the same one.
     unacked: dict[str, asyncio.Future[None]] = field(default_factory=dict)
@@ -112,8 +108,15 @@ class EdgeState:
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
     touches: TouchStore = field(default_factory=MemoryTouchStore)
     profiles: ProfileStore = field(default_factory=MemoryProfileStore)
-    spend: SpendView = field(default_factory=lambda: SpendView("unnamed"))
     ack_waits: AckWaits = field(default_factory=lambda: AckWaits(2.0))
+
+    @property
+    def ledger(self) -> BudgetLedger:
+        return self.accounting.ledger
+
+    @property
+    def spend(self) -> SpendView:
+        return self.accounting.spend
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -175,78 +178,18 @@ class EdgeState:
                 self.ledger.reset(c.campaign_id)  # budget or status may have changed: ask again
                 self.grant_wake.set()
 
-    def observe_rates(self, now: float) -> None:
-        """Track each campaign's spend rate here (reserved + charged per campaign second), smoothed."""
-        dt = now - self.rate_at
-        if dt <= 0:
-            return
-        self.rate_at = now
-        # Down slowly (over a campaign minute, or five real seconds when the clock is compressed), up fast:
-        # a burst that drains the allowance between refills must raise the next asks at once, not after a
-        # minute of no-fills (a new campaign starts from a few units).
-        slow = min(1.0, dt / max(60.0, 5.0 * self.settings.clock.speed))
-        for cid, b in self.ledger.campaigns.items():
-            used = b.spent + b.reserved
-            last = self.used_seen.get(cid, used)
-            self.used_seen[cid] = used
-            rate = max(0, used - last) / dt
-            old = self.rates.get(cid, rate)
-            alpha = 0.5 if rate > old else slow
-            self.rates[cid] = old * (1 - alpha) + rate * alpha
-
-    def grant_targets(self) -> dict[str, int]:
-        """How much allowance to hold per campaign: enough for this process's recent spend rate over a
-        quarter lease or two real seconds of refills (whichever is longer), never less than a few units and
-        never more than a twentieth of the budget (the allocator shrinks it further near the end)."""
-        snapshot = self.snapshot
-        if snapshot is None:
-            return {}
-        horizon_s = max(self.lease_s / 4, 2.0 * self.settings.clock.speed)
-        targets = {}
-        for c in snapshot.campaigns:
-            if c.budget_mode != "allowance":
-                continue
-            unit = unit_cost_ceiling(c.bid_type, c.max_bid_micros)
-            cap = max(unit * 5, min(c.daily_budget_micros, c.total_budget_micros) // 20)
-            targets[c.campaign_id] = min(cap, max(unit * 5, int(self.rates.get(c.campaign_id, 0.0) * horizon_s)))
-        return targets
-
-    def roll_days(self, now_s: float) -> None:
-        """At a campaign's local midnight drop yesterday's unspent slices and ask for today's."""
-        snapshot = self.snapshot
-        if snapshot is None:
-            return
-        days: dict[str, str] = {}
-        for c in snapshot.campaigns:
-            day = days.get(c.timezone)
-            if day is None:
-                day = days[c.timezone] = local_day(now_s, c.timezone)
-            if c.campaign_id in self.ledger.campaigns and self.ledger.new_day(c.campaign_id, day):
-                self.grant_wake.set()
-
     def control_tick(self, now: float, *, pace: bool = True) -> None:
-        """Every 100 ms: expire reservations, close a lapsed lease, roll days, move the ledger's spend into the
-        CRDT replica, and re-pace every campaign from the spend view."""
+        """Every 100 ms: send the waiting decision events, run the budget accounting's tick
+        (``edge.accounting``), and keep the snapshot's age in the metrics."""
         self.flush_decisions()
-        ledger = self.ledger
-        ledger.expire(now)
-        self.observe_rates(now)
-        if ledger.lapse(now):
-            log.warning("budget lease ran out (allocator unreachable): stopped spending, opened %s", ledger.account)
+        outcome = self.accounting.tick(self.snapshot, now, pace=pace)
+        if outcome.lapsed:
+            log.warning("budget lease ran out (allocator unreachable): stopped spending, opened %s",
+                        self.ledger.account)
+        if outcome.lapsed or outcome.new_day:
             self.grant_wake.set()
-        self.roll_days(now)
-        self.spend.stage(utc_day(now), ledger.drain_pn())
-        snapshot = self.snapshot
-        if snapshot is None:
-            return
-        self.metrics.snapshot_age.set(now - snapshot.created_ms / 1000)
-        for c in snapshot.campaigns:
-            if c.budget_mode == "counter":
-                day = local_day(now, c.timezone)
-                ledger.set_counter_allowance(
-                    c.campaign_id, day, self.spend.counter_allowance(c.campaign_id, day, c.daily_budget_micros))
-        if pace:
-            self.spend.pace(snapshot, now)
+        if self.snapshot is not None:
+            self.metrics.snapshot_age.set(now - self.snapshot.created_ms / 1000)
 
     async def control_loop(self) -> None:
         ticks = 0
@@ -306,19 +249,16 @@ class EdgeState:
             now = clock.now()
             if pending is None:
                 # retry_s is campaign time: a compressed day must not flood the allocator with asks.
-                targets = self.grant_targets()
-                asks = ledger.wants(targets, now_s=now, retry_s=0.25 * clock.speed)
-                returns = ledger.closable_returns()
-                give_back = ledger.take_excess(targets)
-                heartbeat = now - renewed_at >= self.lease_s / 4
-                if not asks and not returns and not give_back and not heartbeat:
+                ask = self.accounting.grant_request(self.snapshot, now, retry_s=0.25 * clock.speed)
+                heartbeat = now - renewed_at >= self.accounting.lease_s / 4
+                if not ask and not heartbeat:
                     continue
                 pending_sent = now
                 pending_account = ledger.account
                 pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
-                                         "region": self.settings.edge_region, "asks": asks,
-                                         "unused": ledger.unused(), "returns": returns,
-                                         "give_back": {cid: list(v) for cid, v in give_back.items()}})
+                                         "region": self.settings.edge_region, "asks": ask.asks,
+                                         "unused": ledger.unused(), "returns": ask.returns,
+                                         "give_back": {cid: list(v) for cid, v in ask.give_back.items()}})
             try:
                 reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)
                 answer: dict[str, Any] = msgpack.unpackb(reply.data, raw=False)
@@ -349,15 +289,15 @@ class EdgeState:
                 renewed_at = -1e18
                 continue
             ledger.resolve_giving(accepted=True)  # the allocator renewed this request's account and took it
-            self.lease_s = float(lease_s)
-            if pending_account != ledger.account or pending_sent + self.lease_s <= clock.now():
+            lease = self.accounting.lease_s = float(lease_s)
+            if pending_account != ledger.account or pending_sent + lease <= clock.now():
                 # The answer outlived its account (it lapsed here while the request was out): those grants
                 # belong to the closed account, so they go back with its return, and nothing is renewed.
                 for campaign_id, (granted, _, _) in grants.items():
                     ledger.add_return(pending_account, campaign_id, int(granted))
                 continue
             renewed_at = pending_sent
-            ledger.renew(pending_sent + self.lease_s)
+            ledger.renew(pending_sent + lease)
             for campaign_id, (granted, exhausted, day) in grants.items():
                 ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
             ledger.mark_exhausted(str(cid) for cid in answer.get("exhausted", ()) if cid not in grants)
@@ -402,7 +342,8 @@ def new_state(settings: EdgeSettings) -> EdgeState:
     # Seeded from the OS once per worker; the auction itself only ever sees this generator.
     return EdgeState(
         settings=settings, metrics=build_metrics(), rng=random.Random(secrets.randbits(64)), worker_id=worker_id,
-        ledger=BudgetLedger(worker_id=worker_id, ttl_s=settings.edge_reservation_ttl_s), spend=SpendView(worker_id),
+        accounting=Accounting(BudgetLedger(worker_id=worker_id, ttl_s=settings.edge_reservation_ttl_s),
+                              SpendView(worker_id), speed=settings.clock.speed),
         ack_waits=AckWaits(settings.edge_beacon_ack_timeout_s),
         ivt_lists=ListsReloader(Path(settings.edge_ivt_data_dir) if settings.edge_ivt_data_dir else DATA_DIR),
         ivt_store=new_ivt_store(settings),

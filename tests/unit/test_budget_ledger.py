@@ -65,6 +65,7 @@ def test_memory_grows_with_buckets_and_campaigns_not_with_ads():
     ledger.grant("c1", 10**9, exhausted=False, day=DAY)
     ledger.grant("c2", 10**9, exhausted=False, day=DAY)
     holds = [ledger.reserve(f"c{1 + i % 2}", 10, now_s=i / 10_000) for i in range(10_000)]  # 10k ads in 1 s
+    ledger.fold()
     assert len(ledger.buckets) == 1 and len(ledger.buckets[1].held) == 2
     assert {h[1] for h in holds} == {1}
     assert ledger.reserve("c1", 10, now_s=1.0)[1] == 2  # the next second opens the next bucket
@@ -350,3 +351,56 @@ def test_books_balance_and_spend_never_exceeds_grants(ops):
     assert all(b.reserved == 0 for b in ledger.campaigns.values())
     ledger.closable_returns()
     assert ledger.returns == {}
+
+
+_day_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("reserve"), st.sampled_from(["c1", "c2"]), st.integers(0, 500)),
+        st.tuples(st.just("grant_next_day"), st.sampled_from(["c1", "c2"]), st.integers(0, 5_000)),
+        st.tuples(st.just("new_day"), st.sampled_from(["c1", "c2"]), st.just(0)),
+        st.tuples(st.just("drain"), st.just(""), st.just(0)),
+        st.tuples(st.just("tick"), st.just(""), st.integers(0, 4)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_day_ops)
+def test_reservations_are_staged_under_the_day_they_were_made_on(ops):
+    """Per ad, reserve_many only lowers the allowance; the bucket learns of it later (fold). However
+    drains, expiries and day changes interleave with that, every reservation reaches the PN counter under
+    the campaign day it was made on, once."""
+    ledger = BudgetLedger(ttl_s=2, bucket_s=1)
+    days = {"c1": 0, "c2": 0}
+    for cid in days:
+        ledger.grant(cid, 10**6, exhausted=False, day=f"2026-11-{24 + days[cid]}")
+    now = 0.0
+    expected: dict[tuple[str, str], int] = {}
+    staged: dict[tuple[str, str], int] = {}
+
+    def drain() -> None:
+        for key, pn in ledger.drain_pn().items():
+            staged[key] = staged.get(key, 0) + pn[0]
+
+    for op, cid, n in ops:
+        if op == "reserve":
+            if ledger.reserve(cid, n, now_s=now) is not None:
+                key = (cid, ledger.campaigns[cid].day)
+                expected[key] = expected.get(key, 0) + n
+            now += 0.2
+        elif op in ("grant_next_day", "new_day"):
+            days[cid] += 1
+            day = f"2026-11-{24 + days[cid]}"
+            if op == "new_day":
+                ledger.new_day(cid, day)
+            ledger.grant(cid, n, exhausted=False, day=day)
+        elif op == "drain":
+            drain()
+        else:
+            now += n
+            ledger.expire(now)
+    ledger.expire(now + 10)
+    drain()
+    assert {k: v for k, v in staged.items() if v} == {k: v for k, v in expected.items() if v}
+    assert all(b.reserved == 0 for b in ledger.campaigns.values())
