@@ -25,7 +25,11 @@ class BudgetTerms:
     daily_budget_micros: int
     total_budget_micros: int
     timezone: str
-    unit_ceiling_micros: int  # the most one billable unit can cost: below this a grant is useless
+    unit_ceiling_micros: int  # the most one billable unit can cost: a slice is never smaller (unless all that is left)
+    # The least one billable unit can cost (replication.snapshot.unit_cost_floor; 0: the ceiling): the budget is
+    # spent out only when less than this is left. A campaign paying the reserve buys impressions for a fraction
+    # of its ceiling, so treating the last ceiling's worth as useless stranded up to a tenth of a small budget.
+    unit_floor_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,8 @@ def decide_grant(
         terms.daily_budget_micros - state.granted_day, terms.total_budget_micros - state.granted_total
     )
     unit = max(1, terms.unit_ceiling_micros)
-    if remaining < unit:
+    least = min(unit, max(1, terms.unit_floor_micros or unit))
+    if remaining < least:
         return GrantDecision(state=state, granted=0, exhausted=True)
     slice_cap = max(unit, int(terms.daily_budget_micros * max_slice_fraction))
     # Near the end, hand out a quarter of what is left at a time (never less than one unit).
@@ -68,7 +73,7 @@ def decide_grant(
     )
     left = min(terms.daily_budget_micros - new_state.granted_day,
                terms.total_budget_micros - new_state.granted_total)
-    return GrantDecision(state=new_state, granted=grant, exhausted=left < unit)
+    return GrantDecision(state=new_state, granted=grant, exhausted=left < least)
 
 
 def credit_grant(state: GrantState, day: str, micros: int) -> GrantState | None:

@@ -23,7 +23,13 @@ from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
 from replication.nats_io import publish_snapshot
-from replication.snapshot import SnapshotCampaign, build_snapshot, encode_snapshot, unit_cost_ceiling
+from replication.snapshot import (
+    SnapshotCampaign,
+    build_snapshot,
+    encode_snapshot,
+    unit_cost_ceiling,
+    unit_cost_floor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +144,7 @@ class SnapshotBuilder:
             total_budget_micros=c["total_budget_micros"],
             timezone=c["timezone"],
             unit_ceiling_micros=unit_cost_ceiling(c["bid_type"], c["max_bid_micros"]),
+            unit_floor_micros=unit_cost_floor(self._reserve),
         )
 
     async def build_and_publish(self) -> None:

@@ -14,6 +14,7 @@ baseline only its own campaigns.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edge.budget import BudgetLedger
@@ -73,7 +74,7 @@ class Accounting:
                 ledger.set_counter_allowance(
                     c.campaign_id, day, self.spend.counter_allowance(c.campaign_id, day, c.daily_budget_micros))
             if pace:
-                self.spend.pace(snapshot, now)
+                self.spend.pace(snapshot, now, self.ledger.unit_prices)
         return TickOutcome(lapsed=lapsed, new_day=new_day)
 
     def observe_rates(self, now: float) -> None:
@@ -124,20 +125,25 @@ class Accounting:
         if snapshot is None:
             return {}
         horizon_s = max(self.lease_s / 4, 2.0 * self.speed)
-        rates = self.rates
-        return {cid: min(cap, max(floor, int(rates.get(cid, 0.0) * horizon_s)))
-                for cid, floor, cap in self._bounds(snapshot)}
+        rates, prices = self.rates, self.ledger.unit_prices
+        targets = {}
+        for cid, unit, cap in self._bounds(snapshot):
+            # A few billable units at the price the campaign has been paying (its bid's ceiling until the
+            # first one is billed): a region's floor held in ceilings could lock up much of a small budget.
+            price = prices.get(cid)
+            floor = MIN_UNITS * (unit if price is None else min(unit, math.ceil(price)))
+            targets[cid] = min(max(cap, floor), max(floor, int(rates.get(cid, 0.0) * horizon_s)))
+        return targets
 
     def _bounds(self, snapshot: Snapshot) -> tuple[tuple[str, int, int], ...]:
-        """(campaign, least target, greatest target) of the snapshot's allowance campaigns, built once per
-        snapshot: the grant loop sizes every campaign's target every 100 ms."""
+        """(campaign, its unit cost ceiling, greatest target) of the snapshot's allowance campaigns, built once
+        per snapshot: the grant loop sizes every campaign's target every 100 ms."""
         if snapshot is not self._bounds_of:
             bounds = []
             for c in snapshot.campaigns:
                 if c.budget_mode == "allowance":
-                    floor = unit_cost_ceiling(c.bid_type, c.max_bid_micros) * MIN_UNITS
-                    bounds.append((c.campaign_id, floor,
-                                   max(floor, min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE)))
+                    bounds.append((c.campaign_id, unit_cost_ceiling(c.bid_type, c.max_bid_micros),
+                                   min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE))
             self._bounds_of, self._bounds_cache = snapshot, tuple(bounds)
         return self._bounds_cache
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 # Indices into a staged PN entry: reservations (P, N) then charges (P, N).
 RES_P, RES_N, CHG_P, CHG_N = range(4)
+PRICE_WEIGHT = 0.1  # of the newest billed price in a campaign's moving average (about its last ten)
 
 
 class CampaignBudget:
@@ -122,6 +123,10 @@ class BudgetLedger:
     # campaign -> micros it may still spend here (CampaignBudget.available reads and writes it): the auction
     # reads it per candidate, and a plain dict's C-level get costs a fraction of a Python-level view's
     available_by_campaign: dict[str, int] = field(default_factory=dict)
+    # campaign -> moving average of what its billable events cost (billed or not): allowance targets and the
+    # pacing's "spent out" are sized in it, not in the bid's ceiling, which a campaign paying the reserve
+    # may never come near
+    unit_prices: dict[str, float] = field(default_factory=dict)
 
     account: str = field(init=False, default="")
     _open: _Bucket | None = field(init=False, default=None)  # the bucket reservations go to now
@@ -398,6 +403,9 @@ class BudgetLedger:
     def settle(self, campaign_id: str, cost: int, hold: Hold | None = None) -> bool:
         """A billable event arrived: release its reservation (if this ledger holds it) and take the real
         cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""
+        if cost > 0:
+            price = self.unit_prices.get(campaign_id)
+            self.unit_prices[campaign_id] = cost if price is None else price + (cost - price) * PRICE_WEIGHT
         b = self._budget(campaign_id)
         taken = self._take(hold, campaign_id)
         if taken is not None:

@@ -13,6 +13,8 @@ replicated counter alone, which is exactly what overspends while a region cannot
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +90,11 @@ class SpendView:
             self._shape = TrafficShape.from_weights(weights) if weights else TrafficShape.uniform()
         return self._shape
 
-    def pace(self, snapshot: Snapshot, now_s: float) -> None:
-        """One control tick: update every campaign's pacing state and throttle from the spend view."""
+    def pace(self, snapshot: Snapshot, now_s: float, unit_prices: Mapping[str, float] | None = None) -> None:
+        """One control tick: update every campaign's pacing state and throttle from the spend view.
+        ``unit_prices`` (campaign -> what its billable units have been costing) sets how close to its budget a
+        campaign counts as spent out; without a price, its bid's ceiling."""
+        prices = unit_prices or {}
         shape = self._traffic_shape(snapshot.traffic_shape)
         dt = 0.0 if self.paced_at < 0 else max(0.0, now_s - self.paced_at)
         self.paced_at = now_s
@@ -111,7 +116,8 @@ class SpendView:
             paced.state = controller.update(
                 paced.state, now_s_into_day=second, dt_s=dt, spent_today=float(self.spent(c.campaign_id, day)),
                 daily_budget=float(c.daily_budget_micros), shape=shape,
-                unit_cost=float(unit_cost_ceiling(c.bid_type, c.max_bid_micros)))
+                unit_cost=min(float(unit_cost_ceiling(c.bid_type, c.max_bid_micros)),
+                              prices.get(c.campaign_id, math.inf)))
             p = 0.0 if paced.state.done else float(paced.state.p)
             if p < 1.0:
                 self.throttle[c.campaign_id] = p

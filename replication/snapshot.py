@@ -36,6 +36,13 @@ def unit_cost_ceiling(bid_type: str, max_bid_micros: int) -> int:
     return max_bid_micros
 
 
+def unit_cost_floor(reserve_cpm_micros: int) -> int:
+    """The least one billable unit can cost, whatever the bid type: the auction charges at least the reserve
+    eCPM, which per impression is a thousandth of it, and per click or action more (CTR and CVR are <= 1).
+    Less than this buys nothing, however low the price a campaign really pays."""
+    return max(1, -(-reserve_cpm_micros // 1000))
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotCreative:
     creative_id: str

@@ -161,3 +161,24 @@ def test_a_clock_stepping_back_over_midnight_neither_relabels_nor_reopens_the_da
     for _ in range(40):  # forward again: the rest of the same day's budget, never a fresh one
         behind = decide_grant(behind, terms, 10**6, now_s=after + 60, max_slice_fraction=1.0).state
     assert behind.granted_day <= terms.daily_budget_micros and behind.granted_day > granted
+
+
+def test_a_campaign_paying_the_reserve_gets_its_last_ceiling_of_budget_too():
+    """Below one ceiling unit left the budget is not spent out while a unit at the floor price still fits:
+    a campaign whose bid allows 1,571 micros an impression but pays the reserve (100) can buy fifteen more."""
+    t = BudgetTerms(daily_budget_micros=15_710, total_budget_micros=10**9, timezone="UTC",
+                    unit_ceiling_micros=1_571, unit_floor_micros=100)
+    ceiling_only = BudgetTerms(daily_budget_micros=15_710, total_budget_micros=10**9, timezone="UTC",
+                               unit_ceiling_micros=1_571)
+
+    def drain(terms_: BudgetTerms) -> tuple[int, bool]:
+        state, total, exhausted = None, 0, False
+        for _ in range(100):
+            d = decide_grant(state, terms_, 1_000, now_s=NOW)
+            state, total, exhausted = d.state, total + d.granted, d.exhausted
+            if exhausted:
+                break
+        return total, exhausted
+
+    assert drain(t) == (15_710, True)
+    assert drain(ceiling_only) == (15_000, True)  # the ceiling rule left the last 710 micros ungranted

@@ -1,0 +1,51 @@
+"""The edge's budget accounting between requests: allowance targets and "spent out" follow the price paid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edge.accounting import MIN_UNITS, Accounting
+from edge.budget import BudgetLedger
+from edge.spend import SpendView
+from replication.calendar import utc_day
+from replication.snapshot import build_snapshot
+
+NOW = 1_800_000_000.0
+CEILING = 1_571  # a CPM bid of 1,571,000 micros: at most 1,571 micros an impression
+
+
+def accounting() -> Accounting:
+    return Accounting(BudgetLedger(worker_id="w"), SpendView("w"))
+
+
+def test_the_target_floor_is_a_few_units_at_the_price_paid_not_at_the_bid(make_campaign):
+    snapshot = build_snapshot([make_campaign("c1", max_bid_micros=CEILING * 1000, daily_budget_micros=10**9)],
+                              version=1, created_ms=0, reserve_cpm_micros=100_000)
+    acc = accounting()
+    assert acc.grant_targets(snapshot) == {"c1": MIN_UNITS * CEILING}  # nothing billed yet: the ceiling
+    acc.ledger.grant("c1", 10**6, exhausted=False, day=utc_day(NOW))
+    for _ in range(30):  # it wins at the reserve: 100 micros an impression
+        assert acc.ledger.settle("c1", 100)
+    assert acc.grant_targets(snapshot) == {"c1": MIN_UNITS * 100}
+    # Never above the ceiling, whatever an event claimed to cost (a price is capped at the bid).
+    for _ in range(100):
+        acc.ledger.settle("c1", 50_000)
+    assert acc.grant_targets(snapshot) == {"c1": MIN_UNITS * CEILING}
+
+
+def test_a_campaign_is_spent_out_within_one_unit_at_the_price_it_pays(make_campaign):
+    """1,000 micros left of the day: less than one unit at the bid's ceiling, forty at the 25 it pays."""
+    campaign = dataclasses.replace(make_campaign("c1", max_bid_micros=CEILING * 1000, daily_budget_micros=10_000),
+                                   pacing="asap")
+    snapshot = build_snapshot([campaign], version=1, created_ms=0, reserve_cpm_micros=25_000)
+
+    def throttle_after(costs: list[int]) -> float:
+        acc = accounting()
+        acc.ledger.grant("c1", 10_000, exhausted=False, day=utc_day(NOW))
+        for cost in costs:
+            assert acc.ledger.settle("c1", cost)
+        acc.tick(snapshot, NOW, pace=True)
+        return acc.spend.throttle.get("c1", 1.0)
+
+    assert throttle_after([25] * 360) == 1.0  # 9,000 spent at 25 an impression: still serving
+    assert throttle_after([CEILING] * 5 + [1_145]) == 0.0  # 9,000 spent at the ceiling: done
