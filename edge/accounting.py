@@ -128,10 +128,12 @@ class Accounting:
         rates, prices = self.rates, self.ledger.unit_prices
         targets = {}
         for cid, unit, cap in self._bounds(snapshot):
-            # A few billable units at the price the campaign has been paying (its bid's ceiling until the
-            # first one is billed): a region's floor held in ceilings could lock up much of a small budget.
+            # A few billable units at the price the campaign has been paying (a floor of five ceilings per
+            # process locked up much of a small budget whose campaign pays the reserve), but never less than
+            # one ceiling: a campaign whose price rose past what it holds is refused every ad, so nothing
+            # is billed, its average never moves, and with no spend rate it would never ask for more.
             price = prices.get(cid)
-            floor = MIN_UNITS * (unit if price is None else min(unit, math.ceil(price)))
+            floor = MIN_UNITS * unit if price is None else max(unit, MIN_UNITS * min(unit, math.ceil(price)))
             targets[cid] = min(max(cap, floor), max(floor, int(rates.get(cid, 0.0) * horizon_s)))
         return targets
 

@@ -125,11 +125,13 @@ _TIMEZONES = ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Auckland"]
     daily=st.integers(1, 5_000_000),
     total_days=st.floats(0.5, 4),
     unit=st.integers(1, 200_000),
+    floor=st.integers(0, 250_000),  # the least a unit costs: 0 (the ceiling), below it, or above (clamped)
     fraction=st.floats(0.01, 1.0),
     steps=st.lists(st.tuples(st.integers(0, 8 * 3600), st.integers(-10, 3_000_000)), max_size=80),
 )
-def test_grants_never_exceed_daily_or_total_budget(tz, daily, total_days, unit, fraction, steps):
-    t = terms(daily=daily, total=max(daily, int(daily * total_days)), tz=tz, unit=unit)
+def test_grants_never_exceed_daily_or_total_budget(tz, daily, total_days, unit, floor, fraction, steps):
+    t = BudgetTerms(daily_budget_micros=daily, total_budget_micros=max(daily, int(daily * total_days)), timezone=tz,
+                    unit_ceiling_micros=unit, unit_floor_micros=floor)
     state, now = None, NOW
     per_day: dict[str, int] = defaultdict(int)
     granted_total = 0
