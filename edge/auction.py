@@ -415,6 +415,9 @@ def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, c
         scores[i] = ecpm_micros(campaign, ranking)
 
 
+HEAD = 32  # candidates a ranking sorts up front (see _Ranking)
+
+
 class _Ranking:
     """The eligible candidates in eCPM order, materialized lazily: each step takes the next campaign by
     score, applies the per-campaign filters (budget, pacing, one per advertiser) and picks its creative.
@@ -425,15 +428,27 @@ class _Ranking:
                  overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
                  reasons: dict[str, Reason] | None) -> None:
-        order = np.argsort(-scores, kind="stable")
-        self._positions: list[int] = live[order].tolist()
-        self._scores: list[float] = scores[order].tolist()
-        self._ctrs: list[float] = ctrs[order].tolist()
+        # Sorting every candidate and turning them all into Python lists was a fifth of a large auction, while
+        # the walk rarely goes past the first few: sort the best ``HEAD`` (and everything tied with the last
+        # of them) now, the rest only if the walk gets there. Same order as one stable sort of all of them.
+        self._live, self._neg, self._all_ctrs = live, -scores, ctrs
+        self._rest: np.ndarray | None = None
+        if len(live) > HEAD:
+            kth = np.partition(self._neg, HEAD - 1)[HEAD - 1]
+            at_least = self._neg <= kth
+            head = np.flatnonzero(at_least)
+            self._rest = np.flatnonzero(~at_least)
+        else:
+            head = np.arange(len(live))
+        self._positions: list[int] = []
+        self._scores: list[float] = []
+        self._ctrs: list[float] = []
+        self._extend(head)
         self._group_end = 0  # where the run of equal scores the walk is in ends
         self._next = 0
         self._snapshot = snapshot
         assert snapshot.columns is not None
-        self._best = snapshot.columns.formats[fmt].best if len(order) else ()
+        self._best = snapshot.columns.formats[fmt].best if len(live) else ()
         self._overrides = overrides
         self._rng = rng
         self._allowance = allowance
@@ -445,7 +460,13 @@ class _Ranking:
 
     @property
     def unvisited(self) -> int:
-        return len(self._positions) - self._next
+        return len(self._live) - self._next
+
+    def _extend(self, which: np.ndarray) -> None:
+        order = which[np.argsort(self._neg[which], kind="stable")]
+        self._positions.extend(self._live[order].tolist())
+        self._scores.extend((-self._neg[order]).tolist())
+        self._ctrs.extend(self._all_ctrs[order].tolist())
 
     def mark(self, campaign: SnapshotCampaign, reason: Reason) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
@@ -455,7 +476,12 @@ class _Ranking:
     def fill(self, size: int) -> None:
         """Walk on until ``ranked`` holds ``size`` entries or every candidate has been seen."""
         positions, scores, ctrs, rng = self._positions, self._scores, self._ctrs, self._rng
-        while len(self.ranked) < size and self._next < len(positions):
+        while len(self.ranked) < size:
+            if self._next >= len(positions):
+                if self._rest is None:
+                    break
+                self._extend(self._rest)  # the walk got past the head: sort the rest (lower scores, no ties)
+                self._rest = None
             i = self._next
             self._next += 1
             if i >= self._group_end:  # a new score: find where its run of equals ends

@@ -436,3 +436,33 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert sum(result.reason_counts.values()) + len(result.wins) == result.candidates == explained.candidates
     # Same inputs, same auction.
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, seed):
+    """The ranking sorts the best 32 candidates (and their ties) up front and the rest only when the walk gets
+    there. Against a walk over one full sort, with the same rng: the same wins, reasons and counts, also when
+    ties straddle the 32nd place, the top of the ranking cannot pay, or explain walks every candidate."""
+    import edge.auction as auction_module
+
+    rng = random.Random(seed)
+    bids = (500_000, 700_000, 900_000)  # many ties, one run of them across the 32nd place
+    campaigns = [make_campaign(f"c{i:03d}", advertiser_id=f"a{rng.randrange(40)}",
+                               max_bid_micros=rng.choice((*bids, rng.randrange(200_000, 2_000_000))))
+                 for i in range(120)]
+    snapshot = snap(*campaigns)
+    # The best-paying third cannot afford a unit: the walk must get past the head to fill the slots.
+    broke = {c.campaign_id for c in sorted(campaigns, key=lambda c: -c.max_bid_micros)[:40]}
+    allowance = {c.campaign_id: (0 if c.campaign_id in broke else RICH) for c in campaigns}
+
+    def run(head: int, explain: bool):
+        monkeypatch.setattr(auction_module, "HEAD", head)
+        return run_auction(snapshot, req(slots=6), now_s=NOW, rng=random.Random(seed), allowance=allowance,
+                           explain=explain)
+
+    for explain in (False, True):
+        full, partial = run(10**9, explain), run(32, explain)
+        assert [(w.campaign.campaign_id, w.price_micros) for w in partial.wins] == \
+               [(w.campaign.campaign_id, w.price_micros) for w in full.wins]
+        assert (partial.reasons, partial.reason_counts) == (full.reasons, full.reason_counts)
+    assert len(full.wins) == 6
