@@ -54,3 +54,24 @@ def test_a_campaign_is_spent_out_within_one_unit_at_the_price_it_pays(make_campa
 
     assert throttle_after([25] * 360) == 1.0  # 9,000 spent at 25 an impression: still serving
     assert throttle_after([CEILING] * 5 + [1_145]) == 0.0  # 9,000 spent at the ceiling: done
+
+
+def test_the_day_roll_drops_yesterdays_slices_at_each_campaigns_own_midnight(make_campaign):
+    """The roll walks the campaigns only when a timezone's day turns (or the snapshot or the ledger's
+    campaigns change): it must still catch every midnight, per timezone, and campaigns granted since."""
+    campaigns = [make_campaign("c-tokyo", timezone="Asia/Tokyo"), make_campaign("c-utc"), make_campaign("c-late")]
+    snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
+    acc = accounting()
+    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC, 09:00 in Tokyo
+    before = midnight_utc - 60
+    acc.ledger.grant("c-utc", 1_000, exhausted=False, day="2027-01-15")
+    acc.ledger.grant("c-tokyo", 1_000, exhausted=False, day="2027-01-16")  # already the 16th there
+    assert not acc.tick(snapshot, before, pace=False).new_day
+    assert not acc.tick(snapshot, before + 30, pace=False).new_day  # nothing turned: no walk, nothing dropped
+    assert acc.ledger.available("c-utc") == 1_000
+    outcome = acc.tick(snapshot, midnight_utc + 1, pace=False)
+    assert outcome.new_day and acc.ledger.available("c-utc") == 0
+    assert acc.ledger.available("c-tokyo") == 1_000  # its midnight was nine hours ago
+    # A campaign granted yesterday's slice after the walk is caught on the next tick (the ledger grew).
+    acc.ledger.grant("c-late", 500, exhausted=False, day="2027-01-15")
+    assert acc.tick(snapshot, midnight_utc + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
