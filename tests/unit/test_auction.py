@@ -457,6 +457,7 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
 
     def run(head: int, explain: bool):
         monkeypatch.setattr(auction_module, "HEAD", head)
+        monkeypatch.setattr(auction_module, "PARTIAL_FROM", 0)  # partition even these 120 candidates
         return run_auction(snapshot, req(slots=6), now_s=NOW, rng=random.Random(seed), allowance=allowance,
                            explain=explain)
 
