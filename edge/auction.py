@@ -329,7 +329,8 @@ def run_auction(
             return [*out, (Reason.BELOW_RESERVE, above_reserve)]
     counts: dict[Reason, int] = {}
     reasons: dict[str, Reason] = {}
-    if explain or not passed.all():
+    # count_nonzero is one C call; ndarray.all() goes through numpy's Python-level reduction wrapper.
+    if explain or np.count_nonzero(passed) < len(passed):
         # Each candidate out is counted once, under the first check it failed (in the order of the checks).
         before = np.ones(len(positions), dtype=bool)
         for reason, ok in local():
