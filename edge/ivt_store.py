@@ -49,10 +49,9 @@ from typing import Any, Protocol
 
 import msgpack
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from edge.ivt import Activity, IvtListError, IvtLists, flood_ip_key
+from edge.redis_fast import Breaker, fast_fail_client
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +117,15 @@ class _Base:
         self.window_s = window_s
         self.impression_ttl_s = impression_ttl_s
         self.fail_open = fail_open
-        self.retry_after_s = retry_after_s
         self.stats = StoreStats()
-        self._down_until = -math.inf
+        self._breaker = Breaker(retry_after_s)
 
     async def _observe(self, ip_key: str, ua_hash: str, now_s: float, mark: str, check: str,
                        count: bool) -> Activity:
         raise NotImplementedError
 
     async def _guarded(self, ip: str, ua_hash: str, now_s: float, mark: str, check: str, count: bool) -> Activity:
-        if now_s < self._down_until:
+        if self._breaker.is_open(now_s):
             self.stats.skipped += 1
             if not self.fail_open:
                 raise IvtStoreUnavailable(self.stats.last_error)
@@ -136,8 +134,7 @@ class _Base:
             activity = await self._observe(flood_ip_key(ip), ua_hash, now_s, mark, check, count)
         except Exception as exc:  # any failure of the store: the policy decides, the beacon path never sees it
             self.stats.failures += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            self._down_until = now_s + self.retry_after_s
+            self.stats.last_error = self._breaker.trip(now_s, exc)
             if self.stats.failures in (1, 10, 100) or self.stats.failures % 1000 == 0:
                 log.warning("IVT store failed (%d times, fail_open=%s): %s", self.stats.failures, self.fail_open,
                             self.stats.last_error)
@@ -145,7 +142,7 @@ class _Base:
                 raise IvtStoreUnavailable(self.stats.last_error) from exc
             return UNKNOWN
         self.stats.calls += 1
-        self._down_until = -math.inf
+        self._breaker.close()
         return activity
 
     async def observe(self, ip: str, ua_hash: str, now_s: float, *, mark_impression: str = "",
@@ -273,11 +270,8 @@ class RedisFloodCounter(_Base):
 
     @classmethod
     def from_url(cls, url: str, *, region: str, timeout_s: float = 0.25, **kw: Any) -> RedisFloodCounter:
-        """A client tuned for the beacon path: short socket timeouts and no retries (redis-py retries three
-        times with backoff by default, seconds per beacon when Redis is down; here the breaker decides)."""
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        return cls(client, region=region, timeout_s=timeout_s, **kw)
+        """A client for the beacon path (edge.redis_fast): one short try; the breaker decides when to retry."""
+        return cls(fast_fail_client(url, timeout_s=timeout_s), region=region, timeout_s=timeout_s, **kw)
 
     async def _observe(self, ip_key: str, ua_hash: str, now_s: float, mark: str, check: str,
                        count: bool) -> Activity:

@@ -17,17 +17,15 @@ request is served on its contextual signals). After a failure the store does not
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
 import msgpack
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from edge.frequency import appended
+from edge.redis_fast import Breaker, fast_fail_client
 
 
 class ProfileStoreDown(RuntimeError):
@@ -44,22 +42,6 @@ class ProfileStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-class _Breaker:
-    def __init__(self, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
-        self._down_until = -math.inf
-        self.last_error = ""
-
-    def check(self, now_s: float) -> None:
-        if now_s < self._down_until:
-            raise ProfileStoreDown(f"not retried until the breaker closes: {self.last_error}")
-
-    def failed(self, now_s: float, exc: BaseException) -> ProfileStoreDown:
-        self._down_until = now_s + self.retry_after_s
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        return ProfileStoreDown(self.last_error)
 
 
 class MemoryProfileStore:
@@ -132,27 +114,30 @@ class RedisProfileStore:
         self.timeout_s = CONNECT_TIMEOUT_S + timeout_s
         self.prefix = f"profile:{region}:"
         self._record = client.register_script(_RECORD_LUA)
-        self._breaker = _Breaker(retry_after_s)
+        self._breaker = Breaker(retry_after_s)
 
     @classmethod
     def from_url(cls, url: str, *, region: str, timeout_s: float = 0.05,
                  retry_after_s: float = 1.0) -> RedisProfileStore:
-        # Short timeouts and no retries: the ad request waits on this, and the breaker decides when to retry.
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        # The ad request waits on this: one short try, and the breaker decides when to try again.
+        client = fast_fail_client(url, timeout_s=timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S)
         return cls(client, region=region, timeout_s=timeout_s, retry_after_s=retry_after_s)
 
+    def _check(self, now_s: float) -> None:
+        if self._breaker.is_open(now_s):
+            raise ProfileStoreDown(f"not retried until the breaker closes: {self._breaker.last_error}")
+
     async def history(self, user_key: str, now_s: float) -> dict[str, list[float]]:
-        self._breaker.check(now_s)
+        self._check(now_s)
         try:
             async with asyncio.timeout(self.timeout_s):
                 raw = await self.client.hgetall(self.prefix + user_key)
             return {k.decode(): [float(t) for t in msgpack.unpackb(v)] for k, v in raw.items()}
         except Exception as exc:
-            raise self._breaker.failed(now_s, exc) from exc
+            raise ProfileStoreDown(self._breaker.trip(now_s, exc)) from exc
 
     async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
-        self._breaker.check(now_s)
+        self._check(now_s)
         args: list[object] = [MAX_FIELDS, repr(float(now_s))]
         for field, keep, ttl_s in fields:
             args += [field, keep, ttl_s]
@@ -160,7 +145,7 @@ class RedisProfileStore:
             async with asyncio.timeout(self.timeout_s):
                 await self._record(keys=[self.prefix + user_key], args=args)
         except Exception as exc:
-            raise self._breaker.failed(now_s, exc) from exc
+            raise ProfileStoreDown(self._breaker.trip(now_s, exc)) from exc
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -15,10 +15,9 @@ from typing import Protocol
 
 import msgpack
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from edge.attribution import Touch
+from edge.redis_fast import fast_fail_client
 
 CLICK, VIEW = "click", "view"
 # The longest windows a campaign may set (control_plane.models): 90 days of clicks, 30 of views.
@@ -90,9 +89,7 @@ class RedisTouchStore:
 
     @classmethod
     def from_url(cls, url: str, *, region: str, timeout_s: float = 0.25) -> RedisTouchStore:
-        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        return cls(client, region=region, timeout_s=timeout_s)
+        return cls(fast_fail_client(url, timeout_s=timeout_s), region=region, timeout_s=timeout_s)
 
     def _key(self, advertiser_id: str, user_key: str) -> str:
         return f"{self.prefix}{advertiser_id}:{user_key}"
