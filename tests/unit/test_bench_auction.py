@@ -28,6 +28,9 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     said: list[str] = []
     out = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(1_000,))
     assert out["auction_p99_us_1k"] >= out["auction_p50_us_1k"] > 0
+    run = out["runs"]["1k"]["click_model"][0]
+    assert 0 < run["p99_of_medians_us"] <= run["max_us"]  # a median never passes the slowest sample
+    assert out["auction_p99_of_request_medians_us_1k"] == run["p99_of_medians_us"]  # one round: its own
     assert out["runs"]["1k"]["click_model"][0]["requests"] > 10
     assert out["runs"]["1k"]["priors_only"][0]["mean_candidates"] > 0
     assert out["auction_p99_us_1k_priors_only"] > 0
