@@ -104,13 +104,13 @@ def measure(snapshot: Snapshot, reqs: list[AdRequest], duration_s: float) -> dic
     deadline = clock() + int(duration_s * 1e9)
     i = 0
     while True:
-        request = reqs[i % len(reqs)]
+        k = i % len(reqs)
         i += 1
         t0 = clock()
-        result = run_auction(snapshot, request, now_s=now, rng=rng, allowance=allowance)
+        result = run_auction(snapshot, reqs[k], now_s=now, rng=rng, allowance=allowance)
         t1 = clock()
         times.append(t1 - t0)
-        by_request[(i - 1) % len(reqs)].append(t1 - t0)
+        by_request[k].append(t1 - t0)
         candidates += result.candidates
         if t1 >= deadline:
             break

@@ -202,8 +202,9 @@ class LocalStack:
 
     def wait_stored(self, timeout: float = 30, every: float = 0.3) -> tuple[bool, int, dict]:
         """Poll until ClickHouse holds every event JetStream holds: no edge buffers an event, the hub has
-        sourced every region's stream, and the store's unique events equal the hub stream's messages (one per
-        event id: the hub drops a copy another region's stream also took, by Nats-Msg-Id). Returns (caught up,
+        sourced every region's stream, and the store's unique events equal the events in the hub stream (decision
+        batches counted by the events they carry, ``S.events_in``; the hub drops a copy another region's
+        stream also took, by Nats-Msg-Id). Returns (caught up,
         events in the hub stream, admin stats at the last poll); never raises on timeout."""
         deadline = time.monotonic() + timeout
         while True:

@@ -55,10 +55,6 @@ class Accounting:
     _days: dict[str, str] = field(default_factory=dict)  # timezone -> its local day at the last roll
     _rolled: Snapshot | None = None  # the snapshot the last full day roll walked
     _known: int = 0  # how many campaigns the ledger had then
-    _counter_of: Snapshot | None = None
-    _counter: tuple[SnapshotCampaign, ...] = ()  # that snapshot's counter-baseline campaigns
-    _bounds_of: Snapshot | None = None
-    _bounds_cache: tuple[tuple[str, int, int], ...] = ()
 
     def tick(self, snapshot: Snapshot | None, now: float, *, pace: bool) -> TickOutcome:
         """One control tick (every 100 ms; ``pace`` every fifth, see ``edge.state``)."""
@@ -112,11 +108,15 @@ class Accounting:
                 turned = True
         return turned
 
-    def _counter_campaigns(self, snapshot: Snapshot) -> tuple[SnapshotCampaign, ...]:
-        if snapshot is not self._counter_of:
-            self._counter_of = snapshot
-            self._counter = tuple(c for c in snapshot.campaigns if c.budget_mode == "counter")
-        return self._counter
+    @staticmethod
+    def _counter_campaigns(snapshot: Snapshot) -> tuple[SnapshotCampaign, ...]:
+        """The snapshot's counter-baseline campaigns, found once per snapshot (in its columns' memo)."""
+        assert snapshot.columns is not None  # built with every snapshot
+        memo = snapshot.columns.memo
+        found = memo.get("counter-campaigns")
+        if found is None:
+            found = memo["counter-campaigns"] = tuple(c for c in snapshot.campaigns if c.budget_mode == "counter")
+        return found
 
     def grant_targets(self, snapshot: Snapshot | None) -> dict[str, int]:
         """How much allowance to hold per campaign: enough for this process's recent spend rate over a
@@ -134,20 +134,22 @@ class Accounting:
             # is billed, its average never moves, and with no spend rate it would never ask for more.
             price = prices.get(cid)
             floor = MIN_UNITS * unit if price is None else max(unit, MIN_UNITS * min(unit, math.ceil(price)))
-            targets[cid] = min(max(cap, floor), max(floor, int(rates.get(cid, 0.0) * horizon_s)))
+            targets[cid] = max(floor, min(cap, int(rates.get(cid, 0.0) * horizon_s)))
         return targets
 
-    def _bounds(self, snapshot: Snapshot) -> tuple[tuple[str, int, int], ...]:
+    @staticmethod
+    def _bounds(snapshot: Snapshot) -> tuple[tuple[str, int, int], ...]:
         """(campaign, its unit cost ceiling, greatest target) of the snapshot's allowance campaigns, built once
-        per snapshot: the grant loop sizes every campaign's target every 100 ms."""
-        if snapshot is not self._bounds_of:
-            bounds = []
-            for c in snapshot.campaigns:
-                if c.budget_mode == "allowance":
-                    bounds.append((c.campaign_id, unit_cost_ceiling(c.bid_type, c.max_bid_micros),
-                                   min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE))
-            self._bounds_of, self._bounds_cache = snapshot, tuple(bounds)
-        return self._bounds_cache
+        per snapshot (in its columns' memo): the grant loop sizes every campaign's target every 100 ms."""
+        assert snapshot.columns is not None  # built with every snapshot
+        memo = snapshot.columns.memo
+        found = memo.get("allowance-bounds")
+        if found is None:
+            found = memo["allowance-bounds"] = tuple(
+                (c.campaign_id, unit_cost_ceiling(c.bid_type, c.max_bid_micros),
+                 min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE)
+                for c in snapshot.campaigns if c.budget_mode == "allowance")
+        return found
 
     def grant_request(self, snapshot: Snapshot | None, now: float, *, retry_s: float) -> GrantRequest:
         """What the next grant request would carry (``edge.state.grant_loop`` sends it when not empty):

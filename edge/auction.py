@@ -418,7 +418,7 @@ def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, c
 
 HEAD = 32  # candidates a ranking sorts up front (see _Ranking)
 # Below this many candidates one full sort is cheaper than partitioning first (the extra numpy calls cost
-# more than sorting the tail: 3.5 against 8.2 us at 40 candidates, even at ~150, 9 against 13 us at 256).
+# more than sorting the tail; timed in isolation the two broke even near 150 candidates).
 PARTIAL_FROM = 160
 
 

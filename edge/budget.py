@@ -19,8 +19,9 @@ spends its grants freely.
 In-flight reservations are held per campaign in expiry *buckets*, not per impression: an ad is chosen at
 thousands per second per process and a record per ad was a live object per ad shown for a whole TTL (a
 million of them at 1,400 six-slot decisions per second and the 120 s default), which the decision path paid
-for in allocation and the ledger in memory. ``reserve`` adds to the open bucket's sum for the campaign and
-returns a *hold* (ledger, bucket number, micros, the reservation's ordinal in its bucket), which the
+for in allocation and the ledger in memory. ``reserve_many`` only lowers the campaign's allowance (the
+open bucket's sum for the campaign catches up in ``fold``, see the comment above it) and returns a *hold*
+(ledger, bucket number, micros, the reservation's ordinal in its bucket), which the
 caller signs into the ad's tokens; the billable event hands it back to ``settle`` (or ``release``), which
 takes those micros out of that bucket if this ledger still holds it. A bit per reservation marks the holds
 already handed back, so a hold works once however often it returns (a replay older than the beacon dedup,
@@ -135,7 +136,7 @@ class BudgetLedger:
     _unfolded: bool = field(init=False, default=False)  # reserve_many ran since the last fold
     _open_until: float = field(init=False, default=-math.inf)
     _unstaged_from: int = field(init=False, default=0)  # the first bucket number drain_pn must look at
-    # lease_until while the account is live, else -inf: reserve's one comparison for "may this account spend"
+    # lease_until while the account is live, else -inf: reserve_many's one comparison for "may it spend"
     _spend_until: float = field(init=False, default=math.inf)
 
     def __post_init__(self) -> None:
@@ -267,15 +268,14 @@ class BudgetLedger:
         return {cid: (b.available, b.day) for cid, b in self.campaigns.items() if not b.counter and b.day}
 
     def allowance(self) -> dict[str, int]:
-        return {cid: b.available for cid, b in self.campaigns.items() if b.available > 0}
+        return {cid: micros for cid, micros in self.available_by_campaign.items() if micros > 0}
 
     def allowance_view(self) -> Mapping[str, int]:
         """Live and read-only by convention: campaign -> micros this process may still spend."""
         return self.available_by_campaign
 
     def available(self, campaign_id: str) -> int:
-        b = self.campaigns.get(campaign_id)
-        return b.available if b is not None else 0
+        return self.available_by_campaign.get(campaign_id, 0)
 
     def new_day(self, campaign_id: str, day: str) -> bool:
         """Enter the campaign-local ``day``. Returns True when it is newer: yesterday's slices are dropped."""
@@ -512,7 +512,7 @@ class BudgetLedger:
             b = self._budget(campaign_id)
             if b.exhausted and now_s - b.asked_at < retry_s * 20:
                 continue
-            if b.available * 2 < target and now_s - b.asked_at >= retry_s:
+            if now_s - b.asked_at >= retry_s:  # below the low-water mark (checked above)
                 asks[campaign_id] = target - b.available
                 b.asked_at = now_s
         return asks

@@ -48,6 +48,14 @@ def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def rmse_ratio(result: DayResult, controller: str) -> float | None:
+    """``controller``'s RMSE against the plan divided by the baseline's (the target is at most 0.8)."""
+    s, base = result.controllers[controller], result.controllers.get(RMSE_BASELINE)
+    if s.rmse_vs_plan is None or base is None or not base.rmse_vs_plan:
+        return None
+    return s.rmse_vs_plan / base.rmse_vs_plan
+
+
 def rows(results: Sequence[DayResult]) -> list[dict[str, Any]]:
     out = []
     for result in results:
@@ -61,6 +69,7 @@ def rows(results: Sequence[DayResult]) -> list[dict[str, Any]]:
                 "mean_utilization_pct": _round(s.mean_utilization_pct, 2),
                 "rmse_vs_plan": _round(s.rmse_vs_plan, 4),
                 "rmse_vs_plan_all": _round(s.rmse_vs_plan_all, 4),
+                "rmse_ratio_vs_linkedin": _round(rmse_ratio(result, controller), 3),
                 "max_stranded_pct": _round(s.max_stranded_pct, 3),
                 "overspent_campaigns": s.overspent_campaigns,
                 "campaigns": s.campaigns,
@@ -91,8 +100,8 @@ def format_table(scenarios: Sequence[DayResult]) -> str:
     def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
-    header = ["scenario", "controller", "max over %", "over>1%", "util %", "rmse", "rmse all", "stranded %",
-              "errors", "lag p95 ms", "verdict"]
+    header = ["scenario", "controller", "max over %", "over>1%", "util %", "rmse", "rmse ÷ li", "rmse all",
+              "stranded %", "errors", "lag p95 ms", "verdict"]
     table = [header]
     for row in rows(scenarios):
         traffic = row["traffic"] or {}
@@ -101,7 +110,8 @@ def format_table(scenarios: Sequence[DayResult]) -> str:
         table.append([
             row["name"], row["controller"], num(row["max_overspend_pct"], ".2f"),
             f"{row['overspent_campaigns']}/{row['campaigns']}", num(row["mean_utilization_pct"], ".1f"),
-            num(row["rmse_vs_plan"], ".3f"), num(row["rmse_vs_plan_all"], ".3f"),
+            num(row["rmse_vs_plan"], ".3f"), num(row["rmse_ratio_vs_linkedin"], ".2f"),
+            num(row["rmse_vs_plan_all"], ".3f"),
             num(row["max_stranded_pct"], ".2f"), str(errors), num((row["ad_lag_ms"] or {}).get("p95"), ".0f"),
             verdict_text,
         ])
