@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from edge.auction import AdRequest
 from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
@@ -23,6 +24,17 @@ DEVICES = frozenset({"desktop", "mobile", "tablet", "ctv"})
 KNOWN = frozenset({"placement", "slots", "format", "user", "geo", "device", "keywords", "interests", "url",
                    "explain", "gdpr", "gdpr_consent", "gpc"})
 _CONSENT = re.compile(r"[A-Za-z0-9_.~-]{1,4096}")
+
+
+def query_dict(raw: bytes) -> dict[str, str]:
+    """A query string as a plain dict (the last of repeated names wins), what Starlette's ``QueryParams``
+    gives but at a fraction of the cost on the ad path: its ``get`` goes through ``Mapping``'s Python-level
+    method per call. A query without escapes ('%' or '+') splits directly, with exactly ``parse_qsl``'s
+    result; any other goes through ``parse_qsl`` as Starlette does (latin-1 bytes, blank values kept)."""
+    text = raw.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    return {name: value for name, _, value in (part.partition("=") for part in text.split("&") if part)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,15 +18,16 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.adrequest import parse_ad_request, parse_pixel
+from edge.adrequest import parse_ad_request, parse_pixel, query_dict
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import AdRequest, run_auction
 from edge.audiences import fresh_segments, keyword_segments, to_record
@@ -62,6 +63,19 @@ from replication.variants import Variant, pick, segment_of
 
 MAX_BODY = 16 * 1024
 _CORS = {"Access-Control-Allow-Origin": "*"}
+_NO_STORE = {**_CORS, "Cache-Control": "no-store"}
+
+
+class FastJSONResponse(Response):
+    """Starlette's JSONResponse rendered by orjson: the same compact UTF-8 JSON at a fraction of the
+    standard encoder's cost, which was a tenth of an ad request's CPU (``adserver bench --only http``).
+    orjson writes NaN as null where the standard encoder raises: no edge response carries a float that
+    could be NaN."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def edge_of(request: Request) -> EdgeState:
@@ -69,11 +83,11 @@ def edge_of(request: Request) -> EdgeState:
 
 
 def error(status: int, message: str, fields: list[dict[str, str]] | None = None,
-          headers: dict[str, str] | None = None) -> JSONResponse:
+          headers: dict[str, str] | None = None) -> FastJSONResponse:
     body: dict[str, object] = {"error": message}
     if fields:
         body["fields"] = fields
-    return JSONResponse(body, status_code=status, headers={**_CORS, **(headers or {})})
+    return FastJSONResponse(body, status_code=status, headers={**_CORS, **(headers or {})})
 
 
 async def ads(request: Request) -> Response:
@@ -82,12 +96,13 @@ async def ads(request: Request) -> Response:
     if snapshot is None:
         st.metrics.requests.labels("not_ready").inc()
         return error(503, "no snapshot loaded yet")
-    parsed = parse_ad_request(request.query_params, st.settings.edge_max_slots)
+    params = query_dict(request.scope["query_string"])
+    parsed = parse_ad_request(params, st.settings.edge_max_slots)
     if isinstance(parsed, list):
         st.metrics.requests.labels("bad_request").inc()
         return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
                      [{"field": e.field, "message": e.message} for e in parsed])
-    explain = request.query_params.get("explain", "")
+    explain = params.get("explain", "")
     if explain not in ("", "0", "1", "false", "true"):
         st.metrics.requests.labels("bad_request").inc()
         return error(400, "invalid ad request: explain: must be 1 or true (or 0, false)",
@@ -159,7 +174,7 @@ async def ads(request: Request) -> Response:
         return Response(status_code=204, headers=_CORS)
     st.metrics.requests.labels("filled").inc()
     st.metrics.fills.inc(len(out))
-    return JSONResponse({"auction_id": auction_id, "ads": out}, headers={**_CORS, "Cache-Control": "no-store"})
+    return FastJSONResponse({"auction_id": auction_id, "ads": out}, headers=_NO_STORE)
 
 
 def _creative_json(k: SnapshotCreative, shown: Variant | None) -> dict[str, str]:
@@ -227,7 +242,7 @@ def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization
         scope = None
     else:
         advertiser = _postback_advertiser(st, authorization)
-        if isinstance(advertiser, JSONResponse):
+        if isinstance(advertiser, FastJSONResponse):
             return advertiser
         scope = advertiser
     result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
@@ -243,9 +258,9 @@ def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization
             # A won price is the runner-up's eCPM: free, unlimited dry runs would map competitors' bids.
             fate.pop("price_micros", None)
     st.metrics.requests.labels("explain").inc()
-    return JSONResponse({"dry_run": True, "snapshot_version": snapshot.version,
+    return FastJSONResponse({"dry_run": True, "snapshot_version": snapshot.version,
                          "candidates": result.candidates if scope is None else len(fates), "fates": fates},
-                        headers={**_CORS, "Cache-Control": "no-store"})
+                        headers=_NO_STORE)
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,
@@ -260,7 +275,7 @@ def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: flo
     )
 
 
-def _verify(st: EdgeState, token: str | None, kind: str, beacon: str) -> dict | JSONResponse:
+def _verify(st: EdgeState, token: str | None, kind: str, beacon: str) -> dict | FastJSONResponse:
     result = verify(token or "", st.settings.edge_signing_keys, now_s=st.settings.clock.now(), kind=kind)
     if not result.ok:
         st.metrics.beacons.labels(beacon, result.reason.value).inc()
@@ -350,7 +365,7 @@ async def _durable(st: EdgeState, acked: asyncio.Future[None] | None,
 async def impression(request: Request) -> Response:
     st = edge_of(request)
     claims = _verify(st, request.query_params.get("t"), "i", "impression")
-    if isinstance(claims, JSONResponse):
+    if isinstance(claims, FastJSONResponse):
         return claims
     recorded = await _record(st, request, EventType.IMPRESSION, impression_event_id(claims["imp"]), claims,
                              bills=claims["bt"] == "cpm")
@@ -378,7 +393,7 @@ async def viewable(request: Request) -> Response:
     """The tag's MRC viewability beacon. Measured once per impression id; it bills nothing."""
     st = edge_of(request)
     claims = _verify(st, request.query_params.get("t"), "i", "viewable")
-    if isinstance(claims, JSONResponse):
+    if isinstance(claims, FastJSONResponse):
         return claims
     recorded = await _record(st, request, EventType.VIEWABLE, viewable_event_id(claims["imp"]), claims,
                              bills=False)
@@ -394,7 +409,7 @@ def _with_param(url: str, key: str, value: str) -> str:
 async def click(request: Request) -> Response:
     st = edge_of(request)
     claims = _verify(st, request.query_params.get("t"), "c", "click")
-    if isinstance(claims, JSONResponse):
+    if isinstance(claims, FastJSONResponse):
         return claims
     recorded = await _record(st, request, EventType.CLICK, click_event_id(claims["imp"]), claims,
                              bills=claims["bt"] == "cpc")
@@ -437,7 +452,7 @@ def _windows(st: EdgeState) -> Callable[[str], tuple[int, int] | None]:
     return lookup
 
 
-def _postback_advertiser(st: EdgeState, header: str) -> str | JSONResponse:
+def _postback_advertiser(st: EdgeState, header: str) -> str | FastJSONResponse:
     """The advertiser a server-to-server postback's bearer token belongs to (checked against the token hashes
     in the snapshot, in constant time), or a 401."""
     scheme, _, token = header.partition(" ")
@@ -478,7 +493,7 @@ async def conversion(request: Request) -> Response:
     st = edge_of(request)
     auth = request.headers.get("authorization")
     advertiser = _postback_advertiser(st, auth) if auth is not None else None
-    if isinstance(advertiser, JSONResponse):
+    if isinstance(advertiser, FastJSONResponse):
         return advertiser
     body = await _read_limited(request, MAX_BODY)
     if body is None:
@@ -499,7 +514,7 @@ async def conversion(request: Request) -> Response:
     model = Model.LAST_CLICK
     if data.get("adclid") is not None:
         claims = _verify(st, data["adclid"], "v", "conversion")
-        if isinstance(claims, JSONResponse):
+        if isinstance(claims, FastJSONResponse):
             return claims
         if advertiser is not None and claims["adv"] != advertiser:
             return error(403, "adclid belongs to another advertiser's ad")
@@ -517,7 +532,7 @@ async def conversion(request: Request) -> Response:
         credit = attribute(st.settings.clock.now(), last_click, last_view, _windows(st))
         if isinstance(credit, NoCredit):
             st.metrics.beacons.labels("conversion", "not_attributed").inc()
-            return JSONResponse({"attributed": False, "reason": credit.value})
+            return FastJSONResponse({"attributed": False, "reason": credit.value})
         claims, model, inherited = dict(credit.touch.claims), credit.model, InvalidReason.NONE
     event_id = (postback_conversion_event_id(advertiser, data["conversion_id"]) if advertiser is not None
                 else conversion_event_id(claims["imp"]))
@@ -527,16 +542,16 @@ async def conversion(request: Request) -> Response:
         return recorded
     if advertiser is None:
         return Response(status_code=204)
-    return JSONResponse({"attributed": True, "model": model.value, "campaign_id": claims["cmp"],
+    return FastJSONResponse({"attributed": True, "model": model.value, "campaign_id": claims["cmp"],
                          "event_id": event_id, "invalid_reason": recorded.value or None})
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(OPENAPI)
+    return FastJSONResponse(OPENAPI)
 
 
 async def livez(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return FastJSONResponse({"status": "ok"})
 
 
 # A 1x1 transparent GIF: what an <img> retargeting pixel expects back.
@@ -553,7 +568,7 @@ async def pixel(request: Request) -> Response:
         st.metrics.profile_store.labels("pixel", "bad_request").inc()
         return error(400, f"invalid pixel: {hit[0].field}: {hit[0].message}",
                      [{"field": e.field, "message": e.message} for e in hit])
-    headers = {**_CORS, "Cache-Control": "no-store"}
+    headers = _NO_STORE
     if not hit.user:
         st.metrics.profile_store.labels("pixel", "no_consent").inc()
         return Response(_PIXEL_GIF, media_type="image/gif", headers=headers)
@@ -581,7 +596,7 @@ async def readyz(request: Request) -> Response:
         # The click model the auction ranks with (None: the creatives' prior CTRs).
         "click_model_version": snap.click_model.version if snap and snap.click_model else None,
     }
-    return JSONResponse(body, status_code=200 if snap else 503)
+    return FastJSONResponse(body, status_code=200 if snap else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -36,7 +36,7 @@ from edge.settings import EdgeSettings
 from edge.spend import SpendView
 from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
 from replication import subjects as S
-from replication.events import MAX_BATCH, Event, EventType, encode_event, encode_event_batch
+from replication.events import MAX_BATCH, Event, EventType, encode_event, encode_event_row, join_event_rows
 from replication.nats_io import (
     close_quietly,
     connect,
@@ -102,7 +102,8 @@ class EdgeState:
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Billing events accepted but not yet acknowledged by JetStream: a retried beacon waits on the same one.
     unacked: dict[str, asyncio.Future[None]] = field(default_factory=dict)
-    decisions_pending: list[Event] = field(default_factory=list)  # for the next batch (emit_decisions)
+    # (event id, encoded event) for the next batch (emit_decisions)
+    decisions_pending: list[tuple[str, bytes]] = field(default_factory=list)
     ivt_lists: ListsReloader = field(default_factory=ListsReloader)
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
@@ -142,7 +143,7 @@ class EdgeState:
         go as one message: nats-server's work is per message, and one per ad request cost it 146 us of CPU per
         request (``adserver bench --only http``, c1b631c), against the edge's own 337. Decisions are not
         billing data: a kill -9 loses at most a tick of them, and under pressure they are shed first."""
-        self.decisions_pending.extend(events)
+        self.decisions_pending.extend((e.event_id, encode_event_row(e)) for e in events)
         if len(self.decisions_pending) >= MAX_BATCH:
             self.flush_decisions()
 
@@ -155,7 +156,8 @@ class EdgeState:
             batch = pending[start:start + MAX_BATCH]
             publisher.submit(
                 S.event_batch_subject(self.settings.edge_region, EventType.DECISION, len(batch)),
-                f"decs:{batch[0].event_id}", encode_event_batch(batch), billing=False, events=len(batch))
+                f"decs:{batch[0][0]}", join_event_rows([row for _, row in batch]), billing=False,
+                events=len(batch))
 
     async def on_snapshot(self, version: int, data: bytes) -> None:
         try:

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 import msgpack
@@ -129,8 +130,11 @@ def decision_event_id(impression_id: str) -> str:
     return f"dec:{impression_id}"
 
 
+_GET_FIELDS = attrgetter(*_FIELDS)  # all of them in one C call: the edge encodes an event per ad request
+
+
 def _values(event: Event) -> list[Any]:
-    values = [getattr(event, name) for name in _FIELDS]
+    values = list(_GET_FIELDS(event))
     # Fields added since version 1 are left off the end while they hold their defaults, so an event that uses
     # none of them still decodes in a collector from before they existed (a rolling upgrade, edges first).
     while len(values) > len(_FIELDS) - len(_ADDED) and values[-1] == _ADDED[_FIELDS[len(values) - 1]]:
@@ -149,9 +153,26 @@ MAX_BATCH = 1024
 def encode_event_batch(events: Sequence[Event]) -> bytes:
     """Several events in one message (the edge batches its decision events across requests), because
     nats-server's work and the stream's storage are per message; each event keeps its own id for dedup."""
-    if not 0 < len(events) <= MAX_BATCH:
+    return join_event_rows([encode_event_row(e) for e in events])
+
+
+def encode_event_row(event: Event) -> bytes:
+    """One event as it sits in a batch: the edge encodes each decision when it is made, so the control tick
+    that sends the batch only joins bytes (encoding a tick's worth of events at once held up the requests
+    queued behind it by about a millisecond)."""
+    return msgpack.packb(_values(event), use_bin_type=True)
+
+
+_BATCH_HEAD = msgpack.packb(SCHEMA_VERSION) + msgpack.packb(BATCH)
+
+
+def join_event_rows(rows: Sequence[bytes]) -> bytes:
+    """``[SCHEMA_VERSION, BATCH, [row, ...]]`` from rows already encoded (``encode_event_row``): msgpack
+    is a concatenation of its items after each container's header, so the bytes equal packing it whole."""
+    if not 0 < len(rows) <= MAX_BATCH:
         raise ValueError(f"a batch holds 1-{MAX_BATCH} events")
-    return msgpack.packb([SCHEMA_VERSION, BATCH, [_values(e) for e in events]], use_bin_type=True)
+    packer = msgpack.Packer(use_bin_type=True)
+    return b"".join((packer.pack_array_header(3), _BATCH_HEAD, packer.pack_array_header(len(rows)), *rows))
 
 
 def decode_events(data: bytes) -> list[Event]:

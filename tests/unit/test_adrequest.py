@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.adrequest import ParamError, parse_ad_request
+from starlette.datastructures import QueryParams
+
+from edge.adrequest import ParamError, parse_ad_request, query_dict
 from edge.auction import AdRequest
 
 BASE = {"placement": "home.top", "format": "300x250"}
@@ -142,3 +144,22 @@ def test_page_keywords_keep_usable_terms_and_drop_the_rest():
     assert isinstance(got, AdRequest)
     assert got.keywords[:2] == ("café", "fußball")  # "c++" and "-bad" dropped, not a 400
     assert len(got.keywords) == 50
+
+
+# Query strings as browsers and bots send them: names and values with escapes, '+', '=' inside values, empty
+# parts, repeats, and raw non-ASCII bytes.
+_QUERY_BYTES = st.lists(st.sampled_from([b"a", b"b", b"=", b"&", b"+", b"%", b"%20", b"%C3%A9", b"%zz", b"\xe9",
+                                         b"placement", b"x", b"0"]), max_size=30).map(b"".join)
+
+
+@given(_QUERY_BYTES)
+@settings(max_examples=400, deadline=None)
+def test_query_dict_reads_a_query_exactly_as_starlette_does(raw):
+    """The ad path parses its query itself (Starlette's QueryParams costs more per lookup): the last of
+    repeated names wins, blanks are kept, escapes and '+' decode, as in ``dict(QueryParams(raw))``."""
+    assert query_dict(raw) == dict(QueryParams(raw))
+
+
+def test_query_dict_takes_the_last_of_repeated_names_and_keeps_blank_values():
+    assert query_dict(b"slots=1&slots=2&user=&gpc") == {"slots": "2", "user": "", "gpc": ""}
+    assert query_dict(b"keywords=caf%C3%A9+cr%C3%A8me") == {"keywords": "café crème"}

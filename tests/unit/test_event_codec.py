@@ -190,6 +190,22 @@ def test_out_of_range_money_is_refused():
             decode_event(encode_event(event(cost_micros=bad)))
 
 
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 1024])
+def test_a_batch_joined_from_rows_encoded_one_by_one_is_the_batch_packed_whole(size):
+    """The edge encodes each decision as it is made and joins the bytes at the tick: around the sizes where
+    msgpack's array header changes form (15/16) the join must still equal packing the batch in one go."""
+    from replication.events import encode_event_batch, encode_event_row, join_event_rows
+
+    batch = [dataclasses.replace(event(), event_id=f"dec:a-{i}", impression_id=f"a-{i}", user_key=f"u{i % 3}",
+                                 variant="0.1.0")
+             for i in range(size)]
+    whole = msgpack.packb([SCHEMA_VERSION, "batch", [values_of(e) for e in batch]], use_bin_type=True)
+    assert join_event_rows([encode_event_row(e) for e in batch]) == whole
+    assert encode_event_batch(batch) == whole
+    with pytest.raises(ValueError):
+        join_event_rows([])
+
+
 def test_a_batch_carries_each_event_with_its_own_id_and_a_bad_one_refuses_it_whole():
     from replication.events import MAX_BATCH, decode_events, encode_event_batch
     from replication.subjects import event_batch_subject, events_in
