@@ -52,6 +52,7 @@ from replication.events import (
     click_event_id,
     conversion_event_id,
     decision_event_id,
+    encode_decision_row,
     impression_event_id,
     postback_conversion_event_id,
     viewable_event_id,
@@ -130,7 +131,7 @@ async def ads(request: Request) -> Response:
     if parsed.user:  # set only with consent (adrequest): the key that joins this user's touches to conversions
         ivt_claims["usr"] = user_key(parsed.user)
     out = []
-    decisions: list[Event] = []
+    decisions: list[tuple[str, bytes]] = []  # (event id, encoded event)
     arms = snapshot.click_model.arms if snapshot.click_model is not None else {}
     segment = segment_of(parsed.device)
     # Every win's expected cost is held before its tokens are signed: the holds ride in them (claim "rsv").
@@ -164,7 +165,11 @@ async def ads(request: Request) -> Response:
             "click_url": f"{base}/v1/track/click?t={click_token}",
         })
         if settings.edge_decision_events:
-            decisions.append(_event(st, EventType.DECISION, decision_event_id(impression_id), common, now, cost=0))
+            event_id = decision_event_id(impression_id)
+            decisions.append((event_id, encode_decision_row(
+                event_id, int(now * 1000), settings.edge_region, settings.edge_pop, auction_id, impression_id,
+                c.campaign_id, k.creative_id, c.advertiser_id, parsed.placement, c.bid_type, win.price_micros,
+                parsed.geo, parsed.device, ivt_claims.get("usr", ""), shown.key if shown is not None else "")))
     if decisions:  # batched across requests into few messages (EdgeState.emit_decisions)
         st.emit_decisions(decisions)
     if not out:
@@ -172,7 +177,7 @@ async def ads(request: Request) -> Response:
         st.metrics.requests.labels("no_fill").inc()
         st.metrics.no_fill.labels(reason).inc()
         return Response(status_code=204, headers=_CORS)
-    st.metrics.requests.labels("filled").inc()
+    st.metrics.filled.inc()
     st.metrics.fills.inc(len(out))
     return FastJSONResponse({"auction_id": auction_id, "ads": out}, headers=_NO_STORE)
 

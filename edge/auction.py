@@ -108,33 +108,29 @@ class AuctionResult:
     no_fill: NoFill | None = None
 
 
-def asked_values(request: AdRequest) -> dict[str, tuple[str, ...]]:
-    """Per targeting dimension, the values the request brings (empty: it says nothing there)."""
-    return {
-        "placement": (request.placement,),
-        "format": (request.format,),
-        "country": (request.country,) if request.country else (),
-        "geo": (request.geo,) if request.geo else (),
-        "device": (request.device,) if request.device else (),
-        "keyword": request.keywords,
-        "interest": request.interests,
-    }
+# Per targeting dimension, the values a request brings there (empty: it says nothing there).
+_ASKED: Mapping[str, Callable[[AdRequest], tuple[str, ...]]] = {
+    "placement": lambda r: (r.placement,),
+    "format": lambda r: (r.format,),
+    "country": lambda r: (country,) if (country := r.country) else (),
+    "geo": lambda r: (r.geo,) if r.geo else (),
+    "device": lambda r: (r.device,) if r.device else (),
+    "keyword": lambda r: r.keywords,
+    "interest": lambda r: r.interests,
+}
 
 
 def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
     """Candidate positions, ascending: the intersection over dimensions of (matching postings OR
-    unrestricted), as boolean masks over the snapshot's campaigns (``RetrievalIndex``)."""
+    unrestricted), as boolean masks over the snapshot's campaigns (``RetrievalIndex``). Dimensions no
+    campaign is restricted in keep everyone and are skipped without looking at the request."""
     index = snapshot.index
     assert index is not None  # built with every snapshot
     result: np.ndarray | None = None
-    for dim, values in asked_values(request).items():
-        if dim in index.open:
-            continue  # no campaign is restricted in this dimension: it keeps everyone
-        mask = _dimension_mask(index, dim, values)
-        if result is None:
-            result = mask.copy()  # the mask may be one of the index's shared, read-only ones
-        else:
-            result &= mask
+    for dim in index.restricted:
+        mask = _dimension_mask(index, dim, _ASKED[dim](request))
+        # ``&`` allocates: the first mask may be one of the index's shared, read-only ones.
+        result = mask if result is None else result & mask
     return np.arange(index.size) if result is None else np.flatnonzero(result)
 
 
@@ -420,6 +416,7 @@ HEAD = 32  # candidates a ranking sorts up front (see _Ranking)
 # Below this many candidates one full sort is cheaper than partitioning first (the extra numpy calls cost
 # more than sorting the tail; timed in isolation the two broke even near 150 candidates).
 PARTIAL_FROM = 160
+SORT_IN_PYTHON = 8  # up to this many candidates the ranking sorts Python lists instead (see _Ranking)
 
 
 class _Ranking:
@@ -435,19 +432,28 @@ class _Ranking:
         # Sorting every candidate and turning them all into Python lists was a fifth of a large auction, while
         # the walk rarely goes past the first few: sort the best ``HEAD`` (and everything tied with the last
         # of them) now, the rest only if the walk gets there. Same order as one stable sort of all of them.
-        self._live, self._neg, self._all_ctrs = live, -scores, ctrs
+        self._live, self._all_ctrs = live, ctrs
         self._rest: np.ndarray | None = None
-        if len(live) >= max(PARTIAL_FROM, HEAD + 1):
-            kth = np.partition(self._neg, HEAD - 1)[HEAD - 1]
-            at_least = self._neg <= kth
-            head = np.flatnonzero(at_least)
-            self._rest = np.flatnonzero(~at_least)
-        else:
-            head = np.arange(len(live))
         self._positions: list[int] = []
         self._scores: list[float] = []
         self._ctrs: list[float] = []
-        self._extend(head)
+        if len(live) <= SORT_IN_PYTHON:
+            # A handful of candidates (most ad requests): Python's stable sort of the lists beats the numpy
+            # calls' fixed costs. Same order as the stable argsort of -scores (scores here are never NaN).
+            ranked = sorted(zip(scores.tolist(), live.tolist(), ctrs.tolist(), strict=True),
+                            key=lambda entry: -entry[0])
+            self._scores = [entry[0] for entry in ranked]
+            self._positions = [entry[1] for entry in ranked]
+            self._ctrs = [entry[2] for entry in ranked]
+        else:
+            self._neg = -scores
+            if len(live) >= max(PARTIAL_FROM, HEAD + 1):
+                kth = np.partition(self._neg, HEAD - 1)[HEAD - 1]
+                at_least = self._neg <= kth
+                self._extend(np.flatnonzero(at_least))
+                self._rest = np.flatnonzero(~at_least)
+            else:
+                self._extend(np.arange(len(live)))
         self._group_end = 0  # where the run of equal scores the walk is in ends
         self._next = 0
         self._snapshot = snapshot

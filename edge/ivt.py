@@ -37,6 +37,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from replication.events import EventType, InvalidReason
@@ -74,7 +75,16 @@ def ua_hash(user_agent: str) -> str:
     """The short user-agent hash the decision signs into tokens (``uah`` claim) and flood counters key on:
     8 hex characters of BLAKE2b over the exact header value. 32 bits is plenty to notice a different browser
     and keeps the token (a URL) short."""
+    # Most traffic comes from a few thousand browser builds: remember those (a long header is hashed each
+    # time, so the cache stays small).
+    return _ua_hash_cached(user_agent) if len(user_agent) <= 512 else _ua_hash(user_agent)
+
+
+def _ua_hash(user_agent: str) -> str:
     return hashlib.blake2b(user_agent.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
+_ua_hash_cached = lru_cache(maxsize=4096)(_ua_hash)
 
 
 def _parse_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

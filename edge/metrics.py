@@ -19,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 class EdgeMetrics:
     registry: CollectorRegistry
     requests: Counter
+    filled: Counter  # requests' child for outcome "filled", looked up once instead of per request
     fills: Counter
     no_fill: Counter
     filtered: Counter
@@ -34,9 +35,11 @@ class EdgeMetrics:
 
 def build_metrics() -> EdgeMetrics:
     r = CollectorRegistry()
+    requests = Counter("adserver_ad_requests", "ad requests by outcome", ["outcome"], registry=r)
     return EdgeMetrics(
         registry=r,
-        requests=Counter("adserver_ad_requests", "ad requests by outcome", ["outcome"], registry=r),
+        requests=requests,
+        filled=requests.labels("filled"),
         fills=Counter("adserver_ads_served", "ads returned (one per filled slot)", registry=r),
         no_fill=Counter("adserver_no_fill", "requests with no ad, by reason", ["reason"], registry=r),
         filtered=Counter("adserver_candidates_filtered", "candidates dropped, by reason", ["reason"], registry=r),

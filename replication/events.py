@@ -130,11 +130,14 @@ def decision_event_id(impression_id: str) -> str:
     return f"dec:{impression_id}"
 
 
-_GET_FIELDS = attrgetter(*_FIELDS)  # all of them in one C call: the edge encodes an event per ad request
+_GET_FIELDS = attrgetter(*_FIELDS)  # all of them in one C call
 
 
 def _values(event: Event) -> list[Any]:
-    values = list(_GET_FIELDS(event))
+    return _trimmed(list(_GET_FIELDS(event)))
+
+
+def _trimmed(values: list[Any]) -> list[Any]:
     # Fields added since version 1 are left off the end while they hold their defaults, so an event that uses
     # none of them still decodes in a collector from before they existed (a rolling upgrade, edges first).
     while len(values) > len(_FIELDS) - len(_ADDED) and values[-1] == _ADDED[_FIELDS[len(values) - 1]]:
@@ -161,6 +164,18 @@ def encode_event_row(event: Event) -> bytes:
     that sends the batch only joins bytes (encoding a tick's worth of events at once held up the requests
     queued behind it by about a millisecond)."""
     return msgpack.packb(_values(event), use_bin_type=True)
+
+
+def encode_decision_row(event_id: str, ts_ms: int, region: str, pop: str, auction_id: str, impression_id: str,
+                        campaign_id: str, creative_id: str, advertiser_id: str, placement: str, bid_type: str,
+                        price_micros: int, geo: str, device: str, user_key: str, variant: str) -> bytes:
+    """``encode_event_row`` of a decision (nothing billed, valid) without building its ``Event``: the edge
+    writes one per ad served, and the frozen dataclass's constructor cost more than the encoding. Same
+    fields in the same order (tested against ``encode_event_row``); the ad path has validated them."""
+    return msgpack.packb(_trimmed([
+        event_id, EventType.DECISION, ts_ms, region, pop, auction_id, impression_id, campaign_id, creative_id,
+        advertiser_id, placement, bid_type, price_micros, 0, 0, InvalidReason.NONE, geo, device, user_key,
+        variant]), use_bin_type=True)
 
 
 _BATCH_HEAD = msgpack.packb(SCHEMA_VERSION) + msgpack.packb(BATCH)

@@ -201,7 +201,13 @@ class RequestLimits:
                 return
             await self.app(scope, receive, send)
             return
-        # No Content-Length: a chunked body (or none). Count it as the app reads it.
+        if scope.get("http_version") in ("1.0", "1.1") and not any(k == b"transfer-encoding" for k, _ in headers):
+            # HTTP/1 with neither header has no body at all (RFC 9112, 6.3): nothing to count, so the
+            # request skips the two wrappers below (most ad requests and beacons are such GETs).
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length: a chunked body (or, over HTTP/2, one of unknown length). Count it as the app
+        # reads it.
         received = 0
         started = False
 

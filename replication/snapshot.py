@@ -129,6 +129,10 @@ class RetrievalIndex:
     # or naming this value" as one mask, so a request's single value there costs one AND, not a copy and a
     # scatter; few values times one byte per campaign keeps it small.
     answers: Mapping[str, Mapping[str, np.ndarray]]
+    restricted: tuple[str, ...] = field(init=False, default=())  # the other dimensions, in DIMENSIONS order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restricted", tuple(d for d in DIMENSIONS if d not in self.open))
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],

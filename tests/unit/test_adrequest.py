@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from starlette.datastructures import QueryParams
 
 from edge.adrequest import ParamError, parse_ad_request, query_dict

@@ -438,6 +438,38 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_sorting_few_candidates_in_python_changes_no_outcome(make_campaign, make_creative, monkeypatch, seed):
+    """Up to SORT_IN_PYTHON candidates the ranking sorts Python lists instead of calling numpy. Against the
+    numpy sort with the same rng: the same wins (campaign, creative, price), reasons and counts, with ties
+    between CPM and CPC bids of different CTRs, shared advertisers and a campaign that cannot pay."""
+    import edge.auction as auction_module
+
+    rng = random.Random(seed)
+    campaigns = []
+    for i in range(rng.randrange(1, 9)):
+        if rng.random() < 0.5:
+            campaigns.append(make_campaign(f"c{i}", advertiser_id=f"a{rng.randrange(3)}",
+                                           max_bid_micros=rng.choice((800_000, 1_000_000))))
+        else:  # eCPM 1,000,000 (a tie with the CPM bid) or 800,000 through different bids and CTRs
+            ctr = rng.choice((0.01, 0.02))
+            campaigns.append(make_campaign(
+                f"c{i}", advertiser_id=f"a{rng.randrange(3)}", bid_type="cpc",
+                max_bid_micros=round(rng.choice((800, 1000)) / ctr),
+                creatives=[make_creative(f"c{i}-k", prior_ctr=ctr)]))
+    snapshot = snap(*campaigns)
+    allowance = {c.campaign_id: (0 if rng.random() < 0.2 else RICH) for c in campaigns}
+
+    def run(python_up_to: int, explain: bool):
+        monkeypatch.setattr(auction_module, "SORT_IN_PYTHON", python_up_to)
+        return run_auction(snapshot, req(slots=3), now_s=NOW, rng=random.Random(seed), allowance=allowance,
+                           explain=explain)
+
+    for explain in (False, True):
+        numpy_sorted, python_sorted = run(0, explain), run(8, explain)
+        assert python_sorted == numpy_sorted
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, seed):
     """The ranking sorts the best 32 candidates (and their ties) up front and the rest only when the walk gets

@@ -4,8 +4,22 @@ request's values or not constrained there, intersected over the dimensions; also
 from __future__ import annotations
 
 from adserver.bench_auction import inventory, requests
-from edge.auction import AdRequest, asked_values, retrieve
+from edge.auction import AdRequest, retrieve
 from replication.snapshot import Snapshot, build_snapshot, decode_snapshot, empty_snapshot, encode_snapshot
+
+
+def asked_values(request: AdRequest) -> dict[str, tuple[str, ...]]:
+    """Per targeting dimension, the values the request brings (empty: it says nothing there), written out
+    here independently of the auction's own table."""
+    return {
+        "placement": (request.placement,),
+        "format": (request.format,),
+        "country": (request.country,) if request.country else (),
+        "geo": (request.geo,) if request.geo else (),
+        "device": (request.device,) if request.device else (),
+        "keyword": request.keywords,
+        "interest": request.interests,
+    }
 
 
 def by_sets(snapshot: Snapshot, request: AdRequest) -> set[int]:

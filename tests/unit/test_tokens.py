@@ -48,6 +48,19 @@ def test_token_has_payload_key_id_and_signature():
     assert "=" not in payload + sig  # unpadded base64url, safe in a query string
 
 
+def test_signature_is_plain_hmac_sha256_of_key_id_and_payload_every_time():
+    """The key's HMAC state is kept and copied per token (SigningKeys.macs): a copy that leaked the previous
+    token's bytes into the next would still verify against itself, so compare with a fresh HMAC each time."""
+    import hmac
+    from hashlib import sha256
+
+    for i in range(3):
+        for keyset, kid, key in ((KEYS, "k1", KEY_A), (keys(("k2", KEY_B)), "k2", KEY_B)):
+            payload, _, sig = sign(claims(imp=f"auc-{i}"), keyset).split(".")
+            expected = hmac.new(key, f"{kid}.{payload}".encode(), sha256).digest()
+            assert base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)) == expected
+
+
 def test_verify_without_kind_accepts_any_kind():
     assert verify(sign(claims(k="c"), KEYS), KEYS, now_s=NOW).ok
 
