@@ -14,7 +14,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -77,6 +77,18 @@ class FastJSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class _NoStoreJSON(FastJSONResponse):
+    """A JSON answer with ``_NO_STORE``'s headers, encoded once here rather than per response (the filled ad
+    request's)."""
+
+    _RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _NO_STORE.items()]
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        assert headers is None, "the headers are fixed"
+        self.raw_headers = [*self._RAW, (b"content-type", b"application/json"),
+                            (b"content-length", str(len(self.body)).encode("latin-1"))]
 
 
 def edge_of(request: Request) -> EdgeState:
@@ -179,7 +191,7 @@ async def ads(request: Request) -> Response:
         return Response(status_code=204, headers=_CORS)
     st.metrics.filled.inc()
     st.metrics.fills.inc(len(out))
-    return FastJSONResponse({"auction_id": auction_id, "ads": out}, headers=_NO_STORE)
+    return _NoStoreJSON({"auction_id": auction_id, "ads": out})
 
 
 def _creative_json(k: SnapshotCreative, shown: Variant | None) -> dict[str, str]:

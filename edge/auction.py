@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -285,6 +285,10 @@ def run_auction(
     fmt = request.format
     checks = _checks(columns, fmt, reserve, now_s)
     model = snapshot.click_model
+    if model is None and not capped and not explain and len(positions) <= SORT_IN_PYTHON and fmt in columns.formats:
+        few = _few_candidates(snapshot, positions, checks, fmt)
+        return _finish(snapshot, request, positions, few.ranked_input, {}, few.counts, {}, reserve, rng, allowance,
+                       throttle, explain=False)
     # Fresh arrays (fancy indexing copies): caps may rescore them in place.
     if model is None:
         ctrs = columns.formats[fmt].ctr[positions] if fmt in columns.formats else np.full(len(positions), np.nan)
@@ -323,11 +327,42 @@ def run_auction(
             if uncapped is not None:
                 out.append((Reason.FREQUENCY_CAP, uncapped))
             return [*out, (Reason.BELOW_RESERVE, above_reserve)]
+    # count_nonzero is one C call; ndarray.all() goes through numpy's Python-level reduction wrapper.
+    counts, reasons = _first_failures(snapshot, positions, local, np.count_nonzero(passed) < len(passed),
+                                      explain=explain)
+    live = positions[passed]
+    return _finish(snapshot, request, positions, (live, scores[passed], ctrs[passed]), overrides, counts, reasons,
+                   reserve, rng, allowance, throttle, explain=explain)
+
+
+@dataclass(frozen=True, slots=True)
+class _Few:
+    ranked_input: tuple[list[int], list[float], list[float]]  # the candidates that passed: positions, scores, CTRs
+    counts: dict[Reason, int]
+
+
+def _few_candidates(snapshot: Snapshot, positions: np.ndarray, checks: _Checks, fmt: str) -> _Few:
+    """``run_auction``'s filtering for a handful of candidates whose scores are the campaigns' own (no click
+    model, no caps: most ad requests): each candidate's verdict, score and CTR read one by one, where the
+    vector path's dozen numpy calls cost more in fixed overhead than they do work on so few elements. The
+    same candidates, scores, order and counts as the vector path (tested against it)."""
+    columns = snapshot.columns
+    assert columns is not None
+    eligible, scores, ctrs = checks.eligible, ecpm_scores(columns, fmt), columns.formats[fmt].ctr
+    everyone = positions.tolist()
+    live = [p for p in everyone if eligible.item(p)]
+    counts, _ = _first_failures(snapshot, positions, lambda: [(reason, ok[positions]) for reason, ok in checks.checks],
+                                len(live) < len(everyone), explain=False)
+    return _Few((live, [scores.item(p) for p in live], [ctrs.item(p) for p in live]), counts)
+
+
+def _first_failures(snapshot: Snapshot, positions: np.ndarray, local: Callable[[], list[tuple[Reason, np.ndarray]]],
+                    any_failed: bool, *, explain: bool) -> tuple[dict[Reason, int], dict[str, Reason]]:
+    """How many candidates each check took out, each counted once under the first check it failed (in the
+    order of ``local``'s checks); with ``explain`` also which campaign each one was."""
     counts: dict[Reason, int] = {}
     reasons: dict[str, Reason] = {}
-    # count_nonzero is one C call; ndarray.all() goes through numpy's Python-level reduction wrapper.
-    if explain or np.count_nonzero(passed) < len(passed):
-        # Each candidate out is counted once, under the first check it failed (in the order of the checks).
+    if explain or any_failed:
         before = np.ones(len(positions), dtype=bool)
         for reason, ok in local():
             failed = before & ~ok
@@ -338,10 +373,19 @@ def run_auction(
                     reasons.update(dict.fromkeys(
                         (snapshot.campaigns[p].campaign_id for p in positions[failed].tolist()), reason))
             before = before & ok
+    return counts, reasons
 
-    live = positions[passed]
-    walk = _Ranking(snapshot, live, scores[passed], ctrs[passed], fmt, overrides, rng, allowance, throttle, counts,
-                    reasons if explain else None)
+
+def _finish(snapshot: Snapshot, request: AdRequest, positions: np.ndarray,
+            ranked_input: tuple[np.ndarray | list[int], np.ndarray | list[float], np.ndarray | list[float]],
+            overrides: dict[int, tuple[SnapshotCreative, ...]], counts: dict[Reason, int],
+            reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
+            throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
+    """Walk the ranking of the candidates that passed (positions, scores, CTRs) to fill the slots and price
+    them."""
+    live, live_scores, live_ctrs = ranked_input
+    walk = _Ranking(snapshot, live, live_scores, live_ctrs, request.format, overrides, rng, allowance, throttle,
+                    counts, reasons if explain else None)
     wins: list[Win] = []
     slots = max(1, request.slots)
     ranked = walk.ranked
@@ -419,13 +463,18 @@ PARTIAL_FROM = 160
 SORT_IN_PYTHON = 8  # up to this many candidates the ranking sorts Python lists instead (see _Ranking)
 
 
+def _as_list(values: np.ndarray | list[Any]) -> list[Any]:
+    return values if isinstance(values, list) else values.tolist()
+
+
 class _Ranking:
     """The eligible candidates in eCPM order, materialized lazily: each step takes the next campaign by
     score, applies the per-campaign filters (budget, pacing, one per advertiser) and picks its creative.
     Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
     ties that are reached cost a draw)."""
 
-    def __init__(self, snapshot: Snapshot, live: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, fmt: str,
+    def __init__(self, snapshot: Snapshot, live: np.ndarray | list[int], scores: np.ndarray | list[float],
+                 ctrs: np.ndarray | list[float], fmt: str,
                  overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
                  reasons: dict[str, Reason] | None) -> None:
@@ -440,7 +489,7 @@ class _Ranking:
         if len(live) <= SORT_IN_PYTHON:
             # A handful of candidates (most ad requests): Python's stable sort of the lists beats the numpy
             # calls' fixed costs. Same order as the stable argsort of -scores (scores here are never NaN).
-            ranked = sorted(zip(scores.tolist(), live.tolist(), ctrs.tolist(), strict=True),
+            ranked = sorted(zip(_as_list(scores), _as_list(live), _as_list(ctrs), strict=True),
                             key=lambda entry: -entry[0])
             self._scores = [entry[0] for entry in ranked]
             self._positions = [entry[1] for entry in ranked]

@@ -440,15 +440,23 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
 
 @pytest.mark.parametrize("seed", range(8))
 def test_sorting_few_candidates_in_python_changes_no_outcome(make_campaign, make_creative, monkeypatch, seed):
-    """Up to SORT_IN_PYTHON candidates the ranking sorts Python lists instead of calling numpy. Against the
-    numpy sort with the same rng: the same wins (campaign, creative, price), reasons and counts, with ties
-    between CPM and CPC bids of different CTRs, shared advertisers and a campaign that cannot pay."""
+    """Up to SORT_IN_PYTHON candidates the auction reads them one by one and the ranking sorts Python lists
+    instead of calling numpy. Against the vector path with the same rng: the same result (wins, prices,
+    reasons, counts), with ties between CPM and CPC bids of different CTRs, shared advertisers, a campaign
+    that cannot pay, and candidates out on schedule, format or reserve."""
     import edge.auction as auction_module
 
     rng = random.Random(seed)
     campaigns = []
     for i in range(rng.randrange(1, 9)):
-        if rng.random() < 0.5:
+        trouble = rng.random()
+        if trouble < 0.1:
+            campaigns.append(make_campaign(f"c{i}", end_s=NOW - 1))  # its schedule is over
+        elif trouble < 0.2:
+            campaigns.append(make_campaign(f"c{i}", creatives=[make_creative(f"c{i}-k", format="728x90")]))
+        elif trouble < 0.3:
+            campaigns.append(make_campaign(f"c{i}", max_bid_micros=50_000))  # below the reserve
+        elif rng.random() < 0.5:
             campaigns.append(make_campaign(f"c{i}", advertiser_id=f"a{rng.randrange(3)}",
                                            max_bid_micros=rng.choice((800_000, 1_000_000))))
         else:  # eCPM 1,000,000 (a tie with the CPM bid) or 800,000 through different bids and CTRs
