@@ -131,7 +131,8 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
         mask = _dimension_mask(index, dim, _ASKED[dim](request))
         # ``&`` allocates: the first mask may be one of the index's shared, read-only ones.
         result = mask if result is None else result & mask
-    return np.arange(index.size) if result is None else np.flatnonzero(result)
+    # nonzero()[0] is flatnonzero without its Python-level ravel wrapper (the masks are one-dimensional).
+    return np.arange(index.size) if result is None else result.nonzero()[0]
 
 
 def _dimension_mask(index: RetrievalIndex, dim: str, values: tuple[str, ...]) -> np.ndarray:
@@ -499,8 +500,8 @@ class _Ranking:
             if len(live) >= max(PARTIAL_FROM, HEAD + 1):
                 kth = np.partition(self._neg, HEAD - 1)[HEAD - 1]
                 at_least = self._neg <= kth
-                self._extend(np.flatnonzero(at_least))
-                self._rest = np.flatnonzero(~at_least)
+                self._extend(at_least.nonzero()[0])
+                self._rest = (~at_least).nonzero()[0]
             else:
                 self._extend(np.arange(len(live)))
         self._group_end = 0  # where the run of equal scores the walk is in ends
