@@ -255,9 +255,16 @@ def _bench_http(**kw: Any) -> dict[str, Any]:
     return bench_http(**kw)
 
 
+def _bench_handler(**kw: Any) -> dict[str, Any]:
+    from adserver.bench_handler import bench_handler  # via bench_http, it imports this module's helpers
+
+    return bench_handler(**kw)
+
+
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions,
                                                        "auction": bench_auction, "pctr": bench_pctr,
-                                                       "variants": bench_variants, "http": _bench_http}
+                                                       "variants": bench_variants, "http": _bench_http,
+                                                       "handler": _bench_handler}
 TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "every_answered_beacon_stored_once": (">=", 1),
            "decision_ratio_budget_on_vs_off": (">=", 0.9),
            "auction_p99_us_10k": ("<=", 100), "auction_p99_us_100k": ("<=", 1000),
