@@ -8,10 +8,8 @@ lines carry the path but never the query string: beacon tokens and other secrets
 from __future__ import annotations
 
 import contextvars
-import itertools
 import json
 import logging
-import os
 import re
 import secrets
 import sys
@@ -54,25 +52,6 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown everything
 
 
-class _RequestIds:
-    """Request ids unique per process: a random prefix, drawn again in a forked child, and a counter. Ids
-    only correlate log lines, so they need no fresh randomness each (a draw was a syscall per request)."""
-
-    def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        self._prefix = secrets.token_hex(5)
-        self._count = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._count):06x}"
-
-
-_request_ids = _RequestIds()
-
-
 class RequestIdMiddleware:
     """Pure ASGI (no per-request task or body buffering), so it costs the hot path almost nothing."""
 
@@ -85,7 +64,9 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        rid = incoming.decode() if incoming and _VALID_ID.fullmatch(incoming) else _request_ids.next()
+        # Random, not a counter: ids go back to every client, and a counter would tell anyone who sampled two
+        # of them how many requests the worker served in between (found by a review of 02674b4).
+        rid = incoming.decode() if incoming and _VALID_ID.fullmatch(incoming) else secrets.token_hex(8)
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status = 500
