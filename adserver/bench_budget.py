@@ -5,7 +5,7 @@ alternating rounds. "Off" is the bare auction with an unlimited allowance and no
 edge's ``/v1/ads`` does for budgets: the auction reads the live allowance of the worker's ledger and the
 pacing throttles, every win reserves its expected cost (staged as PN-counter increments), and the edge's
 control tick (``edge.accounting.Accounting.tick``, the same code: expire reservations, track spend rates,
-roll days, move the staged increments into the pycrdt replica; every half second re-pace every campaign),
+roll days, move the staged increments into the pycrdt replica, re-pace a fifth of the campaigns),
 the grant loop's 100 ms check of what to ask for (``Accounting.grant_request``; the NATS request itself is
 left out: the allocator grants enough up front) and the half-second Yjs delta flush run on the edge's
 schedule inside the loop.
@@ -86,7 +86,7 @@ def _run(snapshot: Snapshot, requests: list[AdRequest], duration_s: float, *, bu
         if budget and t >= next_tick:  # the edge's control tick (edge.state.control_loop), on its schedule
             now += 0.1
             ticks += 1
-            accounting.tick(snapshot, now, pace=ticks % 5 == 0)
+            accounting.tick(snapshot, now, pace=True)
             accounting.grant_request(snapshot, now, retry_s=0.25)  # the grant loop's own 100 ms wake, unsent
             if ticks % 5 == 0:  # as edge.state.spend_sync_loop: the CRDT delta goes out every half second
                 spend.flush(full=False)

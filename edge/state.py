@@ -183,7 +183,8 @@ class EdgeState:
 
     def control_tick(self, now: float, *, pace: bool = True) -> None:
         """Every 100 ms: send the waiting decision events, run the budget accounting's tick
-        (``edge.accounting``), and keep the snapshot's age in the metrics."""
+        (``edge.accounting``: pacing takes its turn with a slice of the campaigns; ``pace=False`` skips it),
+        and keep the snapshot's age in the metrics."""
         self.flush_decisions()
         outcome = self.accounting.tick(self.snapshot, now, pace=pace)
         if outcome.lapsed:
@@ -195,14 +196,10 @@ class EdgeState:
             self.metrics.snapshot_age.set(now - self.snapshot.created_ms / 1000)
 
     async def control_loop(self) -> None:
-        ticks = 0
         while True:
             await asyncio.sleep(0.1)
-            ticks += 1
             try:
-                # Pacing re-plans every half second: its controllers are built for ticks of seconds to
-                # minutes, and a thousand campaigns cost milliseconds to re-pace.
-                self.control_tick(self.settings.clock.now(), pace=ticks % 5 == 0)
+                self.control_tick(self.settings.clock.now())
             except Exception:
                 log.exception("control tick failed")
 

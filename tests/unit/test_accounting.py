@@ -75,3 +75,40 @@ def test_the_day_roll_drops_yesterdays_slices_at_each_campaigns_own_midnight(mak
     # A campaign granted yesterday's slice after the walk is caught on the next tick (the ledger grew).
     acc.ledger.grant("c-late", 500, exhausted=False, day="2027-01-15")
     assert acc.tick(snapshot, midnight_utc + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
+
+
+def test_pacing_takes_turns_so_no_tick_paces_more_than_its_share(make_campaign):
+    """A pass over every campaign at once held up the requests behind it (14 ms at 1,000 campaigns): each tick
+    paces a fifth of them, at most PACE_MAX_PER_TICK, round the snapshot, each campaign's time step its own."""
+    from edge.accounting import PACE_MAX_PER_TICK, PACE_ROUND_TICKS
+
+    small = build_snapshot([make_campaign(f"c{i:02d}") for i in range(12)], version=1, created_ms=0,
+                           reserve_cpm_micros=100_000)
+    acc = accounting()
+    seen = []
+    for tick in range(PACE_ROUND_TICKS):
+        acc.tick(small, NOW + tick * 0.1, pace=True)
+        seen.append(len(acc.spend.paced))
+    assert seen == [3, 6, 9, 12, 12]  # ceil(12 / 5) a tick: a round in four ticks here, then the next one
+    acc.tick(small, NOW + 0.5, pace=True)
+    # Each campaign was last paced on its own turn: c00-c02 at 0.4 s (their step was 0.4 s), c03-c05 just now.
+    assert [round(acc.spend.paced[f"c{i:02d}"].at - NOW, 1) for i in range(12)] == [
+        0.4, 0.4, 0.4, 0.5, 0.5, 0.5, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3]
+
+    big = build_snapshot([make_campaign(f"b{i:04d}") for i in range(PACE_MAX_PER_TICK * PACE_ROUND_TICKS + 10)],
+                         version=2, created_ms=0, reserve_cpm_micros=100_000)
+    acc = accounting()
+    acc.tick(big, NOW, pace=True)
+    assert len(acc.spend.paced) == PACE_MAX_PER_TICK
+
+
+def test_a_round_forgets_campaigns_the_snapshot_dropped(make_campaign):
+    campaigns = [make_campaign(f"c{i}") for i in range(4)]
+    spend = SpendView("w")
+    spend.pace(build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000), NOW)
+    spend.throttle["c3"] = 0.5  # as if c3 had been throttled
+    smaller = build_snapshot(campaigns[:2], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    spend.pace(smaller, NOW + 1, limit=1)  # c0: the round is not over, nothing is forgotten yet
+    assert set(spend.paced) == {"c0", "c1", "c2", "c3"}
+    spend.pace(smaller, NOW + 2, limit=1)  # c1 ends the round
+    assert set(spend.paced) == {"c0", "c1"} and "c3" not in spend.throttle
