@@ -26,7 +26,7 @@ from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns
 from replication.ctr_model import country_of
-from replication.snapshot import RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
+from replication.snapshot import DIMENSIONS, RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
 
 _CPM, _CPA = BID_TYPES.index("cpm"), BID_TYPES.index("cpa")
 
@@ -118,6 +118,8 @@ _ASKED: Mapping[str, Callable[[AdRequest], tuple[str, ...]]] = {
     "keyword": lambda r: r.keywords,
     "interest": lambda r: r.interests,
 }
+if set(_ASKED) != set(DIMENSIONS):  # a dimension the table misses would fail every request it restricts
+    raise RuntimeError(f"_ASKED must cover exactly the snapshot's dimensions {DIMENSIONS}")
 
 
 def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
@@ -461,7 +463,9 @@ HEAD = 32  # candidates a ranking sorts up front (see _Ranking)
 # Below this many candidates one full sort is cheaper than partitioning first (the extra numpy calls cost
 # more than sorting the tail; timed in isolation the two broke even near 150 candidates).
 PARTIAL_FROM = 160
-SORT_IN_PYTHON = 8  # up to this many candidates the ranking sorts Python lists instead (see _Ranking)
+# Up to this many candidates numpy's fixed cost per call outweighs the work: run_auction reads retrieved
+# candidates one by one (_few_candidates), and _Ranking sorts the ones that passed as Python lists.
+SORT_IN_PYTHON = 8
 
 
 def _as_list(values: np.ndarray | list[Any]) -> list[Any]:

@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -45,8 +46,11 @@ class SigningKeys:
                 raise ValueError(f"key id {kid!r} must be non-empty and contain no '.'")
             if len(key) < 32:
                 raise ValueError(f"key {kid!r} is shorter than 32 bytes")
-        object.__setattr__(self, "macs", {kid: hmac.new(key, digestmod=hashlib.sha256)
-                                          for kid, key in self.keys.items()})
+        # Frozen: ``macs`` is built from these once, so the caller's dict must not change under them. (A
+        # SigningKeys cannot be pickled or deep-copied: HMAC objects cannot; nothing needs to.)
+        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
+        object.__setattr__(self, "macs", MappingProxyType({kid: hmac.new(key, digestmod=hashlib.sha256)
+                                                           for kid, key in self.keys.items()}))
 
     @classmethod
     def parse(cls, spec: str) -> SigningKeys:

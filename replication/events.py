@@ -166,6 +166,10 @@ def encode_event_row(event: Event) -> bytes:
     return msgpack.packb(_values(event), use_bin_type=True)
 
 
+if len(_FIELDS) != 20:  # encode_decision_row lists them by position
+    raise RuntimeError("Event's fields changed: update encode_decision_row to match")
+
+
 def encode_decision_row(event_id: str, ts_ms: int, region: str, pop: str, auction_id: str, impression_id: str,
                         campaign_id: str, creative_id: str, advertiser_id: str, placement: str, bid_type: str,
                         price_micros: int, geo: str, device: str, user_key: str, variant: str) -> bytes:

@@ -125,6 +125,10 @@ def _json_error(status: int, message: str, limit: str, extra: Mapping[str, Any] 
             {"type": "http.response.body", "body": body, "more_body": False})
 
 
+# The ASGI spec writes HTTP/1.0 as "1.0"; granian 2.8 reports it as "1" (HTTP/2 is "2" everywhere).
+_HTTP1 = frozenset({"1", "1.0", "1.1"})
+
+
 class RequestLimits:
     """ASGI middleware enforcing header, rate and body limits, in that order (cheapest refusal first)."""
 
@@ -201,7 +205,7 @@ class RequestLimits:
                 return
             await self.app(scope, receive, send)
             return
-        if scope.get("http_version") in ("1.0", "1.1") and not any(k == b"transfer-encoding" for k, _ in headers):
+        if scope.get("http_version") in _HTTP1 and not any(k == b"transfer-encoding" for k, _ in headers):
             # HTTP/1 with neither header has no body at all (RFC 9112, 6.3): nothing to count, so the
             # request skips the two wrappers below (most ad requests and beacons are such GETs).
             await self.app(scope, receive, send)

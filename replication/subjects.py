@@ -47,7 +47,7 @@ def event_subject(region: str, event_type: EventType) -> str:
 
 
 def event_batch_subject(region: str, event_type: EventType, count: int) -> str:
-    """A batch of ``count`` events of one type (``replication.events.encode_event_batch``). The count rides in
+    """A batch of ``count`` events of one type (``replication.events.join_event_rows``). The count rides in
     the subject so a stream's per-subject message counts still add up to its events (``events_in``)."""
     return f"ads.ev.{region}.{event_type.value}.{count}"
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edge.auction import AdRequest, NoFill, Reason, ecpm_micros, expected_cost, retrieve, run_auction
+from edge.frequency import NOTHING_CAPPED, Capped
 from replication.snapshot import build_snapshot, unit_cost_ceiling
 
 # 2024-01-15 12:00:00 UTC, which is 07:00 in America/New_York (EST, UTC-5).
@@ -468,14 +469,18 @@ def test_sorting_few_candidates_in_python_changes_no_outcome(make_campaign, make
     snapshot = snap(*campaigns)
     allowance = {c.campaign_id: (0 if rng.random() < 0.2 else RICH) for c in campaigns}
 
-    def run(python_up_to: int, explain: bool):
+    # A user capped on one campaign: the vector path, whose ranking also sorts few survivors in Python.
+    capped = Capped(campaigns=frozenset({campaigns[0].campaign_id})) if len(campaigns) > 1 else NOTHING_CAPPED
+
+    def run(python_up_to: int, explain: bool, caps: Capped):
         monkeypatch.setattr(auction_module, "SORT_IN_PYTHON", python_up_to)
         return run_auction(snapshot, req(slots=3), now_s=NOW, rng=random.Random(seed), allowance=allowance,
-                           explain=explain)
+                           explain=explain, capped=caps)
 
     for explain in (False, True):
-        numpy_sorted, python_sorted = run(0, explain), run(8, explain)
-        assert python_sorted == numpy_sorted
+        for caps in (NOTHING_CAPPED, capped):
+            numpy_sorted, python_sorted = run(0, explain, caps), run(8, explain, caps)
+            assert python_sorted == numpy_sorted
 
 
 @pytest.mark.parametrize("seed", range(6))
