@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from adserver.bench_auction import PLACEMENTS, bench_auction, inventory, requests
+from adserver.bench_auction import PLACEMENTS, bench_auction, inventory, latency_summary, requests
 
 
 def test_inventory_is_seeded_and_mixes_targeting():
@@ -28,9 +28,6 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     said: list[str] = []
     out = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(1_000,))
     assert out["auction_p99_us_1k"] >= out["auction_p50_us_1k"] > 0
-    run = out["runs"]["1k"]["click_model"][0]
-    assert 0 < run["p99_of_medians_us"] <= run["max_us"]  # a median never passes the slowest sample
-    assert out["auction_p99_of_request_medians_us_1k"] == run["p99_of_medians_us"]  # one round: its own
     assert out["runs"]["1k"]["click_model"][0]["requests"] > 10
     assert out["runs"]["1k"]["priors_only"][0]["mean_candidates"] > 0
     assert out["auction_p99_us_1k_priors_only"] > 0
@@ -40,3 +37,16 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     bigger = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(10_000,))
     assert bigger["snapshot_mb_10k"] > 3 * out["snapshot_mb_1k"]  # both carry the same 0.5 MB model
     assert bigger["edge_memory_mb_10k"] > 2 * out["edge_memory_mb_1k"]
+
+
+def test_the_p99_of_request_medians_sees_slow_requests_but_not_jittered_samples():
+    """200 requests timed 10 times each: two always take 500 us, the rest 50 us, and 30 samples of fast
+    requests were jittered to 2,000 us. The p99 of all samples lands on the jitter; the p99 of each request's
+    median on the slow requests."""
+    by_request = [[500_000] * 10 if r < 2 else [50_000] * 10 for r in range(200)]
+    for r in range(2, 32):
+        by_request[r][r % 10] = 2_000_000
+    times = [t for ts in by_request for t in ts]
+    summary = latency_summary(times, by_request)
+    assert summary == {"p50_us": 50.0, "p99_us": 2000.0, "p99_of_medians_us": 500.0, "max_us": 2000.0,
+                       "requests": 2000}
