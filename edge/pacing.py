@@ -6,7 +6,8 @@ that cumulative spend follows a *plan*: the day's traffic shape (``TrafficShape`
 fraction of the budget that should be gone by each second of the campaign-local day. Throttling leaves the
 bid alone, so the auction's prices and the advertiser's win rate per auction entered stay honest.
 
-The edge calls a controller's ``update`` per campaign on a control tick (every few seconds of its clock)
+The edge calls a controller's ``update`` per campaign on its turn (about every half second of real time,
+``edge.accounting``)
 and ``admit`` per eligible auction. Everything here is pure: the clock, the spend so far and a seeded
 ``random.Random`` come in as arguments, states are frozen and ``update`` returns a new one.
 

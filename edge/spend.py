@@ -5,14 +5,16 @@ its reservations, releases and charges, ``stage`` moves them into the CRDT, ``fl
 update published on a tick, and ``apply`` merges every other writer's updates. Two counters per campaign and
 campaign-local day: ``r`` (in flight: P reservations, N releases) and ``c`` (charged: P charges, N refunds).
 
-On every control tick ``pace`` feeds each campaign's spend today (charged plus in flight, all regions, as far
-as this replica knows) into its pacing controller and keeps the resulting throttle for the auction. For the
+On every control tick ``pace`` feeds the spend today (charged plus in flight, all regions, as far as this
+replica knows) of a slice of the campaigns, taking turns, into their pacing controllers and keeps the
+resulting throttles for the auction. For the
 ``counter`` budget baseline, ``counter_allowance`` is the budget minus that same view: admission against the
 replicated counter alone, which is exactly what overspends while a region cannot hear the others.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +31,10 @@ from replication.snapshot import Snapshot, unit_cost_ceiling
 class Paced:
     mode: str
     state: Any
-    at: float  # when it was last paced: its controller's time step is its own (``pace`` takes turns)
+    # When it was last paced: its controller's time step is its own (``pace`` takes turns). -inf until its
+    # first update, which gets a step of 0: a campaign first seen mid-day already has spend today, and over
+    # a step of 0.5 s the even controller read all of it as a burst and throttled to its floor.
+    at: float = -math.inf
 
 
 @dataclass
@@ -41,6 +46,7 @@ class SpendView:
     throttle: dict[str, float] = field(default_factory=dict)
     paced: dict[str, Paced] = field(default_factory=dict)
     _turn: int = 0  # where in the snapshot's campaigns the next ``pace`` call starts
+    _turn_of: Snapshot | None = None  # the snapshot ``_turn`` indexes
     _shape_key: tuple[float, ...] = ()
     _shape: TrafficShape = field(default_factory=TrafficShape.uniform)
     # (campaign, day) -> its in-flight and charged counter keys: every tick reads and writes them for every
@@ -102,6 +108,8 @@ class SpendView:
         shape = self._traffic_shape(snapshot.traffic_shape)
         campaigns = snapshot.campaigns
         total = len(campaigns)
+        if snapshot is not self._turn_of:
+            self._new_snapshot(snapshot)
         count = total if limit is None else min(total, max(1, limit))
         start = self._turn if self._turn < total else 0
         self._turn = (start + count) % total if total else 0
@@ -123,8 +131,8 @@ class SpendView:
                 controller = controllers[c.pacing] = controller_for(c.pacing)
             paced = self.paced.get(c.campaign_id)
             if paced is None or paced.mode != c.pacing:
-                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start(), now_s)
-            dt, paced.at = max(0.0, now_s - paced.at), now_s
+                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start())
+            dt, paced.at = (0.0 if paced.at == -math.inf else max(0.0, now_s - paced.at)), now_s
             paced.state = controller.update(
                 paced.state, now_s_into_day=second, dt_s=dt, spent_today=float(self.spent(c.campaign_id, day)),
                 daily_budget=float(c.daily_budget_micros), shape=shape,
@@ -135,6 +143,24 @@ class SpendView:
                 self.throttle[c.campaign_id] = p
             else:  # absent means 1: an auction with nothing to throttle skips the lookups (edge/app.py)
                 self.throttle.pop(c.campaign_id, None)
+
+    def _new_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep the turn on the campaign it had reached (campaigns are sorted by id, so others added or
+        removed before it would shift a plain index), and start campaigns never paced at their controller's
+        starting throttle (the even controller's slow start) rather than unthrottled until their turn."""
+        campaigns = snapshot.campaigns
+        previous = self._turn_of
+        if previous is not None and 0 < self._turn < len(previous.campaigns):
+            at = previous.campaigns[self._turn].campaign_id
+            self._turn = bisect.bisect_left(campaigns, at, key=lambda c: c.campaign_id)
+        self._turn_of = snapshot
+        for c in campaigns:
+            if c.campaign_id not in self.paced:
+                controller = controller_for(c.pacing)
+                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start())
+                p = 0.0 if paced.state.done else float(paced.state.p)
+                if p < 1.0:
+                    self.throttle[c.campaign_id] = p
 
     def counter_allowance(self, campaign_id: str, day: str, daily_budget: int) -> int:
         return max(0, daily_budget - self.spent(campaign_id, day))

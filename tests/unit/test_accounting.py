@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from edge.accounting import MIN_UNITS, Accounting
 from edge.budget import BudgetLedger
+from edge.pacing import AsapState
 from edge.spend import SpendView
 from replication.calendar import utc_day
 from replication.snapshot import build_snapshot
@@ -77,6 +79,10 @@ def test_the_day_roll_drops_yesterdays_slices_at_each_campaigns_own_midnight(mak
     assert acc.tick(snapshot, midnight_utc + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
 
 
+def _updated(spend: SpendView) -> int:
+    return sum(1 for p in spend.paced.values() if p.at > -math.inf)
+
+
 def test_pacing_takes_turns_so_no_tick_paces_more_than_its_share(make_campaign):
     """A pass over every campaign at once held up the requests behind it (14 ms at 1,000 campaigns): each tick
     paces a fifth of them, at most PACE_MAX_PER_TICK, round the snapshot, each campaign's time step its own."""
@@ -88,7 +94,7 @@ def test_pacing_takes_turns_so_no_tick_paces_more_than_its_share(make_campaign):
     seen = []
     for tick in range(PACE_ROUND_TICKS):
         acc.tick(small, NOW + tick * 0.1, pace=True)
-        seen.append(len(acc.spend.paced))
+        seen.append(_updated(acc.spend))
     assert seen == [3, 6, 9, 12, 12]  # ceil(12 / 5) a tick: a round in four ticks here, then the next one
     acc.tick(small, NOW + 0.5, pace=True)
     # Each campaign was last paced on its own turn: c00-c02 at 0.4 s (their step was 0.4 s), c03-c05 just now.
@@ -99,7 +105,57 @@ def test_pacing_takes_turns_so_no_tick_paces_more_than_its_share(make_campaign):
                          version=2, created_ms=0, reserve_cpm_micros=100_000)
     acc = accounting()
     acc.tick(big, NOW, pace=True)
-    assert len(acc.spend.paced) == PACE_MAX_PER_TICK
+    assert _updated(acc.spend) == PACE_MAX_PER_TICK
+
+
+class _Recorder:
+    """A controller that keeps the time step of every update it is given, per campaign (by daily budget)."""
+
+    def __init__(self, steps: dict[float, list[float]]) -> None:
+        self.steps = steps
+
+    def start(self) -> AsapState:
+        return AsapState(p=0.5)
+
+    def update(self, state: AsapState, *, dt_s: float, daily_budget: float, **_: object) -> AsapState:
+        self.steps.setdefault(daily_budget, []).append(round(dt_s, 3))
+        return AsapState(p=0.75)
+
+
+def test_each_controller_gets_the_time_since_its_own_last_turn_and_zero_first(make_campaign, monkeypatch):
+    """The first update's step is 0 (today's spend so far is not a burst), then the time since that
+    campaign's previous turn, however the turns fall; and a campaign not yet reached already has its
+    controller's starting throttle instead of none."""
+    import edge.spend as spend_module
+
+    steps: dict[float, list[float]] = {}
+    monkeypatch.setattr(spend_module, "controller_for", lambda mode: _Recorder(steps))
+    snapshot = build_snapshot([make_campaign(f"c{i}", daily_budget_micros=1_000 * (i + 1)) for i in range(5)],
+                              version=1, created_ms=0, reserve_cpm_micros=100_000)
+    spend = SpendView("w")
+    spend.pace(snapshot, NOW, limit=2)  # c0, c1
+    assert spend.throttle == {"c0": 0.75, "c1": 0.75, "c2": 0.5, "c3": 0.5, "c4": 0.5}
+    spend.pace(snapshot, NOW + 0.3, limit=2)  # c2, c3
+    spend.pace(snapshot, NOW + 0.7, limit=2)  # c4, c0
+    spend.pace(snapshot, NOW + 1.0, limit=2)  # c1, c2
+    assert steps == {1_000.0: [0.0, 0.7], 2_000.0: [0.0, 1.0], 3_000.0: [0.0, 0.7], 4_000.0: [0.0],
+                     5_000.0: [0.0]}
+
+
+def test_the_turn_stays_on_its_campaign_when_a_new_snapshot_shifts_the_list(make_campaign):
+    """Campaigns are sorted by id: dropping some ahead of the turn must not skip others for a round, and
+    adding some behind it must not pace the same ones twice."""
+    campaigns = [make_campaign(f"c{i:02d}") for i in range(10)]
+    spend = SpendView("w")
+    first = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
+    spend.pace(first, NOW, limit=6)  # c00-c05; the turn is now on c06
+    shifted = build_snapshot([make_campaign("a0"), make_campaign("a1"), *campaigns[3:]], version=2, created_ms=0,
+                             reserve_cpm_micros=100_000)  # c00-c02 gone, a0 and a1 before everyone
+    spend.pace(shifted, NOW + 0.1, limit=4)
+    assert sorted(cid for cid, p in spend.paced.items() if p.at == NOW + 0.1) == ["c06", "c07", "c08", "c09"]
+    spend.pace(shifted, NOW + 0.2, limit=4)  # round over: a0, a1 and then c03, c04 (the list starts again)
+    assert sorted(cid for cid, p in spend.paced.items() if p.at == NOW + 0.2) == ["a0", "a1", "c03", "c04"]
+    assert "c00" not in spend.paced  # the round ended: the dropped campaigns are forgotten
 
 
 def test_a_round_forgets_campaigns_the_snapshot_dropped(make_campaign):

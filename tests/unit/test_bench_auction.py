@@ -28,7 +28,9 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     said: list[str] = []
     out = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(1_000,))
     assert out["auction_p99_us_1k"] >= out["auction_p50_us_1k"] > 0
-    assert out["runs"]["1k"]["click_model"][0]["requests"] > 10
+    run = out["runs"]["1k"]["click_model"][0]
+    assert out["auction_p99_of_request_medians_us_1k"] == run["p99_of_medians_us"]  # the key is reported
+    assert run["requests"] > 10
     assert out["runs"]["1k"]["priors_only"][0]["mean_candidates"] > 0
     assert out["auction_p99_us_1k_priors_only"] > 0
     assert any("1,000 campaigns" in line for line in said)
