@@ -91,9 +91,8 @@ def _percentile(sorted_values: list[int], q: float) -> float:
 
 
 def measure(snapshot: Snapshot, reqs: list[AdRequest], duration_s: float) -> dict[str, float]:
-    """Per-request latency percentiles (microseconds) and mean candidates over ``duration_s`` of requests.
-    ``p99_of_medians_us`` is the p99 over the requests of each one's median time (the list is cycled): how
-    slow the slow requests are, without the jitter the machine adds to a few samples of any request."""
+    """Per-request latency percentiles (``latency_summary``; the list of requests is cycled, so each is timed
+    several times) and mean candidates over ``duration_s`` of requests."""
     allowance = {c.campaign_id: 10**15 for c in snapshot.campaigns}
     rng = random.Random(3)
     now = 1_800_000_000.0
@@ -119,7 +118,8 @@ def measure(snapshot: Snapshot, reqs: list[AdRequest], duration_s: float) -> dic
 
 def latency_summary(times: list[int], by_request: list[list[int]]) -> dict[str, float]:
     """Percentiles (microseconds) of every sample (``times``, nanoseconds), and ``p99_of_medians_us``: the p99
-    over the requests of each one's median sample, which a few jittered samples do not move."""
+    over the requests of each one's median sample: how slow the slow requests are, which the jitter the
+    machine adds to a few samples of any request does not move."""
     ordered = sorted(times)
     medians = sorted(statistics.median(ts) for ts in by_request if ts)
     return {"p50_us": round(_percentile(ordered, 0.50) / 1000, 1),

@@ -1,13 +1,13 @@
 """``adserver bench --only handler``: the edge's ``/v1/ads`` path in-process, without granian, wrk or NATS.
 
-The HTTP benchmark (``http``) measures what the targets are about, but over a 2-core machine shared by the
-load generator, nats-server and three servers, its ratios move by several percent between runs: too much to
-tell whether one change to the handler helped. This one drives the edge's real ASGI application (every
+The HTTP benchmark (``http``) measures what the targets are about, but on a small machine shared by the
+load generator, nats-server and three servers, its ratios move between runs by more than one change to the
+handler is worth. This one drives the edge's real ASGI application (every
 middleware, the handler, the auction, the budget ledger, token signing, the JSON) directly from a loop, one
 request after another, and reports microseconds per request. What it leaves out is fixed per request for
 any endpoint (granian's parsing and sending, the network) or done off the request path (JetStream: decision
 events are encoded into their batch and handed to a publisher that only counts them; the control tick runs
-every 300 requests, as it would at about 3,000 requests a second).
+every ``TICK_EVERY`` requests).
 
 Same inventory and request mix as ``http``: twenty campaigns on their own keywords, one slot, every fourth
 request with a user id, budgets no run exhausts, no click model, no caps. Rounds alternate with nothing
@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from adserver.bench_auction import _percentile
 from adserver.bench_http import KEYWORDS, ad_paths
 from edge.app import create_app
 from edge.settings import EdgeSettings
@@ -131,8 +132,8 @@ def bench_handler(*, duration_s: float, rounds: int, say: Callable[[str], None],
     every = sorted(t for times in runs for t in times)
     return {
         "handler_us_per_request": round(statistics.median(statistics.fmean(t) for t in runs) / 1000, 1),
-        "handler_p50_us": round(every[len(every) // 2] / 1000, 1),
-        "handler_p99_us": round(every[min(len(every) - 1, int(0.99 * len(every)))] / 1000, 1),
+        "handler_p50_us": round(_percentile(every, 0.50) / 1000, 1),
+        "handler_p99_us": round(_percentile(every, 0.99) / 1000, 1),
         "handler_fill_rate": round(statuses.get(200, 0) / served, 3),
         "rounds": [{"requests": len(t), "us_per_request": round(statistics.fmean(t) / 1000, 1)} for t in runs],
     }

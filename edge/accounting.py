@@ -16,12 +16,16 @@ every ``PACE_ROUND_TICKS`` ticks, at most ``PACE_MAX_PER_TICK`` per tick).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from edge.budget import BudgetLedger
 from edge.spend import SpendView
 from replication.calendar import local_day, utc_day
 from replication.snapshot import Snapshot, SnapshotCampaign, unit_cost_ceiling
+
+T = TypeVar("T")
 
 MIN_UNITS = 5  # the least allowance a campaign holds, in billable units: enough to serve while a refill is out
 BUDGET_SHARE = 20  # nor more than 1/20 of the budget (the allocator shrinks slices further near the end)
@@ -31,6 +35,16 @@ BUDGET_SHARE = 20  # nor more than 1/20 of the budget (the allocator shrinks sli
 # it: 14 ms at 1,000 campaigns and 79 ms at 5,000, twice a second (one-off timing on 0791ef3).
 PACE_ROUND_TICKS = 5
 PACE_MAX_PER_TICK = 250
+
+
+def _per_snapshot(snapshot: Snapshot, key: str, build: Callable[[], T]) -> T:
+    """``build()`` once per snapshot, kept in its columns' memo (which lives exactly as long as it)."""
+    assert snapshot.columns is not None  # built with every snapshot
+    memo = snapshot.columns.memo
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = build()
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +133,8 @@ class Accounting:
     @staticmethod
     def _counter_campaigns(snapshot: Snapshot) -> tuple[SnapshotCampaign, ...]:
         """The snapshot's counter-baseline campaigns, found once per snapshot (in its columns' memo)."""
-        assert snapshot.columns is not None  # built with every snapshot
-        memo = snapshot.columns.memo
-        found = memo.get("counter-campaigns")
-        if found is None:
-            found = memo["counter-campaigns"] = tuple(c for c in snapshot.campaigns if c.budget_mode == "counter")
-        return found
+        return _per_snapshot(snapshot, "counter-campaigns",
+                             lambda: tuple(c for c in snapshot.campaigns if c.budget_mode == "counter"))
 
     def grant_targets(self, snapshot: Snapshot | None) -> dict[str, int]:
         """How much allowance to hold per campaign: enough for this process's recent spend rate over a
@@ -149,15 +159,10 @@ class Accounting:
     def _bounds(snapshot: Snapshot) -> tuple[tuple[str, int, int], ...]:
         """(campaign, its unit cost ceiling, greatest target) of the snapshot's allowance campaigns, built once
         per snapshot (in its columns' memo): the grant loop sizes every campaign's target every 100 ms."""
-        assert snapshot.columns is not None  # built with every snapshot
-        memo = snapshot.columns.memo
-        found = memo.get("allowance-bounds")
-        if found is None:
-            found = memo["allowance-bounds"] = tuple(
-                (c.campaign_id, unit_cost_ceiling(c.bid_type, c.max_bid_micros),
-                 min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE)
-                for c in snapshot.campaigns if c.budget_mode == "allowance")
-        return found
+        return _per_snapshot(snapshot, "allowance-bounds", lambda: tuple(
+            (c.campaign_id, unit_cost_ceiling(c.bid_type, c.max_bid_micros),
+             min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE)
+            for c in snapshot.campaigns if c.budget_mode == "allowance"))
 
     def grant_request(self, snapshot: Snapshot | None, now: float, *, retry_s: float) -> GrantRequest:
         """What the next grant request would carry (``edge.state.grant_loop`` sends it when not empty):

@@ -276,9 +276,8 @@ def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization
             # A won price is the runner-up's eCPM: free, unlimited dry runs would map competitors' bids.
             fate.pop("price_micros", None)
     st.metrics.requests.labels("explain").inc()
-    return FastJSONResponse({"dry_run": True, "snapshot_version": snapshot.version,
-                         "candidates": result.candidates if scope is None else len(fates), "fates": fates},
-                        headers=_NO_STORE)
+    return _NoStoreJSON({"dry_run": True, "snapshot_version": snapshot.version,
+                         "candidates": result.candidates if scope is None else len(fates), "fates": fates})
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,

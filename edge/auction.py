@@ -289,8 +289,8 @@ def run_auction(
     checks = _checks(columns, fmt, reserve, now_s)
     model = snapshot.click_model
     if model is None and not capped and not explain and len(positions) <= SORT_IN_PYTHON and fmt in columns.formats:
-        few = _few_candidates(snapshot, positions, checks, fmt)
-        return _finish(snapshot, request, positions, few.ranked_input, {}, few.counts, {}, reserve, rng, allowance,
+        ranked_input, counts = _few_candidates(snapshot, positions, checks, fmt)
+        return _finish(snapshot, request, positions, ranked_input, {}, counts, {}, reserve, rng, allowance,
                        throttle, explain=False)
     # Fresh arrays (fancy indexing copies): caps may rescore them in place.
     if model is None:
@@ -338,17 +338,13 @@ def run_auction(
                    reserve, rng, allowance, throttle, explain=explain)
 
 
-@dataclass(frozen=True, slots=True)
-class _Few:
-    ranked_input: tuple[list[int], list[float], list[float]]  # the candidates that passed: positions, scores, CTRs
-    counts: dict[Reason, int]
-
-
-def _few_candidates(snapshot: Snapshot, positions: np.ndarray, checks: _Checks, fmt: str) -> _Few:
+def _few_candidates(snapshot: Snapshot, positions: np.ndarray, checks: _Checks, fmt: str) -> tuple[
+        tuple[list[int], list[float], list[float]], dict[Reason, int]]:
     """``run_auction``'s filtering for a handful of candidates whose scores are the campaigns' own (no click
     model, no caps: most ad requests): each candidate's verdict, score and CTR read one by one, where the
     vector path's dozen numpy calls cost more in fixed overhead than they do work on so few elements. The
-    same candidates, scores, order and counts as the vector path (tested against it)."""
+    same candidates, scores, order and counts as the vector path (tested against it). Returns the candidates
+    that passed (positions, scores, CTRs) and how many each check took out."""
     columns = snapshot.columns
     assert columns is not None
     eligible, scores, ctrs = checks.eligible, ecpm_scores(columns, fmt), columns.formats[fmt].ctr
@@ -356,7 +352,7 @@ def _few_candidates(snapshot: Snapshot, positions: np.ndarray, checks: _Checks, 
     live = [p for p in everyone if eligible.item(p)]
     counts, _ = _first_failures(snapshot, positions, lambda: [(reason, ok[positions]) for reason, ok in checks.checks],
                                 len(live) < len(everyone), explain=False)
-    return _Few((live, [scores.item(p) for p in live], [ctrs.item(p) for p in live]), counts)
+    return (live, [scores.item(p) for p in live], [ctrs.item(p) for p in live]), counts
 
 
 def _first_failures(snapshot: Snapshot, positions: np.ndarray, local: Callable[[], list[tuple[Reason, np.ndarray]]],

@@ -138,11 +138,7 @@ class SpendView:
                 daily_budget=float(c.daily_budget_micros), shape=shape,
                 unit_cost=min(float(unit_cost_ceiling(c.bid_type, c.max_bid_micros)),
                               prices.get(c.campaign_id, math.inf)))
-            p = 0.0 if paced.state.done else float(paced.state.p)
-            if p < 1.0:
-                self.throttle[c.campaign_id] = p
-            else:  # absent means 1: an auction with nothing to throttle skips the lookups (edge/app.py)
-                self.throttle.pop(c.campaign_id, None)
+            self._set_throttle(c.campaign_id, paced.state)
 
     def _new_snapshot(self, snapshot: Snapshot) -> None:
         """Keep the turn on the campaign it had reached (campaigns are sorted by id, so others added or
@@ -156,11 +152,15 @@ class SpendView:
         self._turn_of = snapshot
         for c in campaigns:
             if c.campaign_id not in self.paced:
-                controller = controller_for(c.pacing)
-                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller.start())
-                p = 0.0 if paced.state.done else float(paced.state.p)
-                if p < 1.0:
-                    self.throttle[c.campaign_id] = p
+                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller_for(c.pacing).start())
+                self._set_throttle(c.campaign_id, paced.state)
+
+    def _set_throttle(self, campaign_id: str, state: Any) -> None:
+        p = 0.0 if state.done else float(state.p)
+        if p < 1.0:
+            self.throttle[campaign_id] = p
+        else:  # absent means 1: an auction with nothing to throttle skips the lookups (edge/app.py)
+            self.throttle.pop(campaign_id, None)
 
     def counter_allowance(self, campaign_id: str, day: str, daily_budget: int) -> int:
         return max(0, daily_budget - self.spent(campaign_id, day))

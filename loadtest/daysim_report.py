@@ -49,7 +49,7 @@ def _round(x: float | None, digits: int) -> float | None:
 
 
 def rmse_ratio(result: DayResult, controller: str) -> float | None:
-    """``controller``'s RMSE against the plan divided by the baseline's (the target is at most 0.8)."""
+    """``controller``'s RMSE against the plan divided by the baseline's (the target: at most RMSE_FACTOR)."""
     s, base = result.controllers[controller], result.controllers.get(RMSE_BASELINE)
     if s.rmse_vs_plan is None or base is None or not base.rmse_vs_plan:
         return None

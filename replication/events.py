@@ -154,8 +154,9 @@ MAX_BATCH = 1024
 
 
 def encode_event_batch(events: Sequence[Event]) -> bytes:
-    """Several events in one message (the edge batches its decision events across requests), because
-    nats-server's work and the stream's storage are per message; each event keeps its own id for dedup."""
+    """Several events in one message, because nats-server's work and the stream's storage are per message;
+    each event keeps its own id for dedup. The edge builds its decision batches from rows encoded as each
+    ad is served (``encode_decision_row``, ``join_event_rows``); this encodes ready ``Event``s the same way."""
     return join_event_rows([encode_event_row(e) for e in events])
 
 
@@ -195,7 +196,7 @@ def join_event_rows(rows: Sequence[bytes]) -> bytes:
 
 
 def decode_events(data: bytes) -> list[Event]:
-    """The events of one message: a single event (``encode_event``) or a batch (``encode_event_batch``).
+    """The events of one message: a single event (``encode_event``) or a batch (``join_event_rows``).
     A batch with one bad event is refused whole (it is dead-lettered as one message)."""
     unpacked = _unpack(data)
     if isinstance(unpacked, list) and len(unpacked) == 3 and unpacked[1] == BATCH:

@@ -304,7 +304,7 @@ def test_run_day_against_fake_servers() -> None:
     speed = DAY_S / 2.0  # a virtual day in two real seconds
     # Demand up to 12 times a budget: half the traffic finds no edge (ap has none, us none after mid-day) and
     # a loaded machine serves fewer of the compressed day's views, yet the top campaign must still end well
-    # over its budget (with the default 4x it ended ~5% over, and on a busy machine sometimes not at all).
+    # over its budget (with the default 4x it ended barely over, and on a busy machine sometimes not at all).
     cfg = SimConfig(seed=9, speed=speed, peak_views_per_s=150.0, controllers=("ours", "asap"), campaigns=4,
                     topics=2, beacon_retry_wait_s=0.01, drain_timeout_s=5.0, ratio_hi=12.0)
     day_start_v = 1_900_000_000 // DAY_S * DAY_S + DAY_S
