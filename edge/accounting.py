@@ -7,16 +7,21 @@ spend into the CRDT replica, refresh the counter baseline's allowances, re-pace)
 each campaign should hold. ``edge.state`` runs it on the event loop and ``adserver bench --only decisions``
 runs the same code, so the bench pays for what the edge pays for.
 
-A tick's cost is paid by every request the worker answers, so each step touches as few campaigns as it can:
-the day roll walks the campaigns only when a timezone's day turns or a new snapshot arrives, the counter
-baseline only its own campaigns, and pacing re-paces a slice of the campaigns per tick (every campaign
-every ``PACE_ROUND_TICKS`` ticks, at most ``PACE_MAX_PER_TICK`` per tick).
+A tick's cost is paid by every request the worker answers, so each step touches as few campaigns as it can
+(an edge holds up to 100,000 of them, and walking them all cost 75 ms a tick and 83 ms a grant check at that
+size, one-off timing on 1f992cb): spend rates are updated for the campaigns the ledger saw move
+(``BudgetLedger.touched``) and decay lazily for the rest; the grant check sizes the moved campaigns, those
+due for a retry and a round-robin slice of the others; the unused report carries what changed since the
+last one; the day roll walks the campaigns only when a timezone's day turns or a new snapshot arrives, the
+counter baseline only its own campaigns, and pacing re-paces a slice of the campaigns per tick (every
+campaign every ``PACE_ROUND_TICKS`` ticks, at most ``PACE_MAX_PER_TICK`` per tick).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -35,6 +40,15 @@ BUDGET_SHARE = 20  # nor more than 1/20 of the budget (the allocator shrinks sli
 # it: 14 ms at 1,000 campaigns and 79 ms at 5,000, twice a second (one-off timing on 0791ef3).
 PACE_ROUND_TICKS = 5
 PACE_MAX_PER_TICK = 250
+# The grant check's safety net: besides the campaigns that moved and those due for a retry, it re-sizes a
+# slice of the others (a target decays with an idle campaign's rate, which can make an exhausted campaign's
+# holding worth offering back): every campaign once per GRANT_ROUND_CHECKS checks (a second), at most
+# GRANT_MAX_PER_CHECK a check (about 1 us each), so past 5,000 campaigns a round takes longer.
+GRANT_ROUND_CHECKS = 10
+GRANT_MAX_PER_CHECK = 500
+# The unused report carries only what changed since the last one, and the whole of it every FULL_REPORT_EVERY
+# reports (and whenever a report may not have arrived): the allocator keeps the last figure per campaign.
+FULL_REPORT_EVERY = 100
 
 
 def _per_snapshot(snapshot: Snapshot, key: str, build: Callable[[], T]) -> T:
@@ -69,10 +83,28 @@ class Accounting:
     spend: SpendView
     speed: float = 1.0  # campaign seconds per real second (the simulator compresses a day)
     lease_s: float = 60.0  # until the allocator's first answer says otherwise
-    # campaign -> smoothed spend rate here (reserved + charged micros per campaign second)
+    # campaign -> smoothed spend rate here (reserved + charged micros per campaign second) as of _rate_times'
+    # entry: an idle campaign's rate decays lazily (``rate``)
     rates: dict[str, float] = field(default_factory=dict)
+    _rate_times: dict[str, float] = field(default_factory=dict)
     _used_seen: dict[str, int] = field(default_factory=dict)
     _rate_at: float = 0.0
+    # What the ledger saw move (``BudgetLedger.touched``), kept apart for each of the three walks over it
+    _moved_rates: set[str] = field(default_factory=set)
+    _moved_grants: set[str] = field(default_factory=set)
+    _moved_unused: set[str] = field(default_factory=set)
+    # The grant check: campaigns below their low-water mark, rechecked when their retry falls due
+    # (campaign -> due time, and a heap of (due, campaign) whose stale entries are skipped)
+    _due: dict[str, float] = field(default_factory=dict)
+    _due_heap: list[tuple[float, str]] = field(default_factory=list)
+    _round_at: int = 0  # where the round-robin slice starts next
+    _sized_snapshot: Snapshot | None = None  # the snapshot of the last check over every campaign
+    _sized_for: tuple[int, float] = (-1, 0.0)  # and the ledger's epoch and the lease length then
+    # The unused report: what the allocator was last told per campaign, for which account, and how many
+    # reports ago the last whole one went
+    _reported: dict[str, tuple[int, str]] = field(default_factory=dict)
+    _reported_account: str = ""
+    _reports: int = 0
     _days: dict[str, str] = field(default_factory=dict)  # timezone -> its local day at the last roll
     _rolled: Snapshot | None = None  # the snapshot the last full day roll walked
     _known: int = 0  # how many campaigns the ledger had then
@@ -95,24 +127,53 @@ class Accounting:
                 self.spend.pace(snapshot, now, self.ledger.unit_prices, limit=min(PACE_MAX_PER_TICK, share))
         return TickOutcome(lapsed=lapsed, new_day=new_day)
 
+    def _take_moved(self) -> None:
+        """Hand what the ledger saw move since the last call to each walk that needs it."""
+        ledger = self.ledger
+        ledger.fold()  # reservations folded now count as moved
+        moved = ledger.touched
+        if moved:
+            self._moved_rates |= moved
+            self._moved_grants |= moved
+            self._moved_unused |= moved
+            moved.clear()
+
+    @property
+    def _decay_s(self) -> float:
+        # Rates come down slowly (over a campaign minute, or five real seconds when the clock is compressed)
+        return max(60.0, 5.0 * self.speed)
+
+    def rate(self, campaign_id: str) -> float:
+        """The campaign's smoothed spend rate here as of the last tick (decayed since it last moved)."""
+        r = self.rates.get(campaign_id)
+        if not r:
+            return 0.0
+        return r * math.exp((self._rate_times[campaign_id] - self._rate_at) / self._decay_s)
+
     def observe_rates(self, now: float) -> None:
-        """Track each campaign's spend rate here, smoothed."""
+        """Track each campaign's spend rate here, smoothed: down slowly, up fast (a burst that drains the
+        allowance between refills must raise the next asks at once, not after a minute of no-fills: a new
+        campaign starts from a few units). A campaign that did not move only decays, which ``rate`` works
+        out when asked (e**-dt/T where a walk over every campaign multiplied by 1 - dt/T each tick)."""
         dt = now - self._rate_at
         if dt <= 0:
             return
-        self._rate_at = now
-        # Down slowly (over a campaign minute, or five real seconds when the clock is compressed), up fast:
-        # a burst that drains the allowance between refills must raise the next asks at once, not after a
-        # minute of no-fills (a new campaign starts from a few units).
-        slow = min(1.0, dt / max(60.0, 5.0 * self.speed))
-        rates, seen = self.rates, self._used_seen
-        for cid, used in self.ledger.used().items():
+        self._take_moved()
+        slow = min(1.0, dt / self._decay_s)
+        rates, times, seen, ledger = self.rates, self._rate_times, self._used_seen, self.ledger
+        for cid in self._moved_rates:
+            used = ledger.used(cid)
             last = seen.get(cid, used)
+            if used == last and cid in seen:
+                continue  # moved and moved back (a reservation given back): it only decays
             seen[cid] = used
             rate = max(0, used - last) / dt
-            old = rates.get(cid, rate)
+            old = self.rate(cid) if cid in rates else rate
             alpha = 0.5 if rate > old else slow
             rates[cid] = old * (1 - alpha) + rate * alpha
+            times[cid] = now
+        self._moved_rates.clear()
+        self._rate_at = now
 
     def roll_days(self, snapshot: Snapshot, now: float) -> bool:
         """At a campaign's local midnight drop yesterday's unspent slices; True when one turned (ask anew).
@@ -136,39 +197,107 @@ class Accounting:
         return _per_snapshot(snapshot, "counter-campaigns",
                              lambda: tuple(c for c in snapshot.campaigns if c.budget_mode == "counter"))
 
-    def grant_targets(self, snapshot: Snapshot | None) -> dict[str, int]:
-        """How much allowance to hold per campaign: enough for this process's recent spend rate over a
-        quarter lease or two real seconds of refills (whichever is longer), never less than a few units and
-        never more than a twentieth of the budget (the allocator shrinks it further near the end)."""
+    def grant_targets(self, snapshot: Snapshot | None, only: Iterable[str] | None = None) -> dict[str, int]:
+        """How much allowance to hold per campaign (of the snapshot's allowance campaigns, or of those of
+        them in ``only``): enough for this process's recent spend rate over a quarter lease or two real
+        seconds of refills (whichever is longer), never less than a few units and never more than a
+        twentieth of the budget (the allocator shrinks it further near the end)."""
         if snapshot is None:
             return {}
         horizon_s = max(self.lease_s / 4, 2.0 * self.speed)
-        rates, prices = self.rates, self.ledger.unit_prices
+        prices, rate = self.ledger.unit_prices, self.rate
+        bounds = self._bounds(snapshot)
         targets = {}
-        for cid, unit, cap in self._bounds(snapshot):
+        for cid in bounds if only is None else only:
+            found = bounds.get(cid)
+            if found is None:
+                continue  # not an allowance campaign of this snapshot
+            unit, cap = found
             # A few billable units at the price the campaign has been paying (a floor of five ceilings per
             # process locked up much of a small budget whose campaign pays the reserve), but never less than
             # one ceiling: a campaign whose price rose past what it holds is refused every ad, so nothing
             # is billed, its average never moves, and with no spend rate it would never ask for more.
             price = prices.get(cid)
             floor = MIN_UNITS * unit if price is None else max(unit, MIN_UNITS * min(unit, math.ceil(price)))
-            targets[cid] = max(floor, min(cap, int(rates.get(cid, 0.0) * horizon_s)))
+            targets[cid] = max(floor, min(cap, int(rate(cid) * horizon_s)))
         return targets
 
     @staticmethod
-    def _bounds(snapshot: Snapshot) -> tuple[tuple[str, int, int], ...]:
-        """(campaign, its unit cost ceiling, greatest target) of the snapshot's allowance campaigns, built once
-        per snapshot (in its columns' memo): the grant loop sizes every campaign's target every 100 ms."""
-        return _per_snapshot(snapshot, "allowance-bounds", lambda: tuple(
-            (c.campaign_id, unit_cost_ceiling(c.bid_type, c.max_bid_micros),
-             min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE)
-            for c in snapshot.campaigns if c.budget_mode == "allowance"))
+    def _bounds(snapshot: Snapshot) -> dict[str, tuple[int, int]]:
+        """Campaign -> (its unit cost ceiling, greatest target) of the snapshot's allowance campaigns, built
+        once per snapshot (in its columns' memo)."""
+        return _per_snapshot(snapshot, "allowance-bounds", lambda: {
+            c.campaign_id: (unit_cost_ceiling(c.bid_type, c.max_bid_micros),
+                            min(c.daily_budget_micros, c.total_budget_micros) // BUDGET_SHARE)
+            for c in snapshot.campaigns if c.budget_mode == "allowance"})
+
+    def _to_size(self, snapshot: Snapshot, now: float) -> Iterable[str]:
+        """The campaigns the grant check sizes: every one after a new snapshot, a closed account (every ask
+        timer was reset) or a new lease length (every target moved); else those the ledger saw move, those
+        whose retry fell due, and the next round-robin slice of the rest."""
+        bounds = self._bounds(snapshot)
+        if (snapshot is not self._sized_snapshot or (self.ledger.epoch, self.lease_s) != self._sized_for):
+            self._sized_snapshot, self._sized_for = snapshot, (self.ledger.epoch, self.lease_s)
+            self._moved_grants.clear()
+            self._due.clear()
+            self._due_heap.clear()
+            return bounds
+        chosen, self._moved_grants = self._moved_grants, set()
+        heap, due = self._due_heap, self._due
+        while heap and heap[0][0] <= now:
+            at, cid = heapq.heappop(heap)
+            if due.get(cid) == at:
+                del due[cid]
+                chosen.add(cid)
+        ids = _per_snapshot(snapshot, "allowance-ids", lambda: tuple(bounds))
+        if ids:
+            share = min(GRANT_MAX_PER_CHECK, -(-len(ids) // GRANT_ROUND_CHECKS))
+            start = self._round_at % len(ids)
+            chosen.update(ids[start:start + share])
+            self._round_at = start + share
+        return chosen
+
+    def _recheck_at(self, campaign_id: str, at: float) -> None:
+        if at < self._due.get(campaign_id, math.inf):
+            self._due[campaign_id] = at
+            heapq.heappush(self._due_heap, (at, campaign_id))
 
     def grant_request(self, snapshot: Snapshot | None, now: float, *, retry_s: float) -> GrantRequest:
         """What the next grant request would carry (``edge.state.grant_loop`` sends it when not empty):
         campaigns below their low-water mark and how much each asks for, the returns of closed accounts with
         nothing left in flight, and allowance offered back where the allocator has run out."""
-        targets = self.grant_targets(snapshot)
         ledger = self.ledger
-        return GrantRequest(asks=ledger.wants(targets, now_s=now, retry_s=retry_s),
-                            returns=ledger.closable_returns(), give_back=ledger.take_excess(targets))
+        self._take_moved()
+        targets = {} if snapshot is None else self.grant_targets(snapshot, self._to_size(snapshot, now))
+        asks = ledger.wants(targets, now_s=now, retry_s=retry_s)
+        give_back = ledger.take_excess(targets)
+        available, campaigns = ledger.available_by_campaign, ledger.campaigns
+        for cid, target in targets.items():
+            if available.get(cid, 0) * 2 < target:  # still below its low-water mark: look again when due
+                b = campaigns[cid]  # wants opened its account
+                self._recheck_at(cid, b.asked_at + retry_s * (20 if b.exhausted else 1))
+        return GrantRequest(asks=asks, returns=ledger.closable_returns(), give_back=give_back)
+
+    def unused_report(self, *, whole: bool = False) -> dict[str, tuple[int, str]]:
+        """What the grant request reports as not used (``BudgetLedger.unused``): only the campaigns whose
+        figure changed since the last report of this account, the whole of it on ``whole`` (the caller
+        could not tell whether the last report arrived), for a new account and every ``FULL_REPORT_EVERY``
+        reports. The allocator keeps the last figure it was told per campaign."""
+        ledger = self.ledger
+        self._take_moved()
+        self._reports += 1
+        if whole or ledger.account != self._reported_account or self._reports >= FULL_REPORT_EVERY:
+            report = ledger.unused()
+            self._reported, self._reported_account, self._reports = dict(report), ledger.account, 0
+        else:
+            report = {}
+            campaigns, reported = ledger.campaigns, self._reported
+            for cid in self._moved_unused:
+                b = campaigns.get(cid)
+                if b is None or b.counter or not b.day:
+                    continue
+                figure = (b.available, b.day)
+                if reported.get(cid) != figure:
+                    report[cid] = reported[cid] = figure
+        self._moved_unused.clear()
+        return report

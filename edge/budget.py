@@ -79,6 +79,7 @@ class CampaignBudget:
     @reserved.setter
     def reserved(self, micros: int) -> None:
         self._ledger._fold_one(self._id)
+        self._ledger.touched.add(self._id)
         self._reserved = micros
 
     def __repr__(self) -> str:
@@ -128,12 +129,15 @@ class BudgetLedger:
     # pacing's "spent out" are sized in it, not in the bid's ceiling, which a campaign paying the reserve
     # may never come near
     unit_prices: dict[str, float] = field(default_factory=dict)
+    # Campaigns whose allowance, reservations, spend, price or exhaustion changed since ``edge.accounting``
+    # last took them: its 100 ms work walks these (and a few more), not every campaign the edge holds.
+    touched: set[str] = field(default_factory=set)
 
     account: str = field(init=False, default="")
     _open: _Bucket | None = field(init=False, default=None)  # the bucket reservations go to now
     _open_seq: int = field(init=False, default=0)
     _folded: dict[str, int] = field(init=False, default_factory=dict)  # see fold
-    _unfolded: bool = field(init=False, default=False)  # reserve_many ran since the last fold
+    _unfolded: set[str] = field(init=False, default_factory=set)  # campaigns reserve_many lowered since (fold)
     _open_until: float = field(init=False, default=-math.inf)
     _unstaged_from: int = field(init=False, default=0)  # the first bucket number drain_pn must look at
     # lease_until while the account is live, else -inf: reserve_many's one comparison for "may it spend"
@@ -150,8 +154,9 @@ class BudgetLedger:
         return b
 
     # Reservations reach the books lazily. reserve_many, once per ad, only lowers the campaign's entry in
-    # ``available_by_campaign``; ``_folded`` keeps each entry's value as of its campaign's last fold, and every
-    # other change of an allowance goes through ``_set_available``, which folds that campaign first. So the
+    # ``available_by_campaign`` (and notes the campaign in ``_unfolded``, so a fold walks only those);
+    # ``_folded`` keeps each entry's value as of its campaign's last fold, and every other change of an
+    # allowance goes through ``_set_available``, which folds that campaign first. So the
     # difference between the two is exactly what the campaign reserved since, all of it in the open bucket,
     # and folding moves it into that bucket's ``held`` entry (under the campaign's day) and ``reserved``. Every
     # reader of ``held`` or ``reserved`` folds first; opening another bucket, closing this one and every
@@ -159,13 +164,10 @@ class BudgetLedger:
 
     def fold(self) -> None:
         """Bring every campaign's reservations since its last fold into the books (see above)."""
-        if not self._unfolded:
-            return
-        self._unfolded = False
-        folded = self._folded
-        for campaign_id, available in self.available_by_campaign.items():
-            if folded[campaign_id] != available:
-                self._fold_one(campaign_id)
+        unfolded = self._unfolded
+        for campaign_id in unfolded:
+            self._fold_one(campaign_id)
+        unfolded.clear()
 
     def _fold_one(self, campaign_id: str) -> None:
         available = self.available_by_campaign.get(campaign_id, 0)
@@ -173,6 +175,7 @@ class BudgetLedger:
         self._folded[campaign_id] = available
         if not micros:
             return
+        self.touched.add(campaign_id)
         bucket = self._open
         assert bucket is not None  # only reserve_many lowers an allowance unfolded, and it opens a bucket
         b = self.campaigns[campaign_id]
@@ -186,6 +189,7 @@ class BudgetLedger:
 
     def _set_available(self, campaign_id: str, micros: int) -> None:
         self._fold_one(campaign_id)
+        self.touched.add(campaign_id)
         self.available_by_campaign[campaign_id] = self._folded[campaign_id] = micros
 
     def _close_open(self) -> None:
@@ -316,6 +320,7 @@ class BudgetLedger:
         if b is not None:
             b.exhausted = False
             b.asked_at = -1e18
+            self.touched.add(campaign_id)
 
     def reserve(self, campaign_id: str, micros: int, *, now_s: float) -> Hold | None:
         """Hold ``micros`` of the allowance for an ad just chosen (one ``reserve_many`` entry)."""
@@ -332,9 +337,9 @@ class BudgetLedger:
         bucket = self._open
         if bucket is None or now_s >= self._open_until:
             bucket = self._new_bucket(now_s)
-        self._unfolded = True
         leased = now_s < self._spend_until
         available = self.available_by_campaign
+        unfolded = self._unfolded
         worker, seq, n = self.worker_id, self._open_seq, bucket.count
         holds: list[Hold | None] = []
         for campaign_id, micros in wanted:
@@ -343,6 +348,7 @@ class BudgetLedger:
                 holds.append(None)  # an unknown campaign has no allowance (-1): refused too
                 continue
             available[campaign_id] = left
+            unfolded.add(campaign_id)
             holds.append((worker, seq, micros, n))
             n += 1
         bucket.count = n
@@ -403,6 +409,7 @@ class BudgetLedger:
     def settle(self, campaign_id: str, cost: int, hold: Hold | None = None) -> bool:
         """A billable event arrived: release its reservation (if this ledger holds it) and take the real
         cost. Returns False, taking nothing, when the allowance cannot cover it: the event is not billed."""
+        self.touched.add(campaign_id)  # its price, spend or reservations move
         if cost > 0:
             price = self.unit_prices.get(campaign_id)
             self.unit_prices[campaign_id] = cost if price is None else price + (cost - price) * PRICE_WEIGHT
@@ -430,10 +437,13 @@ class BudgetLedger:
         self._stage(campaign_id, b.day, CHG_P, cost)
         return True
 
-    def used(self) -> dict[str, int]:
-        """Campaign -> micros spent plus in flight here (what its spend rate is measured on)."""
-        self.fold()
-        return {cid: b.spent + b._reserved for cid, b in self.campaigns.items()}
+    def used(self, campaign_id: str) -> int:
+        """Micros the campaign spent plus has in flight here (what its spend rate is measured on)."""
+        b = self.campaigns.get(campaign_id)
+        if b is None:
+            return 0
+        self._fold_one(campaign_id)
+        return b.spent + b._reserved
 
     def in_flight(self, campaign_id: str) -> int:
         """Micros this ledger's buckets still hold for the campaign (equals its ``reserved``)."""
@@ -467,6 +477,7 @@ class BudgetLedger:
             b = self.campaigns.get(campaign_id)
             if b is not None:
                 b.exhausted = True
+                self.touched.add(campaign_id)
 
     def take_excess(self, targets: Mapping[str, int]) -> dict[str, tuple[int, str]]:
         """Allowance to offer back: for a campaign the allocator has run out of (``exhausted``: nothing left

@@ -240,6 +240,7 @@ class EdgeState:
         pending_sent = 0.0  # when it first left: a replayed answer's lease counts from then
         pending_account = ""  # the account it speaks for (it may have lapsed by the time the answer comes)
         renewed_at = -1e18
+        report_whole = True  # the next unused report must be whole: the allocator may have missed the last
         while True:
             # Wake at once when a snapshot brings new campaigns (they cannot serve before their first grant),
             # else every 100 ms to top up allowances and renew the lease.
@@ -257,8 +258,10 @@ class EdgeState:
                 pending_account = ledger.account
                 pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
                                          "region": self.settings.edge_region, "asks": ask.asks,
-                                         "unused": ledger.unused(), "returns": ask.returns,
+                                         "unused": self.accounting.unused_report(whole=report_whole),
+                                         "returns": ask.returns,
                                          "give_back": {cid: list(v) for cid, v in ask.give_back.items()}})
+                report_whole = False
             try:
                 reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)
                 answer: dict[str, Any] = msgpack.unpackb(reply.data, raw=False)
@@ -267,6 +270,7 @@ class EdgeState:
                     # would be refused forever, so drop it and build a fresh request next tick.
                     log.error("budget grant request refused: %s", answer["error"])
                     pending = None
+                    report_whole = True  # the refused request's report never arrived
                     ledger.resolve_giving(accepted=False)
                     await asyncio.sleep(1.0)
                     continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 from edge.accounting import MIN_UNITS, Accounting
 from edge.budget import BudgetLedger
@@ -168,3 +169,152 @@ def test_a_round_forgets_campaigns_the_snapshot_dropped(make_campaign):
     assert set(spend.paced) == {"c0", "c1", "c2", "c3"}
     spend.pace(smaller, NOW + 2, limit=1)  # c1 ends the round
     assert set(spend.paced) == {"c0", "c1"} and "c3" not in spend.throttle
+
+
+def _many(make_campaign, n: int, **kw: object):
+    return build_snapshot([make_campaign(f"c{i:02d}", daily_budget_micros=10**9, **kw) for i in range(n)],
+                          version=1, created_ms=0, reserve_cpm_micros=100_000)
+
+
+def _drive(seed: int, snapshot, accountings: list[Accounting], checks: int, *, force_full: bool) -> list:
+    """The same random traffic into each accounting: reservations, some billed and some given back, the
+    answers to its own asks (part of what was asked, never "exhausted"), ticks and grant checks. Returns
+    what each grant check asked, per accounting; ``force_full``: the last one sizes every campaign each time."""
+    rng = random.Random(seed)
+    ids = [c.campaign_id for c in snapshot.campaigns]
+    day = utc_day(NOW)
+    asked: list[list[dict[str, int]]] = [[] for _ in accountings]
+    plan = [([(rng.choice(ids), rng.choice((200, 1_571, 3_000))) for _ in range(rng.randrange(4))],
+             rng.random(), rng.random()) for _ in range(checks)]
+    for k, acc in enumerate(accountings):
+        holds: list = []
+        for step, (wanted, bill, fraction) in enumerate(plan):
+            now = NOW + step * 0.1
+            for (cid, _), hold in zip(wanted, acc.ledger.reserve_many(wanted, now_s=now), strict=True):
+                if hold is not None:
+                    holds.append((cid, hold))
+            if holds and bill < 0.5:
+                cid, hold = holds.pop(0)
+                acc.ledger.settle(cid, hold[2] // 2, hold)
+            elif holds and bill < 0.7:
+                cid, hold = holds.pop(0)
+                acc.ledger.release(cid, hold)
+            acc.tick(snapshot, now, pace=False)
+            if force_full and k == len(accountings) - 1:
+                acc._sized_snapshot = None
+            ask = acc.grant_request(snapshot, now, retry_s=0.25)
+            asked[k].append(ask.asks)
+            if fraction < 0.8:  # the answer to the odd ask is lost: the retry must come on time
+                for cid, micros in ask.asks.items():
+                    acc.ledger.grant(cid, int(micros * (0.3 + fraction)), exhausted=False, day=day)
+    return asked
+
+
+def test_the_grant_check_asks_what_a_walk_over_every_campaign_asks(make_campaign):
+    """It sizes only the campaigns that moved, those due for a retry and a slice of the rest; every ask
+    (which campaign, how much, and when, retries of lost answers included) is the one a check over every
+    campaign makes."""
+    snapshot = _many(make_campaign, 40, max_bid_micros=CEILING * 1000)
+    for seed in range(5):
+        incremental, walk = _drive(seed, snapshot, [accounting(), accounting()], 120, force_full=True)
+        assert incremental == walk
+        assert sum(map(len, walk)) > 40  # the traffic made it ask again and again, not only at the start
+
+
+def test_a_campaign_that_stopped_spending_is_still_offered_back_within_a_round(make_campaign):
+    """An exhausted campaign nobody serves any more: its target decays with its rate and, once it holds
+    more than twice that, the excess goes back, found by the round-robin slice within GRANT_ROUND_CHECKS
+    checks of when a walk over every campaign would find it, though the ledger never saw it move."""
+    from edge.accounting import GRANT_ROUND_CHECKS
+
+    snapshot = _many(make_campaign, 40, max_bid_micros=CEILING * 1000)
+    found = []
+    for full in (False, True):
+        acc = accounting()
+        day = utc_day(NOW)
+        for cid in ("c00", "c17"):
+            acc.ledger.grant(cid, 10**6, exhausted=False, day=day)
+        for step in range(50):  # c17 spends 100,000 micros a second for five seconds: a high target
+            acc.ledger.reserve_many([("c17", 10_000)], now_s=NOW + step * 0.1)
+            acc.tick(snapshot, NOW + step * 0.1, pace=False)
+        acc.ledger.mark_exhausted(["c17"])
+        when = None
+        for step in range(50, 5_000):
+            now = NOW + step * 0.1
+            acc.tick(snapshot, now, pace=False)
+            if full:
+                acc._sized_snapshot = None
+            if acc.grant_request(snapshot, now, retry_s=0.25).give_back:
+                when = step
+                break
+        found.append(when)
+    incremental, walk = found
+    assert walk is not None and walk > 100  # it took the decay a while
+    assert walk <= incremental < walk + GRANT_ROUND_CHECKS
+
+
+def test_an_exhausted_campaign_is_asked_for_again_after_twenty_retries_untouched(make_campaign):
+    snapshot = _many(make_campaign, 3)
+    acc = accounting()
+    first = acc.grant_request(snapshot, NOW, retry_s=0.25).asks
+    assert set(first) == {"c00", "c01", "c02"}  # nothing held yet: all three ask
+    acc.ledger.grant("c00", first["c00"], exhausted=False, day=utc_day(NOW))
+    acc.ledger.grant("c01", first["c01"], exhausted=False, day=utc_day(NOW))
+    acc.ledger.mark_exhausted(["c02"])  # nothing left for c02 anywhere
+    times = [round(step * 0.1, 1) for step in range(1, 60)
+             if "c02" in acc.grant_request(snapshot, NOW + step * 0.1, retry_s=0.25).asks]
+    assert times == [5.0]  # 20 x 0.25 s after the first ask, then not again within the run
+
+
+def test_an_idle_campaigns_rate_decays_as_the_walk_over_every_campaign_did(make_campaign):
+    """Idle rates decay lazily (e**-dt/T) where every tick used to multiply them by 1 - dt/T."""
+    acc = accounting()
+    acc.ledger.grant("c1", 10**9, exhausted=False, day=utc_day(NOW))
+    acc.tick(None, NOW, pace=False)
+    acc.ledger.reserve_many([("c1", 60_000)], now_s=NOW)
+    acc.tick(None, NOW + 1, pace=False)  # 60,000 micros in a second: half of it at once (up fast)
+    assert acc.rate("c1") == 30_000
+    for step in range(1, 601):  # a minute idle, ten ticks a second
+        acc.tick(None, NOW + 1 + step * 0.1, pace=False)
+    walked = 30_000 * (1 - 0.1 / 60) ** 600  # about 30,000 / e
+    assert abs(acc.rate("c1") - walked) / walked < 1e-3
+
+
+def test_the_unused_report_carries_what_changed_and_sums_to_the_whole(make_campaign):
+    """The allocator keeps the last figure per campaign: folding every report into one view must give what
+    the ledger would report whole, each time, across a closed account; and a report is as small as the
+    change (a busy minute of one campaign does not report the others)."""
+    from edge.accounting import FULL_REPORT_EVERY
+
+    acc = accounting()
+    rng = random.Random(7)
+    day = utc_day(NOW)
+    ids = [f"c{i:02d}" for i in range(30)]
+    view: dict[str, tuple[int, str]] = {}
+    sizes: list[int] = []
+    account = acc.ledger.account
+    for step in range(400):
+        now = NOW + step * 0.1
+        cid = rng.choice(ids)
+        roll = rng.random()
+        if roll < 0.4:
+            acc.ledger.grant(cid, rng.randrange(1, 5_000), exhausted=False, day=day)
+        elif roll < 0.8:
+            acc.ledger.reserve_many([(cid, rng.randrange(1, 2_000))], now_s=now)
+        elif roll < 0.95:
+            acc.ledger.settle(cid, rng.randrange(0, 2_000))
+        if step == 200:
+            acc.ledger.lapse(now, force=True)
+            acc.ledger.renew(math.inf)
+        acc.tick(None, now, pace=False)
+        report = acc.unused_report()
+        if acc.ledger.account != account:
+            account, view = acc.ledger.account, {}  # a new account: the allocator knows nothing of it yet
+        view.update(report)
+        assert view == acc.ledger.unused()
+        sizes.append(len(report))
+    assert account != "w.0"  # the account did close on the way
+    # One campaign moves a step: a report names at most that one, but for the whole ones (the first of
+    # each account, then every FULL_REPORT_EVERY reports).
+    assert sum(1 for n in sizes if n > 1) <= 2 + 400 // FULL_REPORT_EVERY
+    assert sum(1 for n in sizes if n == 0) > 50  # a step whose move changed nothing reports nothing
