@@ -101,6 +101,17 @@ class AllowanceBook:
                 h.unused = max(0, min(int(micros), h.granted))
         return acct.lease_until
 
+    def held_of(self, account_id: str, campaign_ids: set[str]) -> list[str]:
+        """Which of ``campaign_ids`` the account holds allowance of (walking the smaller of the two: an
+        account's report names only what moved, so the answer cannot go by the report)."""
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            return []
+        holdings = acct.holdings
+        if len(campaign_ids) < len(holdings):
+            return [cid for cid in campaign_ids if cid in holdings]
+        return [cid for cid in holdings if cid in campaign_ids]
+
     def granted(self, account_id: str, campaign_id: str, day: str, micros: int) -> None:
         acct = self.accounts[account_id]
         h = acct.holdings.get(campaign_id)

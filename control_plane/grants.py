@@ -164,7 +164,7 @@ class GrantService:
                     r = (0, False, "")
                 grants[cid] = list(r)
             reply = msgpack.packb({"grants": grants, "lease_s": self.book.lease_s,
-                                   "exhausted": [cid for cid in unused if cid in self.exhausted]})
+                                   "exhausted": self.book.held_of(account, self.exhausted)})
         if request_id:
             self._replies[request_id] = reply
             if len(self._replies) > self._replay_cache:

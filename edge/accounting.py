@@ -100,9 +100,7 @@ class Accounting:
     _round_at: int = 0  # where the round-robin slice starts next
     _sized_snapshot: Snapshot | None = None  # the snapshot of the last check over every campaign
     _sized_for: tuple[int, float] = (-1, 0.0)  # and the ledger's epoch and the lease length then
-    # The unused report: what the allocator was last told per campaign, for which account, and how many
-    # reports ago the last whole one went
-    _reported: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # The unused report: the account the last one spoke for, and how many reports ago the last whole one went
     _reported_account: str = ""
     _reports: int = 0
     _days: dict[str, str] = field(default_factory=dict)  # timezone -> its local day at the last roll
@@ -279,25 +277,24 @@ class Accounting:
         return GrantRequest(asks=asks, returns=ledger.closable_returns(), give_back=give_back)
 
     def unused_report(self, *, whole: bool = False) -> dict[str, tuple[int, str]]:
-        """What the grant request reports as not used (``BudgetLedger.unused``): only the campaigns whose
-        figure changed since the last report of this account, the whole of it on ``whole`` (the caller
-        could not tell whether the last report arrived), for a new account and every ``FULL_REPORT_EVERY``
-        reports. The allocator keeps the last figure it was told per campaign."""
+        """What the grant request reports as not used (``BudgetLedger.unused``): only the campaigns that
+        moved since the last report of this account; the whole of it on ``whole`` (the caller could not
+        tell whether the last report arrived), for a new account and every ``FULL_REPORT_EVERY`` reports.
+        The allocator keeps the last figure it was told per campaign and adds its grants to it."""
         ledger = self.ledger
         self._take_moved()
         self._reports += 1
         if whole or ledger.account != self._reported_account or self._reports >= FULL_REPORT_EVERY:
             report = ledger.unused()
-            self._reported, self._reported_account, self._reports = dict(report), ledger.account, 0
+            self._reported_account, self._reports = ledger.account, 0
         else:
+            # Every campaign that moved, even back to the figure last reported: the allocator's figure is
+            # that report plus what it granted since (a grant touches the campaign here), not the report.
             report = {}
-            campaigns, reported = ledger.campaigns, self._reported
+            campaigns = ledger.campaigns
             for cid in self._moved_unused:
                 b = campaigns.get(cid)
-                if b is None or b.counter or not b.day:
-                    continue
-                figure = (b.available, b.day)
-                if reported.get(cid) != figure:
-                    report[cid] = reported[cid] = figure
+                if b is not None and not b.counter and b.day:
+                    report[cid] = (b.available, b.day)
         self._moved_unused.clear()
         return report

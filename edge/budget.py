@@ -475,7 +475,7 @@ class BudgetLedger:
         """The allocator says it has nothing left to grant for these (told with any answer, asked or not)."""
         for campaign_id in campaign_ids:
             b = self.campaigns.get(campaign_id)
-            if b is not None:
+            if b is not None and not b.exhausted:  # told with every answer: only news moves the campaign
                 b.exhausted = True
                 self.touched.add(campaign_id)
 

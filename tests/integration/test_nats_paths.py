@@ -393,8 +393,9 @@ def test_every_answer_names_the_held_campaigns_the_allocator_has_run_out_of(nats
                              "unused": {cid: [1_000, day]}}))["exhausted"]
         for n in range(6):  # another region takes the rest
             await ask({"id": f"b{n}", "worker": "us.0", "region": "us", "asks": {cid: 1_000}})
+        # Nothing moved there since its last report: its heartbeat reports nothing, and still learns it.
         quiet = (await ask({"id": "q3", "worker": "eu.0", "region": "eu", "asks": {},
-                            "unused": {cid: [1_000, day]}}))["exhausted"]
+                            "unused": {}}))["exhausted"]
         await ask({"id": "b9", "worker": "us.0", "region": "us", "asks": {}, "unused": {cid: [0, day]},
                    "give_back": {cid: [2_000, day]}})
         after = (await ask({"id": "q4", "worker": "eu.0", "region": "eu", "asks": {},

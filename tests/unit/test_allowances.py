@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from control_plane.allocator import BudgetTerms, GrantState, credit_grant, decide_grant
 from control_plane.allowances import AllowanceBook, Credit
+from edge.accounting import Accounting
 from edge.budget import BudgetLedger
+from edge.spend import SpendView
 
 BUDGET = 100_000
 UNIT = 100
@@ -31,6 +33,10 @@ class Holder:
     ledger: BudgetLedger
     alive: bool = True
     spent_since_report: int = 0
+    accounting: Accounting = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accounting = Accounting(self.ledger, SpendView(self.ledger.worker_id))
 
 
 @dataclass
@@ -58,7 +64,8 @@ class World:
         for closed, back in led.closable_returns().items():
             self.credit(self.book.returned(closed, back))
         offer = led.take_excess({"c": target}) if target is not None else {}
-        lease = self.book.renew(led.account, h.region, sent, led.unused())
+        # What the edge reports: the campaigns that moved since its last report (whole for a new account).
+        lease = self.book.renew(led.account, h.region, sent, h.accounting.unused_report())
         h.spent_since_report = 0
         if lease is None:
             led.lapse(self.now, force=True)
@@ -290,3 +297,24 @@ def test_an_offer_the_allocator_did_not_take_goes_back_to_the_allowance_or_the_r
     assert led.closable_returns() == {}  # ...and its return waits for the offer's answer
     led.resolve_giving(accepted=False)
     assert led.closable_returns() == {closed: {"c": 10_000}}
+
+
+def test_a_holder_that_spends_each_grant_before_its_next_report_is_reclaimed_only_what_it_holds() -> None:
+    """The edge reports only the campaigns that moved (``Accounting.unused_report``), and the allocator adds
+    its grants to the last figure it was told: a holder back at the figure it last reported (spent out,
+    granted, spent out again) must still report it, or a reclaim after its death hands back spent micros
+    (found by a review of the first version, which left out figures equal to the last report)."""
+    w = new_world()
+    w.ask(1, 1_000)  # eu1 keeps the region heard
+    for _ in range(3):  # eu0: granted 1,000, spends all of it, asks again
+        w.ask(0, 1_000)
+        w.spend(0, 10)
+    w.ask(0, 1_000)  # reports 0 left of the last grant, and is granted 1,000 more
+    held = w.holders[0].ledger.available("c")
+    assert held == 1_000 and w.charged == 3_000
+    w.holders[0].alive = False
+    before = w.state.granted_day
+    for _ in range(12):
+        w.tick(LEASE / 4)
+        w.ask(1, 0)
+    assert before - w.state.granted_day == held  # what it held, not what it spent before its last report
