@@ -445,6 +445,15 @@ class BudgetLedger:
         self._fold_one(campaign_id)
         return b.spent + b._reserved
 
+    def totals(self) -> dict[str, int]:
+        """Sums over every campaign here (the edge's allowance gauges). Read from the books after one fold:
+        through each campaign's properties, a fold apiece, it took 70 ms at 100,000 campaigns (one-off)."""
+        self.fold()
+        budgets = self.campaigns.values()
+        return {"available": sum(self.available_by_campaign.values()),
+                "reserved": sum(b._reserved for b in budgets), "spent": sum(b.spent for b in budgets),
+                "granted": sum(b.granted for b in budgets), "refused_events": sum(b.refused for b in budgets)}
+
     def in_flight(self, campaign_id: str) -> int:
         """Micros this ledger's buckets still hold for the campaign (equals its ``reserved``)."""
         self.fold()

@@ -307,14 +307,7 @@ class EdgeState:
             ledger.mark_exhausted(str(cid) for cid in answer.get("exhausted", ()) if cid not in grants)
 
     def publisher_metrics(self) -> None:
-        totals = {"available": 0, "reserved": 0, "spent": 0, "granted": 0, "refused_events": 0}
-        for b in self.ledger.campaigns.values():
-            totals["available"] += b.available
-            totals["reserved"] += b.reserved
-            totals["spent"] += b.spent
-            totals["granted"] += b.granted
-            totals["refused_events"] += b.refused
-        for name, value in totals.items():
+        for name, value in self.ledger.totals().items():
             self.metrics.allowance.labels(name).set(value)
         ivt = self.ivt_store.stats
         for name, value in (("calls", ivt.calls), ("failures", ivt.failures), ("skipped", ivt.skipped),

@@ -492,3 +492,31 @@ def test_lazy_folding_changes_nothing_a_caller_can_see():
             assert got == want, (seed, op, arg)
             now += rng.choice([0, 0.1, 0.3, 0.7, 1.2])
         assert _books(lazy) == _books(eager), seed
+
+
+def test_totals_add_up_what_each_campaigns_account_says():
+    """The allowance gauges read the books after one fold: the same sums as each account's own figures,
+    reservations not folded yet included."""
+    ledger = BudgetLedger()
+    rng = random.Random(5)
+    holds = []
+    for step in range(300):
+        cid = f"c{rng.randrange(20)}"
+        roll = rng.random()
+        if roll < 0.3:
+            ledger.grant(cid, rng.randrange(1, 10_000), exhausted=False, day=DAY)
+        elif roll < 0.8:
+            holds += [(cid, h) for h in ledger.reserve_many([(cid, rng.randrange(1, 500))], now_s=step * 0.1) if h]
+        elif holds and roll < 0.95:
+            cid, hold = holds.pop(rng.randrange(len(holds)))
+            ledger.settle(cid, rng.randrange(0, 2 * hold[2]), hold)
+        else:
+            ledger.settle(cid, 10**6)  # no reservation, and more than any allowance here: refused
+    assert ledger._unfolded  # the last reservations are not in the books yet
+    by_campaign = {"available": 0, "reserved": 0, "spent": 0, "granted": 0, "refused_events": 0}
+    totals = ledger.totals()
+    for b in ledger.campaigns.values():
+        for name, value in (("available", b.available), ("reserved", b.reserved), ("spent", b.spent),
+                            ("granted", b.granted), ("refused_events", b.refused)):
+            by_campaign[name] += value
+    assert totals == by_campaign and totals["reserved"] > 0 and totals["refused_events"] > 0
