@@ -255,6 +255,12 @@ def _bench_http(**kw: Any) -> dict[str, Any]:
     return bench_http(**kw)
 
 
+def _bench_accounting(**kw: Any) -> dict[str, Any]:
+    from adserver.bench_accounting import bench_accounting  # it imports the handler bench's edge
+
+    return bench_accounting(**kw)
+
+
 def _bench_handler(**kw: Any) -> dict[str, Any]:
     from adserver.bench_handler import bench_handler  # via bench_http, it imports this module's helpers
 
@@ -264,7 +270,7 @@ def _bench_handler(**kw: Any) -> dict[str, Any]:
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions,
                                                        "auction": bench_auction, "pctr": bench_pctr,
                                                        "variants": bench_variants, "http": _bench_http,
-                                                       "handler": _bench_handler}
+                                                       "handler": _bench_handler, "accounting": _bench_accounting}
 TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "every_answered_beacon_stored_once": (">=", 1),
            "decision_ratio_budget_on_vs_off": (">=", 0.9),
            "auction_p99_us_10k": ("<=", 100), "auction_p99_us_100k": ("<=", 1000),

@@ -1,0 +1,131 @@
+"""``adserver bench --only accounting``: what the edge's budget bookkeeping between requests costs per 100 ms.
+
+Every 100 ms an edge worker runs its control tick (``Accounting.tick``: expire reservations, spend rates, day
+roll, spend CRDT staging, a slice of pacing) and its grant loop's check (``Accounting.grant_request``) and,
+when that check finds something to ask, builds the request's unused report (``Accounting.unused_report``). All
+of it runs on the event loop, so every request queued behind it waits that long. This drives the same code at
+several inventory sizes, with a busy edge's traffic between periods (``RESERVATIONS`` ads reserved on random
+campaigns and half as many billed), and reports the median and p99 of each step in milliseconds, and the
+share of a core the three take (``accounting_core_share_*``: their sum over the 100 ms period).
+
+Side by side in the same run, ``accounting_grant_check_every_campaign_ms_*`` forces the check to size every
+campaign each time, as it did before it walked only the campaigns that moved (5b67b0d): the ratio between the
+two is what that change is worth at each size. Also timed: the spend sync loop's delta (every 500 ms) and
+whole state (every 5 s, every minute past 64 kB), and a ``/metrics`` scrape's allowance gauges
+(``BudgetLedger.totals``), which walk every campaign, but once per scrape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from adserver.bench_auction import _percentile, size_label
+from adserver.bench_handler import _campaigns, _edge
+from replication.calendar import local_day
+from replication.snapshot import build_snapshot
+
+SIZES = (1_000, 20_000, 100_000)
+RESERVATIONS = 300  # ads a worker reserves per 100 ms at 3,000 one-slot requests a second
+PERIOD_S = 0.1
+
+
+def _ms(ns: list[int], q: float) -> float:
+    return round(_percentile(sorted(ns), q) / 1e6, 3)
+
+
+def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float]]:
+    """``periods`` periods of an edge holding ``n`` campaigns: per step, the median and p99 in ms; and how
+    many campaigns an unused report named, the first (whole) one and the median of the rest."""
+    _, state = _edge()
+    template = _campaigns()[0]
+    campaigns = [dataclasses.replace(template, campaign_id=f"c{i:06d}", keywords=frozenset({f"kw{i}"}))
+                 for i in range(n)]
+    now = state.settings.clock.now()
+    state.snapshot = snapshot = build_snapshot(campaigns, version=2, created_ms=int(now * 1000),
+                                               reserve_cpm_micros=100_000)
+    ledger, accounting = state.ledger, state.accounting
+    day = local_day(now, "UTC")
+    for c in campaigns:
+        ledger.grant(c.campaign_id, 10**9, exhausted=False, day=day)
+    ids = [c.campaign_id for c in campaigns]
+    rng = random.Random(seed)
+    steps: dict[str, list[int]] = {"tick": [], "grant_check": [], "unused_report": [], "spend_flush": [],
+                                   "grant_check_every_campaign": [], "spend_flush_whole": []}
+    clock = time.perf_counter_ns
+    holds: list[tuple[str, Any]] = []
+    reported: list[int] = []  # campaigns each unused report named (the first: all of them)
+    t = now
+    for period in range(periods + 2):  # the first two size every campaign (a new snapshot): not timed
+        t += PERIOD_S
+        # Half on a few hot campaigns, half anywhere in the inventory: about 160 campaigns move a period.
+        wanted = [(ids[min(n - 1, int(rng.paretovariate(1.2)) - 1) if k % 2 else rng.randrange(n)], 1_000)
+                  for k in range(RESERVATIONS)]
+        holds += [(cid, h) for (cid, _), h in zip(wanted, ledger.reserve_many(wanted, now_s=t), strict=True) if h]
+        for cid, hold in holds[: RESERVATIONS // 2]:
+            ledger.settle(cid, 900, hold)
+        del holds[: RESERVATIONS // 2]
+        t0 = clock()
+        state.control_tick(t, pace=True)
+        t1 = clock()
+        accounting.grant_request(snapshot, t, retry_s=0.25)
+        t2 = clock()
+        reported.append(len(accounting.unused_report()))
+        t3 = clock()
+        if period >= 2:
+            steps["tick"].append(t1 - t0)
+            steps["grant_check"].append(t2 - t1)
+            steps["unused_report"].append(t3 - t2)
+        if period % 5 == 4:  # the spend sync loop's delta, every 500 ms
+            t0 = clock()
+            state.spend.flush(full=False)
+            steps["spend_flush"].append(clock() - t0)
+    for _ in range(max(3, periods // 10)):  # the same check forced over every campaign, side by side
+        t += PERIOD_S
+        accounting._sized_snapshot = None
+        t0 = clock()
+        accounting.grant_request(snapshot, t, retry_s=0.25)
+        steps["grant_check_every_campaign"].append(clock() - t0)
+    totals = []
+    for _ in range(3):
+        t0 = clock()
+        ledger.totals()
+        totals.append(clock() - t0)
+        t0 = clock()
+        state.spend.flush(full=True)  # the whole own state, every 5 s (every minute past 64 kB)
+        steps["spend_flush_whole"].append(clock() - t0)
+    out = {name: {"p50_ms": _ms(ns, 0.5), "p99_ms": _ms(ns, 0.99)} for name, ns in steps.items()}
+    out["metrics_totals"] = {"p50_ms": _ms(totals, 0.5), "p99_ms": _ms(totals, 0.99)}
+    out["reported"] = {"first": reported[0], "median": statistics.median(reported[1:])}
+    return out
+
+
+def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES,
+                     **_: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": {}}
+    periods = max(20, int(duration_s * rounds / PERIOD_S / 10))
+    for n in sizes:
+        say(f"accounting: {n:,} campaigns, {periods} periods of {RESERVATIONS} reservations")
+        run = measure(n, periods)
+        key = size_label(n)
+        p50 = {step: r["p50_ms"] for step, r in run.items() if step != "reported"}
+        share = (p50["tick"] + p50["grant_check"] + p50["unused_report"]) / (PERIOD_S * 1000)
+        say(f"{n:,} campaigns: tick {p50['tick']} ms, grant check {p50['grant_check']} ms (over every campaign "
+            f"{p50['grant_check_every_campaign']} ms), unused report {p50['unused_report']} ms, spend sync "
+            f"{p50['spend_flush']} ms (whole {p50['spend_flush_whole']} ms)")
+        out[f"accounting_tick_ms_{key}"] = p50["tick"]
+        out[f"accounting_tick_p99_ms_{key}"] = run["tick"]["p99_ms"]
+        out[f"accounting_grant_check_ms_{key}"] = p50["grant_check"]
+        out[f"accounting_grant_check_every_campaign_ms_{key}"] = p50["grant_check_every_campaign"]
+        out[f"accounting_unused_report_ms_{key}"] = p50["unused_report"]
+        out[f"accounting_core_share_{key}"] = round(share, 4)
+        out[f"accounting_spend_sync_ms_{key}"] = p50["spend_flush"]
+        out[f"accounting_spend_sync_whole_ms_{key}"] = p50["spend_flush_whole"]
+        out[f"accounting_metrics_scrape_ms_{key}"] = p50["metrics_totals"]
+        out[f"accounting_campaigns_reported_{key}"] = run["reported"]["median"]
+        out["runs"][key] = run
+    return out
