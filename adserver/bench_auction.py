@@ -128,11 +128,13 @@ def latency_summary(times: list[int], by_request: list[list[int]]) -> dict[str, 
             "max_us": round(ordered[-1] / 1000, 1), "requests": len(ordered)}
 
 
-# Run in a fresh interpreter: how long an edge takes to load the snapshot it is sent, and how much its memory
-# grows by holding it (RSS after decoding, minus RSS before, both after a collection).
+# Run in a fresh interpreter: how long an edge takes to load the snapshot it is sent, how much its memory
+# grows by holding it (RSS after decoding, minus RSS before, both after a collection), and how long a full
+# cyclic collection stalls it then, before and after the edge freezes what is alive (edge.state).
 _EDGE_LOAD = """
 import gc, json, sys, time
 import psutil
+from edge.state import freeze_long_lived
 from replication.snapshot import decode_snapshot
 data = open(sys.argv[1], "rb").read()
 gc.collect()
@@ -142,7 +144,15 @@ snapshot = decode_snapshot(data)
 load_s = time.perf_counter() - t0
 del data
 gc.collect()
-print(json.dumps({"load_s": load_s, "rss_bytes": psutil.Process().memory_info().rss - before}))
+rss = psutil.Process().memory_info().rss - before
+t0 = time.perf_counter()
+gc.collect()
+collect_s = time.perf_counter() - t0
+freeze_long_lived()
+t0 = time.perf_counter()
+gc.collect()
+frozen_s = time.perf_counter() - t0
+print(json.dumps({"load_s": load_s, "rss_bytes": rss, "collect_s": collect_s, "frozen_collect_s": frozen_s}))
 """
 
 
@@ -198,7 +208,8 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
         p99 = statistics.median(r["p99_us"] for r in runs)
         key = size_label(n)
         say(f"{n:,} campaigns: build {build_s:.1f}s, edge load {load['load_s']:.1f}s and "
-            f"{load['rss_bytes'] / 1e6:,.0f} MB; with the click model p50 "
+            f"{load['rss_bytes'] / 1e6:,.0f} MB, a full collection {load['collect_s'] * 1000:,.0f} ms "
+            f"({load['frozen_collect_s'] * 1000:.2f} ms frozen); with the click model p50 "
             f"{statistics.median(r['p50_us'] for r in runs):,.0f} us, p99 {p99:,.0f} us; priors only p99 "
             f"{statistics.median(r['p99_us'] for r in prior_runs):,.0f} us; "
             f"{runs[0]['mean_candidates']:,.0f} candidates per request")
@@ -210,5 +221,7 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
         out[f"snapshot_mb_{key}"] = round(size_mb, 1)
         out[f"edge_load_s_{key}"] = round(load["load_s"], 2)
         out[f"edge_memory_mb_{key}"] = round(load["rss_bytes"] / 1e6, 1)
+        out[f"edge_gc_pause_ms_{key}"] = round(load["collect_s"] * 1000, 1)
+        out[f"edge_gc_pause_frozen_ms_{key}"] = round(load["frozen_collect_s"] * 1000, 2)
         out["runs"][key] = {"click_model": runs, "priors_only": prior_runs}
     return out

@@ -36,6 +36,7 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     assert any("1,000 campaigns" in line for line in said)
     # The edge-side figures come from a real decode in a fresh process: nonzero, and growing with size.
     assert out["snapshot_mb_1k"] > 0 and out["edge_load_s_1k"] > 0 and out["edge_memory_mb_1k"] > 0
+    assert out["edge_gc_pause_ms_1k"] > 0 and out["edge_gc_pause_frozen_ms_1k"] >= 0
     bigger = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(10_000,))
     assert bigger["snapshot_mb_10k"] > 3 * out["snapshot_mb_1k"]  # both carry the same 0.5 MB model
     assert bigger["edge_memory_mb_10k"] > 2 * out["edge_memory_mb_1k"]
