@@ -37,6 +37,7 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     # The edge-side figures come from a real decode in a fresh process: nonzero, and growing with size.
     assert out["snapshot_mb_1k"] > 0 and out["edge_load_s_1k"] > 0 and out["edge_memory_mb_1k"] > 0
     assert out["edge_gc_pause_ms_1k"] > 0 and out["edge_gc_pause_frozen_ms_1k"] >= 0
+    assert out["auction_p99_over_p50_1k"] >= 1 and out["machine_p99_over_p50_1k"] >= 1
     bigger = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(10_000,))
     assert bigger["snapshot_mb_10k"] > 3 * out["snapshot_mb_1k"]  # both carry the same 0.5 MB model
     assert bigger["edge_memory_mb_10k"] > 2 * out["edge_memory_mb_1k"]
@@ -53,3 +54,14 @@ def test_the_p99_of_request_medians_sees_slow_requests_but_not_jittered_samples(
     summary = latency_summary(times, by_request)
     assert summary == {"p50_us": 50.0, "p99_us": 2000.0, "p99_of_medians_us": 500.0, "max_us": 2000.0,
                        "requests": 2000}
+
+
+def test_the_machine_spread_times_a_workload_near_the_p50_it_is_given():
+    """Sized from a probe to take about the auction's p50: the same size asked twice comes out alike, and
+    ten times the size takes several times as long (how close depends on the machine: no bound on it)."""
+    from adserver.bench_auction import machine_spread
+
+    small = machine_spread(20.0, 0.2)
+    big = machine_spread(200.0, 0.2)
+    assert small["p99_us"] >= small["p50_us"] > 0 and small["p99_over_p50"] >= 1
+    assert big["p50_us"] > 3 * small["p50_us"]
