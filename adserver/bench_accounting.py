@@ -10,9 +10,10 @@ share of a core the three take (``accounting_core_share_*``: their sum over the 
 
 Side by side in the same run, ``accounting_grant_check_every_campaign_ms_*`` forces the check to size every
 campaign each time, as it did before it walked only the campaigns that moved (5b67b0d): the ratio between the
-two is what that change is worth at each size. Also timed: the spend sync loop's delta (every 500 ms) and
-whole state (every 5 s, every minute past 64 kB), and a ``/metrics`` scrape's allowance gauges
-(``BudgetLedger.totals``), which walk every campaign, but once per scrape.
+two is what that change is worth at each size. Also timed: the first tick and grant check on a new snapshot
+(``accounting_snapshot_swap_ms_*``: a snapshot arrives whenever an advertiser edits a campaign); the spend
+sync loop's delta (every 500 ms) and whole state (every 5 s, every minute past 64 kB); and a ``/metrics``
+scrape's allowance gauges (``BudgetLedger.totals``), which walk every campaign, but once per scrape.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
     ids = [c.campaign_id for c in campaigns]
     rng = random.Random(seed)
     steps: dict[str, list[int]] = {"tick": [], "grant_check": [], "unused_report": [], "spend_flush": [],
-                                   "grant_check_every_campaign": [], "spend_flush_whole": []}
+                                   "grant_check_every_campaign": [], "spend_flush_whole": [],
+                                   "snapshot_swap": []}
     clock = time.perf_counter_ns
     holds: list[tuple[str, Any]] = []
     reported: list[int] = []  # campaigns each unused report named (the first: all of them)
@@ -86,10 +88,19 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
             steps["spend_flush"].append(clock() - t0)
     for _ in range(max(3, periods // 10)):  # the same check forced over every campaign, side by side
         t += PERIOD_S
-        accounting._sized_snapshot = None
         t0 = clock()
-        accounting.grant_request(snapshot, t, retry_s=0.25)
+        accounting.grant_request(snapshot, t, retry_s=0.25, every_campaign=True)
         steps["grant_check_every_campaign"].append(clock() - t0)
+    # A new snapshot of the same campaigns (as after an edit of one of them): the first tick and grant check
+    # on it, which see a snapshot they have not walked.
+    for version in (3, 4, 5):
+        t += PERIOD_S
+        snapshot = state.snapshot = build_snapshot(campaigns, version=version, created_ms=int(now * 1000),
+                                                   reserve_cpm_micros=100_000)
+        t0 = clock()
+        state.control_tick(t, pace=True)
+        accounting.grant_request(snapshot, t, retry_s=0.25)
+        steps["snapshot_swap"].append(clock() - t0)
     totals = []
     for _ in range(3):
         t0 = clock()
@@ -123,6 +134,7 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         out[f"accounting_grant_check_every_campaign_ms_{key}"] = p50["grant_check_every_campaign"]
         out[f"accounting_unused_report_ms_{key}"] = p50["unused_report"]
         out[f"accounting_core_share_{key}"] = round(share, 4)
+        out[f"accounting_snapshot_swap_ms_{key}"] = p50["snapshot_swap"]
         out[f"accounting_spend_sync_ms_{key}"] = p50["spend_flush"]
         out[f"accounting_spend_sync_whole_ms_{key}"] = p50["spend_flush_whole"]
         out[f"accounting_metrics_scrape_ms_{key}"] = p50["metrics_totals"]

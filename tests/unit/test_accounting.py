@@ -80,6 +80,34 @@ def test_the_day_roll_drops_yesterdays_slices_at_each_campaigns_own_midnight(mak
     assert acc.tick(snapshot, midnight_utc + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
 
 
+def test_a_new_snapshot_rolls_only_the_campaigns_whose_timezone_changed(make_campaign, monkeypatch):
+    """A new snapshot no longer walks every campaign's day: one that moved to a zone already past midnight
+    drops yesterday's slice, and a snapshot that changed no zone asks about no campaign's day (a new zone
+    in the snapshot still walks them all)."""
+    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC: still the 15th in New York
+    before = build_snapshot([make_campaign("c-a", timezone="America/New_York"), make_campaign("c-b"),
+                             make_campaign("c-c", timezone="America/New_York")],
+                            version=1, created_ms=0, reserve_cpm_micros=100_000)
+    acc = accounting()
+    for cid in ("c-a", "c-b", "c-c"):
+        acc.ledger.grant(cid, 1_000, exhausted=False, day="2027-01-15")
+    acc.tick(before, midnight_utc - 3_600, pace=False)  # 23:00 UTC, 18:00 in New York: nothing turns
+    acc.tick(before, midnight_utc + 60, pace=False)  # UTC's day turned: every campaign is rolled
+    assert [acc.ledger.available(c) for c in ("c-a", "c-b", "c-c")] == [1_000, 0, 1_000]
+    asked: list[str] = []
+    real_new_day = BudgetLedger.new_day
+    monkeypatch.setattr(BudgetLedger, "new_day",
+                        lambda self, cid, day: asked.append(cid) or real_new_day(self, cid, day))
+    same = build_snapshot(list(before.campaigns), version=2, created_ms=0, reserve_cpm_micros=100_000)
+    assert not acc.tick(same, midnight_utc + 120, pace=False).new_day
+    assert asked == []  # nothing changed zone: no campaign's day looked at
+    moved = build_snapshot([dataclasses.replace(before.campaigns[0], timezone="UTC", revision=2),
+                            *before.campaigns[1:]], version=3, created_ms=0, reserve_cpm_micros=100_000)
+    assert acc.tick(moved, midnight_utc + 180, pace=False).new_day
+    assert asked == ["c-a"] and acc.ledger.available("c-a") == 0  # the 16th in UTC: yesterday's slice gone
+    assert acc.ledger.available("c-c") == 1_000
+
+
 def _updated(spend: SpendView) -> int:
     return sum(1 for p in spend.paced.values() if p.at > -math.inf)
 
@@ -176,20 +204,33 @@ def _many(make_campaign, n: int, **kw: object):
                           version=1, created_ms=0, reserve_cpm_micros=100_000)
 
 
-def _drive(seed: int, snapshot, accountings: list[Accounting], checks: int, *, force_full: bool) -> list:
+def _drive(seed: int, snapshots, accountings: list[Accounting], checks: int, *, force_full: bool) -> list:
     """The same random traffic into each accounting: reservations, some billed and some given back, the
-    answers to its own asks (part of what was asked, never "exhausted"), ticks and grant checks. Returns
-    what each grant check asked, per accounting; ``force_full``: the last one sizes every campaign each time."""
+    answers to its own asks (part of what was asked, never "exhausted"), ticks and grant checks; with a list
+    of snapshots, each in turn for an equal share of the checks, arriving as at an edge (a campaign new or
+    of a new revision is reset). Returns what each grant check asked, per accounting; ``force_full``: the
+    last one sizes every campaign each time."""
+    snapshots = snapshots if isinstance(snapshots, list) else [snapshots]
     rng = random.Random(seed)
-    ids = [c.campaign_id for c in snapshot.campaigns]
+    ids = [c.campaign_id for c in snapshots[-1].campaigns]
     day = utc_day(NOW)
     asked: list[list[dict[str, int]]] = [[] for _ in accountings]
     plan = [([(rng.choice(ids), rng.choice((200, 1_571, 3_000))) for _ in range(rng.randrange(4))],
              rng.random(), rng.random()) for _ in range(checks)]
     for k, acc in enumerate(accountings):
         holds: list = []
+        snapshot = None
         for step, (wanted, bill, fraction) in enumerate(plan):
             now = NOW + step * 0.1
+            arriving = snapshots[step * len(snapshots) // checks]
+            if arriving is not snapshot:
+                revisions = {c.campaign_id: c.revision for c in snapshot.campaigns} if snapshot else {}
+                for c in arriving.campaigns:
+                    if revisions.get(c.campaign_id) != c.revision:
+                        acc.ledger.reset(c.campaign_id)  # what EdgeState.on_snapshot does
+                snapshot = arriving
+            serving = {c.campaign_id for c in snapshot.campaigns}
+            wanted = [(cid, micros) for cid, micros in wanted if cid in serving]
             for (cid, _), hold in zip(wanted, acc.ledger.reserve_many(wanted, now_s=now), strict=True):
                 if hold is not None:
                     holds.append((cid, hold))
@@ -200,9 +241,8 @@ def _drive(seed: int, snapshot, accountings: list[Accounting], checks: int, *, f
                 cid, hold = holds.pop(0)
                 acc.ledger.release(cid, hold)
             acc.tick(snapshot, now, pace=False)
-            if force_full and k == len(accountings) - 1:
-                acc._sized_snapshot = None
-            ask = acc.grant_request(snapshot, now, retry_s=0.25)
+            ask = acc.grant_request(snapshot, now, retry_s=0.25,
+                                    every_campaign=force_full and k == len(accountings) - 1)
             asked[k].append(ask.asks)
             if fraction < 0.8:  # the answer to the odd ask is lost: the retry must come on time
                 for cid, micros in ask.asks.items():
@@ -219,6 +259,21 @@ def test_the_grant_check_asks_what_a_walk_over_every_campaign_asks(make_campaign
         incremental, walk = _drive(seed, snapshot, [accounting(), accounting()], 120, force_full=True)
         assert incremental == walk
         assert sum(map(len, walk)) > 40  # the traffic made it ask again and again, not only at the start
+
+
+def test_a_new_snapshot_is_sized_as_a_walk_over_every_campaign_would(make_campaign):
+    """A new snapshot is not a walk over every campaign any more (194 ms at 100,000): the campaigns it
+    brings and those of a new revision (a raised budget) are sized at once, the rest as before."""
+    first = _many(make_campaign, 20, max_bid_micros=CEILING * 1000)
+    edited = [dataclasses.replace(c, revision=2, daily_budget_micros=10**10) if c.campaign_id == "c05" else c
+              for c in first.campaigns]
+    more = [make_campaign(f"n{i:02d}", daily_budget_micros=10**9, max_bid_micros=CEILING * 3000) for i in range(10)]
+    second = build_snapshot([*edited, *more], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    third = build_snapshot([*edited[5:], *more], version=3, created_ms=0, reserve_cpm_micros=100_000)
+    for seed in range(5):
+        incremental, walk = _drive(seed, [first, second, third], [accounting(), accounting()], 150, force_full=True)
+        assert incremental == walk
+        assert set(walk[50]) >= {f"n{i:02d}" for i in range(10)}  # the new campaigns ask on arrival
 
 
 def test_a_campaign_that_stopped_spending_is_still_offered_back_within_a_round(make_campaign):
@@ -242,9 +297,7 @@ def test_a_campaign_that_stopped_spending_is_still_offered_back_within_a_round(m
         for step in range(50, 5_000):
             now = NOW + step * 0.1
             acc.tick(snapshot, now, pace=False)
-            if full:
-                acc._sized_snapshot = None
-            if acc.grant_request(snapshot, now, retry_s=0.25).give_back:
+            if acc.grant_request(snapshot, now, retry_s=0.25, every_campaign=full).give_back:
                 when = step
                 break
         found.append(when)
