@@ -161,8 +161,9 @@ def latency_summary(times: list[int], by_request: list[list[int]]) -> dict[str, 
 
 
 # Run in a fresh interpreter: how long an edge takes to load the snapshot it is sent, how much its memory
-# grows by holding it (RSS after decoding, minus RSS before, both after a collection), and how long a full
-# cyclic collection stalls it then, before and after the edge freezes what is alive (edge.state).
+# grows by holding it (RSS after decoding, minus RSS before, both after a collection), how long the cyclic
+# collections the decode sets off take (the edge pauses the collector for it: edge.state.collector_paused),
+# and how long a full collection stalls it then, before and after the edge freezes what is alive.
 _EDGE_LOAD = """
 import gc, json, sys, time
 import psutil
@@ -171,9 +172,17 @@ from replication.snapshot import decode_snapshot
 data = open(sys.argv[1], "rb").read()
 gc.collect()
 before = psutil.Process().memory_info().rss
+during = [0.0, 0.0]
+def timed(phase, info):
+    if phase == "start":
+        during[1] = time.perf_counter()
+    else:
+        during[0] += time.perf_counter() - during[1]
+gc.callbacks.append(timed)
 t0 = time.perf_counter()
 snapshot = decode_snapshot(data)
 load_s = time.perf_counter() - t0
+gc.callbacks.remove(timed)
 del data
 gc.collect()
 rss = psutil.Process().memory_info().rss - before
@@ -184,7 +193,17 @@ freeze_long_lived()
 t0 = time.perf_counter()
 gc.collect()
 frozen_s = time.perf_counter() - t0
-print(json.dumps({"load_s": load_s, "rss_bytes": rss, "collect_s": collect_s, "frozen_collect_s": frozen_s}))
+gc.unfreeze()
+del snapshot
+gc.collect()
+gc.collect()
+gc.disable()  # as the edge decodes: the collector paused (edge.state.collector_paused)
+t0 = time.perf_counter()
+snapshot = decode_snapshot(open(sys.argv[1], "rb").read())
+paused_s = time.perf_counter() - t0
+gc.enable()
+print(json.dumps({"load_s": load_s, "rss_bytes": rss, "collect_s": collect_s, "frozen_collect_s": frozen_s,
+                  "gc_during_load_s": during[0], "load_paused_s": paused_s}))
 """
 
 
@@ -241,7 +260,8 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
             spread_runs.append(machine_spread(runs[-1]["p50_us"], max(1.0, duration_s / 4)))
         p99 = statistics.median(r["p99_us"] for r in runs)
         key = size_label(n)
-        say(f"{n:,} campaigns: build {build_s:.1f}s, edge load {load['load_s']:.1f}s and "
+        say(f"{n:,} campaigns: build {build_s:.1f}s, edge load {load['load_s']:.1f}s (of it "
+            f"{load['gc_during_load_s']:.1f}s in collections; {load['load_paused_s']:.1f}s paused) and "
             f"{load['rss_bytes'] / 1e6:,.0f} MB, a full collection {load['collect_s'] * 1000:,.0f} ms "
             f"({load['frozen_collect_s'] * 1000:.2f} ms frozen); with the click model p50 "
             f"{statistics.median(r['p50_us'] for r in runs):,.0f} us, p99 {p99:,.0f} us; priors only p99 "
@@ -263,5 +283,7 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
         out[f"edge_memory_mb_{key}"] = round(load["rss_bytes"] / 1e6, 1)
         out[f"edge_gc_pause_ms_{key}"] = round(load["collect_s"] * 1000, 1)
         out[f"edge_gc_pause_frozen_ms_{key}"] = round(load["frozen_collect_s"] * 1000, 2)
+        out[f"edge_gc_during_load_ms_{key}"] = round(load["gc_during_load_s"] * 1000, 1)
+        out[f"edge_load_collector_paused_s_{key}"] = round(load["load_paused_s"], 2)
         out["runs"][key] = {"click_model": runs, "priors_only": prior_runs, "machine_spread": spread_runs}
     return out

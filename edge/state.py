@@ -15,7 +15,7 @@ import os
 import random
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,12 +87,26 @@ def freeze_long_lived() -> None:
     million of them, and a collection took 0.6 s (85 ms at 10,000), all of it a stall of the event loop. The
     collector runs one soon after a swap, since the new snapshot's objects are new long-lived ones. Frozen,
     they are never walked again. A snapshot holds no reference cycles (``test_snapshot_memory``), so the
-    one it replaced is still freed, by reference counting, when it is dropped. The young generations are
-    collected first, so garbage already waiting is not frozen with it; what else is frozen is what was
-    alive at the swap (requests in flight, buffers), and of that only what later turns into cyclic garbage
-    is never freed, once per snapshot."""
-    gc.collect(1)
+    one it replaced is still freed, by reference counting, when it is dropped. What else is frozen is what
+    was alive at the swap, or became cyclic garbage while the collector was paused for the decode
+    (``collector_paused``); of that, what is or turns into cyclic garbage is never freed, once per
+    snapshot (not measured; requests free their objects by reference counting)."""
     gc.freeze()
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection while a snapshot is decoded. The decode's new objects set off full collections
+    that walk the half-built snapshot, holding the GIL the requests need (the frozen objects no longer count
+    as long-lived, so it takes few new ones to set one off: a review counted five, 9 to 45 ms each, while
+    300,000 objects were built). Before pausing, a full collection: cheap, since everything older is frozen,
+    and it frees the cyclic garbage made since the last swap before the freeze would keep it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass
@@ -177,21 +191,21 @@ class EdgeState:
                 events=len(batch))
 
     async def on_snapshot(self, version: int, data: bytes) -> None:
-        try:
-            # In a worker thread: decoding and indexing take seconds at 100,000 campaigns, and on the event loop
-            # they would stall every request for that long. The thread shares the GIL, so requests slow down
-            # while it runs, but they keep being answered (the interpreter switches every 5 ms).
-            snapshot = await asyncio.to_thread(_load_snapshot, data)
-        except SnapshotDecodeError as exc:
-            log.warning("rejected snapshot %s: %s", version, exc)
-            return
-        previous = self.snapshot
-        if previous is not None and snapshot.version <= previous.version:
-            return
-        old_revisions = {c.campaign_id: c.revision for c in previous.campaigns} if previous else {}
-        self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
-        del previous
-        freeze_long_lived()
+        with collector_paused():
+            try:
+                # In a worker thread: decoding and indexing take seconds at 100,000 campaigns, and on the event
+                # loop they would stall every request for that long. The thread shares the GIL, so requests slow
+                # down while it runs, but they keep being answered (the interpreter switches every 5 ms).
+                snapshot = await asyncio.to_thread(_load_snapshot, data)
+            except SnapshotDecodeError as exc:
+                log.warning("rejected snapshot %s: %s", version, exc)
+                return
+            previous = self.snapshot
+            if previous is not None and snapshot.version <= previous.version:
+                return
+            old_revisions = {c.campaign_id: c.revision for c in previous.campaigns} if previous else {}
+            self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
+            freeze_long_lived()
         self.snapshot_loaded_at = self.settings.clock.now()
         self.metrics.snapshot_version.set(snapshot.version)
         for c in snapshot.campaigns:

@@ -80,10 +80,10 @@ def test_the_day_roll_drops_yesterdays_slices_at_each_campaigns_own_midnight(mak
     assert acc.tick(snapshot, midnight_utc + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
 
 
-def test_a_new_snapshot_rolls_only_the_campaigns_whose_timezone_changed(make_campaign, monkeypatch):
-    """A new snapshot no longer walks every campaign's day: one that moved to a zone already past midnight
-    drops yesterday's slice, and a snapshot that changed no zone asks about no campaign's day (a new zone
-    in the snapshot still walks them all)."""
+def test_a_new_snapshot_rolls_only_the_campaigns_that_moved(make_campaign, monkeypatch):
+    """A new snapshot no longer walks every campaign's day, only those that moved (the edge resets a campaign
+    of a new revision): one that moved to a zone already past midnight drops yesterday's slice, and a
+    snapshot that changed nothing asks about no campaign's day (a new zone in it still walks them all)."""
     midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC: still the 15th in New York
     before = build_snapshot([make_campaign("c-a", timezone="America/New_York"), make_campaign("c-b"),
                              make_campaign("c-c", timezone="America/New_York")],
@@ -94,18 +94,41 @@ def test_a_new_snapshot_rolls_only_the_campaigns_whose_timezone_changed(make_cam
     acc.tick(before, midnight_utc - 3_600, pace=False)  # 23:00 UTC, 18:00 in New York: nothing turns
     acc.tick(before, midnight_utc + 60, pace=False)  # UTC's day turned: every campaign is rolled
     assert [acc.ledger.available(c) for c in ("c-a", "c-b", "c-c")] == [1_000, 0, 1_000]
+    acc.tick(before, midnight_utc + 90, pace=False)  # a quiet tick: what the roll itself moved is behind us
     asked: list[str] = []
     real_new_day = BudgetLedger.new_day
     monkeypatch.setattr(BudgetLedger, "new_day",
                         lambda self, cid, day: asked.append(cid) or real_new_day(self, cid, day))
     same = build_snapshot(list(before.campaigns), version=2, created_ms=0, reserve_cpm_micros=100_000)
     assert not acc.tick(same, midnight_utc + 120, pace=False).new_day
-    assert asked == []  # nothing changed zone: no campaign's day looked at
+    assert asked == []  # nothing moved, nothing changed: no campaign's day looked at
     moved = build_snapshot([dataclasses.replace(before.campaigns[0], timezone="UTC", revision=2),
                             *before.campaigns[1:]], version=3, created_ms=0, reserve_cpm_micros=100_000)
+    acc.ledger.reset("c-a")  # what EdgeState.on_snapshot does for a campaign of a new revision
     assert acc.tick(moved, midnight_utc + 180, pace=False).new_day
     assert asked == ["c-a"] and acc.ledger.available("c-a") == 0  # the 16th in UTC: yesterday's slice gone
     assert acc.ledger.available("c-c") == 1_000
+
+
+def test_a_campaign_back_from_a_pause_over_its_midnight_drops_yesterdays_slice(make_campaign):
+    """Found by a review of the first version (which looked at zones only): a campaign out of the snapshot
+    over its midnight missed the walk, and back the next morning kept spending yesterday's slice."""
+    midnight_utc = 1_800_057_600.0
+    x, y = make_campaign("c-x"), make_campaign("c-y")
+    both = build_snapshot([x, y], version=1, created_ms=0, reserve_cpm_micros=100_000)
+    acc = accounting()
+    for cid in ("c-x", "c-y"):
+        acc.ledger.grant(cid, 1_000, exhausted=False, day="2027-01-15")
+    acc.tick(both, midnight_utc - 60, pace=False)
+    paused = build_snapshot([y], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    acc.tick(paused, midnight_utc - 30, pace=False)
+    acc.tick(paused, midnight_utc + 60, pace=False)  # the day turns while c-x is away
+    assert acc.ledger.available("c-y") == 0 and acc.ledger.available("c-x") == 1_000
+    acc.tick(paused, midnight_utc + 3_600, pace=False)
+    back = build_snapshot([x, y], version=3, created_ms=0, reserve_cpm_micros=100_000)
+    acc.ledger.reset("c-x")  # EdgeState.on_snapshot: new to the snapshot
+    assert acc.tick(back, midnight_utc + 3_660, pace=False).new_day
+    assert acc.ledger.available("c-x") == 0
 
 
 def _updated(spend: SpendView) -> int:

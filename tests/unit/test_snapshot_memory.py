@@ -63,3 +63,37 @@ def test_a_frozen_snapshot_is_out_of_the_collectors_reach_and_still_freed() -> N
         assert gone() is None  # freed on the spot by reference counting, frozen as it is
     finally:
         gc.unfreeze()
+
+
+def test_the_edge_decodes_with_the_collector_paused_and_freezes_after_the_swap(monkeypatch) -> None:
+    """``EdgeState.on_snapshot``: no cyclic collection while the snapshot is decoded (they walked the half-built
+    snapshot: 5.7 s of a 9.2 s load at 100,000 campaigns, one-off), the collector back on afterwards, even when
+    the snapshot is refused, and the new snapshot frozen once it serves."""
+    import asyncio
+
+    import edge.state as edge_state
+    from adserver.bench_handler import _edge
+
+    _, state = _edge()
+    campaigns = inventory(50)
+    seen: list[bool] = []
+    real_load = edge_state._load_snapshot
+
+    def load(data: bytes):
+        seen.append(gc.isenabled())
+        return real_load(data)
+
+    monkeypatch.setattr(edge_state, "_load_snapshot", load)
+    data = encode_snapshot(build_snapshot(campaigns, version=7, created_ms=0, reserve_cpm_micros=100_000))
+    frozen_before = gc.get_freeze_count()
+    try:
+        asyncio.run(state.on_snapshot(7, data))
+        assert seen == [False] and gc.isenabled()
+        assert state.snapshot is not None and state.snapshot.version == 7
+        assert not any(o is state.snapshot.campaigns[0] for o in gc.get_objects())  # frozen
+        assert gc.get_freeze_count() > frozen_before
+        asyncio.run(state.on_snapshot(8, b"not a snapshot"))  # refused: the collector is back on anyway
+        assert gc.isenabled() and state.snapshot.version == 7
+    finally:
+        gc.enable()
+        gc.unfreeze()
