@@ -162,7 +162,7 @@ def latency_summary(times: list[int], by_request: list[list[int]]) -> dict[str, 
 
 # Run in a fresh interpreter: how long an edge takes to load the snapshot it is sent, how much its memory
 # grows by holding it (RSS after decoding, minus RSS before, both after a collection), how long the cyclic
-# collections the decode sets off take (the edge pauses the collector for it: edge.state.collector_paused),
+# collections the decode sets off take (the edge holds off full ones: edge.state.no_full_collections),
 # and how long a full collection stalls it then, before and after the edge freezes what is alive.
 _EDGE_LOAD = """
 import gc, json, sys, time
@@ -197,11 +197,11 @@ gc.unfreeze()
 del snapshot
 gc.collect()
 gc.collect()
-gc.disable()  # as the edge decodes: the collector paused (edge.state.collector_paused)
-t0 = time.perf_counter()
-snapshot = decode_snapshot(open(sys.argv[1], "rb").read())
-paused_s = time.perf_counter() - t0
-gc.enable()
+from edge.state import no_full_collections
+with no_full_collections():  # as the edge decodes
+    t0 = time.perf_counter()
+    snapshot = decode_snapshot(open(sys.argv[1], "rb").read())
+    paused_s = time.perf_counter() - t0
 print(json.dumps({"load_s": load_s, "rss_bytes": rss, "collect_s": collect_s, "frozen_collect_s": frozen_s,
                   "gc_during_load_s": during[0], "load_paused_s": paused_s}))
 """
@@ -261,7 +261,7 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
         p99 = statistics.median(r["p99_us"] for r in runs)
         key = size_label(n)
         say(f"{n:,} campaigns: build {build_s:.1f}s, edge load {load['load_s']:.1f}s (of it "
-            f"{load['gc_during_load_s']:.1f}s in collections; {load['load_paused_s']:.1f}s paused) and "
+            f"{load['gc_during_load_s']:.1f}s in collections; {load['load_paused_s']:.1f}s without full ones) and "
             f"{load['rss_bytes'] / 1e6:,.0f} MB, a full collection {load['collect_s'] * 1000:,.0f} ms "
             f"({load['frozen_collect_s'] * 1000:.2f} ms frozen); with the click model p50 "
             f"{statistics.median(r['p50_us'] for r in runs):,.0f} us, p99 {p99:,.0f} us; priors only p99 "
@@ -284,6 +284,6 @@ def bench_auction(*, duration_s: float, rounds: int, say: Callable[[str], None],
         out[f"edge_gc_pause_ms_{key}"] = round(load["collect_s"] * 1000, 1)
         out[f"edge_gc_pause_frozen_ms_{key}"] = round(load["frozen_collect_s"] * 1000, 2)
         out[f"edge_gc_during_load_ms_{key}"] = round(load["gc_during_load_s"] * 1000, 1)
-        out[f"edge_load_collector_paused_s_{key}"] = round(load["load_paused_s"], 2)
+        out[f"edge_load_no_full_collections_s_{key}"] = round(load["load_paused_s"], 2)
         out["runs"][key] = {"click_model": runs, "priors_only": prior_runs, "machine_spread": spread_runs}
     return out

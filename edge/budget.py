@@ -151,6 +151,7 @@ class BudgetLedger:
         b = self.campaigns.get(campaign_id)
         if b is None:
             b = self.campaigns[campaign_id] = CampaignBudget(self, campaign_id)
+            self.touched.add(campaign_id)  # new here: the accounting's day roll must look at it
         return b
 
     # Reservations reach the books lazily. reserve_many, once per ad, only lowers the campaign's entry in

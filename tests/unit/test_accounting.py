@@ -131,6 +131,22 @@ def test_a_campaign_back_from_a_pause_over_its_midnight_drops_yesterdays_slice(m
     assert acc.ledger.available("c-x") == 0
 
 
+def test_a_campaign_first_asked_for_after_midnight_rolls_a_late_grant_for_yesterday(make_campaign):
+    """Found by a review: a campaign the grant check takes on (no day yet) and then granted yesterday's
+    slice by an allocator whose clock is behind drops that slice at the next roll."""
+    midnight_utc = 1_800_057_600.0
+    old = build_snapshot([make_campaign("c-old")], version=1, created_ms=0, reserve_cpm_micros=100_000)
+    acc = accounting()
+    acc.tick(old, midnight_utc + 10, pace=False)
+    new = build_snapshot([make_campaign("c-old"), make_campaign("c-new")], version=2, created_ms=0,
+                         reserve_cpm_micros=100_000)
+    assert "c-new" in acc.grant_request(new, midnight_utc + 20, retry_s=0.25).asks  # taken on, no day yet
+    acc.tick(new, midnight_utc + 21, pace=False)
+    acc.ledger.grant("c-new", 1_000, exhausted=False, day="2027-01-15")  # the allocator still on the 15th
+    acc.tick(new, midnight_utc + 22, pace=False)
+    assert acc.ledger.available("c-new") == 0 and acc.ledger.campaigns["c-new"].day == "2027-01-16"
+
+
 def _updated(spend: SpendView) -> int:
     return sum(1 for p in spend.paced.values() if p.at > -math.inf)
 
