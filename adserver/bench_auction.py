@@ -167,7 +167,7 @@ def latency_summary(times: list[int], by_request: list[list[int]]) -> dict[str, 
 _EDGE_LOAD = """
 import gc, json, sys, time
 import psutil
-from edge.state import freeze_long_lived
+from edge.state import freeze_long_lived, no_full_collections
 from replication.snapshot import decode_snapshot
 data = open(sys.argv[1], "rb").read()
 gc.collect()
@@ -196,8 +196,6 @@ frozen_s = time.perf_counter() - t0
 gc.unfreeze()
 del snapshot
 gc.collect()
-gc.collect()
-from edge.state import no_full_collections
 with no_full_collections():  # as the edge decodes
     t0 = time.perf_counter()
     snapshot = decode_snapshot(open(sys.argv[1], "rb").read())

@@ -129,8 +129,8 @@ class BudgetLedger:
     # pacing's "spent out" are sized in it, not in the bid's ceiling, which a campaign paying the reserve
     # may never come near
     unit_prices: dict[str, float] = field(default_factory=dict)
-    # Campaigns whose allowance, reservations, spend, price or exhaustion changed since ``edge.accounting``
-    # last took them: its 100 ms work walks these (and a few more), not every campaign the edge holds.
+    # Campaigns new here or whose allowance, reservations, spend, price or exhaustion changed since
+    # ``edge.accounting`` last took them: its 100 ms work walks these (and a few more), not every campaign.
     touched: set[str] = field(default_factory=set)
 
     account: str = field(init=False, default="")

@@ -95,16 +95,12 @@ def _columns(snapshot: Snapshot, model: ClickModel, fmt: str) -> _ModelColumns:
 def _campaign_hashes(snapshot: Snapshot) -> dict[str, np.ndarray]:
     """The campaign and advertiser token hashes of every campaign: the same for every model and format."""
     assert snapshot.columns is not None
-    found = snapshot.columns.memo.get("ctr-campaign-hashes")
-    if found is None:
-        n = len(snapshot.campaigns)
-        found = snapshot.columns.memo["ctr-campaign-hashes"] = {
-            "cm": np.fromiter((token_hash("cm", c.campaign_id) for c in snapshot.campaigns), dtype=np.uint64,
-                              count=n),
-            "adv": np.fromiter((token_hash("adv", c.advertiser_id) for c in snapshot.campaigns), dtype=np.uint64,
-                               count=n),
-        }
-    return found
+    n = len(snapshot.campaigns)
+    return snapshot.columns.memoized("ctr-campaign-hashes", lambda: {
+        "cm": np.fromiter((token_hash("cm", c.campaign_id) for c in snapshot.campaigns), dtype=np.uint64, count=n),
+        "adv": np.fromiter((token_hash("adv", c.advertiser_id) for c in snapshot.campaigns), dtype=np.uint64,
+                           count=n),
+    })
 
 
 def blend(p: np.ndarray, seen: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,8 @@ def freeze_long_lived() -> None:
     """Put what is alive now, a snapshot just swapped in above all, out of the cyclic collector's reach.
 
     A full collection walks every object the collector tracks: a decoded 100,000-campaign snapshot is 1.2
-    million of them, and a collection took 0.6 s (85 ms at 10,000), all of it a stall of the event loop. The
+    million of them, and a collection took 559 ms (93 ms at 10,000; ``edge_gc_pause_ms_*`` of ``adserver
+    bench --only auction`` on fe8b5f5), all of it a stall of the event loop. The
     collector runs one soon after a swap, since the new snapshot's objects are new long-lived ones. Frozen,
     they are never walked again. A snapshot holds no reference cycles (``test_snapshot_memory``), so the
     one it replaced is still freed, by reference counting, when it is dropped. The young generations are
@@ -99,8 +100,9 @@ def freeze_long_lived() -> None:
 def no_full_collections() -> Iterator[None]:
     """No full cyclic collection while a snapshot is decoded. The decode's new objects set off full
     collections that walk the half-built snapshot, holding the GIL the requests need (the frozen objects no
-    longer count as long-lived, so it takes few new ones to set one off): at 100,000 campaigns they took 5.7
-    s of a 9.2 s load (``adserver bench --only auction``, ``edge_gc_during_load_ms_*``). The young
+    longer count as long-lived, so it takes few new ones to set one off): at 100,000 campaigns they took 4.2
+    s of a 6.5 s load, which takes 2.2 s without them (``edge_gc_during_load_ms_*`` and
+    ``edge_load_no_full_collections_s_*`` of ``adserver bench --only auction`` on fe8b5f5). The young
     collections go on: they free the requests' cyclic garbage meanwhile, and carry the snapshot into the
     oldest generation in small steps (turning the collector off instead left all of it in the youngest, for
     one collection of it all before the freeze). First a full collection: cheap, since everything older is

@@ -7,15 +7,17 @@ plain data only; what to do with them (the eCPM formula, the filters' order) sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     from replication.snapshot import SnapshotCampaign, SnapshotCreative
+
+T = TypeVar("T")
 
 ALL_HOURS = (1 << 24) - 1
 BID_TYPES = ("cpm", "cpc", "cpa")
@@ -46,6 +48,13 @@ class CampaignColumns:
     # Arrays derived on first use by the auction (say, each format's prior-based eCPM): the same for every
     # request against this snapshot, so computed once; never part of equality.
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def memoized(self, key: Any, build: Callable[[], T]) -> T:
+        """``build()`` once per snapshot, kept in ``memo`` (which lives exactly as long as the snapshot)."""
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = build()
+        return found
 
     def format_key(self, fmt: str) -> str:
         """``fmt`` as a memo key: every format no campaign has is one key (""), not one per string a caller
