@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 from edge.ctr import predicted_ctr_and_ecpm, predicted_ctr_one
 from edge.frequency import NOTHING_CAPPED, Capped
@@ -182,21 +183,30 @@ def ecpm_scores(columns: CampaignColumns, fmt: str) -> np.ndarray:
     return scores
 
 
+# What a candidate can fail before the ranking, in the order the checks apply. A candidate's fate is the code
+# (index here) of the first check it failed, or _PASSED: one small integer per candidate, which the compiled
+# sifting pass (``_sift``) counts and filters by.
+_FATES = (Reason.SCHEDULE, Reason.HOUR, Reason.FORMAT, Reason.FREQUENCY_CAP, Reason.BELOW_RESERVE)
+_CAPPED = _FATES.index(Reason.FREQUENCY_CAP)
+_RESERVE = _FATES.index(Reason.BELOW_RESERVE)
+_PASSED = len(_FATES)
+
+
 @dataclass(frozen=True, slots=True)
 class _Checks:
-    """The filters that depend on the campaign and the time alone, for every campaign of a snapshot: in
-    order, (reason, passes) masks, and ``eligible``, all of them at once."""
+    """The filters that depend on the campaign and the time alone, for every campaign of a snapshot: per
+    campaign the code of the first one it fails (``_FATES``; ``_PASSED`` for none), uint8."""
 
     second: int
-    checks: tuple[tuple[Reason, np.ndarray], ...]
-    eligible: np.ndarray
-    before_reserve: np.ndarray  # every check but the reserve (for scores that differ per request)
+    fate: np.ndarray
 
 
 def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _Checks:
     """The campaign-level filters as of ``now_s``, computed once per second of the clock, format and reserve
-    (schedules are whole seconds, hour targeting changes on quarter-hours): a request then gathers its
-    candidates' verdicts from one mask instead of evaluating five filters."""
+    (schedules are whole seconds, hour targeting changes on quarter-hours): a request then reads its
+    candidates' verdicts from one array instead of evaluating five filters. The reserve verdict is on the
+    campaign's own score; a request whose scores differ (a click model, capped creatives) judges the reserve
+    on its own scores instead."""
     second = math.floor(now_s)
     fmt = columns.format_key(fmt)
     key = ("checks", fmt, reserve)
@@ -212,10 +222,11 @@ def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _
     checks.append((Reason.FORMAT, ~np.isnan(scores)))
     with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
         checks.append((Reason.BELOW_RESERVE, (scores >= reserve) & (scores > 0)))
-    before_reserve = checks[0][1]
-    for _, ok in checks[1:-1]:
-        before_reserve = before_reserve & ok
-    made = _Checks(second, tuple(checks), before_reserve & checks[-1][1], before_reserve)
+    fate = np.full(columns.size, _PASSED, dtype=np.uint8)
+    for reason, ok in reversed(checks):  # the last write wins: the first check failed
+        fate[~ok] = _FATES.index(reason)
+    fate.flags.writeable = False
+    made = _Checks(second, fate)
     columns.memo[key] = made
     return made
 
@@ -272,8 +283,9 @@ def run_auction(
     user has seen enough of (``edge.frequency``): a capped campaign sits out, a capped creative gives way to
     its campaign's next best one of the format.
 
-    The filters that depend on the campaign alone (schedule, hour of day, format, reserve) run as vector
-    operations over every candidate. The rest (budget, pacing, one ad per advertiser) needs a dict lookup or a
+    The filters that depend on the campaign alone (schedule, hour of day, format, reserve) are evaluated for
+    every campaign once per second (``_checks``), and one compiled pass (``_sift``) applies them, the caps and
+    the reserve to every candidate and sorts the head of the ranking. The rest (budget, pacing, one ad per advertiser) needs a dict lookup or a
     random draw per campaign, so it runs only down the ranking, as far as filling the slots and pricing the
     last one needs: each of those draws is independent, so skipping the ones nobody would look at changes no
     outcome's probability. With ``explain`` the walk goes on to the end and ``reasons`` gives every
@@ -288,28 +300,23 @@ def run_auction(
     fmt = request.format
     checks = _checks(columns, fmt, reserve, now_s)
     model = snapshot.click_model
-    if model is None and not capped and not explain and len(positions) <= SORT_IN_PYTHON and fmt in columns.formats:
-        ranked_input, counts = _few_candidates(snapshot, positions, checks, fmt)
-        return _finish(snapshot, request, positions, ranked_input, {}, counts, {}, reserve, rng, allowance,
-                       throttle, explain=False)
-    # Fresh arrays (fancy indexing copies): caps may rescore them in place.
-    if model is None:
-        ctrs = columns.formats[fmt].ctr[positions] if fmt in columns.formats else np.full(len(positions), np.nan)
-        scores = ecpm_scores(columns, fmt)[positions]
-    else:
-        ctrs, scores = predicted_ctr_and_ecpm(snapshot, positions, fmt, request.placement, request.country,
-                                              request.device, now_s)
     overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
-    # (reason, passes) per candidate, in the order the filters apply; built only when something failed.
-    local: Callable[[], list[tuple[Reason, np.ndarray]]]
-    if model is None and not capped:
-        passed = checks.eligible[positions]
-
-        def local() -> list[tuple[Reason, np.ndarray]]:
-            return [(reason, ok[positions]) for reason, ok in checks.checks]
+    uncapped = _NOTHING_CAPPED
+    per_request = model is not None or bool(capped)
+    if not per_request:
+        # The campaigns' own scores, which ``_sift`` reads per campaign. Without a creative of the format no
+        # candidate gets past the format check, so the (all-NaN) scores stand in for the CTRs never read.
+        scores = ecpm_scores(columns, fmt)
+        column = columns.formats.get(fmt)
+        ctrs = scores if column is None else column.ctr
     else:
-        # Scores differ per request (the model) or per user (caps): the reserve check cannot be precomputed.
-        uncapped: np.ndarray | None = None
+        # Per candidate. Fresh arrays (fancy indexing copies): caps may rescore them in place.
+        if model is None:
+            ctrs = columns.formats[fmt].ctr[positions] if fmt in columns.formats else np.full(len(positions), np.nan)
+            scores = ecpm_scores(columns, fmt)[positions]
+        else:
+            ctrs, scores = predicted_ctr_and_ecpm(snapshot, positions, fmt, request.placement, request.country,
+                                                  request.device, now_s)
         if capped:
             def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> tuple[float, float]:
                 if model is None:
@@ -319,72 +326,163 @@ def run_auction(
 
             uncapped = np.ones(len(positions), dtype=bool)
             _apply_caps(snapshot, positions, scores, ctrs, uncapped, overrides, fmt, capped, ctr_of)
-        with np.errstate(invalid="ignore"):  # NaN (no creative of the format) compares False, as wanted
-            above_reserve = (scores >= reserve) & (scores > 0)
-        passed = checks.before_reserve[positions] & above_reserve
-        if uncapped is not None:
-            passed &= uncapped
-
-        def local() -> list[tuple[Reason, np.ndarray]]:
-            out = [(reason, ok[positions]) for reason, ok in checks.checks if reason is not Reason.BELOW_RESERVE]
-            if uncapped is not None:
-                out.append((Reason.FREQUENCY_CAP, uncapped))
-            return [*out, (Reason.BELOW_RESERVE, above_reserve)]
-    # count_nonzero is one C call; ndarray.all() goes through numpy's Python-level reduction wrapper.
-    counts, reasons = _first_failures(snapshot, positions, local, np.count_nonzero(passed) < len(passed),
-                                      explain=explain)
-    live = positions[passed]
-    return _finish(snapshot, request, positions, (live, scores[passed], ctrs[passed]), overrides, counts, reasons,
-                   reserve, rng, allowance, throttle, explain=explain)
-
-
-def _few_candidates(snapshot: Snapshot, positions: np.ndarray, checks: _Checks, fmt: str) -> tuple[
-        tuple[list[int], list[float], list[float]], dict[Reason, int]]:
-    """``run_auction``'s filtering for a handful of candidates whose scores are the campaigns' own (no click
-    model, no caps: most ad requests): each candidate's verdict, score and CTR read one by one, where the
-    vector path's dozen numpy calls cost more in fixed overhead than they do work on so few elements. The
-    same candidates, scores, order and counts as the vector path (tested against it). Returns the candidates
-    that passed (positions, scores, CTRs) and how many each check took out."""
-    columns = snapshot.columns
-    assert columns is not None
-    eligible, scores, ctrs = checks.eligible, ecpm_scores(columns, fmt), columns.formats[fmt].ctr
-    everyone = positions.tolist()
-    live = [p for p in everyone if eligible.item(p)]
-    counts, _ = _first_failures(snapshot, positions, lambda: [(reason, ok[positions]) for reason, ok in checks.checks],
-                                len(live) < len(everyone), explain=False)
-    return (live, [scores.item(p) for p in live], [ctrs.item(p) for p in live]), counts
-
-
-def _first_failures(snapshot: Snapshot, positions: np.ndarray, local: Callable[[], list[tuple[Reason, np.ndarray]]],
-                    any_failed: bool, *, explain: bool) -> tuple[dict[Reason, int], dict[str, Reason]]:
-    """How many candidates each check took out, each counted once under the first check it failed (in the
-    order of ``local``'s checks); with ``explain`` also which campaign each one was."""
-    counts: dict[Reason, int] = {}
+        # Read-only like the columns, so that ``_sift`` is compiled for one kind of array, not two.
+        scores.flags.writeable = ctrs.flags.writeable = False
+    fates, by_fate, live, live_scores, live_ctrs, head = _sift(positions, checks.fate, per_request, scores, ctrs,
+                                                                uncapped, float(reserve), HEAD)
+    counts = {_FATES[code]: n for code, n in enumerate(by_fate.tolist()[:_PASSED]) if n}
     reasons: dict[str, Reason] = {}
-    if explain or any_failed:
-        before = np.ones(len(positions), dtype=bool)
-        for reason, ok in local():
-            failed = before & ~ok
-            n_failed = int(np.count_nonzero(failed))
-            if n_failed:
-                counts[reason] = n_failed
-                if explain:
-                    reasons.update(dict.fromkeys(
-                        (snapshot.campaigns[p].campaign_id for p in positions[failed].tolist()), reason))
-            before = before & ok
-    return counts, reasons
+    if explain and counts:
+        campaigns = snapshot.campaigns
+        reasons = {campaigns[p].campaign_id: _FATES[code]
+                   for p, code in zip(positions.tolist(), fates.tolist(), strict=True) if code != _PASSED}
+    return _finish(snapshot, request, len(positions), (live, live_scores, live_ctrs, head), overrides, counts,
+                   reasons, reserve, rng, allowance, throttle, explain=explain)
 
 
-def _finish(snapshot: Snapshot, request: AdRequest, positions: np.ndarray,
-            ranked_input: tuple[np.ndarray | list[int], np.ndarray | list[float], np.ndarray | list[float]],
+_NOTHING_CAPPED = np.ones(0, dtype=bool)  # ``_sift``'s "no caps": the kernel takes arrays only
+
+
+@njit(nogil=True)
+def _sift(positions: np.ndarray, fate_of: np.ndarray, per_request: bool, scores: np.ndarray, ctrs: np.ndarray,
+          uncapped: np.ndarray, reserve: float, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                    np.ndarray, int]:
+    """Everything between scoring and the ranking walk, in one compiled pass over the candidates: each one's
+    fate (the first check it failed: the campaign-level ones from ``fate_of``, then the user's caps, then
+    the reserve on this request's score), how many met each fate, and the ones that passed (positions,
+    scores, CTRs), the best ``head`` of them and everything tied with the last of those sorted first by
+    descending score (stable: ties keep position order), the rest after them unsorted. As numpy
+    expressions this was some thirty calls whose fixed costs outweighed the work, a third of an auction.
+
+    ``scores`` and ``ctrs`` are per campaign (read at each candidate's position), or with ``per_request``
+    per candidate: then the campaign-level reserve verdict is replaced by one on the candidate's score, and
+    ``uncapped`` (empty: no caps) says which candidates this user's caps leave in. Returns (fates, count per
+    fate code, live positions, live scores, live CTRs, how many of them are sorted)."""
+    m = positions.shape[0]
+    fates = np.empty(m, dtype=np.uint8)
+    by_fate = np.zeros(_PASSED + 1, dtype=np.int64)
+    live = np.empty(m, dtype=np.int64)
+    live_scores = np.empty(m, dtype=np.float64)
+    live_ctrs = np.empty(m, dtype=np.float64)
+    n = 0
+    for j in range(m):
+        pos = positions[j]
+        fate = fate_of[pos]
+        if per_request:
+            score, ctr = scores[j], ctrs[j]
+            if fate == _RESERVE:  # on the campaign's own score; this request's decides
+                fate = _PASSED
+            if fate == _PASSED:
+                if uncapped.shape[0] and not uncapped[j]:
+                    fate = _CAPPED
+                elif not (score >= reserve and score > 0.0):  # NaN fails too
+                    fate = _RESERVE
+        else:
+            score, ctr = scores[pos], ctrs[pos]
+        fates[j] = fate
+        by_fate[fate] += 1
+        if fate == _PASSED:
+            live[n] = pos
+            live_scores[n] = score
+            live_ctrs[n] = ctr
+            n += 1
+    # Order: the front (the best ``head`` and their ties) sorted, then the rest as they came.
+    neg = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        neg[i] = -live_scores[i]
+    kth = _kth_smallest(neg.copy(), head - 1) if n > head else np.inf
+    order = np.empty(n, dtype=np.int64)
+    front = 0
+    for i in range(n):
+        if neg[i] <= kth:
+            order[front] = i
+            front += 1
+    ranked = _stable_sorted(order[:front], neg)
+    for i in range(front):  # not ``order[:front] = ranked``: that one line took numba 2 s to compile
+        order[i] = ranked[i]
+    rest = front
+    for i in range(n):
+        if neg[i] > kth:
+            order[rest] = i
+            rest += 1
+    out_live = np.empty(n, dtype=np.int64)
+    out_scores = np.empty(n, dtype=np.float64)
+    out_ctrs = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        out_live[i] = live[order[i]]
+        out_scores[i] = live_scores[order[i]]
+        out_ctrs[i] = live_ctrs[order[i]]
+    return fates, by_fate, out_live, out_scores, out_ctrs, front
+
+
+# Selection and sorting written out rather than numpy's np.partition and np.argsort: numba took 5 s to
+# compile the one and 1 s the other, paid by every edge process at start (0.3 s each as written here).
+@njit(nogil=True)
+def _kth_smallest(values: np.ndarray, k: int) -> float:
+    """The ``k``-th smallest (from 0) of ``values``, which it reorders: Hoare's quickselect."""
+    lo, hi = 0, values.shape[0] - 1
+    while lo < hi:
+        pivot = values[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return values[k]
+
+
+@njit(nogil=True)
+def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``which`` (indexes into ``keys``) ordered by ascending key, equal keys in their order in ``which``: a
+    bottom-up merge sort, O(n log n) however many keys are equal."""
+    n = which.shape[0]
+    src, dst = which.copy(), np.empty_like(which)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j >= hi or (i < mid and keys[src[i]] <= keys[src[j]]):
+                    dst[k] = src[i]
+                    i += 1
+                else:
+                    dst[k] = src[j]
+                    j += 1
+        src, dst = dst, src
+        width *= 2
+    return src
+
+
+def warm_up() -> None:
+    """Compile ``_sift`` once per process, so that no request pays for it."""
+    scores = np.ones(2)
+    fate = np.full(2, _PASSED, dtype=np.uint8)
+    scores.flags.writeable = fate.flags.writeable = False
+    _sift(np.arange(2), fate, False, scores, scores, _NOTHING_CAPPED, 0.0, 1)
+
+
+def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
+            ranked_input: tuple[np.ndarray, np.ndarray, np.ndarray, int],
             overrides: dict[int, tuple[SnapshotCreative, ...]], counts: dict[Reason, int],
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
-    """Walk the ranking of the candidates that passed (positions, scores, CTRs) to fill the slots and price
-    them."""
-    live, live_scores, live_ctrs = ranked_input
-    walk = _Ranking(snapshot, live, live_scores, live_ctrs, request.format, overrides, rng, allowance, throttle,
-                    counts, reasons if explain else None)
+    """Walk the ranking of the candidates that passed (``_sift``'s positions, scores, CTRs and how many of
+    them are sorted) to fill the slots and price them."""
+    live, live_scores, live_ctrs, head = ranked_input
+    walk = _Ranking(snapshot, live, live_scores, live_ctrs, head, request.format, overrides, rng, allowance,
+                    throttle, counts, reasons if explain else None)
     wins: list[Win] = []
     slots = max(1, request.slots)
     ranked = walk.ranked
@@ -416,7 +514,7 @@ def _finish(snapshot: Snapshot, request: AdRequest, positions: np.ndarray,
         wins=tuple(wins),
         reasons=reasons,
         reason_counts=counts,
-        candidates=len(positions),
+        candidates=candidates,
         no_fill=None if wins else NoFill.ALL_FILTERED,
     )
 
@@ -455,17 +553,7 @@ def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, c
         scores[i] = ecpm_micros(campaign, ranking)
 
 
-HEAD = 32  # candidates a ranking sorts up front (see _Ranking)
-# Below this many candidates one full sort is cheaper than partitioning first (the extra numpy calls cost
-# more than sorting the tail; timed in isolation the two broke even near 150 candidates).
-PARTIAL_FROM = 160
-# Up to this many candidates numpy's fixed cost per call outweighs the work: run_auction reads retrieved
-# candidates one by one (_few_candidates), and _Ranking sorts the ones that passed as Python lists.
-SORT_IN_PYTHON = 8
-
-
-def _as_list(values: np.ndarray | list[Any]) -> list[Any]:
-    return values if isinstance(values, list) else values.tolist()
+HEAD = 32  # candidates a ranking sorts up front (see _sift)
 
 
 class _Ranking:
@@ -474,36 +562,19 @@ class _Ranking:
     Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
     ties that are reached cost a draw)."""
 
-    def __init__(self, snapshot: Snapshot, live: np.ndarray | list[int], scores: np.ndarray | list[float],
-                 ctrs: np.ndarray | list[float], fmt: str,
-                 overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
+    def __init__(self, snapshot: Snapshot, live: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, head: int,
+                 fmt: str, overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
                  reasons: dict[str, Reason] | None) -> None:
-        # Sorting every candidate and turning them all into Python lists was a fifth of a large auction, while
-        # the walk rarely goes past the first few: sort the best ``HEAD`` (and everything tied with the last
-        # of them) now, the rest only if the walk gets there. Same order as one stable sort of all of them.
-        self._live, self._all_ctrs = live, ctrs
-        self._rest: np.ndarray | None = None
-        self._positions: list[int] = []
-        self._scores: list[float] = []
-        self._ctrs: list[float] = []
-        if len(live) <= SORT_IN_PYTHON:
-            # A handful of candidates (most ad requests): Python's stable sort of the lists beats the numpy
-            # calls' fixed costs. Same order as the stable argsort of -scores (scores here are never NaN).
-            ranked = sorted(zip(_as_list(scores), _as_list(live), _as_list(ctrs), strict=True),
-                            key=lambda entry: -entry[0])
-            self._scores = [entry[0] for entry in ranked]
-            self._positions = [entry[1] for entry in ranked]
-            self._ctrs = [entry[2] for entry in ranked]
-        else:
-            self._neg = -scores
-            if len(live) >= max(PARTIAL_FROM, HEAD + 1):
-                kth = np.partition(self._neg, HEAD - 1)[HEAD - 1]
-                at_least = self._neg <= kth
-                self._extend(at_least.nonzero()[0])
-                self._rest = (~at_least).nonzero()[0]
-            else:
-                self._extend(np.arange(len(live)))
+        # Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely
+        # goes past the first few: only the sorted head now (``_sift`` put every tie of its last entry in
+        # it, so a run of equal scores never straddles the cut), the rest, all of lower scores, sorted only
+        # if the walk gets there. Same order as one stable sort of all of them.
+        self._live, self._live_scores, self._live_ctrs = live, scores, ctrs
+        self._sorted = head
+        self._positions: list[int] = live[:head].tolist()
+        self._scores: list[float] = scores[:head].tolist()
+        self._ctrs: list[float] = ctrs[:head].tolist()
         self._group_end = 0  # where the run of equal scores the walk is in ends
         self._next = 0
         self._snapshot = snapshot
@@ -522,11 +593,13 @@ class _Ranking:
     def unvisited(self) -> int:
         return len(self._live) - self._next
 
-    def _extend(self, which: np.ndarray) -> None:
-        order = which[np.argsort(self._neg[which], kind="stable")]
-        self._positions.extend(self._live[order].tolist())
-        self._scores.extend((-self._neg[order]).tolist())
-        self._ctrs.extend(self._all_ctrs[order].tolist())
+    def _sort_rest(self) -> None:
+        rest = slice(self._sorted, None)
+        order = np.argsort(-self._live_scores[rest], kind="stable")
+        self._positions.extend(self._live[rest][order].tolist())
+        self._scores.extend(self._live_scores[rest][order].tolist())
+        self._ctrs.extend(self._live_ctrs[rest][order].tolist())
+        self._sorted = len(self._live)
 
     def mark(self, campaign: SnapshotCampaign, reason: Reason) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
@@ -538,10 +611,9 @@ class _Ranking:
         positions, scores, ctrs, rng = self._positions, self._scores, self._ctrs, self._rng
         while len(self.ranked) < size:
             if self._next >= len(positions):
-                if self._rest is None:
+                if self._sorted == len(self._live):
                     break
-                self._extend(self._rest)  # the walk got past the head: sort the rest (lower scores, no ties)
-                self._rest = None
+                self._sort_rest()  # the walk got past the head
             i = self._next
             self._next += 1
             if i >= self._group_end:  # a new score: find where its run of equals ends

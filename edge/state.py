@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
 from edge.accounting import Accounting
+from edge.auction import warm_up as warm_up_auction
 from edge.budget import BudgetLedger
 from edge.ctr import predicted_ctr_and_ecpm
 from edge.ivt import IvtPolicy
@@ -72,9 +73,11 @@ class SeenIds:
 
 
 def _load_snapshot(data: bytes) -> Snapshot:
-    """Decode a snapshot and warm what its first requests would otherwise build: with a click model, compile
-    its scoring (once per process) and build its columns for the common format."""
+    """Decode a snapshot and warm what its first requests would otherwise build: compile the auction's sifting
+    pass and, with a click model, its scoring (each once per process), and build the model's columns for the
+    common format."""
     snapshot = decode_snapshot(data)
+    warm_up_auction()
     if snapshot.click_model is not None:
         predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
     return snapshot

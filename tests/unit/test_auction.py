@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import edge.auction as auction_module
 from edge.auction import AdRequest, NoFill, Reason, ecpm_micros, expected_cost, retrieve, run_auction
-from edge.frequency import NOTHING_CAPPED, Capped
 from replication.snapshot import build_snapshot, unit_cost_ceiling
 
 # 2024-01-15 12:00:00 UTC, which is 07:00 in America/New_York (EST, UTC-5).
@@ -439,48 +441,64 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_sorting_few_candidates_in_python_changes_no_outcome(make_campaign, make_creative, monkeypatch, seed):
-    """Up to SORT_IN_PYTHON candidates the auction reads them one by one and the ranking sorts Python lists
-    instead of calling numpy. Against the vector path with the same rng: the same result (wins, prices,
-    reasons, counts), with ties between CPM and CPC bids of different CTRs, shared advertisers, a campaign
-    that cannot pay, and candidates out on schedule, format or reserve."""
-    import edge.auction as auction_module
+def _sift_reference(positions, fate_of, per_request, scores, ctrs, uncapped, reserve, head):
+    """``_sift`` written plainly: each candidate's first failed check, then the survivors by one stable sort
+    on descending score, of which the best ``head`` and their ties count as sorted."""
+    fates, live = [], []
+    for j, pos in enumerate(positions):
+        fate = int(fate_of[pos])
+        score, ctr = (scores[j], ctrs[j]) if per_request else (scores[pos], ctrs[pos])
+        if per_request and fate in (auction_module._RESERVE, auction_module._PASSED):
+            if len(uncapped) and not uncapped[j]:
+                fate = auction_module._CAPPED
+            else:
+                fate = auction_module._PASSED if score >= reserve and score > 0 else auction_module._RESERVE
+        fates.append(fate)
+        if fate == auction_module._PASSED:
+            live.append((int(pos), float(score), float(ctr)))
+    ranked = sorted(live, key=lambda entry: -entry[1])
+    cut = ranked[head - 1][1] if len(ranked) > head else -math.inf
+    sorted_part = [entry for entry in ranked if entry[1] >= cut]
+    return fates, sorted_part, sorted(set(live) - set(sorted_part))
 
-    rng = random.Random(seed)
-    campaigns = []
-    for i in range(rng.randrange(1, 9)):
-        trouble = rng.random()
-        if trouble < 0.1:
-            campaigns.append(make_campaign(f"c{i}", end_s=NOW - 1))  # its schedule is over
-        elif trouble < 0.2:
-            campaigns.append(make_campaign(f"c{i}", creatives=[make_creative(f"c{i}-k", format="728x90")]))
-        elif trouble < 0.3:
-            campaigns.append(make_campaign(f"c{i}", max_bid_micros=50_000))  # below the reserve
-        elif rng.random() < 0.5:
-            campaigns.append(make_campaign(f"c{i}", advertiser_id=f"a{rng.randrange(3)}",
-                                           max_bid_micros=rng.choice((800_000, 1_000_000))))
-        else:  # eCPM 1,000,000 (a tie with the CPM bid) or 800,000 through different bids and CTRs
-            ctr = rng.choice((0.01, 0.02))
-            campaigns.append(make_campaign(
-                f"c{i}", advertiser_id=f"a{rng.randrange(3)}", bid_type="cpc",
-                max_bid_micros=round(rng.choice((800, 1000)) / ctr),
-                creatives=[make_creative(f"c{i}-k", prior_ctr=ctr)]))
-    snapshot = snap(*campaigns)
-    allowance = {c.campaign_id: (0 if rng.random() < 0.2 else RICH) for c in campaigns}
 
-    # A user capped on one campaign: the vector path, whose ranking also sorts few survivors in Python.
-    capped = Capped(campaigns=frozenset({campaigns[0].campaign_id})) if len(campaigns) > 1 else NOTHING_CAPPED
-
-    def run(python_up_to: int, explain: bool, caps: Capped):
-        monkeypatch.setattr(auction_module, "SORT_IN_PYTHON", python_up_to)
-        return run_auction(snapshot, req(slots=3), now_s=NOW, rng=random.Random(seed), allowance=allowance,
-                           explain=explain, capped=caps)
-
-    for explain in (False, True):
-        for caps in (NOTHING_CAPPED, capped):
-            numpy_sorted, python_sorted = run(0, explain, caps), run(8, explain, caps)
-            assert python_sorted == numpy_sorted
+@pytest.mark.parametrize("seed", range(40))
+def test_sift_matches_a_plain_python_reference(seed):
+    """The compiled pass between scoring and the ranking walk, against the same rules written plainly, on
+    random candidates: every check's verdict in its order (a campaign-level failure first, then the user's
+    caps, then the reserve on this request's score), per-campaign or per-candidate scores, NaN scores, runs
+    of equal scores (also across the head's cut, and every candidate tied), and heads larger than the list."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    fate_of = rng.choice(auction_module._PASSED + 1, n, p=[.05, .05, .05, 0, .1, .75]).astype(np.uint8)
+    tied = rng.random() < 0.2
+    scores = np.full(n, 5.0) if tied else rng.choice([1.0, 2.0, 3.0, *rng.random(20) * 10], n)
+    scores[rng.random(n) < 0.05] = np.nan
+    ctrs = rng.random(n)
+    positions = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False)).astype(np.int64)
+    per_request = bool(rng.random() < 0.5)
+    reserve = float(rng.choice([0.0, 2.0]))
+    if per_request:
+        scores, ctrs = scores[positions], ctrs[positions]
+    else:  # the campaign-level verdicts are on these scores (``_checks``): NaN fails the format, then the reserve
+        with np.errstate(invalid="ignore"):
+            fate_of[(fate_of > auction_module._FATES.index(Reason.FORMAT)) & np.isnan(scores)] = \
+                auction_module._FATES.index(Reason.FORMAT)
+            fate_of[(fate_of == auction_module._PASSED) & ~((scores >= reserve) & (scores > 0))] = \
+                auction_module._RESERVE
+    uncapped = rng.random(len(positions)) < 0.9 if per_request and rng.random() < 0.5 else np.ones(0, dtype=bool)
+    head = int(rng.choice([1, 3, 32, 1000]))
+    fates, by_fate, live, live_scores, live_ctrs, front = auction_module._sift(
+        positions, fate_of, per_request, scores, ctrs, uncapped, reserve, head)
+    want_fates, want_sorted, want_rest = _sift_reference(positions, fate_of, per_request, scores, ctrs, uncapped,
+                                                         reserve, head)
+    assert fates.tolist() == want_fates
+    assert by_fate.tolist() == [want_fates.count(code) for code in range(auction_module._PASSED + 1)]
+    got = list(zip(live.tolist(), live_scores.tolist(), live_ctrs.tolist(), strict=True))
+    assert front == len(want_sorted)
+    assert got[:front] == want_sorted
+    assert sorted(got[front:]) == want_rest
+    assert all(score < got[front - 1][1] for _, score, _ in got[front:])  # no run of ties straddles the cut
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -502,7 +520,6 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
 
     def run(head: int, explain: bool):
         monkeypatch.setattr(auction_module, "HEAD", head)
-        monkeypatch.setattr(auction_module, "PARTIAL_FROM", 0)  # partition even these 120 candidates
         return run_auction(snapshot, req(slots=6), now_s=NOW, rng=random.Random(seed), allowance=allowance,
                            explain=explain)
 
