@@ -144,9 +144,10 @@ def _dimension_mask(index: RetrievalIndex, dim: str, values: tuple[str, ...]) ->
     known = [v for v in values if v in postings]
     if not known:
         return index.unrestricted[dim]
-    answers = index.answers.get(dim)
-    if answers is not None and len(known) == 1:
-        return answers[known[0]]
+    if len(known) == 1:
+        answer = index.answers[dim].get(known[0])
+        if answer is not None:
+            return answer
     mask = index.unrestricted[dim].copy()
     for value in known:
         mask[postings[value]] = True
@@ -285,11 +286,11 @@ def run_auction(
 
     The filters that depend on the campaign alone (schedule, hour of day, format, reserve) are evaluated for
     every campaign once per second (``_checks``), and one compiled pass (``_sift``) applies them, the caps and
-    the reserve to every candidate and sorts the head of the ranking. The rest (budget, pacing, one ad per advertiser) needs a dict lookup or a
-    random draw per campaign, so it runs only down the ranking, as far as filling the slots and pricing the
-    last one needs: each of those draws is independent, so skipping the ones nobody would look at changes no
-    outcome's probability. With ``explain`` the walk goes on to the end and ``reasons`` gives every
-    candidate's fate; the wins are the same either way for the same ``rng`` state."""
+    the reserve to every candidate and sorts the head of the ranking. The rest (budget, pacing, one ad per
+    advertiser) needs a dict lookup or a random draw per campaign, so it runs only down the ranking, as far as
+    filling the slots and pricing the last one needs: each of those draws is independent, so skipping the ones
+    nobody would look at changes no outcome's probability. With ``explain`` the walk goes on to the end and
+    ``reasons`` gives every candidate's fate; the wins are the same either way for the same ``rng`` state."""
     reserve = snapshot.reserve_cpm_micros if reserve_cpm_micros is None else reserve_cpm_micros
     positions = retrieve(snapshot, request)
     if not len(positions):

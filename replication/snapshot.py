@@ -112,6 +112,7 @@ class SnapshotCampaign:
 
 
 MAX_ANSWER_MASKS = 64  # values per dimension up to which RetrievalIndex keeps a whole mask per value
+POPULAR_SHARE = 32  # beyond that, a value 1/32 of the campaigns name still gets one (RetrievalIndex.answers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +126,12 @@ class RetrievalIndex:
     unrestricted: Mapping[str, np.ndarray]
     positions: Mapping[str, Mapping[str, np.ndarray]]
     open: frozenset[str]  # dimensions no campaign is restricted in: retrieval skips them
-    # For dimensions with few values (formats, devices, countries), each value's whole answer "unrestricted
-    # or naming this value" as one mask, so a request's single value there costs one AND, not a copy and a
-    # scatter; few values times one byte per campaign keeps it small.
+    # Per dimension, for some values their whole answer "unrestricted or naming this value" as one mask, so a
+    # request's single value there costs one AND, not a copy and a scatter: every value of a dimension with
+    # few (formats, devices, countries), and in the others each value at least 1/POPULAR_SHARE of the
+    # campaigns name (a popular placement or keyword, whose scatter is the longest). Few values times one
+    # byte per campaign keeps it small: a dimension has at most POPULAR_SHARE times as many popular values as
+    # a campaign names there on average.
     answers: Mapping[str, Mapping[str, np.ndarray]]
     restricted: tuple[str, ...] = field(init=False, default=())  # the other dimensions, in DIMENSIONS order
 
@@ -146,15 +150,17 @@ class RetrievalIndex:
                            for v, p in postings.get(dim, {}).items()}
                      for dim in DIMENSIONS}
         open_dims = frozenset(dim for dim in DIMENSIONS if bool(masks[dim].all()))
-        answers = {}
+        answers: dict[str, dict[str, np.ndarray]] = {}
         for dim in DIMENSIONS:
-            if dim in open_dims or len(positions[dim]) > MAX_ANSWER_MASKS:
+            if dim in open_dims:
                 continue
+            few = len(positions[dim]) <= MAX_ANSWER_MASKS
             answers[dim] = {}
             for value, where in positions[dim].items():
-                mask = masks[dim].copy()
-                mask[where] = True
-                answers[dim][value] = frozen_array(mask)
+                if few or len(where) * POPULAR_SHARE >= size:
+                    mask = masks[dim].copy()
+                    mask[where] = True
+                    answers[dim][value] = frozen_array(mask)
         return cls(size, MappingProxyType(masks), MappingProxyType(positions), open_dims,
                    MappingProxyType(answers))
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from adserver.bench_auction import inventory, requests
 from edge.auction import AdRequest, retrieve
-from replication.snapshot import Snapshot, build_snapshot, decode_snapshot, empty_snapshot, encode_snapshot
+from replication.snapshot import (
+    MAX_ANSWER_MASKS,
+    Snapshot,
+    build_snapshot,
+    decode_snapshot,
+    empty_snapshot,
+    encode_snapshot,
+)
 
 
 def asked_values(request: AdRequest) -> dict[str, tuple[str, ...]]:
@@ -40,6 +47,12 @@ def test_masks_match_the_set_definition_over_a_realistic_inventory():
         assert got == by_sets(snapshot, request)
         sizes.append(len(got))
     assert max(sizes) > 20 and min(sizes) < max(sizes)  # the requests do reach different candidate sets
+    # Popular placements and keywords (among thousands of values) are answered from their own masks.
+    index = snapshot.index
+    assert len(index.positions["placement"]) > MAX_ANSWER_MASKS and len(index.positions["keyword"]) > MAX_ANSWER_MASKS
+    assert 0 < len(index.answers["placement"]) < len(index.positions["placement"])
+    assert any(r.placement in index.answers["placement"] for r in requests(400))
+    assert any(len(r.keywords) == 1 and r.keywords[0] in index.answers["keyword"] for r in requests(400))
 
 
 def test_a_decoded_snapshot_retrieves_the_same():
