@@ -25,9 +25,9 @@ from numba import njit
 from edge.ctr import predicted_ctr_and_ecpm, predicted_ctr_one
 from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
-from replication.columns import BID_TYPES, CampaignColumns
+from replication.columns import BID_TYPES, CampaignColumns, frozen_array
 from replication.ctr_model import country_of
-from replication.snapshot import DIMENSIONS, RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
+from replication.snapshot import DIMENSIONS, Snapshot, SnapshotCampaign, SnapshotCreative
 
 _CPM, _CPA = BID_TYPES.index("cpm"), BID_TYPES.index("cpa")
 
@@ -125,33 +125,101 @@ if set(_ASKED) != set(DIMENSIONS):  # a dimension the table misses would fail ev
 
 def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
     """Candidate positions, ascending: the intersection over dimensions of (matching postings OR
-    unrestricted), as boolean masks over the snapshot's campaigns (``RetrievalIndex``). Dimensions no
-    campaign is restricted in keep everyone and are skipped without looking at the request."""
+    unrestricted), over the snapshot's bitsets (``RetrievalIndex``) in one compiled pass (``_intersect``).
+    Dimensions no campaign is restricted in keep everyone and are skipped without looking at the request."""
     index = snapshot.index
     assert index is not None  # built with every snapshot
-    result: np.ndarray | None = None
-    for dim in index.restricted:
-        mask = _dimension_mask(index, dim, _ASKED[dim](request))
-        # ``&`` allocates: the first mask may be one of the index's shared, read-only ones.
-        result = mask if result is None else result & mask
-    # nonzero()[0] is flatnonzero without its Python-level ravel wrapper (the masks are one-dimensional).
-    return np.arange(index.size) if result is None else result.nonzero()[0]
+    if not index.restricted:
+        return np.arange(index.size)
+    masks, widen = list(_NO_BITS), list(_NO_BITS_SET)
+    for slot, dim, postings, answers, everyone in index.lookups:
+        asked = _ASKED[dim](request)
+        if len(asked) == 1:  # most dimensions of most requests: inline, this loop runs six times a request
+            value = asked[0]
+            bits = answers.get(value)
+            if bits is None:
+                masks[slot] = everyone
+                widen[slot] = postings.get(value, _NOTHING)
+            else:
+                masks[slot] = bits
+        else:
+            masks[slot], widen[slot] = _dimension(postings, answers, everyone, asked)
+    return _intersect(index.size, tuple(masks), tuple(widen))
 
 
-def _dimension_mask(index: RetrievalIndex, dim: str, values: tuple[str, ...]) -> np.ndarray:
-    """The campaigns one dimension lets through: unrestricted there, or naming one of ``values``."""
-    postings = index.positions[dim]
+# ``_intersect``'s "skip this dimension" and "set no bits": the kernel takes arrays only, all read-only.
+_NOTHING = frozen_array(np.zeros(0, dtype=np.intp))
+_NO_BITS = (frozen_array(np.zeros(0, dtype=np.uint64)),) * len(DIMENSIONS)
+_NO_BITS_SET = (_NOTHING,) * len(DIMENSIONS)
+
+
+def _dimension(postings: Mapping[str, np.ndarray], answers: Mapping[str, np.ndarray], everyone: np.ndarray,
+               values: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The campaigns one dimension lets through, unrestricted there (``everyone``) or naming one of
+    ``values``, as a bitset and the positions whose bits to set in it: a value's own answer where the index
+    keeps one."""
     known = [v for v in values if v in postings]
-    if not known:
-        return index.unrestricted[dim]
-    if len(known) == 1:
-        answer = index.answers[dim].get(known[0])
-        if answer is not None:
-            return answer
-    mask = index.unrestricted[dim].copy()
-    for value in known:
-        mask[postings[value]] = True
-    return mask
+    base = next((v for v in known if v in answers), None)
+    rest = [postings[v] for v in known if v != base]
+    bits = everyone if base is None else answers[base]
+    if not rest:
+        return bits, _NOTHING
+    return bits, rest[0] if len(rest) == 1 else frozen_array(np.concatenate(rest))
+
+
+def _debruijn() -> tuple[np.uint64, np.ndarray]:
+    """The 64-bit De Bruijn multiplier and its table: for a word with one bit set, the table at (word times
+    the multiplier) >> 58 is that bit's index. Numba has no count-trailing-zeros; this is the usual stand-in."""
+    multiplier = 0x03F79D71B4CB0A89
+    table = np.zeros(64, dtype=np.int64)
+    for bit in range(64):
+        table[(((1 << bit) * multiplier) & 0xFFFFFFFFFFFFFFFF) >> 58] = bit
+    return np.uint64(multiplier), table
+
+
+_DEBRUIJN, _BIT_INDEX = _debruijn()
+
+
+@njit(nogil=True)
+def _intersect(size: int, masks: tuple[np.ndarray, ...], widen: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The positions whose bit survives AND-ing every dimension's bitset (``masks``; empty: skipped), each
+    first widened by the positions in ``widen`` (the dimension also lets those through), ascending. Widening
+    without a copy of the bitset: (bits | those) & acc keeps acc's bits at those positions, so remember them
+    before the AND and put them back after."""
+    words = (size + 63) >> 6
+    acc = np.empty(words, dtype=np.uint64)
+    for w in range(words):
+        acc[w] = ~np.uint64(0)  # bits past the end are cleared by the first dimension (at least one is given)
+    for d in range(len(masks)):
+        bits = masks[d]
+        if bits.shape[0] == 0:
+            continue
+        extra = widen[d]
+        kept = np.empty(extra.shape[0], dtype=np.uint64)
+        for k in range(extra.shape[0]):
+            p = extra[k]
+            kept[k] = acc[p >> 6] & (np.uint64(1) << np.uint64(p & 63))
+        for w in range(words):
+            acc[w] &= bits[w]
+        for k in range(extra.shape[0]):
+            p = extra[k]
+            acc[p >> 6] |= kept[k]
+    n = 0
+    for w in range(words):
+        x = acc[w]
+        while x:
+            x &= x - np.uint64(1)
+            n += 1
+    out = np.empty(n, dtype=np.int64)
+    i = 0
+    for w in range(words):
+        x = acc[w]
+        while x:
+            low = x & (~x + np.uint64(1))
+            out[i] = (w << 6) + _BIT_INDEX[(low * _DEBRUIJN) >> np.uint64(58)]
+            i += 1
+            x ^= low
+    return out
 
 
 @lru_cache(maxsize=4096)
@@ -467,7 +535,8 @@ def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile ``_sift`` once per process, so that no request pays for it."""
+    """Compile ``_intersect`` and ``_sift`` once per process, so that no request pays for it."""
+    _intersect(1, (*_NO_BITS[:-1], frozen_array(np.ones(1, dtype=np.uint64))), _NO_BITS_SET)
     scores = np.ones(2)
     fate = np.full(2, _PASSED, dtype=np.uint8)
     scores.flags.writeable = fate.flags.writeable = False

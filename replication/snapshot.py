@@ -117,26 +117,34 @@ POPULAR_SHARE = 32  # beyond that, a value 1/32 of the campaigns name still gets
 
 @dataclass(frozen=True, slots=True)
 class RetrievalIndex:
-    """The postings as numpy arrays, for retrieval by boolean masks: per dimension, a mask of the campaigns
-    with no constraint there, and per value the positions of the campaigns that name it. OR-ing a request's
-    values into the dimension's mask and AND-ing the dimensions costs a few vector operations over one byte
-    per campaign, where unions of Python sets cost a hash insert per campaign in the (large) "any" lists."""
+    """The postings as numpy arrays, for retrieval by bitsets: per dimension, a bitset of the campaigns with no
+    constraint there, and per value the positions of the campaigns that name it. OR-ing a request's values
+    into the dimension's bitset and AND-ing the dimensions costs a pass over one bit per campaign
+    (``edge.auction.retrieve``), where unions of Python sets cost a hash insert per campaign in the (large)
+    "any" lists. Bitsets are ``bitset``'s: bit i of word i // 64 is campaign i."""
 
     size: int
     unrestricted: Mapping[str, np.ndarray]
     positions: Mapping[str, Mapping[str, np.ndarray]]
     open: frozenset[str]  # dimensions no campaign is restricted in: retrieval skips them
-    # Per dimension, for some values their whole answer "unrestricted or naming this value" as one mask, so a
-    # request's single value there costs one AND, not a copy and a scatter: every value of a dimension with
-    # few (formats, devices, countries), and in the others each value at least 1/POPULAR_SHARE of the
-    # campaigns name (a popular placement or keyword, whose scatter is the longest). Few values times one
-    # byte per campaign keeps it small: a dimension has at most POPULAR_SHARE times as many popular values as
-    # a campaign names there on average.
+    # Per dimension, for some values their whole answer "unrestricted or naming this value" as one bitset, so
+    # a request's single value there costs one AND, not setting its campaigns' bits: every value of a
+    # dimension with few (formats, devices, countries), and in the others each value at least
+    # 1/POPULAR_SHARE of the campaigns name (a popular placement or keyword, with the longest postings). Few
+    # values times one bit per campaign keeps it small: a dimension has at most POPULAR_SHARE times as many
+    # popular values as a campaign names there on average.
     answers: Mapping[str, Mapping[str, np.ndarray]]
     restricted: tuple[str, ...] = field(init=False, default=())  # the other dimensions, in DIMENSIONS order
+    # Per restricted dimension what retrieval reads, looked up once: (its index in DIMENSIONS, its name, its
+    # postings, its answers, its unrestricted bitset).
+    lookups: tuple[tuple[int, str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray], ...] = \
+        field(init=False, default=())
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "restricted", tuple(d for d in DIMENSIONS if d not in self.open))
+        restricted = tuple(d for d in DIMENSIONS if d not in self.open)
+        object.__setattr__(self, "restricted", restricted)
+        object.__setattr__(self, "lookups", tuple(
+            (DIMENSIONS.index(d), d, self.positions[d], self.answers[d], self.unrestricted[d]) for d in restricted))
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],
@@ -145,7 +153,7 @@ class RetrievalIndex:
         for dim in DIMENSIONS:
             mask = np.zeros(size, dtype=bool)
             mask[np.fromiter(unrestricted.get(dim, ()), dtype=np.intp)] = True
-            masks[dim] = frozen_array(mask)
+            masks[dim] = mask
         positions = {dim: {v: frozen_array(np.fromiter(sorted(p), dtype=np.intp))
                            for v, p in postings.get(dim, {}).items()}
                      for dim in DIMENSIONS}
@@ -160,9 +168,18 @@ class RetrievalIndex:
                 if few or len(where) * POPULAR_SHARE >= size:
                     mask = masks[dim].copy()
                     mask[where] = True
-                    answers[dim][value] = frozen_array(mask)
-        return cls(size, MappingProxyType(masks), MappingProxyType(positions), open_dims,
-                   MappingProxyType(answers))
+                    answers[dim][value] = bitset(mask)
+        return cls(size, MappingProxyType({dim: bitset(mask) for dim, mask in masks.items()}),
+                   MappingProxyType(positions), open_dims, MappingProxyType(answers))
+
+
+def bitset(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as read-only uint64 words, bit i of word i // 64 set where ``mask[i]`` (the bits past
+    the mask's end are clear)."""
+    packed = np.packbits(mask, bitorder="little")
+    padded = np.zeros(-(-len(packed) // 8) * 8, dtype=np.uint8)
+    padded[:len(packed)] = packed
+    return frozen_array(padded.view("<u8"))  # little-endian words: byte j of a word holds bits 8j to 8j + 7
 
 
 @dataclass(frozen=True, slots=True)

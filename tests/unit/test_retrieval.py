@@ -3,11 +3,16 @@ request's values or not constrained there, intersected over the dimensions; also
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from adserver.bench_auction import inventory, requests
-from edge.auction import AdRequest, retrieve
+from edge.auction import AdRequest, _intersect, retrieve
 from replication.snapshot import (
+    DIMENSIONS,
     MAX_ANSWER_MASKS,
     Snapshot,
+    bitset,
     build_snapshot,
     decode_snapshot,
     empty_snapshot,
@@ -67,3 +72,29 @@ def test_empty_snapshot_and_unknown_values_retrieve_nothing_or_the_unconstrained
     snapshot = build_snapshot(inventory(300), version=1, created_ms=0, reserve_cpm_micros=0)
     nowhere = AdRequest(placement="no-such-placement", slots=1, format="300x250", keywords=("no-such-kw",))
     assert set(retrieve(snapshot, nowhere).tolist()) == by_sets(snapshot, nowhere)
+
+
+@pytest.mark.parametrize("size", [1, 63, 64, 65, 200])
+def test_the_bitset_pass_matches_boolean_masks_at_word_edges(size):
+    """``_intersect`` against numpy on boolean masks, at sizes on and around the 64-bit word boundary: random
+    dimensions (some skipped), each widened by random positions, including the last and first campaign."""
+    rng = np.random.default_rng(size)
+    for _ in range(50):
+        masks, widen, want = [], [], np.ones(size, dtype=bool)
+        for _ in DIMENSIONS:
+            if rng.random() < 0.3:
+                masks.append(np.zeros(0, dtype=np.uint64))
+                widen.append(np.zeros(0, dtype=np.intp))
+                continue
+            mask = rng.random(size) < rng.choice([0.1, 0.5, 0.95])
+            extra = np.unique(np.append(rng.choice(size, int(rng.integers(0, 4))), rng.choice([0, size - 1])))
+            masks.append(bitset(mask))
+            widen.append(extra.astype(np.intp))
+            mask = mask.copy()
+            mask[extra] = True
+            want &= mask
+        if all(len(m) == 0 for m in masks):
+            continue
+        for array in (*masks, *widen):
+            array.flags.writeable = False
+        assert _intersect(size, tuple(masks), tuple(widen)).tolist() == np.flatnonzero(want).tolist()
