@@ -134,7 +134,7 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
     masks, widen = list(_NO_BITS), list(_NO_BITS_SET)
     for slot, dim, postings, answers, everyone in index.lookups:
         asked = _ASKED[dim](request)
-        if len(asked) == 1:  # most dimensions of most requests: inline, this loop runs six times a request
+        if len(asked) == 1:  # most dimensions of most requests: inline, as this runs per restricted dimension
             value = asked[0]
             bits = answers.get(value)
             if bits is None:
@@ -169,7 +169,8 @@ def _dimension(postings: Mapping[str, np.ndarray], answers: Mapping[str, np.ndar
 
 def _debruijn() -> tuple[np.uint64, np.ndarray]:
     """The 64-bit De Bruijn multiplier and its table: for a word with one bit set, the table at (word times
-    the multiplier) >> 58 is that bit's index. Numba has no count-trailing-zeros; this is the usual stand-in."""
+    the multiplier) >> 58 is that bit's index: the usual stand-in for count-trailing-zeros, which numba
+    offers only as a private intrinsic."""
     multiplier = 0x03F79D71B4CB0A89
     table = np.zeros(64, dtype=np.int64)
     for bit in range(64):
@@ -189,7 +190,9 @@ def _intersect(size: int, masks: tuple[np.ndarray, ...], widen: tuple[np.ndarray
     words = (size + 63) >> 6
     acc = np.empty(words, dtype=np.uint64)
     for w in range(words):
-        acc[w] = ~np.uint64(0)  # bits past the end are cleared by the first dimension (at least one is given)
+        acc[w] = ~np.uint64(0)
+    if size & 63:  # no bit past the last campaign, whatever the masks hold
+        acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
     for d in range(len(masks)):
         bits = masks[d]
         if bits.shape[0] == 0:
@@ -409,7 +412,9 @@ def run_auction(
                    reasons, reserve, rng, allowance, throttle, explain=explain)
 
 
-_NOTHING_CAPPED = np.ones(0, dtype=bool)  # ``_sift``'s "no caps": the kernel takes arrays only
+# ``_sift``'s "no caps": the kernel takes arrays only. Writable, like a request's own caps array, so that both
+# match the one compiled version (``warm_up``; ``test_one_compiled_version_serves_every_path``).
+_NOTHING_CAPPED = np.ones(0, dtype=bool)
 
 
 @njit(nogil=True)

@@ -73,9 +73,9 @@ class SeenIds:
 
 
 def _load_snapshot(data: bytes) -> Snapshot:
-    """Decode a snapshot and warm what its first requests would otherwise build: compile the auction's sifting
-    pass and, with a click model, its scoring (each once per process), and build the model's columns for the
-    common format."""
+    """Decode a snapshot and warm what its first requests would otherwise build: compile the auction's kernels
+    and, with a click model, its scoring (the first time in a process; after that these calls cost
+    microseconds), and build the model's columns for the common format."""
     snapshot = decode_snapshot(data)
     warm_up_auction()
     if snapshot.click_model is not None:

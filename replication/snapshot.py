@@ -113,6 +113,7 @@ class SnapshotCampaign:
 
 MAX_ANSWER_MASKS = 64  # values per dimension up to which RetrievalIndex keeps a whole mask per value
 POPULAR_SHARE = 32  # beyond that, a value 1/32 of the campaigns name still gets one (RetrievalIndex.answers)
+MIN_POPULAR = 64  # ... if that is at least 64 campaigns: fewer positions are cheap to set per request anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,8 @@ class RetrievalIndex:
     # Per dimension, for some values their whole answer "unrestricted or naming this value" as one bitset, so
     # a request's single value there costs one AND, not setting its campaigns' bits: every value of a
     # dimension with few (formats, devices, countries), and in the others each value at least
-    # 1/POPULAR_SHARE of the campaigns name (a popular placement or keyword, with the longest postings). Few
+    # 1/POPULAR_SHARE of the campaigns (and MIN_POPULAR) name (a popular placement or keyword, with the
+    # longest postings). Few
     # values times one bit per campaign keeps it small: a dimension has at most POPULAR_SHARE times as many
     # popular values as a campaign names there on average.
     answers: Mapping[str, Mapping[str, np.ndarray]]
@@ -165,7 +167,7 @@ class RetrievalIndex:
             few = len(positions[dim]) <= MAX_ANSWER_MASKS
             answers[dim] = {}
             for value, where in positions[dim].items():
-                if few or len(where) * POPULAR_SHARE >= size:
+                if few or (len(where) * POPULAR_SHARE >= size and len(where) >= MIN_POPULAR):
                     mask = masks[dim].copy()
                     mask[where] = True
                     answers[dim][value] = bitset(mask)
@@ -179,7 +181,9 @@ def bitset(mask: np.ndarray) -> np.ndarray:
     packed = np.packbits(mask, bitorder="little")
     padded = np.zeros(-(-len(packed) // 8) * 8, dtype=np.uint8)
     padded[:len(packed)] = packed
-    return frozen_array(padded.view("<u8"))  # little-endian words: byte j of a word holds bits 8j to 8j + 7
+    # Read as little-endian words (byte j of a word holds bits 8j to 8j + 7), in native order: no copy on a
+    # little-endian machine.
+    return frozen_array(padded.view("<u8").astype(np.uint64, copy=False))
 
 
 @dataclass(frozen=True, slots=True)

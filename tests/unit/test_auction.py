@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import edge.auction as auction_module
 from edge.auction import AdRequest, NoFill, Reason, ecpm_micros, expected_cost, retrieve, run_auction
+from edge.frequency import NOTHING_CAPPED, Capped
 from replication.snapshot import build_snapshot, unit_cost_ceiling
 
 # 2024-01-15 12:00:00 UTC, which is 07:00 in America/New_York (EST, UTC-5).
@@ -488,6 +489,8 @@ def test_sift_matches_a_plain_python_reference(seed):
                 auction_module._RESERVE
     uncapped = rng.random(len(positions)) < 0.9 if per_request and rng.random() < 0.5 else np.ones(0, dtype=bool)
     head = int(rng.choice([1, 3, 32, 1000]))
+    for array in (fate_of, scores, ctrs):  # read-only, as the auction passes them: the compiled version it uses
+        array.flags.writeable = False
     fates, by_fate, live, live_scores, live_ctrs, front = auction_module._sift(
         positions, fate_of, per_request, scores, ctrs, uncapped, reserve, head)
     want_fates, want_sorted, want_rest = _sift_reference(positions, fate_of, per_request, scores, ctrs, uncapped,
@@ -529,3 +532,30 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
                [(w.campaign.campaign_id, w.price_micros) for w in full.wins]
         assert (partial.reasons, partial.reason_counts) == (full.reasons, full.reason_counts)
     assert len(full.wins) == 6
+
+
+def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
+    """The kernels are compiled once per process when a snapshot loads (``warm_up``); a request whose arrays
+    differ in type or flags (int64 or intp positions, read-only or writable scores, caps or none) would
+    compile another version in the middle of serving, for about a second. Every path of the auction: priors
+    and a click model, caps on a campaign and on a creative, explain, an unknown format."""
+    from edge.ctr import predicted_ctr_and_ecpm
+    from replication.ctr_model import ClickModel
+
+    campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", keywords=["kw"] if i % 2 else [],
+                               creatives=[make_creative(f"c{i}-a"), make_creative(f"c{i}-b", prior_ctr=0.001)])
+                 for i in range(12)]
+    model = ClickModel.from_sparse(1, 18, [1, 2], [0.1, -0.1], {})
+    auction_module.warm_up()
+    for snapshot in (snap(*campaigns), build_snapshot(campaigns, version=1, created_ms=0,
+                                                       reserve_cpm_micros=100_000, click_model=model)):
+        if snapshot.click_model is not None:
+            predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
+        for capped in (NOTHING_CAPPED, Capped(campaigns=frozenset({"c0"})),
+                       Capped(creatives={"c1": frozenset({"c1-a"})})):
+            for request in (req(slots=2, keywords=("kw",)), req(format="1x1"), req(keywords=("kw", "other"))):
+                for explain in (False, True):
+                    run_auction(snapshot, request, now_s=NOW, rng=random.Random(1), allowance=rich(
+                        *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
+    assert len(auction_module._sift.signatures) == 1
+    assert len(auction_module._intersect.signatures) == 1
