@@ -131,26 +131,28 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
     assert index is not None  # built with every snapshot
     if not index.restricted:
         return np.arange(index.size)
-    masks, widen = list(_NO_BITS), list(_NO_BITS_SET)
-    for slot, dim, postings, answers, everyone in index.lookups:
+    masks, widen = [], []
+    for dim, postings, answers, everyone in index.lookups:
         asked = _ASKED[dim](request)
         if len(asked) == 1:  # most dimensions of most requests: inline, as this runs per restricted dimension
             value = asked[0]
             bits = answers.get(value)
             if bits is None:
-                masks[slot] = everyone
-                widen[slot] = postings.get(value, _NOTHING)
+                masks.append(everyone)
+                widen.append(postings.get(value, _NOTHING))
             else:
-                masks[slot] = bits
+                masks.append(bits)
+                widen.append(_NOTHING)
         else:
-            masks[slot], widen[slot] = _dimension(postings, answers, everyone, asked)
+            found, extra = _dimension(postings, answers, everyone, asked)
+            masks.append(found)
+            widen.append(extra)
+    # One tuple entry per restricted dimension: numba compiles ``_intersect`` once per tuple length, which a
+    # snapshot fixes (``warm_up`` compiles it as the snapshot loads); unboxing an array costs about 0.1 us.
     return _intersect(index.size, tuple(masks), tuple(widen))
 
 
-# ``_intersect``'s "skip this dimension" and "set no bits": the kernel takes arrays only, all read-only.
-_NOTHING = frozen_array(np.zeros(0, dtype=np.intp))
-_NO_BITS = (frozen_array(np.zeros(0, dtype=np.uint64)),) * len(DIMENSIONS)
-_NO_BITS_SET = (_NOTHING,) * len(DIMENSIONS)
+_NOTHING = frozen_array(np.zeros(0, dtype=np.intp))  # ``_intersect``'s "set no bits" (it takes arrays only)
 
 
 def _dimension(postings: Mapping[str, np.ndarray], answers: Mapping[str, np.ndarray], everyone: np.ndarray,
@@ -183,8 +185,8 @@ _DEBRUIJN, _BIT_INDEX = _debruijn()
 
 @njit(nogil=True)
 def _intersect(size: int, masks: tuple[np.ndarray, ...], widen: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The positions whose bit survives AND-ing every dimension's bitset (``masks``; empty: skipped), each
-    first widened by the positions in ``widen`` (the dimension also lets those through), ascending. Widening
+    """The positions whose bit survives AND-ing every dimension's bitset (``masks``), each first widened by the
+    positions in ``widen`` (the dimension also lets those through), ascending. Widening
     without a copy of the bitset: (bits | those) & acc keeps acc's bits at those positions, so remember them
     before the AND and put them back after."""
     words = (size + 63) >> 6
@@ -194,10 +196,7 @@ def _intersect(size: int, masks: tuple[np.ndarray, ...], widen: tuple[np.ndarray
     if size & 63:  # no bit past the last campaign, whatever the masks hold
         acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
     for d in range(len(masks)):
-        bits = masks[d]
-        if bits.shape[0] == 0:
-            continue
-        extra = widen[d]
+        bits, extra = masks[d], widen[d]
         kept = np.empty(extra.shape[0], dtype=np.uint64)
         for k in range(extra.shape[0]):
             p = extra[k]
@@ -381,6 +380,10 @@ def run_auction(
         scores = ecpm_scores(columns, fmt)
         column = columns.formats.get(fmt)
         ctrs = scores if column is None else column.ctr
+        if len(positions) <= SIFT_IN_PYTHON and not explain:
+            ranked, counts = _sift_few(positions, checks.fate, scores, ctrs)
+            return _finish(snapshot, request, len(positions), ranked, None, overrides, counts, {}, reserve, rng,
+                           allowance, throttle, explain=False)
     else:
         # Per candidate. Fresh arrays (fancy indexing copies): caps may rescore them in place.
         if model is None:
@@ -408,8 +411,33 @@ def run_auction(
         campaigns = snapshot.campaigns
         reasons = {campaigns[p].campaign_id: _FATES[code]
                    for p, code in zip(positions.tolist(), fates.tolist(), strict=True) if code != _PASSED}
-    return _finish(snapshot, request, len(positions), (live, live_scores, live_ctrs, head), overrides, counts,
-                   reasons, reserve, rng, allowance, throttle, explain=explain)
+    ranked = (live[:head].tolist(), live_scores[:head].tolist(), live_ctrs[:head].tolist())
+    rest = (live[head:], live_scores[head:], live_ctrs[head:]) if head < len(live) else None
+    return _finish(snapshot, request, len(positions), ranked, rest, overrides, counts, reasons, reserve, rng,
+                   allowance, throttle, explain=explain)
+
+
+# Up to this many candidates (with the campaigns' own scores, no explain) the sifting runs in Python
+# (``_sift_few``): numba's call and the arrays it returns cost more than the work, about 1.3 of the 13 us of
+# an auction over twenty campaigns (one-off /tmp/pf/ab_small.py).
+SIFT_IN_PYTHON = 8
+
+
+def _sift_few(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray,
+              ctrs: np.ndarray) -> tuple[tuple[list[int], list[float], list[float]], dict[Reason, int]]:
+    """``_sift`` for a handful of candidates scored per campaign, read one by one: the ones that passed as
+    (positions, scores, CTRs) lists in ranking order, and how many met each other fate. The same as
+    ``_sift``'s (tested against it)."""
+    counts: dict[Reason, int] = {}
+    live = []
+    for pos in positions.tolist():
+        code = fate_of.item(pos)
+        if code == _PASSED:
+            live.append((scores.item(pos), pos, ctrs.item(pos)))
+        else:
+            counts[_FATES[code]] = counts.get(_FATES[code], 0) + 1
+    live.sort(key=lambda entry: -entry[0])  # stable: equal scores keep position order, as _sift's
+    return ([entry[1] for entry in live], [entry[0] for entry in live], [entry[2] for entry in live]), counts
 
 
 # ``_sift``'s "no caps": the kernel takes arrays only. Writable, like a request's own caps array, so that both
@@ -539,9 +567,13 @@ def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return src
 
 
-def warm_up() -> None:
-    """Compile ``_intersect`` and ``_sift`` once per process, so that no request pays for it."""
-    _intersect(1, (*_NO_BITS[:-1], frozen_array(np.ones(1, dtype=np.uint64))), _NO_BITS_SET)
+def warm_up(snapshot: Snapshot) -> None:
+    """Compile ``_sift`` once per process and ``_intersect`` for ``snapshot``'s number of restricted
+    dimensions (once per process and number), so that no request pays for it."""
+    restricted = len(snapshot.index.restricted) if snapshot.index is not None else 0
+    if restricted:
+        everyone = frozen_array(np.ones(1, dtype=np.uint64))
+        _intersect(1, (everyone,) * restricted, (_NOTHING,) * restricted)
     scores = np.ones(2)
     fate = np.full(2, _PASSED, dtype=np.uint8)
     scores.flags.writeable = fate.flags.writeable = False
@@ -549,15 +581,14 @@ def warm_up() -> None:
 
 
 def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
-            ranked_input: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+            ranked: tuple[list[int], list[float], list[float]], rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
             overrides: dict[int, tuple[SnapshotCreative, ...]], counts: dict[Reason, int],
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
-    """Walk the ranking of the candidates that passed (``_sift``'s positions, scores, CTRs and how many of
-    them are sorted) to fill the slots and price them."""
-    live, live_scores, live_ctrs, head = ranked_input
-    walk = _Ranking(snapshot, live, live_scores, live_ctrs, head, request.format, overrides, rng, allowance,
-                    throttle, counts, reasons if explain else None)
+    """Walk the ranking of the candidates that passed to fill the slots and price them: ``ranked`` the best
+    of them in order (positions, scores, CTRs), ``rest`` the others unsorted (``_sift``'s)."""
+    walk = _Ranking(snapshot, ranked, rest, request.format, overrides, rng, allowance, throttle, counts,
+                    reasons if explain else None)
     wins: list[Win] = []
     slots = max(1, request.slots)
     ranked = walk.ranked
@@ -579,7 +610,7 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
         wins.append(Win(slot=len(wins), campaign=campaign, creative=creative, ecpm_micros=round(score),
                         price_micros=price, reserve_micros=expected_cost(campaign, ctr, price), ctr=ctr))
     if explain:
-        walk.fill(len(live))
+        walk.fill(walk.size)
     for _, campaign, _, _ in ranked[position:]:
         walk.mark(campaign, Reason.OUTRANKED)
     # Never reached by the walk: ranked below what the slots needed.
@@ -637,24 +668,23 @@ class _Ranking:
     Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
     ties that are reached cost a draw)."""
 
-    def __init__(self, snapshot: Snapshot, live: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, head: int,
-                 fmt: str, overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
+    def __init__(self, snapshot: Snapshot, ranked: tuple[list[int], list[float], list[float]],
+                 rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None, fmt: str,
+                 overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
                  reasons: dict[str, Reason] | None) -> None:
         # Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely
-        # goes past the first few: only the sorted head now (``_sift`` put every tie of its last entry in
-        # it, so a run of equal scores never straddles the cut), the rest, all of lower scores, sorted only
-        # if the walk gets there. Same order as one stable sort of all of them.
-        self._live, self._live_scores, self._live_ctrs = live, scores, ctrs
-        self._sorted = head
-        self._positions: list[int] = live[:head].tolist()
-        self._scores: list[float] = scores[:head].tolist()
-        self._ctrs: list[float] = ctrs[:head].tolist()
+        # goes past the first few: only the sorted head comes as lists (``_sift`` put every tie of its last
+        # entry in it, so a run of equal scores never straddles the cut), the rest, all of lower scores, is
+        # sorted only if the walk gets there. Same order as one stable sort of all of them.
+        self._positions, self._scores, self._ctrs = ranked
+        self._rest = rest
+        self.size = len(self._positions) + (0 if rest is None else len(rest[0]))  # every candidate that passed
         self._group_end = 0  # where the run of equal scores the walk is in ends
         self._next = 0
         self._snapshot = snapshot
         assert snapshot.columns is not None
-        self._best = snapshot.columns.formats[fmt].best if len(live) else ()
+        self._best = snapshot.columns.formats[fmt].best if self.size else ()
         self._overrides = overrides
         self._rng = rng
         self._allowance = allowance
@@ -666,15 +696,16 @@ class _Ranking:
 
     @property
     def unvisited(self) -> int:
-        return len(self._live) - self._next
+        return self.size - self._next
 
     def _sort_rest(self) -> None:
-        rest = slice(self._sorted, None)
-        order = np.argsort(-self._live_scores[rest], kind="stable")
-        self._positions.extend(self._live[rest][order].tolist())
-        self._scores.extend(self._live_scores[rest][order].tolist())
-        self._ctrs.extend(self._live_ctrs[rest][order].tolist())
-        self._sorted = len(self._live)
+        assert self._rest is not None
+        live, scores, ctrs = self._rest
+        order = np.argsort(-scores, kind="stable")
+        self._positions.extend(live[order].tolist())
+        self._scores.extend(scores[order].tolist())
+        self._ctrs.extend(ctrs[order].tolist())
+        self._rest = None
 
     def mark(self, campaign: SnapshotCampaign, reason: Reason) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
@@ -686,7 +717,7 @@ class _Ranking:
         positions, scores, ctrs, rng = self._positions, self._scores, self._ctrs, self._rng
         while len(self.ranked) < size:
             if self._next >= len(positions):
-                if self._sorted == len(self._live):
+                if self._rest is None:
                     break
                 self._sort_rest()  # the walk got past the head
             i = self._next

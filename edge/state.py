@@ -77,7 +77,7 @@ def _load_snapshot(data: bytes) -> Snapshot:
     and, with a click model, its scoring (the first time in a process; after that these calls cost
     microseconds), and build the model's columns for the common format."""
     snapshot = decode_snapshot(data)
-    warm_up_auction()
+    warm_up_auction(snapshot)
     if snapshot.click_model is not None:
         predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
     return snapshot

@@ -137,16 +137,16 @@ class RetrievalIndex:
     # popular values as a campaign names there on average.
     answers: Mapping[str, Mapping[str, np.ndarray]]
     restricted: tuple[str, ...] = field(init=False, default=())  # the other dimensions, in DIMENSIONS order
-    # Per restricted dimension what retrieval reads, looked up once: (its index in DIMENSIONS, its name, its
-    # postings, its answers, its unrestricted bitset).
-    lookups: tuple[tuple[int, str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray], ...] = \
+    # Per restricted dimension what retrieval reads, looked up once: (its name, its postings, its answers, its
+    # unrestricted bitset).
+    lookups: tuple[tuple[str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray], ...] = \
         field(init=False, default=())
 
     def __post_init__(self) -> None:
         restricted = tuple(d for d in DIMENSIONS if d not in self.open)
         object.__setattr__(self, "restricted", restricted)
         object.__setattr__(self, "lookups", tuple(
-            (DIMENSIONS.index(d), d, self.positions[d], self.answers[d], self.unrestricted[d]) for d in restricted))
+            (d, self.positions[d], self.answers[d], self.unrestricted[d]) for d in restricted))
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],

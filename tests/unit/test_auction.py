@@ -504,6 +504,28 @@ def test_sift_matches_a_plain_python_reference(seed):
     assert all(score < got[front - 1][1] for _, score, _ in got[front:])  # no run of ties straddles the cut
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_sifting_a_few_candidates_in_python_matches_the_kernel(seed):
+    """Up to SIFT_IN_PYTHON candidates scored per campaign, ``_sift_few`` reads them one by one instead of
+    calling ``_sift``: the same survivors in the same order (ties in position order) and the same counts."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 13))
+    fate_of = rng.choice([0, 2, auction_module._RESERVE, auction_module._PASSED, auction_module._PASSED], n)
+    fate_of = fate_of.astype(np.uint8)
+    scores = rng.choice([1.0, 2.0, 3.0], n)
+    ctrs = rng.random(n)
+    positions = np.sort(rng.choice(n, int(rng.integers(0, min(n, auction_module.SIFT_IN_PYTHON) + 1)),
+                                   replace=False)).astype(np.int64)
+    for array in (fate_of, scores, ctrs):
+        array.flags.writeable = False
+    (live, live_scores, live_ctrs), counts = auction_module._sift_few(positions, fate_of, scores, ctrs)
+    _, by_fate, k_live, k_scores, k_ctrs, front = auction_module._sift(
+        positions, fate_of, False, scores, ctrs, auction_module._NOTHING_CAPPED, 0.0, auction_module.HEAD)
+    assert front == len(k_live)  # a handful: all sorted
+    assert (live, live_scores, live_ctrs) == (k_live.tolist(), k_scores.tolist(), k_ctrs.tolist())
+    assert counts == {auction_module._FATES[code]: n for code, n in enumerate(by_fate.tolist()[:-1]) if n}
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, seed):
     """The ranking sorts the best 32 candidates (and their ties) up front and the rest only when the walk gets
@@ -535,9 +557,10 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
 
 
 def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
-    """The kernels are compiled once per process when a snapshot loads (``warm_up``); a request whose arrays
-    differ in type or flags (int64 or intp positions, read-only or writable scores, caps or none) would
-    compile another version in the middle of serving, for about a second. Every path of the auction: priors
+    """The kernels are compiled when a snapshot loads (``warm_up``: ``_sift`` once per process,
+    ``_intersect`` once per number of restricted dimensions); a request whose arrays differ in type or flags
+    (int64 or intp positions, read-only or writable scores, caps or none) would compile another version in
+    the middle of serving, for about a second. Every path of the auction: priors
     and a click model, caps on a campaign and on a creative, explain, an unknown format."""
     from edge.ctr import predicted_ctr_and_ecpm
     from replication.ctr_model import ClickModel
@@ -546,9 +569,12 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
                                creatives=[make_creative(f"c{i}-a"), make_creative(f"c{i}-b", prior_ctr=0.001)])
                  for i in range(12)]
     model = ClickModel.from_sparse(1, 18, [1, 2], [0.1, -0.1], {})
-    auction_module.warm_up()
-    for snapshot in (snap(*campaigns), build_snapshot(campaigns, version=1, created_ms=0,
-                                                       reserve_cpm_micros=100_000, click_model=model)):
+    snapshots = (snap(*campaigns), build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000,
+                                                  click_model=model))
+    for snapshot in snapshots:
+        auction_module.warm_up(snapshot)
+    compiled = (list(auction_module._sift.signatures), list(auction_module._intersect.signatures))
+    for snapshot in snapshots:
         if snapshot.click_model is not None:
             predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
         for capped in (NOTHING_CAPPED, Capped(campaigns=frozenset({"c0"})),
@@ -557,5 +583,5 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
                 for explain in (False, True):
                     run_auction(snapshot, request, now_s=NOW, rng=random.Random(1), allowance=rich(
                         *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
-    assert len(auction_module._sift.signatures) == 1
-    assert len(auction_module._intersect.signatures) == 1
+    # No request compiled anything: what warm_up compiled (or earlier tests did) served every path.
+    assert (list(auction_module._sift.signatures), list(auction_module._intersect.signatures)) == compiled
