@@ -186,9 +186,9 @@ _DEBRUIJN, _BIT_INDEX = _debruijn()
 @njit(nogil=True)
 def _intersect(size: int, masks: tuple[np.ndarray, ...], widen: tuple[np.ndarray, ...]) -> np.ndarray:
     """The positions whose bit survives AND-ing every dimension's bitset (``masks``), each first widened by the
-    positions in ``widen`` (the dimension also lets those through), ascending. Widening
-    without a copy of the bitset: (bits | those) & acc keeps acc's bits at those positions, so remember them
-    before the AND and put them back after."""
+    positions in ``widen`` (the dimension also lets those through), ascending. Widening without a copy of
+    the bitset: (bits | those) & acc keeps acc's bits at those positions, so remember them before the AND and
+    put them back after."""
     words = (size + 63) >> 6
     acc = np.empty(words, dtype=np.uint64)
     for w in range(words):
