@@ -129,7 +129,7 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
     Dimensions no campaign is restricted in keep everyone and are skipped without looking at the request."""
     index = snapshot.index
     assert index is not None  # built with every snapshot
-    if not index.restricted:
+    if not index.lookups:
         return np.arange(index.size)
     masks, widen = [], []
     for dim, postings, answers, everyone in index.lookups:
@@ -148,7 +148,8 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
             masks.append(found)
             widen.append(extra)
     # One tuple entry per restricted dimension: numba compiles ``_intersect`` once per tuple length, which a
-    # snapshot fixes (``warm_up`` compiles it as the snapshot loads); unboxing an array costs about 0.1 us.
+    # snapshot fixes (``warm_up`` compiles it as the snapshot loads), and unboxes every array it is given
+    # (about 0.1 us each, one-off), so no placeholders for the open dimensions.
     return _intersect(index.size, tuple(masks), tuple(widen))
 
 
@@ -374,21 +375,21 @@ def run_auction(
     overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
     uncapped = _NOTHING_CAPPED
     per_request = model is not None or bool(capped)
+    # The campaigns' own scores and CTRs. Without a creative of the format no candidate gets past the format
+    # check, so the (all-NaN) scores stand in for the CTRs.
+    scores = ecpm_scores(columns, fmt)
+    column = columns.formats.get(fmt)
+    ctrs = scores if column is None else column.ctr
     if not per_request:
-        # The campaigns' own scores, which ``_sift`` reads per campaign. Without a creative of the format no
-        # candidate gets past the format check, so the (all-NaN) scores stand in for the CTRs never read.
-        scores = ecpm_scores(columns, fmt)
-        column = columns.formats.get(fmt)
-        ctrs = scores if column is None else column.ctr
+        # ``_sift`` reads them per campaign.
         if len(positions) <= SIFT_IN_PYTHON and not explain:
-            ranked, counts = _sift_few(positions, checks.fate, scores, ctrs)
-            return _finish(snapshot, request, len(positions), ranked, None, overrides, counts, {}, reserve, rng,
+            head, counts = _sift_few(positions, checks.fate, scores, ctrs)
+            return _finish(snapshot, request, len(positions), head, None, overrides, counts, {}, reserve, rng,
                            allowance, throttle, explain=False)
     else:
         # Per candidate. Fresh arrays (fancy indexing copies): caps may rescore them in place.
         if model is None:
-            ctrs = columns.formats[fmt].ctr[positions] if fmt in columns.formats else np.full(len(positions), np.nan)
-            scores = ecpm_scores(columns, fmt)[positions]
+            ctrs, scores = ctrs[positions], scores[positions]
         else:
             ctrs, scores = predicted_ctr_and_ecpm(snapshot, positions, fmt, request.placement, request.country,
                                                   request.device, now_s)
@@ -411,15 +412,16 @@ def run_auction(
         campaigns = snapshot.campaigns
         reasons = {campaigns[p].campaign_id: _FATES[code]
                    for p, code in zip(positions.tolist(), fates.tolist(), strict=True) if code != _PASSED}
-    ranked = (live[:head].tolist(), live_scores[:head].tolist(), live_ctrs[:head].tolist())
+    sorted_head = (live[:head].tolist(), live_scores[:head].tolist(), live_ctrs[:head].tolist())
     rest = (live[head:], live_scores[head:], live_ctrs[head:]) if head < len(live) else None
-    return _finish(snapshot, request, len(positions), ranked, rest, overrides, counts, reasons, reserve, rng,
+    return _finish(snapshot, request, len(positions), sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
 
 
 # Up to this many candidates (with the campaigns' own scores, no explain) the sifting runs in Python
-# (``_sift_few``): numba's call and the arrays it returns cost more than the work, about 1.3 of the 13 us of
-# an auction over twenty campaigns (one-off /tmp/pf/ab_small.py).
+# (``_sift_few``): numba's call and the arrays it returns cost more than the work. Without this path
+# ``handler_us_per_request`` of ``adserver bench --only handler`` (twenty campaigns) was 71.2 us on 146c44e;
+# with it 64.1 on bb081cf.
 SIFT_IN_PYTHON = 8
 
 
@@ -454,7 +456,8 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, per_request: bool, scores:
     the reserve on this request's score), how many met each fate, and the ones that passed (positions,
     scores, CTRs), the best ``head`` of them and everything tied with the last of those sorted first by
     descending score (stable: ties keep position order), the rest after them unsorted. As numpy
-    expressions this was some thirty calls whose fixed costs outweighed the work, a third of an auction.
+    expressions this was some thirty calls whose fixed costs outweighed the work: ``auction_p50_us_10k`` of
+    ``adserver bench --only auction`` went from 60.1 us on fe8b5f5 to 50.2 with this pass (aaf030d).
 
     ``scores`` and ``ctrs`` are per campaign (read at each candidate's position), or with ``per_request``
     per candidate: then the campaign-level reserve verdict is replaced by one on the candidate's score, and
@@ -500,7 +503,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, per_request: bool, scores:
             order[front] = i
             front += 1
     ranked = _stable_sorted(order[:front], neg)
-    for i in range(front):  # not ``order[:front] = ranked``: that one line took numba 2 s to compile
+    for i in range(front):  # not ``order[:front] = ranked``: that one line took numba 2 s to compile (one-off)
         order[i] = ranked[i]
     rest = front
     for i in range(n):
@@ -518,7 +521,8 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, per_request: bool, scores:
 
 
 # Selection and sorting written out rather than numpy's np.partition and np.argsort: numba took 5 s to
-# compile the one and 1 s the other, paid by every edge process at start (0.3 s each as written here).
+# compile the one and 1 s the other, paid by every edge process at start (0.3 s each as written here; all
+# one-off timings of a first call).
 @njit(nogil=True)
 def _kth_smallest(values: np.ndarray, k: int) -> float:
     """The ``k``-th smallest (from 0) of ``values``, which it reorders: Hoare's quickselect."""
@@ -570,7 +574,7 @@ def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def warm_up(snapshot: Snapshot) -> None:
     """Compile ``_sift`` once per process and ``_intersect`` for ``snapshot``'s number of restricted
     dimensions (once per process and number), so that no request pays for it."""
-    restricted = len(snapshot.index.restricted) if snapshot.index is not None else 0
+    restricted = len(snapshot.index.lookups) if snapshot.index is not None else 0
     if restricted:
         everyone = frozen_array(np.ones(1, dtype=np.uint64))
         _intersect(1, (everyone,) * restricted, (_NOTHING,) * restricted)
@@ -581,13 +585,14 @@ def warm_up(snapshot: Snapshot) -> None:
 
 
 def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
-            ranked: tuple[list[int], list[float], list[float]], rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+            sorted_head: tuple[list[int], list[float], list[float]],
+            rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
             overrides: dict[int, tuple[SnapshotCreative, ...]], counts: dict[Reason, int],
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
-    """Walk the ranking of the candidates that passed to fill the slots and price them: ``ranked`` the best
-    of them in order (positions, scores, CTRs), ``rest`` the others unsorted (``_sift``'s)."""
-    walk = _Ranking(snapshot, ranked, rest, request.format, overrides, rng, allowance, throttle, counts,
+    """Walk the ranking of the candidates that passed to fill the slots and price them: ``sorted_head`` the
+    best of them in order (positions, scores, CTRs), ``rest`` the others unsorted (``_sift``'s)."""
+    walk = _Ranking(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts,
                     reasons if explain else None)
     wins: list[Win] = []
     slots = max(1, request.slots)
@@ -668,7 +673,7 @@ class _Ranking:
     Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
     ties that are reached cost a draw)."""
 
-    def __init__(self, snapshot: Snapshot, ranked: tuple[list[int], list[float], list[float]],
+    def __init__(self, snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[float]],
                  rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None, fmt: str,
                  overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
@@ -677,7 +682,7 @@ class _Ranking:
         # goes past the first few: only the sorted head comes as lists (``_sift`` put every tie of its last
         # entry in it, so a run of equal scores never straddles the cut), the rest, all of lower scores, is
         # sorted only if the walk gets there. Same order as one stable sort of all of them.
-        self._positions, self._scores, self._ctrs = ranked
+        self._positions, self._scores, self._ctrs = sorted_head
         self._rest = rest
         self.size = len(self._positions) + (0 if rest is None else len(rest[0]))  # every candidate that passed
         self._group_end = 0  # where the run of equal scores the walk is in ends

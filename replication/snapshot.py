@@ -111,7 +111,7 @@ class SnapshotCampaign:
         }[dimension]
 
 
-MAX_ANSWER_MASKS = 64  # values per dimension up to which RetrievalIndex keeps a whole mask per value
+MAX_ANSWER_MASKS = 64  # values per dimension up to which RetrievalIndex keeps a whole bitset per value
 POPULAR_SHARE = 32  # beyond that, a value 1/32 of the campaigns name still gets one (RetrievalIndex.answers)
 MIN_POPULAR = 64  # ... if that is at least 64 campaigns: fewer positions are cheap to set per request anyway
 
@@ -132,21 +132,22 @@ class RetrievalIndex:
     # a request's single value there costs one AND, not setting its campaigns' bits: every value of a
     # dimension with few (formats, devices, countries), and in the others each value at least
     # 1/POPULAR_SHARE of the campaigns (and MIN_POPULAR) name (a popular placement or keyword, with the
-    # longest postings). Few
-    # values times one bit per campaign keeps it small: a dimension has at most POPULAR_SHARE times as many
-    # popular values as a campaign names there on average.
+    # longest postings). Few values times one bit per campaign keeps it small: a dimension has at most
+    # POPULAR_SHARE times as many popular values as a campaign names there on average.
     answers: Mapping[str, Mapping[str, np.ndarray]]
-    restricted: tuple[str, ...] = field(init=False, default=())  # the other dimensions, in DIMENSIONS order
-    # Per restricted dimension what retrieval reads, looked up once: (its name, its postings, its answers, its
-    # unrestricted bitset).
+    # Per dimension some campaign is restricted in (DIMENSIONS order) what retrieval reads, looked up once:
+    # (its name, its postings, its answers, its unrestricted bitset).
     lookups: tuple[tuple[str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray], ...] = \
         field(init=False, default=())
 
     def __post_init__(self) -> None:
-        restricted = tuple(d for d in DIMENSIONS if d not in self.open)
-        object.__setattr__(self, "restricted", restricted)
         object.__setattr__(self, "lookups", tuple(
-            (d, self.positions[d], self.answers[d], self.unrestricted[d]) for d in restricted))
+            (d, self.positions[d], self.answers[d], self.unrestricted[d]) for d in DIMENSIONS if d not in self.open))
+
+    @property
+    def restricted(self) -> tuple[str, ...]:
+        """The dimensions some campaign is restricted in, in DIMENSIONS order."""
+        return tuple(entry[0] for entry in self.lookups)
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],
