@@ -1,9 +1,9 @@
 """``adserver bench``: throughput benchmarks as ratios, each side measured in the same run on the same machine.
 
 The load generator is wrk (C, one thread), so the client is never what limits a Python server; the yardstick
-is ``adserver baseline`` (do-nothing Starlette endpoints on the edge's exact granian configuration). Sides
-alternate for ``--rounds`` rounds and the median of each side counts, so drift (thermal, a noisy neighbour)
-hits both.
+is ``adserver baseline`` (do-nothing Starlette endpoints on the edge's exact granian configuration). Every
+round measures both sides back to back, which goes first alternating, and a ratio is the median of the
+rounds' own ratios (``adserver.sidebyside``), so drift (thermal, a noisy neighbour) hits both sides.
 
 Benchmarks:
 
@@ -53,6 +53,7 @@ from adserver.bench_pctr import bench_pctr
 from adserver.bench_variants import bench_variants
 from adserver.faults import pause, resume
 from adserver.processes import ProcessGroup, adserver_argv, free_port, start_redis, wait_ready
+from adserver.sidebyside import in_turn, median_ratio
 from adserver.stack import LocalStack
 from edge.tokens import SigningKeys, sign, verify
 
@@ -205,20 +206,17 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
             pause(stack.control_plane)  # the collector and chdb: not part of the endpoint under test
             try:
                 for r in range(rounds):
-                    before = meter.read()
-                    hello_runs.append(run_wrk(hello_url, duration_s=duration_s, connections=connections,
-                                              paths_file=None, script=script))
-                    cpu["hello"].append(meter.per_request_us(before, meter.read(), hello_runs[-1].requests))
-                    say(f"round {r + 1}: /hello {hello_runs[-1].rps:,.0f} req/s; CPU us per request "
-                        f"{cpu['hello'][-1]}")
                     paths_file = workdir / f"beacons-{r}.txt"
                     paths_file.write_text("\n".join(paths[r * chunk:(r + 1) * chunk]) + "\n")
-                    before = meter.read()
-                    beacon_runs.append(run_wrk(stack.edges[0].url, duration_s=duration_s,
-                                               connections=connections, paths_file=paths_file, script=script))
-                    cpu["beacons"].append(meter.per_request_us(before, meter.read(), beacon_runs[-1].requests))
-                    say(f"round {r + 1}: /v1/track/impression {beacon_runs[-1].rps:,.0f} req/s; CPU us per "
-                        f"request {cpu['beacons'][-1]}")
+                    sides = (("hello", "/hello", hello_url, None, hello_runs),
+                             ("beacons", "/v1/track/impression", stack.edges[0].url, paths_file, beacon_runs))
+                    for side, label, url, walk, side_runs in in_turn(r, sides):
+                        before = meter.read()
+                        side_runs.append(run_wrk(url, duration_s=duration_s, connections=connections,
+                                                 paths_file=walk, script=script))
+                        cpu[side].append(meter.per_request_us(before, meter.read(), side_runs[-1].requests))
+                        say(f"round {r + 1}: {label} {side_runs[-1].rps:,.0f} req/s; CPU us per request "
+                            f"{cpu[side][-1]}")
                     if beacon_runs[-1].requests > chunk:
                         raise RuntimeError("ran out of distinct tokens: replays would flatter the beacon side")
             finally:
@@ -232,7 +230,7 @@ def bench_beacons(*, duration_s: float, connections: int, rounds: int, say: Call
     hello_rps = statistics.median(run.rps for run in hello_runs)
     beacon_rps = statistics.median(run.rps for run in beacon_runs)
     return {
-        "beacon_ratio_vs_hello": round(beacon_rps / hello_rps, 3),
+        "beacon_ratio_vs_hello": round(median_ratio([r.rps for r in beacon_runs], [r.rps for r in hello_runs]), 3),
         "beacon_rps": round(beacon_rps), "hello_rps": round(hello_rps),
         "beacon_p99_ms": statistics.median(run.p99_ms for run in beacon_runs),
         "hello_p99_ms": statistics.median(run.p99_ms for run in hello_runs),

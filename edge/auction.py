@@ -573,7 +573,8 @@ def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 def warm_up(snapshot: Snapshot) -> None:
     """Compile ``_sift`` once per process and ``_intersect`` for ``snapshot``'s number of restricted
-    dimensions (once per process and number), so that no request pays for it."""
+    dimensions (once per process and number), and with a click model its scoring kernel (once per process)
+    and the model's columns for the common format, so that no request pays for them."""
     restricted = len(snapshot.index.lookups) if snapshot.index is not None else 0
     if restricted:
         everyone = frozen_array(np.ones(1, dtype=np.uint64))
@@ -582,6 +583,8 @@ def warm_up(snapshot: Snapshot) -> None:
     fate = np.full(2, _PASSED, dtype=np.uint8)
     scores.flags.writeable = fate.flags.writeable = False
     _sift(np.arange(2), fate, False, scores, scores, _NOTHING_CAPPED, 0.0, 1)
+    if snapshot.click_model is not None:
+        predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
 
 
 def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,

@@ -29,7 +29,6 @@ from starlette.applications import Starlette
 from edge.accounting import Accounting
 from edge.auction import warm_up as warm_up_auction
 from edge.budget import BudgetLedger
-from edge.ctr import predicted_ctr_and_ecpm
 from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
@@ -73,13 +72,10 @@ class SeenIds:
 
 
 def _load_snapshot(data: bytes) -> Snapshot:
-    """Decode a snapshot and warm what its first requests would otherwise build: compile the auction's kernels
-    and, with a click model, its scoring (the first time in a process; after that these calls cost
-    microseconds), and build the model's columns for the common format."""
+    """Decode a snapshot and warm what its first requests would otherwise build (``edge.auction.warm_up``:
+    the kernels are compiled the first time in a process; after that the call costs microseconds)."""
     snapshot = decode_snapshot(data)
     warm_up_auction(snapshot)
-    if snapshot.click_model is not None:
-        predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
     return snapshot
 
 

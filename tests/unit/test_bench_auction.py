@@ -39,6 +39,7 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     assert out["edge_gc_pause_ms_1k"] > 0 and out["edge_gc_pause_frozen_ms_1k"] >= 0
     assert out["edge_gc_during_load_ms_1k"] >= 0 and out["edge_load_no_full_collections_s_1k"] > 0
     assert out["auction_p99_over_p50_1k"] >= 1 and out["machine_p99_over_p50_1k"] >= 1
+    assert out["machine_ns_per_loop_1k"] == out["runs"]["1k"]["machine_spread"][0]["ns_per_loop"] > 0
     bigger = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(10_000,))
     assert bigger["snapshot_mb_10k"] > 3 * out["snapshot_mb_1k"]  # both carry the same 0.5 MB model
     assert bigger["edge_memory_mb_10k"] > 2 * out["edge_memory_mb_1k"]
@@ -66,3 +67,7 @@ def test_the_machine_spread_times_a_workload_near_the_p50_it_is_given():
     big = machine_spread(200.0, 0.2)
     assert small["p99_us"] >= small["p50_us"] > 0 and small["p99_over_p50"] >= 1
     assert big["p50_us"] > 3 * small["p50_us"]
+    # The yardstick is per loop step, so the workload's size does not enter it: some tens of nanoseconds
+    # (56 on a 2-core machine here), not microseconds (a per-call figure) or fractions of one.
+    for spread in (small, big):
+        assert 1 < spread["ns_per_loop"] < 1_000
