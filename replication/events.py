@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 
 from replication.variants import MAX_VARIANT_KEY
+from replication.wire import packb
 
 SCHEMA_VERSION = 1
 # Money and timestamps fit comfortably below 2**53; anything larger is a forged or corrupt event.
@@ -177,10 +178,10 @@ def encode_decision_row(event_id: str, ts_ms: int, region: str, pop: str, auctio
     """``encode_event_row`` of a decision (nothing billed, valid) without building its ``Event``: the edge
     writes one per ad served, and the frozen dataclass's constructor cost more than the encoding. Same
     fields in the same order (tested against ``encode_event_row``); the ad path has validated them."""
-    return msgpack.packb(_trimmed([
+    return packb(_trimmed([
         event_id, EventType.DECISION, ts_ms, region, pop, auction_id, impression_id, campaign_id, creative_id,
         advertiser_id, placement, bid_type, price_micros, 0, 0, InvalidReason.NONE, geo, device, user_key,
-        variant]), use_bin_type=True)
+        variant]))
 
 
 _BATCH_HEAD = msgpack.packb(SCHEMA_VERSION) + msgpack.packb(BATCH)

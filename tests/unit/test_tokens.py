@@ -61,6 +61,22 @@ def test_signature_is_plain_hmac_sha256_of_key_id_and_payload_every_time():
             assert base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)) == expected
 
 
+def test_payload_is_the_standard_unpadded_base64url_of_the_msgpack_claims():
+    """``_b64`` spells out urlsafe_b64encode's steps: same characters ('-' and '_' among them) for every
+    length of input modulo 3, padding stripped."""
+    import os
+
+    import msgpack
+
+    from edge.tokens import _b64
+
+    for n in range(0, 200):
+        data = os.urandom(n) + b"\xfb\xff\xfe"[: n % 3]  # bytes that encode to '+' or '/' in plain base64
+        assert _b64(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    payload = sign(claims(), KEYS).split(".")[0]
+    assert payload == base64.urlsafe_b64encode(msgpack.packb(claims(), use_bin_type=True)).rstrip(b"=").decode()
+
+
 def test_verify_without_kind_accepts_any_kind():
     assert verify(sign(claims(k="c"), KEYS), KEYS, now_s=NOW).ok
 
