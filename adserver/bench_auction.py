@@ -102,7 +102,7 @@ def machine_spread(target_us: float, duration_s: float) -> dict[str, float]:
     to take about ``target_us`` (the auction's p50), and its p99 over its p50. Nothing in it varies, so
     whatever spreads its samples (other processes, the hypervisor, interrupts) spreads the auction's too.
     ``ns_per_loop``: what one of the workload's loop steps (``total += i``) took, a yardstick of the machine's
-    speed that reads the same across runs and machines, so that absolute microseconds measured on different
+    speed measured the same way on every machine, so that absolute microseconds measured on different
     machines can be set side by side."""
     clock = time.perf_counter_ns
     probe = []

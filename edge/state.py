@@ -73,7 +73,8 @@ class SeenIds:
 
 def _load_snapshot(data: bytes) -> Snapshot:
     """Decode a snapshot and warm what its first requests would otherwise build (``edge.auction.warm_up``:
-    the kernels are compiled the first time in a process; after that the call costs microseconds)."""
+    the kernels, compiled the first time in a process, and the snapshot's per-format columns, 3.8-4.8 s at
+    100,000 campaigns with a click model, one-off), here in the loader thread rather than in a request."""
     snapshot = decode_snapshot(data)
     warm_up_auction(snapshot)
     return snapshot

@@ -166,9 +166,10 @@ def test_a_campaign_turns_live_and_ends_on_time_while_one_snapshot_serves(make_c
         return set(run_auction(s, req(), now_s=second, rng=random.Random(1), allowance=rich("c"),
                                explain=True).reasons.values())
 
-    assert [fate(NOW + t) for t in (0, 3, 4.9, 5, 6, 29, 29.99, 30, 31)] == [
-        {Reason.SCHEDULE}, {Reason.SCHEDULE}, {Reason.SCHEDULE}, set(), set(), set(), set(), {Reason.SCHEDULE},
-        {Reason.SCHEDULE}]
+    off, live = {Reason.SCHEDULE}, set()
+    # Back in time too (3 after 6, 29 after 31): a request's clock can be read before it awaits Redis.
+    walk = (0, 3, 4.9, 5, 6, 3, 6, 29, 29.99, 30, 31, 29, 31)
+    assert [fate(NOW + t) for t in walk] == [off, off, off, live, live, off, live, live, live, off, off, live, off]
 
 
 def test_hour_targeting_turns_at_the_hour_in_the_campaign_timezone_while_one_snapshot_serves(make_campaign):
@@ -199,10 +200,11 @@ def test_verdicts_are_kept_while_nothing_can_turn(make_campaign):
 @given(schedules=st.lists(st.tuples(st.integers(-2_000, 4_000), st.integers(-2_000, 4_000),
                                     st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]),
                                     st.sampled_from([(), (12,), (7, 8), (12, 13)])), min_size=1, max_size=8),
-       steps=st.lists(st.sampled_from([0, 1, 1, 2, 17, 299, 900, 1_801]), min_size=1, max_size=20))
+       steps=st.lists(st.sampled_from([0, 1, 1, 2, 17, 299, 900, 1_801, -1, -3, -600]), min_size=1, max_size=20))
 def test_verdicts_kept_between_seconds_equal_fresh_ones(make_campaign, schedules, steps):
-    """Walking the clock forward through schedule edges and quarter hours (Asia/Kolkata is UTC+5:30), the
-    kept verdicts equal ones computed afresh for that second in a snapshot that never kept any."""
+    """Walking the clock through schedule edges and quarter hours (Asia/Kolkata is UTC+5:30), mostly forward
+    and sometimes back (a request whose clock was read before it awaited Redis), the kept verdicts equal ones
+    computed afresh for that second in a snapshot that never kept any."""
     campaigns = [make_campaign(f"c{i}", start_s=max(0, NOW + a), end_s=0 if b < -1_000 else NOW + b,
                                timezone=tz, hours=hours) for i, (a, b, tz, hours) in enumerate(schedules)]
     kept, fresh = snap(*campaigns), snap(*campaigns)
@@ -654,7 +656,8 @@ def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_ca
 
     campaigns = [make_campaign("rect", creatives=[make_creative("r", format="300x250")]),
                  make_campaign("leader", creatives=[make_creative("l", format="728x90")]),
-                 make_campaign("phone", creatives=[make_creative("p", format="320x50")])]
+                 make_campaign("phone", creatives=[make_creative("p", format="320x50")]),
+                 make_campaign("bare", creatives=[])]  # unrestricted in format: a candidate for any format
     model = ClickModel.from_sparse(7, 18, [1, 2], [0.1, -0.1], {})
     snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000, click_model=model)
     auction_module.warm_up(snapshot)
@@ -664,5 +667,10 @@ def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_ca
         result = run_auction(snapshot, req(format=fmt), now_s=NOW, rng=random.Random(1),
                              allowance=rich("rect", "leader", "phone"))
         assert len(result.wins) == 1
+    # A format no campaign has: "bare" is its only candidate, scored with the columns of the "" key.
+    assert ("ctr-model", 7, "") in built
+    assert "schedule-edges" in built  # what the verdicts of a new second are checked against
+    assert run_auction(snapshot, req(format="160x600"), now_s=NOW, rng=random.Random(1),
+                       allowance=rich("bare")).candidates == 1
     # Serving every format built no more columns: only the per-second verdicts and the request contexts.
-    assert {k[0] for k in set(snapshot.columns.memo) - built} <= {"checks", "ctr-contexts", "schedule-edges"}
+    assert {k[0] for k in set(snapshot.columns.memo) - built} <= {"checks", "ctr-contexts"}

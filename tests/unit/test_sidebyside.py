@@ -14,9 +14,9 @@ def test_rounds_alternate_which_side_goes_first() -> None:
 
 
 def test_median_of_the_rounds_own_ratios() -> None:
-    # Round ratios 2, 2 and 3: the median is 2. Dividing the sides' medians (4 / 2) would also give 2 here,
-    # but 9 / 1 in the third round shows the rounds are paired, not pooled.
-    assert median_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+    # Round ratios 1, 4 and 3: the median is 3. Dividing the sides' medians would give 4 / 1, and pairing
+    # the rounds the wrong way round (1/3, 4/1, 9/1) a median of 4.
+    assert median_ratio([1.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
     with pytest.raises(ValueError, match="one numerator and one denominator per round"):
         median_ratio([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="at least one round"):

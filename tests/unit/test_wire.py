@@ -8,7 +8,7 @@ from replication.wire import packb
 SAMPLES = [
     {"imp": "a1-0", "px": 123_456, "iat": 1764420000.123, "k": "i", "exp": 1764423600},
     ["dec:a1-0", 3, 1_764_420_000_123, "eu", "pop1", b"\x00\xff", None, True, -1, 2**63 - 1],
-    "x" * 40_000,  # larger than the Packer's initial buffer
+    "x" * 300_000,  # larger than the Packer's initial buffer (256 KiB)
 ]
 
 
