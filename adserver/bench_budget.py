@@ -1,12 +1,13 @@
 """``adserver bench --only decisions``: ad decisions per second with budget accounting on, against it off.
 
 In-process and side by side: the same seeded requests against the same snapshot (1,000 campaigns, 6 slots),
-both sides in every round, taking turns in slices of a tenth of a second; the ratio is the median of the rounds' own
-ratios (``adserver.sidebyside``). "Off" is the bare auction with an unlimited allowance and no throttle. "On" is
-what the edge's ``/v1/ads`` does for budgets: the auction reads the live allowance of the worker's ledger
-and the pacing throttles, every win reserves its expected cost (staged as PN-counter increments), and the
-edge's control tick (``edge.accounting.Accounting.tick``, the same code: expire reservations, track spend rates,
-roll days, move the staged increments into the pycrdt replica, re-pace a fifth of the campaigns),
+both sides in every round, taking turns in slices of a tenth of a second; the ratio is the median of the
+rounds' own ratios (``adserver.sidebyside``). "Off" is the bare auction with an unlimited allowance and no
+throttle. "On" is what the edge's ``/v1/ads`` does for budgets: the auction reads the live allowance of the
+worker's ledger and the pacing throttles, every win reserves its expected cost (staged as PN-counter
+increments), and the edge's control tick (``edge.accounting.Accounting.tick``, the same code: expire
+reservations, track spend rates, roll days, move the staged increments into the pycrdt replica, re-pace a
+fifth of the campaigns),
 the grant loop's 100 ms check of what to ask for (``Accounting.grant_request``; the NATS request itself is
 left out: the allocator grants enough up front) and the half-second Yjs delta flush run on the edge's
 schedule inside the loop.
@@ -112,8 +113,7 @@ class _Side:
                 self.until_tick = 0.1
                 # The tick's own time counts too: the clock read above came before it, and a slice usually
                 # ends on the chunk its tick falls due on (found by a review: ~2.7 ms per 0.1 s went untimed).
-                t = time.perf_counter()
-                last = t
+                t = last = time.perf_counter()
             if t - started >= seconds:
                 self.elapsed += t - started
                 return

@@ -2,8 +2,9 @@
 
 Dividing one side's median over the rounds by the other's lets drift between rounds into the ratio. On the
 2-core machines here that drift is large. In one three-round ``auction`` run, the same fixed workload ran
-2.8 times faster in the last round than in the first (its ``machine_spread``, one-off). In one ``decisions``
-run, the bare auction's rate was 2,795 decisions/s in one round and 12,144 in the next.
+2.8 times faster in the last round than in the first (its ``machine_spread``). In one ``decisions`` run,
+the bare auction's rate was 14,274 decisions/s in one 4-second block and 11,017 in the next round's (both
+one-off, 2026-11-29).
 
 So each round measures every side back to back and yields its own ratio, and the median of those per-round
 ratios is reported. Rounds alternate which side goes first (A B, then B A, ...). A drift that runs the same

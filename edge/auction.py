@@ -277,9 +277,8 @@ def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _
     """The campaign-level filters as of ``now_s`` per format and reserve, kept per second of the clock and
     computed again only when one can have turned (``_checks_turned``: a schedule's start or end, a quarter
     hour with hour targeting): a request then reads its candidates' verdicts from one array instead of
-    evaluating five filters. The reserve verdict is on the
-    campaign's own score; a request whose scores differ (a click model, capped creatives) judges the reserve
-    on its own scores instead."""
+    evaluating five filters. The reserve verdict is on the campaign's own score; a request whose scores
+    differ (a click model, capped creatives) judges the reserve on its own scores instead."""
     second = math.floor(now_s)
     fmt = columns.format_key(fmt)
     key = ("checks", fmt, reserve)
@@ -383,11 +382,12 @@ def run_auction(
 
     The filters that depend on the campaign alone (schedule, hour of day, format, reserve) are evaluated for
     every campaign when one can have turned (``_checks``), and one compiled pass (``_sift``) applies them,
-    the caps and the reserve to every candidate and sorts the head of the ranking. The rest (budget, pacing, one ad per
-    advertiser) needs a dict lookup or a random draw per campaign, so it runs only down the ranking, as far as
-    filling the slots and pricing the last one needs: each of those draws is independent, so skipping the ones
-    nobody would look at changes no outcome's probability. With ``explain`` the walk goes on to the end and
-    ``reasons`` gives every candidate's fate; the wins are the same either way for the same ``rng`` state."""
+    the caps and the reserve to every candidate and sorts the head of the ranking. The rest (budget, pacing,
+    one ad per advertiser) needs a dict lookup or a random draw per campaign, so it runs only down the
+    ranking, as far as filling the slots and pricing the last one needs: each of those draws is independent,
+    so skipping the ones nobody would look at changes no outcome's probability. With ``explain`` the walk
+    goes on to the end and ``reasons`` gives every candidate's fate; the wins are the same either way for the
+    same ``rng`` state."""
     reserve = snapshot.reserve_cpm_micros if reserve_cpm_micros is None else reserve_cpm_micros
     positions = retrieve(snapshot, request)
     if not len(positions):

@@ -51,7 +51,7 @@ EXPLORATION = 1.0
 # b = K prior / (seen + K), c = 1 / (seen + K)); and the eCPM's inputs: a CPM bid as it is (IS_CPM 1.0),
 # else PER_CTR x CTR x 1000 (the CPC bid, or the CPA bid times the prior conversion rate).
 _STATIC, _A, _B, _C, _BID, _PER_CTR, _IS_CPM = range(len(CROSSES), len(CROSSES) + 7)
-_RECORD = len(CROSSES) + 7  # fields per record: 80 bytes, two cache lines (as a row padded to 128 would be)
+_RECORD = _IS_CPM + 1  # fields per record: 80 bytes, two cache lines (as a row padded to 128 would be)
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,7 +147,7 @@ def _trimmed(values: list[Any]) -> list[Any]:
 
 
 def encode_event(event: Event) -> bytes:
-    return msgpack.packb([SCHEMA_VERSION, _values(event)], use_bin_type=True)
+    return packb([SCHEMA_VERSION, _values(event)])
 
 
 BATCH = "batch"
@@ -165,7 +165,7 @@ def encode_event_row(event: Event) -> bytes:
     """One event as it sits in a batch: the edge encodes each decision when it is made, so the control tick
     that sends the batch only joins bytes (encoding a tick's worth of events at once held up the requests
     queued behind it by about a millisecond)."""
-    return msgpack.packb(_values(event), use_bin_type=True)
+    return packb(_values(event))
 
 
 if len(_FIELDS) != 20:  # encode_decision_row lists them by position
