@@ -22,12 +22,12 @@ from typing import Protocol
 import numpy as np
 from numba import njit
 
-from edge.ctr import predicted_ctr_and_ecpm, predicted_ctr_one
+from edge.ctr import NO_MODEL, ModelInputs, model_inputs, predicted_ctr_one, score_one
 from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns, frozen_array
 from replication.ctr_model import country_of
-from replication.snapshot import DIMENSIONS, Snapshot, SnapshotCampaign, SnapshotCreative
+from replication.snapshot import DIMENSIONS, RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
 
 _CPM, _CPA = BID_TYPES.index("cpm"), BID_TYPES.index("cpa")
 
@@ -125,49 +125,39 @@ if set(_ASKED) != set(DIMENSIONS):  # a dimension the table misses would fail ev
 
 def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
     """Candidate positions, ascending: the intersection over dimensions of (matching postings OR
-    unrestricted), over the snapshot's bitsets (``RetrievalIndex``) in one compiled pass (``_intersect``).
-    Dimensions no campaign is restricted in keep everyone and are skipped without looking at the request."""
+    unrestricted), over the snapshot's bitsets (``RetrievalIndex``) in one compiled pass (``_candidates``).
+    Dimensions no campaign is restricted in keep everyone and are skipped without looking at the request.
+    The auction runs the same pass inside its own kernel (``_select``)."""
     index = snapshot.index
     assert index is not None  # built with every snapshot
-    if not index.lookups:
-        return np.arange(index.size)
-    masks, widen = [], []
-    for dim, postings, answers, everyone in index.lookups:
+    return _candidates(index.size, index.bits, index.flat, _plan(index, request))
+
+
+def _plan(index: RetrievalIndex, request: AdRequest) -> np.ndarray:
+    """What retrieval reads for ``request``, as int64, per restricted dimension: the row of ``index.bits`` to
+    AND (the answer of the request's value there, or the dimension's unrestricted campaigns), then how many
+    spans of ``index.flat`` widen it (the positions of the request's values without an answer of their own),
+    then each span's start and end. A value no campaign names adds nothing."""
+    plan: list[int] = []
+    for dim, spans, rows, everyone in index.lookups:
         asked = _ASKED[dim](request)
         if len(asked) == 1:  # most dimensions of most requests: inline, as this runs per restricted dimension
             value = asked[0]
-            bits = answers.get(value)
-            if bits is None:
-                masks.append(everyone)
-                widen.append(postings.get(value, _NOTHING))
+            row = rows.get(value)
+            if row is not None:
+                plan += (row, 0)
+            elif (span := spans.get(value)) is not None:
+                plan += (everyone, 1, *span)
             else:
-                masks.append(bits)
-                widen.append(_NOTHING)
-        else:
-            found, extra = _dimension(postings, answers, everyone, asked)
-            masks.append(found)
-            widen.append(extra)
-    # One tuple entry per restricted dimension: numba compiles ``_intersect`` once per tuple length, which a
-    # snapshot fixes (``warm_up`` compiles it as the snapshot loads), and unboxes every array it is given
-    # (about 0.1 us each, one-off), so no placeholders for the open dimensions.
-    return _intersect(index.size, tuple(masks), tuple(widen))
-
-
-_NOTHING = frozen_array(np.zeros(0, dtype=np.intp))  # ``_intersect``'s "set no bits" (it takes arrays only)
-
-
-def _dimension(postings: Mapping[str, np.ndarray], answers: Mapping[str, np.ndarray], everyone: np.ndarray,
-               values: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The campaigns one dimension lets through, unrestricted there (``everyone``) or naming one of
-    ``values``, as a bitset and the positions whose bits to set in it: a value's own answer where the index
-    keeps one."""
-    known = [v for v in values if v in postings]
-    base = next((v for v in known if v in answers), None)
-    rest = [postings[v] for v in known if v != base]
-    bits = everyone if base is None else answers[base]
-    if not rest:
-        return bits, _NOTHING
-    return bits, rest[0] if len(rest) == 1 else frozen_array(np.concatenate(rest))
+                plan += (everyone, 0)
+            continue
+        known = [v for v in asked if v in spans]
+        base = next((v for v in known if v in rows), None)
+        widen = [spans[v] for v in known if v != base]
+        plan += (everyone if base is None else rows[base], len(widen))
+        for span in widen:
+            plan += span
+    return np.array(plan, dtype=np.int64)
 
 
 def _debruijn() -> tuple[np.uint64, np.ndarray]:
@@ -185,28 +175,40 @@ _DEBRUIJN, _BIT_INDEX = _debruijn()
 
 
 @njit(nogil=True)
-def _intersect(size: int, masks: tuple[np.ndarray, ...], widen: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The positions whose bit survives AND-ing every dimension's bitset (``masks``), each first widened by the
-    positions in ``widen`` (the dimension also lets those through), ascending. Widening without a copy of
-    the bitset: (bits | those) & acc keeps acc's bits at those positions, so remember them before the AND and
-    put them back after."""
+def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray) -> np.ndarray:
+    """The positions whose bit survives AND-ing every planned dimension's row of ``bits``, each first widened
+    by its spans of positions in ``flat`` (``_plan``), ascending. Widening without a copy of the row:
+    (row | those) & acc keeps acc's bits at those positions, so remember them before the AND and put them
+    back after."""
     words = (size + 63) >> 6
     acc = np.empty(words, dtype=np.uint64)
     for w in range(words):
         acc[w] = ~np.uint64(0)
-    if size & 63:  # no bit past the last campaign, whatever the masks hold
+    if size & 63:  # no bit past the last campaign, whatever the rows hold
         acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
-    for d in range(len(masks)):
-        bits, extra = masks[d], widen[d]
-        kept = np.empty(extra.shape[0], dtype=np.uint64)
-        for k in range(extra.shape[0]):
-            p = extra[k]
-            kept[k] = acc[p >> 6] & (np.uint64(1) << np.uint64(p & 63))
+    i = 0
+    while i < plan.shape[0]:
+        row, spans = plan[i], plan[i + 1]
+        first, last = i + 2, i + 2 + 2 * spans
+        widened = 0
+        for s in range(first, last, 2):
+            widened += plan[s + 1] - plan[s]
+        kept = np.empty(widened, dtype=np.uint64)
+        k = 0
+        for s in range(first, last, 2):
+            for q in range(plan[s], plan[s + 1]):
+                p = flat[q]
+                kept[k] = acc[p >> 6] & (np.uint64(1) << np.uint64(p & 63))
+                k += 1
         for w in range(words):
-            acc[w] &= bits[w]
-        for k in range(extra.shape[0]):
-            p = extra[k]
-            acc[p >> 6] |= kept[k]
+            acc[w] &= bits[row, w]
+        k = 0
+        for s in range(first, last, 2):
+            for q in range(plan[s], plan[s + 1]):
+                p = flat[q]
+                acc[p >> 6] |= kept[k]
+                k += 1
+        i = last
     n = 0
     for w in range(words):
         x = acc[w]
@@ -381,136 +383,163 @@ def run_auction(
     its campaign's next best one of the format.
 
     The filters that depend on the campaign alone (schedule, hour of day, format, reserve) are evaluated for
-    every campaign when one can have turned (``_checks``), and one compiled pass (``_sift``) applies them,
-    the caps and the reserve to every candidate and sorts the head of the ranking. The rest (budget, pacing,
-    one ad per advertiser) needs a dict lookup or a random draw per campaign, so it runs only down the
-    ranking, as far as filling the slots and pricing the last one needs: each of those draws is independent,
-    so skipping the ones nobody would look at changes no outcome's probability. With ``explain`` the walk
-    goes on to the end and ``reasons`` gives every candidate's fate; the wins are the same either way for the
-    same ``rng`` state."""
+    every campaign when one can have turned (``_checks``), and one compiled pass (``_select``) retrieves the
+    candidates, applies those verdicts, the caps and the reserve to each, scores the ones left (with the
+    click model, if any) and sorts the head of the ranking. The rest (budget, pacing, one ad per advertiser)
+    needs a dict lookup or a random draw per campaign, so it runs only down the ranking, as far as filling
+    the slots and pricing the last one needs: each of those draws is independent, so skipping the ones
+    nobody would look at changes no outcome's probability. With ``explain`` the walk goes on to the end and
+    ``reasons`` gives every candidate's fate; the wins are the same either way for the same ``rng`` state."""
     reserve = snapshot.reserve_cpm_micros if reserve_cpm_micros is None else reserve_cpm_micros
-    positions = retrieve(snapshot, request)
-    if not len(positions):
-        return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
-    columns = snapshot.columns
-    assert columns is not None  # built with every snapshot
-
+    index, columns = snapshot.index, snapshot.columns
+    assert index is not None and columns is not None  # built with every snapshot
     fmt = request.format
     checks = _checks(columns, fmt, reserve, now_s)
-    model = snapshot.click_model
-    overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
-    uncapped = _NOTHING_CAPPED
-    per_request = model is not None or bool(capped)
-    # The campaigns' own scores and CTRs. Without a creative of the format no candidate gets past the format
-    # check, so the (all-NaN) scores stand in for the CTRs.
+    # The campaigns' own scores and CTRs (with a click model, the kernel scores candidates itself). Without a
+    # creative of the format no candidate gets past the format check, so the (all-NaN) scores stand in for
+    # the CTRs.
     scores = ecpm_scores(columns, fmt)
     column = columns.formats.get(fmt)
     ctrs = scores if column is None else column.ctr
-    if not per_request:
-        # ``_sift`` reads them per campaign.
-        if len(positions) <= SIFT_IN_PYTHON and not explain:
-            head, counts = _sift_few(positions, checks.fate, scores, ctrs)
-            return _finish(snapshot, request, len(positions), head, None, overrides, counts, {}, reserve, rng,
-                           allowance, throttle, explain=False)
-    else:
-        # Per candidate. Fresh arrays (fancy indexing copies): caps may rescore them in place.
-        if model is None:
-            ctrs, scores = ctrs[positions], scores[positions]
-        else:
-            ctrs, scores = predicted_ctr_and_ecpm(snapshot, positions, fmt, request.placement, request.country,
-                                                  request.device, now_s)
-        if capped:
-            def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> tuple[float, float]:
-                if model is None:
-                    return creative.prior_ctr, creative.prior_ctr
-                return predicted_ctr_one(model, campaign, creative, request.placement, request.country,
-                                         request.device, now_s)
+    model = snapshot.click_model
+    inputs = NO_MODEL if model is None else model_inputs(snapshot, fmt, request.placement, request.country,
+                                                         request.device, now_s)
+    overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
+    caps = _NO_CAPS
+    if capped:
+        def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> tuple[float, float]:
+            if model is None:
+                return creative.prior_ctr, creative.prior_ctr
+            return predicted_ctr_one(model, campaign, creative, request.placement, request.country,
+                                     request.device, now_s)
 
-            uncapped = np.ones(len(positions), dtype=bool)
-            _apply_caps(snapshot, positions, scores, ctrs, uncapped, overrides, fmt, capped, ctr_of)
-        # Read-only like the columns, so that ``_sift`` is compiled for one kind of array, not two.
-        scores.flags.writeable = ctrs.flags.writeable = False
-    fates, by_fate, live, live_scores, live_ctrs, head = _sift(positions, checks.fate, per_request, scores, ctrs,
-                                                                uncapped, float(reserve), HEAD)
+        caps = _caps(snapshot, scores, fmt, capped, ctr_of, overrides)
+    candidates, explained, by_fate, live, ranked, head = _select(
+        index.size, index.bits, index.flat, _plan(index, request), checks.fate, scores, ctrs, inputs, caps,
+        float(reserve), HEAD, explain)
+    if not candidates:
+        return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
     counts = {_FATES[code]: n for code, n in enumerate(by_fate.tolist()[:_PASSED]) if n}
     reasons: dict[str, Reason] = {}
     if explain and counts:
         campaigns = snapshot.campaigns
-        reasons = {campaigns[p].campaign_id: _FATES[code]
-                   for p, code in zip(positions.tolist(), fates.tolist(), strict=True) if code != _PASSED}
-    sorted_head = (live[:head].tolist(), live_scores[:head].tolist(), live_ctrs[:head].tolist())
-    rest = (live[head:], live_scores[head:], live_ctrs[head:]) if head < len(live) else None
-    return _finish(snapshot, request, len(positions), sorted_head, rest, overrides, counts, reasons, reserve, rng,
+        positions, fates = explained.tolist()
+        reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(positions, fates, strict=True)
+                   if code != _PASSED}
+    sorted_head = (live[:head].tolist(), ranked[0, :head].tolist(), ranked[1, :head].tolist())
+    rest = (live[head:], ranked[0, head:], ranked[1, head:]) if head < len(live) else None
+    return _finish(snapshot, request, candidates, sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
 
 
-# Up to this many candidates (with the campaigns' own scores, no explain) the sifting runs in Python
-# (``_sift_few``): numba's call and the arrays it returns cost more than the work. Without this path
-# ``handler_us_per_request`` of ``adserver bench --only handler`` (twenty campaigns) was 71.2 us on 146c44e;
-# with it 64.1 on bb081cf.
-SIFT_IN_PYTHON = 8
+Caps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _sift_few(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray,
-              ctrs: np.ndarray) -> tuple[tuple[list[int], list[float], list[float]], dict[Reason, int]]:
-    """``_sift`` for a handful of candidates scored per campaign, read one by one: the ones that passed as
-    (positions, scores, CTRs) lists in ranking order, and how many met each other fate. The same as
-    ``_sift``'s (tested against it)."""
-    counts: dict[Reason, int] = {}
-    live = []
-    for pos in positions.tolist():
-        code = fate_of.item(pos)
-        if code == _PASSED:
-            live.append((scores.item(pos), pos, ctrs.item(pos)))
-        else:
-            counts[_FATES[code]] = counts.get(_FATES[code], 0) + 1
-    live.sort(key=lambda entry: -entry[0])  # stable: equal scores keep position order, as _sift's
-    return ([entry[1] for entry in live], [entry[0] for entry in live], [entry[2] for entry in live]), counts
+def _empty_caps() -> Caps:
+    """``_caps`` for a user who has seen nothing enough: arrays of the types ``_caps`` makes, so that
+    ``_select`` is compiled once for both."""
+    return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
 
 
-# ``_sift``'s "no caps": the kernel takes arrays only. Writable, like a request's own caps array, so that both
-# match the one compiled version (``warm_up``; ``test_one_compiled_version_serves_every_path``).
-_NOTHING_CAPPED = np.ones(0, dtype=bool)
+_NO_CAPS = _empty_caps()
+
+
+def _caps(snapshot: Snapshot, scores: np.ndarray, fmt: str, capped: Capped,
+          ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], tuple[float, float]],
+          overrides: dict[int, tuple[SnapshotCreative, ...]]) -> Caps:
+    """The user's caps as ``_select`` applies them, by campaign position, ascending: the campaigns that sit
+    out (capped themselves, or every creative of the format capped), and the campaigns whose best creatives
+    are capped, with the CTR and score of their best remaining one (whose creatives go in ``overrides``). A
+    user has seen few campaigns, so this loops over what is capped, candidate or not, and ``scores`` (the
+    campaigns' own) says which have a creative of the format at all."""
+    by_id = snapshot.by_id
+    out = {pos for campaign_id in capped.campaigns if (pos := by_id.get(campaign_id)) is not None}
+    rescored: list[tuple[int, float, float]] = []
+    for campaign_id, creative_ids in capped.creatives.items():
+        pos = by_id.get(campaign_id)
+        if pos is None or pos in out or math.isnan(scores[pos]):
+            continue
+        campaign = snapshot.campaigns[pos]
+        fitting = [k for k in campaign.creatives if k.format == fmt and k.creative_id not in creative_ids]
+        if not fitting:
+            out.add(pos)
+            continue
+        top = max(k.prior_ctr for k in fitting)
+        best = tuple(k for k in fitting if k.prior_ctr == top)
+        overrides[pos] = best
+        mean, ranking = ctr_of(campaign, best[0])
+        rescored.append((pos, mean, ecpm_micros(campaign, ranking)))
+    rescored.sort()
+    return (np.array(sorted(out), dtype=np.int64), np.array([r[0] for r in rescored], dtype=np.int64),
+            np.array([r[1] for r in rescored], dtype=np.float64), np.array([r[2] for r in rescored], dtype=np.float64))
 
 
 @njit(nogil=True)
-def _sift(positions: np.ndarray, fate_of: np.ndarray, per_request: bool, scores: np.ndarray, ctrs: np.ndarray,
-          uncapped: np.ndarray, reserve: float, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                                    np.ndarray, int]:
-    """Everything between scoring and the ranking walk, in one compiled pass over the candidates: each one's
-    fate (the first check it failed: the campaign-level ones from ``fate_of``, then the user's caps, then
-    the reserve on this request's score), how many met each fate, and the ones that passed (positions,
-    scores, CTRs), the best ``head`` of them and everything tied with the last of those sorted first by
-    descending score (stable: ties keep position order), the rest after them unsorted. As numpy
-    expressions this was some thirty calls whose fixed costs outweighed the work: ``auction_p50_us_10k`` of
-    ``adserver bench --only auction`` went from 60.1 us on fe8b5f5 to 50.2 with this pass (aaf030d).
+def _select(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray, fate_of: np.ndarray,
+            scores: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs, caps: Caps, reserve: float, head: int,
+            explain: bool) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The auction from retrieval to the ranking walk in one compiled call: the candidates (``_candidates``),
+    then ``_sift``. One call instead of three (retrieval, the click model's scoring, the sifting) with their
+    arrays handed back and forth through Python: 11 to 14 arguments unboxed and 9 arrays boxed per request
+    before, 12 and 4 now. Returns (how many candidates, ``_sift``'s results)."""
+    positions = _candidates(size, bits, flat, plan)
+    explained, by_fate, live, ranked, front = _sift(positions, fate_of, scores, ctrs, inputs, caps, reserve, head,
+                                                    explain)
+    return positions.shape[0], explained, by_fate, live, ranked, front
 
-    ``scores`` and ``ctrs`` are per campaign (read at each candidate's position), or with ``per_request``
-    per candidate: then the campaign-level reserve verdict is replaced by one on the candidate's score, and
-    ``uncapped`` (empty: no caps) says which candidates this user's caps leave in. Returns (fates, count per
-    fate code, live positions, live scores, live CTRs, how many of them are sorted)."""
+
+@njit(nogil=True)
+def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs,
+          caps: Caps, reserve: float, head: int,
+          explain: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Everything between retrieval and the ranking walk, in one compiled pass over the candidates: each one's
+    fate (the first check it failed: the campaign-level ones from ``fate_of``, then the user's caps, then
+    the reserve on this request's score), how many met each fate, and the ones that passed (positions, and
+    scores and CTRs as the two rows of one array), the best ``head`` of them and everything tied with the
+    last of those sorted first by descending score (stable: ties keep position order), the rest after them
+    unsorted. As numpy expressions this was some thirty calls whose fixed costs outweighed the work:
+    ``auction_p50_us_10k`` of ``adserver bench --only auction`` went from 60.1 us on fe8b5f5 to 50.2 with a
+    first version of this pass (aaf030d).
+
+    A candidate's score and CTR: the caps' own for a campaign whose best creatives are capped (``_caps``),
+    else the click model's (``score_one``) when ``inputs`` has records, else the campaign's own (``scores``,
+    ``ctrs``: per campaign). Only candidates that pass the campaign-level checks are scored, and the reserve
+    verdict of ``fate_of`` (on the campaign's own score) is replaced by one on the candidate's. Returns
+    (with ``explain``, the candidates' positions and fates as two rows, else nothing; the count per fate
+    code; the live positions; their scores and CTRs; how many of them are sorted)."""
+    records, values, mix, weights, shift, own, exploration = inputs
+    modelled = records.shape[0] > 0
+    out, over, over_ctr, over_score = caps
     m = positions.shape[0]
-    fates = np.empty(m, dtype=np.uint8)
+    explained = np.empty((2, m if explain else 0), dtype=np.int64)
     by_fate = np.zeros(_PASSED + 1, dtype=np.int64)
     live = np.empty(m, dtype=np.int64)
     live_scores = np.empty(m, dtype=np.float64)
     live_ctrs = np.empty(m, dtype=np.float64)
     n = 0
+    o = v = 0  # the next capped campaign and rescored one at or after this candidate (both ascending)
     for j in range(m):
         pos = positions[j]
         fate = fate_of[pos]
-        if per_request:
-            score, ctr = scores[j], ctrs[j]
-            if fate == _RESERVE:  # on the campaign's own score; this request's decides
-                fate = _PASSED
-            if fate == _PASSED:
-                if uncapped.shape[0] and not uncapped[j]:
-                    fate = _CAPPED
-                elif not (score >= reserve and score > 0.0):  # NaN fails too
-                    fate = _RESERVE
-        else:
-            score, ctr = scores[pos], ctrs[pos]
-        fates[j] = fate
+        score = ctr = 0.0
+        if fate >= _RESERVE:  # passed, or failed the reserve on the campaign's own score (the last check)
+            while o < out.shape[0] and out[o] < pos:
+                o += 1
+            while v < over.shape[0] and over[v] < pos:
+                v += 1
+            if o < out.shape[0] and out[o] == pos:
+                fate = _CAPPED
+            else:
+                if v < over.shape[0] and over[v] == pos:
+                    ctr, score = over_ctr[v], over_score[v]
+                elif modelled:
+                    ctr, score = score_one(pos, records, values, mix, weights, shift, own, exploration)
+                else:
+                    ctr, score = ctrs[pos], scores[pos]
+                fate = _PASSED if score >= reserve and score > 0.0 else _RESERVE  # NaN fails too
+        if explain:
+            explained[0, j] = pos
+            explained[1, j] = fate
         by_fate[fate] += 1
         if fate == _PASSED:
             live[n] = pos
@@ -537,13 +566,12 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, per_request: bool, scores:
             order[rest] = i
             rest += 1
     out_live = np.empty(n, dtype=np.int64)
-    out_scores = np.empty(n, dtype=np.float64)
-    out_ctrs = np.empty(n, dtype=np.float64)
+    out_ranked = np.empty((2, n), dtype=np.float64)
     for i in range(n):
         out_live[i] = live[order[i]]
-        out_scores[i] = live_scores[order[i]]
-        out_ctrs[i] = live_ctrs[order[i]]
-    return fates, by_fate, out_live, out_scores, out_ctrs, front
+        out_ranked[0, i] = live_scores[order[i]]
+        out_ranked[1, i] = live_ctrs[order[i]]
+    return explained, by_fate, out_live, out_ranked, front
 
 
 # Selection and sorting written out rather than numpy's np.partition and np.argsort: numba took 5 s to
@@ -598,28 +626,26 @@ def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def warm_up(snapshot: Snapshot) -> None:
-    """Compile ``_sift`` once per process and ``_intersect`` for ``snapshot``'s number of restricted
-    dimensions (once per process and number), and with a click model its scoring kernel (once per process);
-    and build what the snapshot's first request of each format (and of a format no campaign has) would
-    otherwise build: the campaigns' scores and, with a click model, the model's columns; and the schedule
-    edges ``_checks_turned`` reads. The model's columns of a format took 121-127 ms at 100,000
-    campaigns (1.2 s at 1,000,000), and before, only the common format's were built here: each other
+    """Compile ``_select`` (once per process: its arrays have the same types for every snapshot, with a click
+    model or without), and build what the snapshot's first request of each format (and of a format no
+    campaign has) would otherwise build: the campaigns' scores and, with a click model, the model's columns;
+    and the schedule edges ``_checks_turned`` reads. The model's columns of a format took 121-127 ms at
+    100,000 campaigns (1.2 s at 1,000,000), and before, only the common format's were built here: each other
     format's first request after a snapshot swap waited that long (one-off timing, f080e2a; at 1,000,000 it
     put ``auction_p99_us_1m`` at 2 s)."""
-    restricted = len(snapshot.index.lookups) if snapshot.index is not None else 0
-    if restricted:
-        everyone = frozen_array(np.ones(1, dtype=np.uint64))
-        _intersect(1, (everyone,) * restricted, (_NOTHING,) * restricted)
-    scores = np.ones(2)
-    fate = np.full(2, _PASSED, dtype=np.uint8)
-    scores.flags.writeable = fate.flags.writeable = False
-    _sift(np.arange(2), fate, False, scores, scores, _NOTHING_CAPPED, 0.0, 1)
-    assert snapshot.columns is not None  # built with every snapshot
-    _schedule_edges(snapshot.columns)
-    for fmt in (*snapshot.columns.formats, ""):  # "": every format no campaign has (``format_key``)
-        ecpm_scores(snapshot.columns, fmt)
-        if snapshot.click_model is not None:
-            predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), fmt, "", "", "", 0.0)
+    index, columns = snapshot.index, snapshot.columns
+    assert index is not None and columns is not None  # built with every snapshot
+    _schedule_edges(columns)
+    for fmt in (*columns.formats, ""):  # "": every format no campaign has (``format_key``)
+        scores = ecpm_scores(columns, fmt)
+        column = columns.formats.get(fmt)
+        inputs = NO_MODEL if snapshot.click_model is None else model_inputs(snapshot, fmt, "", "", "", 0.0)
+        # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
+        _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
+                scores if column is None else column.ctr, inputs, _NO_CAPS, 0.0, HEAD, False)
+
+
+_NO_FATES = frozen_array(np.zeros(0, dtype=np.uint8))  # read-only like ``_Checks.fate``: the same compiled version
 
 
 def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
@@ -666,40 +692,6 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
         candidates=candidates,
         no_fill=None if wins else NoFill.ALL_FILTERED,
     )
-
-
-def _apply_caps(snapshot: Snapshot, positions: np.ndarray, scores: np.ndarray, ctrs: np.ndarray,
-                uncapped: np.ndarray, overrides: dict[int, tuple[SnapshotCreative, ...]], fmt: str, capped: Capped,
-                ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], tuple[float, float]]) -> None:
-    """Take the user's capped campaigns out (``uncapped`` False) and rescore campaigns whose best creatives
-    are capped on their best remaining one (``overrides``), in place. A user has seen few campaigns, so this
-    loops over what is capped, not over the candidates."""
-    def index_of(campaign_id: str) -> int | None:
-        pos = snapshot.by_id.get(campaign_id)
-        if pos is None:
-            return None
-        i = int(np.searchsorted(positions, pos))
-        return i if i < len(positions) and positions[i] == pos else None
-
-    for campaign_id in capped.campaigns:
-        i = index_of(campaign_id)
-        if i is not None:
-            uncapped[i] = False
-    for campaign_id, creative_ids in capped.creatives.items():
-        i = index_of(campaign_id)
-        if i is None or not uncapped[i] or np.isnan(scores[i]):
-            continue
-        campaign = snapshot.campaigns[positions[i]]
-        fitting = [k for k in campaign.creatives if k.format == fmt and k.creative_id not in creative_ids]
-        if not fitting:
-            uncapped[i] = False
-            continue
-        top = max(k.prior_ctr for k in fitting)
-        best = tuple(k for k in fitting if k.prior_ctr == top)
-        overrides[int(positions[i])] = best
-        mean, ranking = ctr_of(campaign, best[0])
-        ctrs[i] = mean
-        scores[i] = ecpm_micros(campaign, ranking)
 
 
 HEAD = 32  # candidates a ranking sorts up front (see _sift)

@@ -44,7 +44,7 @@ PRIOR_IMPRESSIONS = 200.0
 EXPLORATION = 1.0
 
 
-# One record per campaign, what ``_score`` reads of a candidate (``_ModelColumns.records``): the ad side of
+# One record per campaign, what ``score_one`` reads of a candidate (``_ModelColumns.records``): the ad side of
 # each cross (uint64 hashes, one per entry of CROSSES; "cr" is the best creative's), then float64 values
 # (stored as their bits): the logit's part that does not depend on the request; blend() precomputed as a, b,
 # c (shrunk = a p + b; bonus = EXPLORATION sqrt(shrunk (1 - shrunk) c), with a = seen / (seen + K),
@@ -138,50 +138,74 @@ def _context(columns_memo: dict, placement: str, country: str, device: str, hour
     return found
 
 
+# What ``score_one`` reads of a request: a format's records (``_ModelColumns``), the context's mix per cross,
+# the weights and their index shift, the context's own weights, the exploration factor. One tuple, so that
+# the auction's kernel takes it as one argument; with no records it ranks on priors instead (``NO_MODEL``).
+ModelInputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.uint64, float, float]
+
+
+def model_inputs(snapshot: Snapshot, fmt: str, placement: str, country: str, device: str,
+                 now_s: float) -> ModelInputs:
+    model = snapshot.click_model
+    assert model is not None and snapshot.columns is not None
+    mc = _columns(snapshot, model, fmt)
+    own, mix = _context(snapshot.columns.memo, placement, country, device, utc_hour(now_s), model)
+    return mc.records, mc.values, mix, model.weights, np.uint64(64 - model.bits), own, EXPLORATION
+
+
+def _no_model() -> ModelInputs:
+    """``model_inputs`` without a model: no records, and arrays of the same types and flags as a model's, so
+    that the auction's kernel is compiled once for both."""
+    records = np.zeros((0, _RECORD), dtype=np.uint64)
+    values = records.view(np.float64)
+    weights = np.zeros(1, dtype=np.float32)
+    records.flags.writeable = values.flags.writeable = weights.flags.writeable = False
+    return records, values, np.zeros(len(CROSSES), dtype=np.uint64), weights, np.uint64(63), 0.0, EXPLORATION
+
+
+NO_MODEL = _no_model()
+
+
 @njit(nogil=True)
-def _score(positions: np.ndarray, records: np.ndarray, values: np.ndarray, mix: np.ndarray, weights: np.ndarray,
-           shift: np.uint64, own: float, exploration: float, out_ctr: np.ndarray, out_score: np.ndarray) -> None:
-    """Per candidate: logit, mean CTR and the eCPM ranked on (with the exploration bonus) in one compiled
-    pass, from its record (``records`` and ``values``: one buffer). The same arithmetic as ``cross_hash``
-    (uint64 wraps at 2**64 here too) and ``blend``; a campaign without a creative of the format (NaN prior)
-    gets NaN for both, tested explicitly because min(1.0, nan) is 1.0 here."""
+def score_one(pos: int, records: np.ndarray, values: np.ndarray, mix: np.ndarray, weights: np.ndarray,
+              shift: np.uint64, own: float, exploration: float) -> tuple[float, float]:
+    """One campaign's (mean CTR, eCPM ranked on with the exploration bonus) from its record (``records`` and
+    ``values``: one buffer). The same arithmetic as ``cross_hash`` (uint64 wraps at 2**64 here too) and
+    ``blend``; a campaign without a creative of the format (NaN prior) gets NaN for both, tested explicitly
+    because min(1.0, nan) is 1.0 here."""
+    logit = values[pos, _STATIC] + own
+    for k in range(mix.shape[0]):
+        h = (records[pos, k] ^ mix[k]) * np.uint64(MIX)
+        h ^= h >> np.uint64(29)
+        logit += weights[h >> shift]
+    if logit >= 0:
+        p = 1.0 / (1.0 + math.exp(-logit))
+    else:
+        e = math.exp(logit)
+        p = e / (1.0 + e)
+    shrunk = values[pos, _A] * p + values[pos, _B]
+    if math.isnan(shrunk):
+        return math.nan, math.nan
+    if values[pos, _IS_CPM] != 0.0:
+        return shrunk, values[pos, _BID]
+    ranking = min(1.0, shrunk + exploration * math.sqrt(shrunk * (1.0 - shrunk) * values[pos, _C]))
+    return shrunk, values[pos, _PER_CTR] * ranking * 1000.0
+
+
+@njit(nogil=True)
+def _score(positions: np.ndarray, inputs: ModelInputs, out_ctr: np.ndarray, out_score: np.ndarray) -> None:
     for j in range(positions.shape[0]):
-        pos = positions[j]
-        logit = values[pos, _STATIC] + own
-        for k in range(mix.shape[0]):
-            h = (records[pos, k] ^ mix[k]) * np.uint64(MIX)
-            h ^= h >> np.uint64(29)
-            logit += weights[h >> shift]
-        if logit >= 0:
-            p = 1.0 / (1.0 + math.exp(-logit))
-        else:
-            e = math.exp(logit)
-            p = e / (1.0 + e)
-        shrunk = values[pos, _A] * p + values[pos, _B]
-        if math.isnan(shrunk):
-            out_ctr[j] = math.nan
-            out_score[j] = math.nan
-            continue
-        out_ctr[j] = shrunk
-        if values[pos, _IS_CPM] != 0.0:
-            out_score[j] = values[pos, _BID]
-        else:
-            ranking = min(1.0, shrunk + exploration * math.sqrt(shrunk * (1.0 - shrunk) * values[pos, _C]))
-            out_score[j] = values[pos, _PER_CTR] * ranking * 1000.0
+        out_ctr[j], out_score[j] = score_one(positions[j], *inputs)
 
 
 def predicted_ctr_and_ecpm(snapshot: Snapshot, positions: np.ndarray, fmt: str, placement: str, country: str,
                            device: str, now_s: float) -> tuple[np.ndarray, np.ndarray]:
     """For each candidate's best creative of ``fmt``: the mean CTR it is priced with, and the eCPM it ranks on
-    (with the exploration bonus); NaN for both when it has no creative of the format."""
-    model = snapshot.click_model
-    assert model is not None and snapshot.columns is not None
-    mc = _columns(snapshot, model, fmt)
-    own, mix = _context(snapshot.columns.memo, placement, country, device, utc_hour(now_s), model)
+    (with the exploration bonus); NaN for both when it has no creative of the format. (The auction scores
+    inside its own kernel with ``score_one``, the same function.)"""
     ctr = np.empty(len(positions))
     score = np.empty(len(positions))
-    _score(positions, mc.records, mc.values, mix, model.weights, np.uint64(64 - model.bits), own, EXPLORATION, ctr,
-           score)
+    _score(positions, model_inputs(snapshot, fmt, placement, country, device, now_s), ctr, score)
     return ctr, score
 
 

@@ -122,11 +122,16 @@ class RetrievalIndex:
     constraint there, and per value the positions of the campaigns that name it. OR-ing a request's values
     into the dimension's bitset and AND-ing the dimensions costs a pass over one bit per campaign
     (``edge.auction.retrieve``), where unions of Python sets cost a hash insert per campaign in the (large)
-    "any" lists. Bitsets are ``bitset``'s: bit i of word i // 64 is campaign i."""
+    "any" lists. Bitsets are ``bitset``'s: bit i of word i // 64 is campaign i.
+
+    Every bitset is a row of one array (``bits``) and every value's positions a span of another (``flat``):
+    a request names what it reads by row and span numbers (``lookups``), so the compiled retrieval takes
+    two arrays and a short plan instead of a tuple of arrays per dimension, each of which numba unboxes per
+    call (and compiles once per tuple length)."""
 
     size: int
-    unrestricted: Mapping[str, np.ndarray]
-    positions: Mapping[str, Mapping[str, np.ndarray]]
+    unrestricted: Mapping[str, np.ndarray]  # views of rows of ``bits``
+    positions: Mapping[str, Mapping[str, np.ndarray]]  # views of spans of ``flat``
     open: frozenset[str]  # dimensions no campaign is restricted in: retrieval skips them
     # Per dimension, for some values their whole answer "unrestricted or naming this value" as one bitset, so
     # a request's single value there costs one AND, not setting its campaigns' bits: every value of a
@@ -134,15 +139,13 @@ class RetrievalIndex:
     # 1/POPULAR_SHARE of the campaigns (and MIN_POPULAR) name (a popular placement or keyword, with the
     # longest postings). Few values times one bit per campaign keeps it small: a dimension has at most
     # POPULAR_SHARE times as many popular values as a campaign names there on average.
-    answers: Mapping[str, Mapping[str, np.ndarray]]
-    # Per dimension some campaign is restricted in (DIMENSIONS order) what retrieval reads, looked up once:
-    # (its name, its postings, its answers, its unrestricted bitset).
-    lookups: tuple[tuple[str, Mapping[str, np.ndarray], Mapping[str, np.ndarray], np.ndarray], ...] = \
-        field(init=False, default=())
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "lookups", tuple(
-            (d, self.positions[d], self.answers[d], self.unrestricted[d]) for d in DIMENSIONS if d not in self.open))
+    answers: Mapping[str, Mapping[str, np.ndarray]]  # views of rows of ``bits``
+    bits: np.ndarray  # uint64, (bitsets, words)
+    flat: np.ndarray  # int64, every value's positions one after another
+    # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads, looked up once:
+    # (its name, value -> (start, end) of its positions in ``flat``, value -> row of its answer in ``bits``,
+    # the row of its unrestricted bitset).
+    lookups: tuple[tuple[str, Mapping[str, tuple[int, int]], Mapping[str, int], int], ...]
 
     @property
     def restricted(self) -> tuple[str, ...]:
@@ -157,23 +160,46 @@ class RetrievalIndex:
             mask = np.zeros(size, dtype=bool)
             mask[np.fromiter(unrestricted.get(dim, ()), dtype=np.intp)] = True
             masks[dim] = mask
-        positions = {dim: {v: frozen_array(np.fromiter(sorted(p), dtype=np.intp))
-                           for v, p in postings.get(dim, {}).items()}
-                     for dim in DIMENSIONS}
-        open_dims = frozenset(dim for dim in DIMENSIONS if bool(masks[dim].all()))
-        answers: dict[str, dict[str, np.ndarray]] = {}
+        sorted_postings = {dim: {v: np.fromiter(sorted(p), dtype=np.int64) for v, p in postings.get(dim, {}).items()}
+                           for dim in DIMENSIONS}
+        spans: dict[str, dict[str, tuple[int, int]]] = {}
+        end = 0
         for dim in DIMENSIONS:
+            spans[dim] = {}
+            for value, where in sorted_postings[dim].items():
+                spans[dim][value] = (end, end + len(where))
+                end += len(where)
+        flat = frozen_array(np.concatenate([np.zeros(0, dtype=np.int64), *(
+            where for dim in DIMENSIONS for where in sorted_postings[dim].values())]))
+        open_dims = frozenset(dim for dim in DIMENSIONS if bool(masks[dim].all()))
+        rows: list[np.ndarray] = []
+        unrestricted_row: dict[str, int] = {}
+        answer_rows: dict[str, dict[str, int]] = {}
+        for dim in DIMENSIONS:
+            unrestricted_row[dim] = len(rows)
+            rows.append(masks[dim])
             if dim in open_dims:
                 continue
-            few = len(positions[dim]) <= MAX_ANSWER_MASKS
-            answers[dim] = {}
-            for value, where in positions[dim].items():
+            few = len(sorted_postings[dim]) <= MAX_ANSWER_MASKS
+            answer_rows[dim] = {}
+            for value, where in sorted_postings[dim].items():
                 if few or (len(where) * POPULAR_SHARE >= size and len(where) >= MIN_POPULAR):
                     mask = masks[dim].copy()
                     mask[where] = True
-                    answers[dim][value] = bitset(mask)
-        return cls(size, MappingProxyType({dim: bitset(mask) for dim, mask in masks.items()}),
-                   MappingProxyType(positions), open_dims, MappingProxyType(answers))
+                    answer_rows[dim][value] = len(rows)
+                    rows.append(mask)
+        bits = frozen_array(np.stack([bitset(mask) for mask in rows]))  # one row per dimension at least
+        return cls(
+            size=size,
+            unrestricted=MappingProxyType({dim: bits[row] for dim, row in unrestricted_row.items()}),
+            positions=MappingProxyType({dim: MappingProxyType({v: flat[a:b] for v, (a, b) in spans[dim].items()})
+                                        for dim in DIMENSIONS}),
+            open=open_dims,
+            answers=MappingProxyType({dim: MappingProxyType({v: bits[row] for v, row in by_value.items()})
+                                      for dim, by_value in answer_rows.items()}),
+            bits=bits, flat=flat,
+            lookups=tuple((dim, MappingProxyType(spans[dim]), MappingProxyType(answer_rows[dim]),
+                           unrestricted_row[dim]) for dim in DIMENSIONS if dim not in open_dims))
 
 
 def bitset(mask: np.ndarray) -> np.ndarray:

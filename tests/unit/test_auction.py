@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import Counter
@@ -503,21 +504,23 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
 
 
-def _sift_reference(positions, fate_of, per_request, scores, ctrs, uncapped, reserve, head):
+def _sift_reference(positions, fate_of, scores, ctrs, caps, reserve, head):
     """``_sift`` written plainly: each candidate's first failed check, then the survivors by one stable sort
     on descending score, of which the best ``head`` and their ties count as sorted."""
+    out, over, over_ctr, over_score = caps
+    rescored = {int(p): (c, s) for p, c, s in zip(over.tolist(), over_ctr.tolist(), over_score.tolist(), strict=True)}
     fates, live = [], []
-    for j, pos in enumerate(positions):
-        fate = int(fate_of[pos])
-        score, ctr = (scores[j], ctrs[j]) if per_request else (scores[pos], ctrs[pos])
-        if per_request and fate in (auction_module._RESERVE, auction_module._PASSED):
-            if len(uncapped) and not uncapped[j]:
+    for pos in positions.tolist():
+        fate, score, ctr = int(fate_of[pos]), 0.0, 0.0
+        if fate in (auction_module._RESERVE, auction_module._PASSED):
+            if pos in out.tolist():
                 fate = auction_module._CAPPED
             else:
+                ctr, score = rescored.get(pos, (ctrs[pos], scores[pos]))
                 fate = auction_module._PASSED if score >= reserve and score > 0 else auction_module._RESERVE
         fates.append(fate)
         if fate == auction_module._PASSED:
-            live.append((int(pos), float(score), float(ctr)))
+            live.append((pos, float(score), float(ctr)))
     ranked = sorted(live, key=lambda entry: -entry[1])
     cut = ranked[head - 1][1] if len(ranked) > head else -math.inf
     sorted_part = [entry for entry in ranked if entry[1] >= cut]
@@ -526,10 +529,13 @@ def _sift_reference(positions, fate_of, per_request, scores, ctrs, uncapped, res
 
 @pytest.mark.parametrize("seed", range(40))
 def test_sift_matches_a_plain_python_reference(seed):
-    """The compiled pass between scoring and the ranking walk, against the same rules written plainly, on
+    """The compiled pass between retrieval and the ranking walk, against the same rules written plainly, on
     random candidates: every check's verdict in its order (a campaign-level failure first, then the user's
-    caps, then the reserve on this request's score), per-campaign or per-candidate scores, NaN scores, runs
-    of equal scores (also across the head's cut, and every candidate tied), and heads larger than the list."""
+    caps, then the reserve on this request's score), capped campaigns and rescored ones among the
+    candidates and not, NaN scores, runs of equal scores (also across the head's cut, and every candidate
+    tied), and heads larger than the list."""
+    from edge.ctr import NO_MODEL
+
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     fate_of = rng.choice(auction_module._PASSED + 1, n, p=[.05, .05, .05, 0, .1, .75]).astype(np.uint8)
@@ -538,53 +544,56 @@ def test_sift_matches_a_plain_python_reference(seed):
     scores[rng.random(n) < 0.05] = np.nan
     ctrs = rng.random(n)
     positions = np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False)).astype(np.int64)
-    per_request = bool(rng.random() < 0.5)
     reserve = float(rng.choice([0.0, 2.0]))
-    if per_request:
-        scores, ctrs = scores[positions], ctrs[positions]
-    else:  # the campaign-level verdicts are on these scores (``_checks``): NaN fails the format, then the reserve
-        with np.errstate(invalid="ignore"):
-            fate_of[(fate_of > auction_module._FATES.index(Reason.FORMAT)) & np.isnan(scores)] = \
-                auction_module._FATES.index(Reason.FORMAT)
-            fate_of[(fate_of == auction_module._PASSED) & ~((scores >= reserve) & (scores > 0))] = \
-                auction_module._RESERVE
-    uncapped = rng.random(len(positions)) < 0.9 if per_request and rng.random() < 0.5 else np.ones(0, dtype=bool)
+    caps = auction_module._NO_CAPS
+    if rng.random() < 0.5:
+        out = np.sort(rng.choice(n, int(rng.integers(0, 6)), replace=False)).astype(np.int64)
+        over = np.setdiff1d(rng.choice(n, int(rng.integers(0, 6)), replace=False), out).astype(np.int64)
+        caps = (out, over, rng.random(len(over)), rng.choice([1.0, 2.0, 3.0, np.nan], len(over)))
     head = int(rng.choice([1, 3, 32, 1000]))
     for array in (fate_of, scores, ctrs):  # read-only, as the auction passes them: the compiled version it uses
         array.flags.writeable = False
-    fates, by_fate, live, live_scores, live_ctrs, front = auction_module._sift(
-        positions, fate_of, per_request, scores, ctrs, uncapped, reserve, head)
-    want_fates, want_sorted, want_rest = _sift_reference(positions, fate_of, per_request, scores, ctrs, uncapped,
-                                                         reserve, head)
-    assert fates.tolist() == want_fates
+    explained, by_fate, live, ranked, front = auction_module._sift(
+        positions, fate_of, scores, ctrs, NO_MODEL, caps, reserve, head, True)
+    want_fates, want_sorted, want_rest = _sift_reference(positions, fate_of, scores, ctrs, caps, reserve, head)
+    assert explained.tolist() == [positions.tolist(), want_fates]
     assert by_fate.tolist() == [want_fates.count(code) for code in range(auction_module._PASSED + 1)]
-    got = list(zip(live.tolist(), live_scores.tolist(), live_ctrs.tolist(), strict=True))
+    got = list(zip(live.tolist(), *ranked.tolist(), strict=True))
     assert front == len(want_sorted)
     assert got[:front] == want_sorted
     assert sorted(got[front:]) == want_rest
     assert all(score < got[front - 1][1] for _, score, _ in got[front:])  # no run of ties straddles the cut
+    # Without explain the same, and no per-candidate list.
+    quiet = auction_module._sift(positions, fate_of, scores, ctrs, NO_MODEL, caps, reserve, head, False)
+    assert quiet[0].size == 0 and [a.tolist() for a in quiet[1:4]] == [by_fate.tolist(), live.tolist(), ranked.tolist()]
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_sifting_a_few_candidates_in_python_matches_the_kernel(seed):
-    """Up to SIFT_IN_PYTHON candidates scored per campaign, ``_sift_few`` reads them one by one instead of
-    calling ``_sift``: the same survivors in the same order (ties in position order) and the same counts."""
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 13))
-    fate_of = rng.choice([0, 2, auction_module._RESERVE, auction_module._PASSED, auction_module._PASSED], n)
-    fate_of = fate_of.astype(np.uint8)
-    scores = rng.choice([1.0, 2.0, 3.0], n)
-    ctrs = rng.random(n)
-    positions = np.sort(rng.choice(n, int(rng.integers(0, min(n, auction_module.SIFT_IN_PYTHON) + 1)),
-                                   replace=False)).astype(np.int64)
-    for array in (fate_of, scores, ctrs):
-        array.flags.writeable = False
-    (live, live_scores, live_ctrs), counts = auction_module._sift_few(positions, fate_of, scores, ctrs)
-    _, by_fate, k_live, k_scores, k_ctrs, front = auction_module._sift(
-        positions, fate_of, False, scores, ctrs, auction_module._NOTHING_CAPPED, 0.0, auction_module.HEAD)
-    assert front == len(k_live)  # a handful: all sorted
-    assert (live, live_scores, live_ctrs) == (k_live.tolist(), k_scores.tolist(), k_ctrs.tolist())
-    assert counts == {auction_module._FATES[code]: n for code, n in enumerate(by_fate.tolist()[:-1]) if n}
+def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecpm(make_campaign, make_creative):
+    """With a click model the kernel scores each candidate itself (``score_one``): the same CTRs and scores,
+    bit for bit, as the vectorized ``predicted_ctr_and_ecpm``, and only those that pass the campaign checks."""
+    from edge.ctr import model_inputs, predicted_ctr_and_ecpm
+    from replication.ctr_model import ClickModel
+
+    campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", bid_type=("cpm", "cpc", "cpa")[i % 3],
+                               max_bid_micros=1_000_000 + 1000 * i,
+                               creatives=[make_creative(f"k{i}", prior_ctr=0.001 * (i + 1))]) for i in range(30)]
+    model = ClickModel.from_sparse(1, 18, list(range(0, 1 << 18, 97)), [0.01 * (i % 50 - 25) for i in range(2703)],
+                                   {"k3": 400, "k4": 50})
+    s = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
+    positions = np.arange(30, dtype=np.int64)
+    fate_of = np.full(30, auction_module._PASSED, dtype=np.uint8)
+    fate_of[5] = auction_module._FATES.index(Reason.SCHEDULE)
+    fate_of.flags.writeable = False
+    own = auction_module.ecpm_scores(s.columns, "300x250")
+    inputs = model_inputs(s, "300x250", "home", "US", "mobile", NOW)
+    _, by_fate, live, ranked, front = auction_module._sift(
+        positions, fate_of, own, s.columns.formats["300x250"].ctr, inputs, auction_module._NO_CAPS, 0.0, 1000, False)
+    ctrs, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
+    assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5] and front == 29
+    assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
+    order = live.tolist()
+    assert ranked[0].tolist() == scores[order].tolist() and ranked[1].tolist() == ctrs[order].tolist()
+    assert ranked[0].tolist() != own[order].tolist()  # the model, not the priors, scored them
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -618,12 +627,11 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
 
 
 def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
-    """The kernels are compiled when a snapshot loads (``warm_up``: ``_sift`` once per process,
-    ``_intersect`` once per number of restricted dimensions); a request whose arrays differ in type or flags
-    (int64 or intp positions, read-only or writable scores, caps or none) would compile another version in
-    the middle of serving, for about a second. Every path of the auction: priors
-    and a click model, caps on a campaign and on a creative, explain, an unknown format."""
-    from edge.ctr import predicted_ctr_and_ecpm
+    """The auction's kernel is compiled when a snapshot loads (``warm_up``, once per process); a request whose
+    arrays differ in type or flags (int64 or intp positions, read-only or writable scores, caps or none, a
+    model or none) would compile another version in the middle of serving, for seconds. Every path of the
+    auction: priors and a click model, caps on a campaign and on a creative, explain, an unknown format,
+    snapshots restricted in different numbers of dimensions."""
     from replication.ctr_model import ClickModel
 
     campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", keywords=["kw"] if i % 2 else [],
@@ -631,21 +639,22 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
                  for i in range(12)]
     model = ClickModel.from_sparse(1, 18, [1, 2], [0.1, -0.1], {})
     snapshots = (snap(*campaigns), build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000,
-                                                  click_model=model))
+                                                  click_model=model),
+                 snap(*(dataclasses.replace(c, devices=frozenset({"mobile"}), countries=frozenset({"US"}))
+                        for c in campaigns)))
+    auction_module.warm_up(snapshots[0])
+    compiled = list(auction_module._select.signatures)
+    assert len(compiled) == 1
     for snapshot in snapshots:
         auction_module.warm_up(snapshot)
-    compiled = (list(auction_module._sift.signatures), list(auction_module._intersect.signatures))
-    for snapshot in snapshots:
-        if snapshot.click_model is not None:
-            predicted_ctr_and_ecpm(snapshot, np.zeros(0, dtype=np.intp), "300x250", "", "", "", 0.0)
         for capped in (NOTHING_CAPPED, Capped(campaigns=frozenset({"c0"})),
                        Capped(creatives={"c1": frozenset({"c1-a"})})):
             for request in (req(slots=2, keywords=("kw",)), req(format="1x1"), req(keywords=("kw", "other"))):
                 for explain in (False, True):
                     run_auction(snapshot, request, now_s=NOW, rng=random.Random(1), allowance=rich(
                         *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
-    # No request compiled anything: what warm_up compiled (or earlier tests did) served every path.
-    assert (list(auction_module._sift.signatures), list(auction_module._intersect.signatures)) == compiled
+    # No snapshot and no request compiled anything more: what the first warm_up compiled served every path.
+    assert list(auction_module._select.signatures) == compiled
 
 
 def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_campaign, make_creative):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from adserver.bench_auction import inventory, requests
-from edge.auction import AdRequest, _intersect, retrieve
+from edge.auction import AdRequest, _candidates, retrieve
 from replication.snapshot import (
     MAX_ANSWER_MASKS,
     Snapshot,
@@ -75,19 +75,26 @@ def test_empty_snapshot_and_unknown_values_retrieve_nothing_or_the_unconstrained
 
 @pytest.mark.parametrize("size", [1, 63, 64, 65, 200])
 def test_the_bitset_pass_matches_boolean_masks_at_word_edges(size):
-    """``_intersect`` against numpy on boolean masks, at sizes on and around the 64-bit word boundary: three
-    random dimensions, each widened by random positions, including the last and first campaign."""
+    """``_candidates`` against numpy on boolean masks, at sizes on and around the 64-bit word boundary: three
+    random dimensions (rows of one array of bitsets), each widened by none, one or two spans of positions
+    (of one flat array), including the last and first campaign."""
     rng = np.random.default_rng(size)
     for _ in range(50):
-        masks, widen, want = [], [], np.ones(size, dtype=bool)
+        rows, flat, plan, want = [], [], [], np.ones(size, dtype=bool)
         for _ in range(3):
             mask = rng.random(size) < rng.choice([0.1, 0.5, 0.95])
-            extra = np.unique(np.append(rng.choice(size, int(rng.integers(0, 4))), rng.choice([0, size - 1])))
-            masks.append(bitset(mask))
-            widen.append(extra.astype(np.intp))
-            mask = mask.copy()
-            mask[extra] = True
+            rows.append(bitset(mask))
+            spans = []
+            for _ in range(int(rng.integers(0, 3))):
+                extra = np.unique(np.append(rng.choice(size, int(rng.integers(0, 4))), rng.choice([0, size - 1])))
+                start = sum(len(f) for f in flat)
+                flat.append(extra.astype(np.int64))
+                spans += (start, start + len(extra))
+                mask = mask.copy()
+                mask[extra] = True
+            plan += (len(rows) - 1, len(spans) // 2, *spans)
             want &= mask
-        for array in widen:
-            array.flags.writeable = False
-        assert _intersect(size, tuple(masks), tuple(widen)).tolist() == np.flatnonzero(want).tolist()
+        bits, flat_array = np.stack(rows), np.concatenate([np.zeros(0, dtype=np.int64), *flat])
+        bits.flags.writeable = flat_array.flags.writeable = False
+        got = _candidates(size, bits, flat_array, np.array(plan, dtype=np.int64))
+        assert got.tolist() == np.flatnonzero(want).tolist()
