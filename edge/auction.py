@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Protocol
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from numba import njit
@@ -79,8 +80,10 @@ class AdRequest:
         return country_of(self.geo)
 
 
-@dataclass(frozen=True, slots=True)
-class Win:
+# Win and AuctionResult are named tuples, immutable like the frozen dataclasses they were, and built in a
+# fraction of the time: a frozen dataclass sets each field through object.__setattr__, 3.2 us for a Win and
+# 2.5 for a result on this machine, a tenth of an auction at 10,000 campaigns (one-off timing, 2cc1c40).
+class Win(NamedTuple):
     slot: int
     campaign: SnapshotCampaign
     creative: SnapshotCreative
@@ -96,15 +99,17 @@ class Win:
     ctr: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class AuctionResult:
+_NONE: Mapping = MappingProxyType({})
+
+
+class AuctionResult(NamedTuple):
     wins: tuple[Win, ...]
     # Every candidate's fate by campaign id, filled only when the auction ran with ``explain``.
-    reasons: Mapping[str, Reason] = field(default_factory=dict)
+    reasons: Mapping[str, Reason] = _NONE
     # How many candidates each reason took out (always filled; metrics count these). Without ``explain``,
     # candidates ranked below what filling the slots needed are counted as outranked without being checked
     # for budget or pacing.
-    reason_counts: Mapping[Reason, int] = field(default_factory=dict)
+    reason_counts: Mapping[Reason, int] = _NONE
     candidates: int = 0
     no_fill: NoFill | None = None
 
@@ -135,28 +140,18 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
 
 def _plan(index: RetrievalIndex, request: AdRequest) -> np.ndarray:
     """What retrieval reads for ``request``, as int64, per restricted dimension: the row of ``index.bits`` to
-    AND (the answer of the request's value there, or the dimension's unrestricted campaigns), then how many
-    spans of ``index.flat`` widen it (the positions of the request's values without an answer of their own),
-    then each span's start and end. A value no campaign names adds nothing."""
+    AND (the answer of the request's first value there that has one, else the dimension's unrestricted
+    campaigns), then how many spans of ``index.flat`` widen it (the positions of the campaigns naming the
+    request's other values), then each span's start and end. A value no campaign names adds nothing."""
     plan: list[int] = []
     for dim, spans, rows, everyone in index.lookups:
-        asked = _ASKED[dim](request)
-        if len(asked) == 1:  # most dimensions of most requests: inline, as this runs per restricted dimension
-            value = asked[0]
-            row = rows.get(value)
-            if row is not None:
-                plan += (row, 0)
-            elif (span := spans.get(value)) is not None:
-                plan += (everyone, 1, *span)
-            else:
-                plan += (everyone, 0)
-            continue
-        known = [v for v in asked if v in spans]
-        base = next((v for v in known if v in rows), None)
-        widen = [spans[v] for v in known if v != base]
-        plan += (everyone if base is None else rows[base], len(widen))
-        for span in widen:
-            plan += span
+        row, base, widen = everyone, None, []
+        for value in _ASKED[dim](request):
+            if row == everyone and (answer := rows.get(value)) is not None:
+                row, base = answer, value  # the first value with an answer of its own
+            elif (span := spans.get(value)) is not None and value != base:
+                widen += span
+        plan += (row, len(widen) >> 1, *widen)
     return np.array(plan, dtype=np.int64)
 
 

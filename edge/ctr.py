@@ -146,11 +146,28 @@ ModelInputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.uint64, f
 
 def model_inputs(snapshot: Snapshot, fmt: str, placement: str, country: str, device: str,
                  now_s: float) -> ModelInputs:
+    """What ``score_one`` reads for a request of ``fmt`` in this context, kept per snapshot and model like the
+    contexts (``_context``): a request in a context seen before does one lookup instead of five (2.9 us of
+    an auction's 85 at 10,000 campaigns, one-off timing)."""
     model = snapshot.click_model
     assert model is not None and snapshot.columns is not None
-    mc = _columns(snapshot, model, fmt)
-    own, mix = _context(snapshot.columns.memo, placement, country, device, utc_hour(now_s), model)
-    return mc.records, mc.values, mix, model.weights, np.uint64(64 - model.bits), own, EXPLORATION
+    memo = snapshot.columns.memo
+    cache = memo.get(("ctr-inputs", model.version))
+    if cache is None:
+        cache = memo[("ctr-inputs", model.version)] = {}
+    hour = utc_hour(now_s)
+    key = (fmt, placement, country, device, hour)
+    found = cache.get(key)
+    if found is None:
+        own, mix = _context(memo, placement, country, device, hour, model)
+        mc = _columns(snapshot, model, fmt)
+        found = (mc.records, mc.values, mix, model.weights, np.uint64(64 - model.bits), own, EXPLORATION)
+        # Not for a format no campaign has: every string a caller sends would be a key of its own.
+        if fmt in snapshot.columns.formats:
+            if len(cache) >= _CONTEXTS_KEPT:
+                cache.clear()
+            cache[key] = found
+    return found
 
 
 def _no_model() -> ModelInputs:
