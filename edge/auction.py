@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 from numba import njit
 
-from edge.ctr import NO_MODEL, ModelInputs, model_inputs, predicted_ctr_one, score_one
+from edge.ctr import NO_MODEL, ModelInputs, cpm_bid, fill_ctrs, model_inputs, predicted_ctr_one, score_one
 from edge.frequency import NOTHING_CAPPED, Capped
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns, frozen_array
@@ -422,7 +422,7 @@ def run_auction(
         reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(positions, fates, strict=True)
                    if code != _PASSED}
     sorted_head = (live[:head].tolist(), ranked[0, :head].tolist(), ranked[1, :head].tolist())
-    rest = (live[head:], ranked[0, head:], ranked[1, head:]) if head < len(live) else None
+    rest = (live[head:], ranked[0, head:], ranked[1, head:], inputs) if head < len(live) else None
     return _finish(snapshot, request, candidates, sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
 
@@ -528,7 +528,11 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
                 if v < over.shape[0] and over[v] == pos:
                     ctr, score = over_ctr[v], over_score[v]
                 elif modelled:
-                    ctr, score = score_one(pos, records, values, mix, weights, shift, own, exploration)
+                    score = cpm_bid(pos, values)
+                    if math.isnan(score):
+                        ctr, score = score_one(pos, records, values, mix, weights, shift, own, exploration)
+                    else:  # a CPM campaign: its bid, and its CTR only if it makes the head (below)
+                        ctr = math.nan
                 else:
                     ctr, score = ctrs[pos], scores[pos]
                 fate = _PASSED if score >= reserve and score > 0.0 else _RESERVE  # NaN fails too
@@ -566,6 +570,8 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
         out_live[i] = live[order[i]]
         out_ranked[0, i] = live_scores[order[i]]
         out_ranked[1, i] = live_ctrs[order[i]]
+    if modelled:  # the head's CPM campaigns' CTRs; the rest's wait until the walk gets there (``_Ranking``)
+        fill_ctrs(out_live[:front], out_ranked[1, :front], inputs)
     return explained, by_fate, out_live, out_ranked, front
 
 
@@ -638,6 +644,8 @@ def warm_up(snapshot: Snapshot) -> None:
         # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
         _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
                 scores if column is None else column.ctr, inputs, _NO_CAPS, 0.0, HEAD, False)
+        if snapshot.click_model is not None:  # as ``_Ranking._sort_rest`` calls it, on slices of _select's arrays
+            fill_ctrs(np.zeros(1, dtype=np.int64)[1:], np.zeros((2, 1))[1, 1:], inputs)
 
 
 _NO_FATES = frozen_array(np.zeros(0, dtype=np.uint8))  # read-only like ``_Checks.fate``: the same compiled version
@@ -645,7 +653,7 @@ _NO_FATES = frozen_array(np.zeros(0, dtype=np.uint8))  # read-only like ``_Check
 
 def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
             sorted_head: tuple[list[int], list[float], list[float]],
-            rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+            rest: tuple[np.ndarray, np.ndarray, np.ndarray, ModelInputs] | None,
             overrides: dict[int, tuple[SnapshotCreative, ...]], counts: dict[Reason, int],
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
@@ -699,7 +707,7 @@ class _Ranking:
     ties that are reached cost a draw)."""
 
     def __init__(self, snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[float]],
-                 rest: tuple[np.ndarray, np.ndarray, np.ndarray] | None, fmt: str,
+                 rest: tuple[np.ndarray, np.ndarray, np.ndarray, ModelInputs] | None, fmt: str,
                  overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
                  allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
                  reasons: dict[str, Reason] | None) -> None:
@@ -730,7 +738,9 @@ class _Ranking:
 
     def _sort_rest(self) -> None:
         assert self._rest is not None
-        live, scores, ctrs = self._rest
+        live, scores, ctrs, inputs = self._rest
+        if inputs[0].shape[0]:  # with a click model, the CPM campaigns' CTRs are still to predict (``_sift``)
+            fill_ctrs(live, ctrs, inputs)
         order = np.argsort(-scores, kind="stable")
         self._positions.extend(live[order].tolist())
         self._scores.extend(scores[order].tolist())

@@ -586,14 +586,23 @@ def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecp
     fate_of.flags.writeable = False
     own = auction_module.ecpm_scores(s.columns, "300x250")
     inputs = model_inputs(s, "300x250", "home", "US", "mobile", NOW)
-    _, by_fate, live, ranked, front = auction_module._sift(
-        positions, fate_of, own, s.columns.formats["300x250"].ctr, inputs, auction_module._NO_CAPS, 0.0, 1000, False)
     ctrs, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
-    assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5] and front == 29
-    assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
-    order = live.tolist()
-    assert ranked[0].tolist() == scores[order].tolist() and ranked[1].tolist() == ctrs[order].tolist()
-    assert ranked[0].tolist() != own[order].tolist()  # the model, not the priors, scored them
+    for head in (1000, 3):
+        _, by_fate, live, ranked, front = auction_module._sift(
+            positions, fate_of, own, s.columns.formats["300x250"].ctr, inputs, auction_module._NO_CAPS, 0.0, head,
+            False)
+        assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5]
+        assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
+        order = live.tolist()
+        assert ranked[0].tolist() == scores[order].tolist()
+        assert ranked[0].tolist() != own[order].tolist()  # the model, not the priors, scored them
+        # The head's CTRs all predicted; past it, a CPM campaign's (ranked on its bid) only when asked for.
+        assert front == (29 if head == 1000 else 3)
+        assert ranked[1, :front].tolist() == ctrs[order[:front]].tolist()
+        cpm = [i for i in range(front, 29) if s.campaigns[order[i]].bid_type == "cpm"]
+        assert (head == 1000) == (not cpm) and all(np.isnan(ranked[1, i]) for i in cpm)
+        auction_module.fill_ctrs(live[front:], ranked[1, front:], inputs)
+        assert ranked[1].tolist() == ctrs[order].tolist()
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -626,7 +635,29 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
     assert len(full.wins) == 6
 
 
-def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
+def test_a_winner_from_past_the_head_is_priced_with_its_predicted_ctr(make_campaign, make_creative, monkeypatch):
+    """With a click model a CPM campaign ranks on its bid and its CTR is predicted only if the walk reaches it:
+    in the head at once, past it when the walk sorts the rest. A CPM winner from past the head (the campaigns
+    above it cannot pay) still carries the model's CTR, never NaN."""
+    from edge.ctr import predicted_ctr_and_ecpm
+    from replication.ctr_model import ClickModel
+
+    campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", bid_type="cpm", max_bid_micros=1_000_000 + 1000 * i,
+                               creatives=[make_creative(f"k{i}")]) for i in range(10)]
+    model = ClickModel.from_sparse(1, 18, list(range(0, 1 << 18, 89)), [0.02] * 2946, {"k2": 300})
+    s = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
+    auction_module.warm_up(s)
+    monkeypatch.setattr(auction_module, "HEAD", 1)
+    broke = {f"c{i}" for i in range(5, 10)}  # the five best cannot pay: the winners come from the rest
+    allowance = {c.campaign_id: 0 if c.campaign_id in broke else RICH for c in campaigns}
+    result = run_auction(s, req(slots=2), now_s=NOW, rng=random.Random(1), allowance=allowance)
+    assert [w.campaign.campaign_id for w in result.wins] == ["c4", "c3"]
+    ctrs, _ = predicted_ctr_and_ecpm(s, np.arange(10), "300x250", "home", "", "", NOW)
+    for w in result.wins:
+        assert w.ctr == ctrs[s.by_id[w.campaign.campaign_id]] and 0 < w.ctr < 1
+
+
+def test_one_compiled_version_serves_every_path(make_campaign, make_creative, monkeypatch):
     """The auction's kernel is compiled when a snapshot loads (``warm_up``, once per process); a request whose
     arrays differ in type or flags (int64 or intp positions, read-only or writable scores, caps or none, a
     model or none) would compile another version in the middle of serving, for seconds. Every path of the
@@ -642,9 +673,11 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
                                                   click_model=model),
                  snap(*(dataclasses.replace(c, devices=frozenset({"mobile"}), countries=frozenset({"US"}))
                         for c in campaigns)))
-    auction_module.warm_up(snapshots[0])
-    compiled = list(auction_module._select.signatures)
-    assert len(compiled) == 1
+    for snapshot in snapshots[:2]:
+        auction_module.warm_up(snapshot)
+    compiled = (list(auction_module._select.signatures), list(auction_module.fill_ctrs.signatures))
+    assert len(compiled[0]) == 1
+    monkeypatch.setattr(auction_module, "HEAD", 2)  # the walk goes past the sorted head: the CTRs still to predict
     for snapshot in snapshots:
         auction_module.warm_up(snapshot)
         for capped in (NOTHING_CAPPED, Capped(campaigns=frozenset({"c0"})),
@@ -653,8 +686,8 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative):
                 for explain in (False, True):
                     run_auction(snapshot, request, now_s=NOW, rng=random.Random(1), allowance=rich(
                         *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
-    # No snapshot and no request compiled anything more: what the first warm_up compiled served every path.
-    assert list(auction_module._select.signatures) == compiled
+    # No snapshot and no request compiled anything more: what warm_up compiled served every path.
+    assert (list(auction_module._select.signatures), list(auction_module.fill_ctrs.signatures)) == compiled
 
 
 def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_campaign, make_creative):
