@@ -274,8 +274,9 @@ def _checks(columns: CampaignColumns, fmt: str, reserve: int, now_s: float) -> _
     """The campaign-level filters as of ``now_s`` per format and reserve, kept per second of the clock and
     computed again only when one can have turned (``_checks_turned``: a schedule's start or end, a quarter
     hour with hour targeting): a request then reads its candidates' verdicts from one array instead of
-    evaluating five filters. The reserve verdict is on the campaign's own score; a request whose scores
-    differ (a click model, capped creatives) judges the reserve on its own scores instead."""
+    evaluating five filters. The reserve verdict is on the campaign's own score; the auction's kernel
+    judges the reserve again on each candidate's score for this request (a click model's, a capped best
+    creative's stand-in), so of that verdict only "passed everything before the reserve" is final."""
     second = math.floor(now_s)
     fmt = columns.format_key(fmt)
     key = ("checks", fmt, reserve)
@@ -401,6 +402,15 @@ def run_auction(
                                                          request.device, now_s)
     overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
     caps = _NO_CAPS
+    plan = _plan(index, request)
+    if index.size <= SMALL_INVENTORY and model is None and not capped and not explain:
+        positions = _candidates(index.size, index.bits, index.flat, plan)
+        if not len(positions):
+            return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
+        if len(positions) <= SIFT_IN_PYTHON:
+            head_lists, counts = _sift_few(positions, checks.fate, scores, ctrs)
+            return _finish(snapshot, request, len(positions), head_lists, None, overrides, counts, {}, reserve, rng,
+                           allowance, throttle, explain=False)
     if capped:
         def ctr_of(campaign: SnapshotCampaign, creative: SnapshotCreative) -> tuple[float, float]:
             if model is None:
@@ -408,13 +418,14 @@ def run_auction(
             return predicted_ctr_one(model, campaign, creative, request.placement, request.country,
                                      request.device, now_s)
 
-        caps = _caps(snapshot, scores, fmt, capped, ctr_of, overrides)
-    candidates, explained, by_fate, live, ranked, head = _select(
-        index.size, index.bits, index.flat, _plan(index, request), checks.fate, scores, ctrs, inputs, caps,
-        float(reserve), HEAD, explain)
+        caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
+    by_fate, live, explained, ranked, head = _unpack(*_select(
+        index.size, index.bits, index.flat, plan, checks.fate, scores, ctrs, *inputs, *caps, float(reserve), HEAD,
+        explain))
+    candidates = sum(by_fate)
     if not candidates:
         return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
-    counts = {_FATES[code]: n for code, n in enumerate(by_fate.tolist()[:_PASSED]) if n}
+    counts = {_FATES[code]: n for code, n in enumerate(by_fate[:_PASSED]) if n}
     reasons: dict[str, Reason] = {}
     if explain and counts:
         campaigns = snapshot.campaigns
@@ -427,6 +438,33 @@ def run_auction(
                    allowance, throttle, explain=explain)
 
 
+# A small inventory's auction without a click model, caps or explain retrieves first, and with up to
+# SIFT_IN_PYTHON candidates sifts them in Python (``_sift_few``): for a handful, numba's call (typing and
+# unboxing some twenty arguments, boxing two arrays) costs more than the work. With twenty campaigns
+# (``adserver bench --only handler``) going through ``_select`` instead cost 20,000 more instructions per
+# request, 4% of the handler (callgrind, one-off). Up to SMALL_INVENTORY campaigns retrieving twice, when
+# there are more candidates, costs little: a bitset is at most eight words.
+SMALL_INVENTORY = 512
+SIFT_IN_PYTHON = 8
+
+
+def _sift_few(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray,
+              ctrs: np.ndarray) -> tuple[tuple[list[int], list[float], list[float]], dict[Reason, int]]:
+    """``_sift`` for a handful of candidates scored per campaign, read one by one: the ones that passed as
+    (positions, scores, CTRs) lists in ranking order, and how many met each other fate. The same as
+    ``_sift``'s (tested against it)."""
+    counts: dict[Reason, int] = {}
+    live = []
+    for pos in positions.tolist():
+        code = fate_of.item(pos)
+        if code == _PASSED:
+            live.append((scores.item(pos), pos, ctrs.item(pos)))
+        else:
+            counts[_FATES[code]] = counts.get(_FATES[code], 0) + 1
+    live.sort(key=lambda entry: -entry[0])  # stable: equal scores keep position order, as _sift's
+    return ([entry[1] for entry in live], [entry[0] for entry in live], [entry[2] for entry in live]), counts
+
+
 Caps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -437,22 +475,29 @@ def _empty_caps() -> Caps:
 
 
 _NO_CAPS = _empty_caps()
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
 
-def _caps(snapshot: Snapshot, scores: np.ndarray, fmt: str, capped: Capped,
-          ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], tuple[float, float]],
+def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: np.ndarray, fmt: str,
+          capped: Capped, ctr_of: Callable[[SnapshotCampaign, SnapshotCreative], tuple[float, float]],
           overrides: dict[int, tuple[SnapshotCreative, ...]]) -> Caps:
     """The user's caps as ``_select`` applies them, by campaign position, ascending: the campaigns that sit
-    out (capped themselves, or every creative of the format capped), and the campaigns whose best creatives
-    are capped, with the CTR and score of their best remaining one (whose creatives go in ``overrides``). A
-    user has seen few campaigns, so this loops over what is capped, candidate or not, and ``scores`` (the
-    campaigns' own) says which have a creative of the format at all."""
+    out (capped themselves, or every creative of the format capped), and the candidates whose best
+    creatives are capped, with the CTR and score of their best remaining one (whose creatives go in
+    ``overrides``). A user has seen few campaigns, so this loops over what is capped; ``scores`` (the
+    campaigns' own) says which have a creative of the format at all. Rescoring one with a click model is
+    ``predicted_ctr_one``'s Python, tens of microseconds, so only a candidate's is: with creative caps the
+    candidates are retrieved here once more (``plan``; a few microseconds), before ``_select`` does."""
     by_id = snapshot.by_id
     out = {pos for campaign_id in capped.campaigns if (pos := by_id.get(campaign_id)) is not None}
     rescored: list[tuple[int, float, float]] = []
+    candidates = _candidates(index.size, index.bits, index.flat, plan) if capped.creatives else _NO_POSITIONS
     for campaign_id, creative_ids in capped.creatives.items():
         pos = by_id.get(campaign_id)
         if pos is None or pos in out or math.isnan(scores[pos]):
+            continue
+        at = int(np.searchsorted(candidates, pos))
+        if at == len(candidates) or candidates[at] != pos:  # not a candidate: the kernel never looks it up
             continue
         campaign = snapshot.campaigns[pos]
         fitting = [k for k in campaign.creatives if k.format == fmt and k.creative_id not in creative_ids]
@@ -471,22 +516,36 @@ def _caps(snapshot: Snapshot, scores: np.ndarray, fmt: str, capped: Capped,
 
 @njit(nogil=True)
 def _select(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray, fate_of: np.ndarray,
-            scores: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs, caps: Caps, reserve: float, head: int,
-            explain: bool) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+            scores: np.ndarray, ctrs: np.ndarray, records: np.ndarray, values: np.ndarray, mix: np.ndarray,
+            weights: np.ndarray, shift: np.uint64, own: float, exploration: float, out: np.ndarray,
+            over: np.ndarray, over_ctr: np.ndarray, over_score: np.ndarray, reserve: float, head: int,
+            explain: bool) -> tuple[np.ndarray, np.ndarray, int]:
     """The auction from retrieval to the ranking walk in one compiled call: the candidates (``_candidates``),
-    then ``_sift``. One call instead of three (retrieval, the click model's scoring, the sifting) with their
-    arrays handed back and forth through Python: 11 to 14 arguments unboxed and 9 arrays boxed per request
-    before, 12 and 4 now. Returns (how many candidates, ``_sift``'s results)."""
-    positions = _candidates(size, bits, flat, plan)
-    explained, by_fate, live, ranked, front = _sift(positions, fate_of, scores, ctrs, inputs, caps, reserve, head,
-                                                    explain)
-    return positions.shape[0], explained, by_fate, live, ranked, front
+    then ``_sift``, whose results it returns. One call instead of three (retrieval, the click model's
+    scoring, the sifting) with their arrays handed back and forth through Python: 9 arrays boxed per request
+    before, 2 now (boxing one costs numba about a microsecond). The model's inputs and the caps come as
+    separate arguments, not as the tuples ``_sift`` takes: numba's dispatcher types a tuple argument by
+    walking its members on every call (a fifth of this call's cost with 20 campaigns, callgrind)."""
+    return _sift(_candidates(size, bits, flat, plan), fate_of, scores, ctrs,
+                 (records, values, mix, weights, shift, own, exploration), (out, over, over_ctr, over_score),
+                 reserve, head, explain)
+
+
+def _unpack(ints: np.ndarray, ranked: np.ndarray,
+            head: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, int]:
+    """``_sift``'s results as (the count per fate code, the live positions, with explain the candidates'
+    positions and fates as two rows (else empty), their scores and CTRs as two rows, how many are sorted)."""
+    by_fate = ints[:_CODES].tolist()
+    live = by_fate[_PASSED]
+    return by_fate, ints[_CODES:_CODES + live], ints[_CODES + live:].reshape(2, -1), ranked, head
+
+
+_CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``'s integers
 
 
 @njit(nogil=True)
 def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs,
-          caps: Caps, reserve: float, head: int,
-          explain: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+          caps: Caps, reserve: float, head: int, explain: bool) -> tuple[np.ndarray, np.ndarray, int]:
     """Everything between retrieval and the ranking walk, in one compiled pass over the candidates: each one's
     fate (the first check it failed: the campaign-level ones from ``fate_of``, then the user's caps, then
     the reserve on this request's score), how many met each fate, and the ones that passed (positions, and
@@ -499,15 +558,19 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     A candidate's score and CTR: the caps' own for a campaign whose best creatives are capped (``_caps``),
     else the click model's (``score_one``) when ``inputs`` has records, else the campaign's own (``scores``,
     ``ctrs``: per campaign). Only candidates that pass the campaign-level checks are scored, and the reserve
-    verdict of ``fate_of`` (on the campaign's own score) is replaced by one on the candidate's. Returns
-    (with ``explain``, the candidates' positions and fates as two rows, else nothing; the count per fate
-    code; the live positions; their scores and CTRs; how many of them are sorted)."""
+    verdict of ``fate_of`` (on the campaign's own score) is replaced by one on the candidate's. A CPM
+    candidate with a click model ranks on its bid (``cpm_bid``): its CTR is predicted here only if it is in
+    the sorted head, and the others' come back NaN, for whoever reads past the head to fill (``fill_ctrs``).
+
+    Returns two arrays, as few as numba has to box: integers (the count per fate code, the live positions in
+    ranking order, then with ``explain`` every candidate's position and fate) and the live candidates'
+    scores and CTRs as two rows; and how many of them are sorted (``_unpack`` takes them apart)."""
     records, values, mix, weights, shift, own, exploration = inputs
     modelled = records.shape[0] > 0
     out, over, over_ctr, over_score = caps
     m = positions.shape[0]
     explained = np.empty((2, m if explain else 0), dtype=np.int64)
-    by_fate = np.zeros(_PASSED + 1, dtype=np.int64)
+    by_fate = np.zeros(_CODES, dtype=np.int64)
     live = np.empty(m, dtype=np.int64)
     live_scores = np.empty(m, dtype=np.float64)
     live_ctrs = np.empty(m, dtype=np.float64)
@@ -564,15 +627,20 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
         if neg[i] > kth:
             order[rest] = i
             rest += 1
-    out_live = np.empty(n, dtype=np.int64)
+    ints = np.empty(_CODES + n + explained.size, dtype=np.int64)
+    for code in range(_CODES):  # a loop, not a slice assignment: see ``order`` above
+        ints[code] = by_fate[code]
     out_ranked = np.empty((2, n), dtype=np.float64)
     for i in range(n):
-        out_live[i] = live[order[i]]
+        ints[_CODES + i] = live[order[i]]
         out_ranked[0, i] = live_scores[order[i]]
         out_ranked[1, i] = live_ctrs[order[i]]
+    for k in range(explained.shape[1]):
+        ints[_CODES + n + k] = explained[0, k]
+        ints[_CODES + n + explained.shape[1] + k] = explained[1, k]
     if modelled:  # the head's CPM campaigns' CTRs; the rest's wait until the walk gets there (``_Ranking``)
-        fill_ctrs(out_live[:front], out_ranked[1, :front], inputs)
-    return explained, by_fate, out_live, out_ranked, front
+        fill_ctrs(ints[_CODES:_CODES + front], out_ranked[1, :front], inputs)
+    return ints, out_ranked, front
 
 
 # Selection and sorting written out rather than numpy's np.partition and np.argsort: numba took 5 s to
@@ -643,7 +711,7 @@ def warm_up(snapshot: Snapshot) -> None:
         inputs = NO_MODEL if snapshot.click_model is None else model_inputs(snapshot, fmt, "", "", "", 0.0)
         # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
         _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
-                scores if column is None else column.ctr, inputs, _NO_CAPS, 0.0, HEAD, False)
+                scores if column is None else column.ctr, *inputs, *_NO_CAPS, 0.0, HEAD, False)
         if snapshot.click_model is not None:  # as ``_Ranking._sort_rest`` calls it, on slices of _select's arrays
             fill_ctrs(np.zeros(1, dtype=np.int64)[1:], np.zeros((2, 1))[1, 1:], inputs)
 
@@ -658,7 +726,8 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
     """Walk the ranking of the candidates that passed to fill the slots and price them: ``sorted_head`` the
-    best of them in order (positions, scores, CTRs), ``rest`` the others unsorted (``_sift``'s)."""
+    best of them in order (positions, scores, CTRs), ``rest`` the others unsorted (``_sift``'s, with the
+    click model's inputs: a CPM campaign's CTR there is NaN until the walk gets to it, ``_Ranking``)."""
     walk = _Ranking(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts,
                     reasons if explain else None)
     wins: list[Win] = []

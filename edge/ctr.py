@@ -2,11 +2,13 @@
 
 Per request, the context's features (placement, country, device, UTC hour) are hashed once; each candidate's
 logit is its campaign's static part (bias, campaign, best creative of the format, advertiser: computed once
-per snapshot and format) plus the context's weights plus the weights of the campaign x context crosses,
-computed for every candidate in one pass compiled by numba: as numpy expressions, the per-call overheads of
-some thirty small array operations cost more than the work itself. The kernel is compiled in memory (no
-on-disk cache: this module does no I/O), once per process, when the first snapshot with a model is loaded
-(``edge.state``), not in a request.
+per snapshot and format) plus the context's weights plus the weights of the campaign x context crosses:
+``score_one``, compiled by numba, which the auction's own kernel (``edge.auction._select``) calls per
+candidate; as numpy expressions, the per-call overheads of some thirty small array operations cost more than
+the work itself. A CPM candidate ranks on its bid (``cpm_bid``), so its CTR is predicted only if the
+auction's walk reaches it (``fill_ctrs``). The kernels are compiled in memory (no on-disk cache: this module
+does no I/O), once per process, when the first snapshot is loaded (``edge.auction.warm_up``), not in a
+request.
 
 New creatives: the model knows a creative only from the impressions it learned from, so its prediction is
 blended with the advertiser's prior CTR, weighted as ``PRIOR_IMPRESSIONS`` impressions, and the ranking adds

@@ -553,19 +553,47 @@ def test_sift_matches_a_plain_python_reference(seed):
     head = int(rng.choice([1, 3, 32, 1000]))
     for array in (fate_of, scores, ctrs):  # read-only, as the auction passes them: the compiled version it uses
         array.flags.writeable = False
-    explained, by_fate, live, ranked, front = auction_module._sift(
-        positions, fate_of, scores, ctrs, NO_MODEL, caps, reserve, head, True)
+    by_fate, live, explained, ranked, front = auction_module._unpack(*auction_module._sift(
+        positions, fate_of, scores, ctrs, NO_MODEL, caps, reserve, head, True))
     want_fates, want_sorted, want_rest = _sift_reference(positions, fate_of, scores, ctrs, caps, reserve, head)
     assert explained.tolist() == [positions.tolist(), want_fates]
-    assert by_fate.tolist() == [want_fates.count(code) for code in range(auction_module._PASSED + 1)]
+    assert by_fate == [want_fates.count(code) for code in range(auction_module._PASSED + 1)]
     got = list(zip(live.tolist(), *ranked.tolist(), strict=True))
     assert front == len(want_sorted)
     assert got[:front] == want_sorted
     assert sorted(got[front:]) == want_rest
     assert all(score < got[front - 1][1] for _, score, _ in got[front:])  # no run of ties straddles the cut
     # Without explain the same, and no per-candidate list.
-    quiet = auction_module._sift(positions, fate_of, scores, ctrs, NO_MODEL, caps, reserve, head, False)
-    assert quiet[0].size == 0 and [a.tolist() for a in quiet[1:4]] == [by_fate.tolist(), live.tolist(), ranked.tolist()]
+    quiet = auction_module._unpack(*auction_module._sift(positions, fate_of, scores, ctrs, NO_MODEL, caps, reserve,
+                                                          head, False))
+    assert quiet[2].size == 0
+    assert (quiet[0], quiet[1].tolist(), quiet[3].tolist(), quiet[4]) == \
+        (by_fate, live.tolist(), ranked.tolist(), front)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_sifting_a_few_candidates_in_python_matches_the_kernel(seed):
+    """Up to SIFT_IN_PYTHON candidates of a small inventory scored per campaign, ``_sift_few`` reads them one by
+    one instead of calling the kernel: the same survivors in the same order (ties in position order) and the
+    same counts, with the campaign-level reserve verdicts the kernel judges again on the same scores."""
+    from edge.ctr import NO_MODEL
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 13))
+    fate_of = rng.choice([0, 2, auction_module._PASSED, auction_module._PASSED], n).astype(np.uint8)
+    scores = rng.choice([1.0, 2.0, 3.0], n)
+    fate_of[(fate_of == auction_module._PASSED) & (scores < 2.0)] = auction_module._RESERVE  # as ``_checks`` does
+    ctrs = rng.random(n)
+    positions = np.sort(rng.choice(n, int(rng.integers(0, min(n, auction_module.SIFT_IN_PYTHON) + 1)),
+                                   replace=False)).astype(np.int64)
+    for array in (fate_of, scores, ctrs):
+        array.flags.writeable = False
+    (live, live_scores, live_ctrs), counts = auction_module._sift_few(positions, fate_of, scores, ctrs)
+    by_fate, k_live, _, k_ranked, front = auction_module._unpack(*auction_module._sift(
+        positions, fate_of, scores, ctrs, NO_MODEL, auction_module._NO_CAPS, 2.0, auction_module.HEAD, False))
+    assert front == len(k_live)  # a handful: all sorted
+    assert (live, live_scores, live_ctrs) == (k_live.tolist(), *k_ranked.tolist())
+    assert counts == {auction_module._FATES[code]: n for code, n in enumerate(by_fate[:-1]) if n}
 
 
 def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecpm(make_campaign, make_creative):
@@ -588,9 +616,9 @@ def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecp
     inputs = model_inputs(s, "300x250", "home", "US", "mobile", NOW)
     ctrs, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
     for head in (1000, 3):
-        _, by_fate, live, ranked, front = auction_module._sift(
+        by_fate, live, _, ranked, front = auction_module._unpack(*auction_module._sift(
             positions, fate_of, own, s.columns.formats["300x250"].ctr, inputs, auction_module._NO_CAPS, 0.0, head,
-            False)
+            False))
         assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5]
         assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
         order = live.tolist()
@@ -635,6 +663,30 @@ def test_sorting_only_the_head_changes_no_outcome(make_campaign, monkeypatch, se
     assert len(full.wins) == 6
 
 
+def test_creative_caps_rescore_only_candidates(make_campaign, make_creative, monkeypatch):
+    """A capped best creative is rescored on the campaign's next best one with the click model's Python
+    (``predicted_ctr_one``, tens of microseconds): only for a campaign this request retrieved, however many
+    other campaigns the user has capped creatives of."""
+    from edge.frequency import Capped
+    from replication.ctr_model import ClickModel
+
+    campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", placements=["home"] if i < 2 else ["news"],
+                               creatives=[make_creative(f"c{i}-a", prior_ctr=0.02), make_creative(f"c{i}-b")])
+                 for i in range(8)]
+    s = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=0,
+                       click_model=ClickModel.from_sparse(1, 18, [1], [0.1], {}))
+    rescored = []
+    real = auction_module.predicted_ctr_one
+    monkeypatch.setattr(auction_module, "predicted_ctr_one",
+                        lambda model, campaign, *rest: rescored.append(campaign.campaign_id) or real(model, campaign,
+                                                                                                     *rest))
+    capped = Capped(creatives={f"c{i}": frozenset({f"c{i}-a"}) for i in range(8)})
+    result = run_auction(s, req(slots=2, placement="home"), now_s=NOW, rng=random.Random(1),
+                         allowance=rich(*(c.campaign_id for c in campaigns)), capped=capped)
+    assert sorted(rescored) == ["c0", "c1"]  # the candidates; c2..c7 target another placement
+    assert {w.creative.creative_id for w in result.wins} == {"c0-b", "c1-b"}
+
+
 def test_a_winner_from_past_the_head_is_priced_with_its_predicted_ctr(make_campaign, make_creative, monkeypatch):
     """With a click model a CPM campaign ranks on its bid and its CTR is predicted only if the walk reaches it:
     in the head at once, past it when the walk sorts the rest. A CPM winner from past the head (the campaigns
@@ -665,7 +717,10 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative, mo
     snapshots restricted in different numbers of dimensions."""
     from replication.ctr_model import ClickModel
 
+    # Distinct CPM and CPC bids: no run of ties spans the whole ranking, so with a head of 2 the walk sorts
+    # the rest, and predicts the CPM campaigns' CTRs there.
     campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", keywords=["kw"] if i % 2 else [],
+                               bid_type="cpm" if i % 3 else "cpc", max_bid_micros=1_000_000 + 1000 * i,
                                creatives=[make_creative(f"c{i}-a"), make_creative(f"c{i}-b", prior_ctr=0.001)])
                  for i in range(12)]
     model = ClickModel.from_sparse(1, 18, [1, 2], [0.1, -0.1], {})
