@@ -5,7 +5,7 @@ logit is its campaign's static part (bias, campaign, best creative of the format
 per snapshot and format) plus the context's weights plus the weights of the campaign x context crosses:
 ``score_one``, compiled by numba, which the auction's own kernel (``edge.auction._select``) calls per
 candidate; as numpy expressions, the per-call overheads of some thirty small array operations cost more than
-the work itself. A CPM candidate ranks on its bid (``cpm_bid``), so its CTR is predicted only if the
+the work itself. A CPM candidate ranks on its bid (``edge.auction.cpm_bids``), so its CTR is predicted only if the
 auction's walk reaches it (``fill_ctrs``). The kernels are compiled in memory (no on-disk cache: this module
 does no I/O), once per process, when the first snapshot is loaded (``edge.auction.warm_up``), not in a
 request.
@@ -212,17 +212,9 @@ def score_one(pos: int, records: np.ndarray, values: np.ndarray, mix: np.ndarray
 
 
 @njit(nogil=True)
-def cpm_bid(pos: int, values: np.ndarray) -> float:
-    """What a CPM campaign ranks on, its bid, read from its record without the model (NaN: not CPM). Its
-    CTR matters only if it wins (``fill_ctrs``), so the auction need not predict one for every CPM
-    candidate: at 100,000 campaigns the model's reads were two thirds of the auction's kernel."""
-    return values[pos, _BID] if values[pos, _IS_CPM] != 0.0 else math.nan
-
-
-@njit(nogil=True)
 def fill_ctrs(positions: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs) -> None:
-    """The mean CTR (``score_one``'s) of each candidate whose CTR is still NaN (one ``cpm_bid`` ranked), in
-    place."""
+    """The mean CTR (``score_one``'s) of each candidate whose CTR is still NaN (a CPM campaign the auction
+    ranked on its bid, ``edge.auction.cpm_bids``), in place."""
     for j in range(positions.shape[0]):
         if math.isnan(ctrs[j]):
             ctrs[j] = score_one(positions[j], *inputs)[0]

@@ -177,7 +177,7 @@ class RetrievalIndex:
         answer_rows: dict[str, dict[str, int]] = {}
         for dim in DIMENSIONS:
             unrestricted_row[dim] = len(rows)
-            rows.append(masks[dim])
+            rows.append(bitset(masks[dim]))  # packed at once: a boolean mask is a byte per campaign
             if dim in open_dims:
                 continue
             few = len(sorted_postings[dim]) <= MAX_ANSWER_MASKS
@@ -187,8 +187,8 @@ class RetrievalIndex:
                     mask = masks[dim].copy()
                     mask[where] = True
                     answer_rows[dim][value] = len(rows)
-                    rows.append(mask)
-        bits = frozen_array(np.stack([bitset(mask) for mask in rows]))  # one row per dimension at least
+                    rows.append(bitset(mask))
+        bits = frozen_array(np.stack(rows))  # one row per dimension at least
         return cls(
             size=size,
             unrestricted=MappingProxyType({dim: bits[row] for dim, row in unrestricted_row.items()}),
