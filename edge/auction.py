@@ -439,8 +439,8 @@ def run_auction(
     reasons: dict[str, Reason] = {}
     if explain and counts:
         campaigns = snapshot.campaigns
-        positions, fates = explained.tolist()
-        reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(positions, fates, strict=True)
+        where, fates = explained.tolist()
+        reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(where, fates, strict=True)
                    if code != _PASSED}
     sorted_head = (live[:head].tolist(), ranked[0, :head].tolist(), ranked[1, :head].tolist())
     rest = (live[head:], ranked[0, head:], ranked[1, head:], inputs) if head < len(live) else None
