@@ -429,9 +429,9 @@ def run_auction(
                                      request.device, now_s)
 
         caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
-    by_fate, live, explained, ranked, head = _unpack(*_select(
-        index.size, index.bits, index.flat, plan, checks.fate, scores, ctrs, cpm_bids(columns, fmt), *inputs, *caps,
-        float(reserve), HEAD, explain))
+    ints, ranked, head = _select(index.size, index.bits, index.flat, plan, checks.fate, scores, ctrs,
+                                 cpm_bids(columns, fmt), inputs, caps, float(reserve), HEAD, explain)
+    by_fate, live, explained = _unpack(ints)
     candidates = sum(by_fate)
     if not candidates:
         return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
@@ -478,14 +478,9 @@ def _sift_few(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray,
 Caps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _empty_caps() -> Caps:
-    """``_caps`` for a user who has seen nothing enough: arrays of the types ``_caps`` makes, so that
-    ``_select`` is compiled once for both."""
-    return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
-
-
-_NO_CAPS = _empty_caps()
-_NO_POSITIONS = np.zeros(0, dtype=np.int64)
+# ``_caps`` for a user who has seen nothing enough: arrays of the types ``_caps`` makes, so that ``_select`` is
+# compiled once for both.
+_NO_CAPS: Caps = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
 
 
 def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: np.ndarray, fmt: str,
@@ -501,7 +496,7 @@ def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: n
     by_id = snapshot.by_id
     out = {pos for campaign_id in capped.campaigns if (pos := by_id.get(campaign_id)) is not None}
     rescored: list[tuple[int, float, float]] = []
-    candidates = _candidates(index.size, index.bits, index.flat, plan) if capped.creatives else _NO_POSITIONS
+    candidates = _candidates(index.size, index.bits, index.flat, plan) if capped.creatives else _NO_CAPS[0]
     for campaign_id, creative_ids in capped.creatives.items():
         pos = by_id.get(campaign_id)
         if pos is None or pos in out or math.isnan(scores[pos]):
@@ -526,28 +521,22 @@ def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: n
 
 @njit(nogil=True)
 def _select(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray, fate_of: np.ndarray,
-            scores: np.ndarray, ctrs: np.ndarray, cpm: np.ndarray, records: np.ndarray, values: np.ndarray,
-            mix: np.ndarray, weights: np.ndarray, shift: np.uint64, own: float, exploration: float, out: np.ndarray,
-            over: np.ndarray, over_ctr: np.ndarray, over_score: np.ndarray, reserve: float, head: int,
-            explain: bool) -> tuple[np.ndarray, np.ndarray, int]:
+            scores: np.ndarray, ctrs: np.ndarray, cpm: np.ndarray, inputs: ModelInputs, caps: Caps, reserve: float,
+            head: int, explain: bool) -> tuple[np.ndarray, np.ndarray, int]:
     """The auction from retrieval to the ranking walk in one compiled call: the candidates (``_candidates``),
     then ``_sift``, whose results it returns. One call instead of three (retrieval, the click model's
     scoring, the sifting) with their arrays handed back and forth through Python: 9 arrays boxed per request
-    before, 2 now (boxing one costs numba about a microsecond). The model's inputs and the caps come as
-    separate arguments, not as the tuples ``_sift`` takes: numba's dispatcher types a tuple argument by
-    walking its members on every call (a fifth of this call's cost with 20 campaigns, callgrind)."""
-    return _sift(_candidates(size, bits, flat, plan), fate_of, scores, ctrs, cpm,
-                 (records, values, mix, weights, shift, own, exploration), (out, over, over_ctr, over_score),
-                 reserve, head, explain)
+    before, 2 now (boxing one costs numba about a microsecond)."""
+    return _sift(_candidates(size, bits, flat, plan), fate_of, scores, ctrs, cpm, inputs, caps, reserve, head,
+                 explain)
 
 
-def _unpack(ints: np.ndarray, ranked: np.ndarray,
-            head: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, int]:
-    """``_sift``'s results as (the count per fate code, the live positions, with explain the candidates'
-    positions and fates as two rows (else empty), their scores and CTRs as two rows, how many are sorted)."""
+def _unpack(ints: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """``_sift``'s integers as (the count per fate code, the live positions in ranking order, with explain
+    every candidate's position and fate as two rows, else empty)."""
     by_fate = ints[:_CODES].tolist()
     live = by_fate[_PASSED]
-    return by_fate, ints[_CODES:_CODES + live], ints[_CODES + live:].reshape(2, -1), ranked, head
+    return by_fate, ints[_CODES:_CODES + live], ints[_CODES + live:].reshape(2, -1)
 
 
 _CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``'s integers
@@ -580,7 +569,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     modelled = records.shape[0] > 0
     out, over, over_ctr, over_score = caps
     m = positions.shape[0]
-    explained = np.empty((2, m if explain else 0), dtype=np.int64)
+    fates = np.empty(m if explain else 0, dtype=np.uint8)
     by_fate = np.zeros(_CODES, dtype=np.int64)
     live = np.empty(m, dtype=np.int64)
     live_scores = np.empty(m, dtype=np.float64)
@@ -611,8 +600,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
                     ctr, score = ctrs[pos], scores[pos]
                 fate = _PASSED if score >= reserve and score > 0.0 else _RESERVE  # NaN fails too
         if explain:
-            explained[0, j] = pos
-            explained[1, j] = fate
+            fates[j] = fate
         by_fate[fate] += 1
         if fate == _PASSED:
             live[n] = pos
@@ -638,7 +626,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
         if neg[i] > kth:
             order[rest] = i
             rest += 1
-    ints = np.empty(_CODES + n + explained.size, dtype=np.int64)
+    ints = np.empty(_CODES + n + 2 * fates.shape[0], dtype=np.int64)
     for code in range(_CODES):  # a loop, not a slice assignment: see ``order`` above
         ints[code] = by_fate[code]
     out_ranked = np.empty((2, n), dtype=np.float64)
@@ -646,9 +634,9 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
         ints[_CODES + i] = live[order[i]]
         out_ranked[0, i] = live_scores[order[i]]
         out_ranked[1, i] = live_ctrs[order[i]]
-    for k in range(explained.shape[1]):
-        ints[_CODES + n + k] = explained[0, k]
-        ints[_CODES + n + explained.shape[1] + k] = explained[1, k]
+    for k in range(fates.shape[0]):  # with explain: every candidate's position, then its fate
+        ints[_CODES + n + k] = positions[k]
+        ints[_CODES + n + m + k] = fates[k]
     if modelled:  # the head's CPM campaigns' CTRs; the rest's wait until the walk gets there (``_Ranking``)
         fill_ctrs(ints[_CODES:_CODES + front], out_ranked[1, :front], inputs)
     return ints, out_ranked, front
@@ -722,8 +710,7 @@ def warm_up(snapshot: Snapshot) -> None:
         inputs = NO_MODEL if snapshot.click_model is None else model_inputs(snapshot, fmt, "", "", "", 0.0)
         # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
         _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
-                scores if column is None else column.ctr, cpm_bids(columns, fmt), *inputs, *_NO_CAPS, 0.0, HEAD,
-                False)
+                scores if column is None else column.ctr, cpm_bids(columns, fmt), inputs, _NO_CAPS, 0.0, HEAD, False)
         if snapshot.click_model is not None:  # as ``_Ranking._sort_rest`` calls it, on slices of _select's arrays
             fill_ctrs(np.zeros(1, dtype=np.int64)[1:], np.zeros((2, 1))[1, 1:], inputs)
 

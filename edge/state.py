@@ -73,9 +73,8 @@ class SeenIds:
 
 def _load_snapshot(data: bytes) -> Snapshot:
     """Decode a snapshot and warm what its first requests would otherwise build (``edge.auction.warm_up``:
-    the kernels, compiled the first time in a process, 5.7-6.0 s on 847517b; and the snapshot's per-format
-    columns; 3.8-4.8 s together at 100,000 campaigns with a click model before the kernels were one, on
-    2cc1c40; all one-off), here in the loader thread rather than in a request."""
+    the kernels, compiled the first time in a process, and the snapshot's per-format columns), here in the
+    loader thread rather than in a request. The compile alone took 5.7-6.0 s on 847517b (one-off)."""
     snapshot = decode_snapshot(data)
     warm_up_auction(snapshot)
     return snapshot

@@ -130,9 +130,7 @@ class RetrievalIndex:
     call (and compiles once per tuple length)."""
 
     size: int
-    unrestricted: Mapping[str, np.ndarray]  # views of rows of ``bits``
     positions: Mapping[str, Mapping[str, np.ndarray]]  # views of spans of ``flat``
-    open: frozenset[str]  # dimensions no campaign is restricted in: retrieval skips them
     # Per dimension, for some values their whole answer "unrestricted or naming this value" as one bitset, so
     # a request's single value there costs one AND, not setting its campaigns' bits: every value of a
     # dimension with few (formats, devices, countries), and in the others each value at least
@@ -144,13 +142,9 @@ class RetrievalIndex:
     flat: np.ndarray  # int64, every value's positions one after another
     # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads, looked up once:
     # (its name, value -> (start, end) of its positions in ``flat``, value -> row of its answer in ``bits``,
-    # the row of its unrestricted bitset).
+    # the row of its unrestricted bitset). A dimension no campaign is restricted in keeps everyone: retrieval
+    # skips it.
     lookups: tuple[tuple[str, Mapping[str, tuple[int, int]], Mapping[str, int], int], ...]
-
-    @property
-    def restricted(self) -> tuple[str, ...]:
-        """The dimensions some campaign is restricted in, in DIMENSIONS order."""
-        return tuple(entry[0] for entry in self.lookups)
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],
@@ -162,15 +156,14 @@ class RetrievalIndex:
             masks[dim] = mask
         sorted_postings = {dim: {v: np.fromiter(sorted(p), dtype=np.int64) for v, p in postings.get(dim, {}).items()}
                            for dim in DIMENSIONS}
-        spans: dict[str, dict[str, tuple[int, int]]] = {}
-        end = 0
+        spans: dict[str, dict[str, tuple[int, int]]] = {dim: {} for dim in DIMENSIONS}
+        pieces, end = [np.zeros(0, dtype=np.int64)], 0
         for dim in DIMENSIONS:
-            spans[dim] = {}
             for value, where in sorted_postings[dim].items():
                 spans[dim][value] = (end, end + len(where))
                 end += len(where)
-        flat = frozen_array(np.concatenate([np.zeros(0, dtype=np.int64), *(
-            where for dim in DIMENSIONS for where in sorted_postings[dim].values())]))
+                pieces.append(where)
+        flat = frozen_array(np.concatenate(pieces))
         open_dims = frozenset(dim for dim in DIMENSIONS if bool(masks[dim].all()))
         rows: list[np.ndarray] = []
         unrestricted_row: dict[str, int] = {}
@@ -191,10 +184,8 @@ class RetrievalIndex:
         bits = frozen_array(np.stack(rows))  # one row per dimension at least
         return cls(
             size=size,
-            unrestricted=MappingProxyType({dim: bits[row] for dim, row in unrestricted_row.items()}),
             positions=MappingProxyType({dim: MappingProxyType({v: flat[a:b] for v, (a, b) in spans[dim].items()})
                                         for dim in DIMENSIONS}),
-            open=open_dims,
             answers=MappingProxyType({dim: MappingProxyType({v: bits[row] for v, row in by_value.items()})
                                       for dim, by_value in answer_rows.items()}),
             bits=bits, flat=flat,

@@ -504,6 +504,13 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
 
 
+def _sifted(*args):
+    """``_sift``'s results taken apart: (count per fate code, live positions, explain's rows, scores and CTRs,
+    how many are sorted)."""
+    ints, ranked, front = auction_module._sift(*args)
+    return (*auction_module._unpack(ints), ranked, front)
+
+
 def _sift_reference(positions, fate_of, scores, ctrs, caps, reserve, head):
     """``_sift`` written plainly: each candidate's first failed check, then the survivors by one stable sort
     on descending score, of which the best ``head`` and their ties count as sorted."""
@@ -553,8 +560,8 @@ def test_sift_matches_a_plain_python_reference(seed):
     head = int(rng.choice([1, 3, 32, 1000]))
     for array in (fate_of, scores, ctrs):  # read-only, as the auction passes them: the compiled version it uses
         array.flags.writeable = False
-    by_fate, live, explained, ranked, front = auction_module._unpack(*auction_module._sift(
-        positions, fate_of, scores, ctrs, scores, NO_MODEL, caps, reserve, head, True))
+    by_fate, live, explained, ranked, front = _sifted(
+        positions, fate_of, scores, ctrs, scores, NO_MODEL, caps, reserve, head, True)
     want_fates, want_sorted, want_rest = _sift_reference(positions, fate_of, scores, ctrs, caps, reserve, head)
     assert explained.tolist() == [positions.tolist(), want_fates]
     assert by_fate == [want_fates.count(code) for code in range(auction_module._PASSED + 1)]
@@ -564,8 +571,7 @@ def test_sift_matches_a_plain_python_reference(seed):
     assert sorted(got[front:]) == want_rest
     assert all(score < got[front - 1][1] for _, score, _ in got[front:])  # no run of ties straddles the cut
     # Without explain the same, and no per-candidate list.
-    quiet = auction_module._unpack(*auction_module._sift(positions, fate_of, scores, ctrs, scores, NO_MODEL, caps,
-                                                          reserve, head, False))
+    quiet = _sifted(positions, fate_of, scores, ctrs, scores, NO_MODEL, caps, reserve, head, False)
     assert quiet[2].size == 0
     assert (quiet[0], quiet[1].tolist(), quiet[3].tolist(), quiet[4]) == \
         (by_fate, live.tolist(), ranked.tolist(), front)
@@ -589,9 +595,9 @@ def test_sifting_a_few_candidates_in_python_matches_the_kernel(seed):
     for array in (fate_of, scores, ctrs):
         array.flags.writeable = False
     (live, live_scores, live_ctrs), counts = auction_module._sift_few(positions, fate_of, scores, ctrs)
-    by_fate, k_live, _, k_ranked, front = auction_module._unpack(*auction_module._sift(
+    by_fate, k_live, _, k_ranked, front = _sifted(
         positions, fate_of, scores, ctrs, scores, NO_MODEL, auction_module._NO_CAPS, 2.0, auction_module.HEAD,
-        False))
+        False)
     assert front == len(k_live)  # a handful: all sorted
     assert (live, live_scores, live_ctrs) == (k_live.tolist(), *k_ranked.tolist())
     assert counts == {auction_module._FATES[code]: n for code, n in enumerate(by_fate[:-1]) if n}
@@ -617,9 +623,9 @@ def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecp
     inputs = model_inputs(s, "300x250", "home", "US", "mobile", NOW)
     ctrs, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
     for head in (1000, 3):
-        by_fate, live, _, ranked, front = auction_module._unpack(*auction_module._sift(
+        by_fate, live, _, ranked, front = _sifted(
             positions, fate_of, own, s.columns.formats["300x250"].ctr, auction_module.cpm_bids(s.columns, "300x250"),
-            inputs, auction_module._NO_CAPS, 0.0, head, False))
+            inputs, auction_module._NO_CAPS, 0.0, head, False)
         assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5]
         assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
         order = live.tolist()
