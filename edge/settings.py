@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -71,6 +72,9 @@ SPECS = [
            "events are always published)"),
     s.Spec("EDGE_FREQUENCY_FAIL_OPEN", s.parse_bool, "true",
            "frequency-cap history unreadable: serve as if nothing were capped (false: campaigns with caps sit out)"),
+    s.Spec("EDGE_COMPILE_CACHE_DIR", s.parse_str, os.path.join(tempfile.gettempdir(), f"adserver-numba-{os.getuid()}"),
+           "directory (this user's alone) for the auction kernels' compiled code, so a restarted worker loads "
+           "them instead of compiling for seconds; empty: compile in every process"),
 ]
 
 
@@ -102,6 +106,7 @@ class EdgeSettings:
     edge_ivt_fail_open: bool
     edge_decision_events: bool
     edge_frequency_fail_open: bool
+    edge_compile_cache_dir: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EdgeSettings:

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
 
+from edge import compile_cache
 from edge.accounting import Accounting
 from edge.auction import warm_up as warm_up_auction
 from edge.budget import BudgetLedger
@@ -407,6 +408,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state.tasks.append(asyncio.create_task(state.control_loop(), name="control-loop"))
     state.tasks.append(asyncio.create_task(state.spend_sync_loop(), name="spend-sync"))
     await state.nc.subscribe(S.SPEND_SUBJECTS, cb=state.on_spend)
+    # Before the first snapshot, whose loading compiles the auction's kernels (or now loads them).
+    compile_cache.enable(state.settings.edge_compile_cache_dir)
     sub = await follow_snapshots(hub, state.settings.edge_region, state.on_snapshot)
     log.info("edge worker %s up: %r", state.worker_id, state.settings)
     try:
