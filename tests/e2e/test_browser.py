@@ -66,8 +66,8 @@ def stack() -> Iterator[LocalStack]:
 
 
 def api(stack: LocalStack, method: str, path: str, token: str, body: Any = None) -> httpx.Response:
-    return httpx.request(method, stack.cp_url + path, json=body, headers={"Authorization": f"Bearer {token}"},
-                         timeout=10)
+    return stack.http.request(method, stack.cp_url + path, json=body, headers={"Authorization": f"Bearer {token}"},
+                              timeout=10)
 
 
 def new_advertiser(stack: LocalStack, name: str) -> str:
@@ -77,7 +77,7 @@ def new_advertiser(stack: LocalStack, name: str) -> str:
 
 def ask(stack: LocalStack, placement: str, fmt: str, slots: int, **params: str) -> list[dict[str, Any]]:
     query = {"placement": placement, "format": fmt, "slots": str(slots), **PAGE_TARGETING, **params}
-    r = httpx.get(f"{stack.edges[0].url}/v1/ads", params=query, timeout=10)
+    r = stack.http.get(f"{stack.edges[0].url}/v1/ads", params=query, timeout=10)
     assert r.status_code in (200, 204), r.text
     return r.json()["ads"] if r.status_code == 200 else []
 

@@ -23,27 +23,33 @@ def stack() -> Iterator[LocalStack]:
         yield s
 
 
-def ads(s: LocalStack, slots: int) -> list[dict]:
-    r = httpx.get(f"{s.edges[0].url}/v1/ads", params={"placement": "ctr", "format": "300x250",
-                                                      "keywords": "ctrshoes", "slots": str(slots)}, timeout=5)
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    """One client for a test's many requests: ``httpx.get`` builds a client and a connection per call."""
+    with httpx.Client(timeout=5) as client:
+        yield client
+
+
+def ads(http: httpx.Client, s: LocalStack, slots: int) -> list[dict]:
+    r = http.get(f"{s.edges[0].url}/v1/ads", params={"placement": "ctr", "format": "300x250",
+                                                     "keywords": "ctrshoes", "slots": str(slots)})
     assert r.status_code == 200, r.text
     return r.json()["ads"]
 
 
-def test_the_auction_learns_from_clicks_which_ad_users_prefer(stack: LocalStack) -> None:
+def test_the_auction_learns_from_clicks_which_ad_users_prefer(stack: LocalStack, http: httpx.Client) -> None:
     s = stack
     # The advertiser says "a" clicks five times better; users will click only "b".
     a = s.launch_campaign(s.create_advertiser("Confident")[1], "ctrshoes", bid_type="cpc", max_bid_micros=500_000,
                           creatives=[{**CREATIVE, "headline": "a", "prior_ctr": 0.05}])
     b = s.launch_campaign(s.create_advertiser("Modest")[1], "ctrshoes", bid_type="cpc", max_bid_micros=500_000,
                           creatives=[{**CREATIVE, "headline": "b", "prior_ctr": 0.01}])
-    assert [ad["campaign_id"] for ad in ads(s, 1)] == [a]  # before any data, the priors rank
-    with httpx.Client(timeout=5) as client:
-        for _ in range(200):
-            for ad in ads(s, 2):
-                assert client.get(ad["impression_url"]).status_code == 204
-                if ad["campaign_id"] == b:
-                    assert client.get(ad["click_url"]).status_code == 302
+    assert [ad["campaign_id"] for ad in ads(http, s, 1)] == [a]  # before any data, the priors rank
+    for _ in range(200):
+        for ad in ads(http, s, 2):
+            assert http.get(ad["impression_url"]).status_code == 204
+            if ad["campaign_id"] == b:
+                assert http.get(ad["click_url"]).status_code == 302
     deadline = time.monotonic() + 60
     while True:
         stats = httpx.get(f"{s.cp_url}/v1/admin/stats", headers={"Authorization": f"Bearer {s.admin_token}"},
@@ -54,10 +60,10 @@ def test_the_auction_learns_from_clicks_which_ad_users_prefer(stack: LocalStack)
         assert time.monotonic() < deadline, f"the model never reached the edge: {stats}, {ready}"
         time.sleep(0.5)
     assert stats["clicks"] >= 200 and stats["creatives"] == 2 and stats["nonzero_weights"] > 0
-    assert [ad["campaign_id"] for ad in ads(s, 1)] == [b]
+    assert [ad["campaign_id"] for ad in ads(http, s, 1)] == [b]
 
 
-def test_each_device_learns_its_own_best_headline(stack: LocalStack) -> None:
+def test_each_device_learns_its_own_best_headline(stack: LocalStack, http: httpx.Client) -> None:
     """Creative optimization end to end: a creative with two headlines; phone users click only "Tap",
     desktop users only "Click". The variant rides in the tokens into ClickHouse, the control plane tallies
     it per device, and the edge's Thompson sampling then shows each device its own winner."""
@@ -68,22 +74,21 @@ def test_each_device_learns_its_own_best_headline(stack: LocalStack) -> None:
     wanted = {"mobile": "Tap", "desktop": "Click"}
 
     def serve(device: str) -> dict:
-        r = httpx.get(f"{s.edges[0].url}/v1/ads", params={"placement": "var", "format": "300x250",
-                                                          "keywords": "varshoes", "device": device}, timeout=5)
+        r = http.get(f"{s.edges[0].url}/v1/ads", params={"placement": "var", "format": "300x250",
+                                                         "keywords": "varshoes", "device": device})
         assert r.status_code == 200, r.text
         return r.json()["ads"][0]
 
     shown: dict[str, set[str]] = {"mobile": set(), "desktop": set()}
     learned_before = s.admin_stats()["click_model"]["impressions"]
-    with httpx.Client(timeout=5) as client:
-        for _ in range(200):
-            for device, headline in wanted.items():
-                ad = serve(device)
-                shown[device].add(ad["creative"]["headline"])
-                assert ad["creative"]["variant"] in ("0.0.0", "1.0.0")
-                assert client.get(ad["impression_url"]).status_code == 204
-                if ad["creative"]["headline"] == headline:
-                    assert client.get(ad["click_url"]).status_code == 302
+    for _ in range(200):
+        for device, headline in wanted.items():
+            ad = serve(device)
+            shown[device].add(ad["creative"]["headline"])
+            assert ad["creative"]["variant"] in ("0.0.0", "1.0.0")
+            assert http.get(ad["impression_url"]).status_code == 204
+            if ad["creative"]["headline"] == headline:
+                assert http.get(ad["click_url"]).status_code == 302
     assert shown == {"mobile": {"Click", "Tap"}, "desktop": {"Click", "Tap"}}  # both explored before any data
     deadline = time.monotonic() + 60
     while True:

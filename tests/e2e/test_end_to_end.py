@@ -37,7 +37,7 @@ def tokens(stack: LocalStack) -> tuple[str, str]:
 def api(stack: LocalStack, method: str, path: str, token: str | None, body: Any = None,
         headers: dict[str, str] | None = None) -> httpx.Response:
     h = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.request(method, stack.cp_url + path, json=body, headers={**h, **(headers or {})}, timeout=10)
+    return stack.http.request(method, stack.cp_url + path, json=body, headers={**h, **(headers or {})}, timeout=10)
 
 
 def campaign_body(keyword: str, **overrides: Any) -> dict[str, Any]:
