@@ -93,4 +93,10 @@ def enable(root: str | Path) -> Path | None:
     numba.config.CACHE_DIR = str(directory)
     for kernel in kernels():
         kernel.enable_caching()
+    log.info("the auction's compiled kernels are cached in %s", directory)
     return directory
+
+
+def loaded() -> int:
+    """How many compiled versions of the kernels this process loaded from the cache instead of compiling."""
+    return sum(sum(kernel.stats.cache_hits.values()) for kernel in kernels())

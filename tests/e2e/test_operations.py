@@ -4,18 +4,22 @@ graceful shutdown that delivers every accepted billing event even when NATS is s
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from adserver.processes import wait_ready
 from adserver.stack import LocalStack
+from edge import compile_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -133,8 +137,6 @@ def test_shutdown_delivers_buffered_billing_events_while_nats_is_stalled(stack: 
 
 
 def test_metrics_of_a_multi_worker_edge_add_up_across_workers(stack: LocalStack, token: str) -> None:
-    from adserver.processes import wait_ready
-
     edge = stack.start_edge("eu", "multi", workers=2)
     wait_ready(f"{edge.url}/readyz", edge.proc, timeout=30)
     with httpx.Client(timeout=5) as client:  # fresh connections, so granian spreads them over both workers
@@ -148,3 +150,26 @@ def test_metrics_of_a_multi_worker_edge_add_up_across_workers(stack: LocalStack,
                               if line.startswith("adserver_ad_requests_total{")))
     assert totals == [40.0] * 4  # every scrape, whichever worker answers, sees all 40 requests
     edge.proc.stop()
+
+
+def test_a_second_edge_process_loads_the_compiled_auction_from_the_cache(stack: LocalStack, tmp_path: Path) -> None:
+    """The first edge process compiles the auction's kernels into its cache directory; the next one (a
+    restart, another pod on the node's volume) loads them instead of compiling for seconds."""
+    saved = stack.edge_env
+    stack.edge_env = {**saved, "ADSERVER_EDGE_COMPILE_CACHE_DIR": str(tmp_path / "kernels")}
+    started = []
+    try:
+        for pop in ("cache1", "cache2"):  # one after the other: the second must find the first's files
+            edge = stack.start_edge("eu", pop)
+            started.append(edge)
+            wait_ready(f"{edge.url}/readyz", edge.proc, timeout=60)
+    finally:
+        stack.edge_env = saved
+        for edge in started:
+            stack.edges.remove(edge)
+            edge.proc.stop()
+    first, second = (edge.proc.log_path.read_text() for edge in started)
+    assert "compiled kernels loaded from the cache so far: 0)" in first, first[-2000:]
+    assert re.search(r"compiled kernels loaded from the cache so far: [1-9]", second), second[-2000:]
+    directory = tmp_path / "kernels" / compile_cache.source_digest()
+    assert any(p.name.startswith("auction._select") and p.suffix == ".nbc" for p in directory.rglob("*"))
