@@ -35,9 +35,11 @@ T = TypeVar("T")
 MIN_UNITS = 5  # the least allowance a campaign holds, in billable units: enough to serve while a refill is out
 BUDGET_SHARE = 20  # nor more than 1/20 of the budget (the allocator shrinks slices further near the end)
 # Pacing takes turns: every campaign is re-paced once per PACE_ROUND_TICKS ticks (half a second), a slice of
-# them per tick, and no tick paces more than PACE_MAX_PER_TICK (at about 14 us a campaign, 3.5 ms a tick),
-# so past 1,250 campaigns a round takes longer. A pass over all of them at once held up every request behind
-# it: 14 ms at 1,000 campaigns and 79 ms at 5,000, twice a second (one-off timing on 0791ef3).
+# them per tick, and no tick paces more than PACE_MAX_PER_TICK (at 14-40 us a campaign before the controller
+# stopped calling dataclasses.replace, 16-23 us after: 4-6 ms a tick), so past 1,250 campaigns a round takes
+# longer. A pass over all of them at once held up every request behind it: 14 ms at 1,000 campaigns and 79 ms
+# at 5,000, twice a second (one-off timings on 0791ef3 and today). The edge paces a tick's share in pieces
+# with the event loop free between them (``edge.state``).
 PACE_ROUND_TICKS = 5
 PACE_MAX_PER_TICK = 250
 # The grant check's safety net: besides the campaigns that moved and those due for a retry, it re-sizes a
@@ -117,9 +119,19 @@ class Accounting:
                 ledger.set_counter_allowance(
                     c.campaign_id, day, self.spend.counter_allowance(c.campaign_id, day, c.daily_budget_micros))
             if pace:
-                share = -(-len(snapshot.campaigns) // PACE_ROUND_TICKS)
-                self.spend.pace(snapshot, now, self.ledger.unit_prices, limit=min(PACE_MAX_PER_TICK, share))
+                self.pace(snapshot, now, limit=self.pace_share(snapshot))
         return TickOutcome(lapsed=lapsed, new_day=new_day)
+
+    @staticmethod
+    def pace_share(snapshot: Snapshot) -> int:
+        """How many campaigns a tick re-paces: every one once per PACE_ROUND_TICKS ticks, at most
+        PACE_MAX_PER_TICK."""
+        return min(PACE_MAX_PER_TICK, -(-len(snapshot.campaigns) // PACE_ROUND_TICKS))
+
+    def pace(self, snapshot: Snapshot, now: float, *, limit: int) -> None:
+        """Re-pace the next ``limit`` campaigns, taking turns (``SpendView.pace``). The edge calls this in
+        pieces between requests (``edge.state``); ``tick(pace=True)`` does a tick's share at once."""
+        self.spend.pace(snapshot, now, self.ledger.unit_prices, limit=limit)
 
     def _take_moved(self) -> None:
         """Hand what the ledger saw move since the last call to each walk that needs it."""

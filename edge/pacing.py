@@ -232,17 +232,23 @@ class EvenController:
             keep = math.exp(-dt / self.rate_tau_s)
             spend_avg = keep * spend_avg + (1 - keep) * observed
             exposure_avg = keep * exposure_avg + (1 - keep) * exposure
-        learned = replace(state, now_s=now, spent=spent_today, spend_avg=spend_avg, exposure_avg=exposure_avg)
+        integral, anchor_plan, anchor_spent = state.integral, state.anchor_plan, state.anchor_spent
         if new_day or state.now_s < 0:
             spent_fraction = spent_today / daily_budget if daily_budget > 0 else 1.0
-            learned = replace(learned, integral=0.0, anchor_plan=shape.plan_fraction(max(now - dt, 0.0)),
-                              anchor_spent=min(spent_fraction, 1.0))
+            integral, anchor_plan, anchor_spent = 0.0, shape.plan_fraction(max(now - dt, 0.0)), min(spent_fraction, 1.0)
+
+        # Each return builds its state once: dataclasses.replace, twice per update before, was a third of the
+        # pacing tick's time (40 us a campaign here, 250 campaigns a tick: a 10 ms stall; cProfile, one-off).
+        def made(p: float, done: bool, integral: float) -> EvenState:
+            return EvenState(p=p, done=done, now_s=now, spent=spent_today, spend_avg=spend_avg,
+                             exposure_avg=exposure_avg, integral=integral, anchor_plan=anchor_plan,
+                             anchor_spent=anchor_spent)
 
         if _spent_out(spent_today, daily_budget, unit_cost):
-            return replace(learned, p=0.0, done=True)
+            return made(0.0, True, integral)
         horizon = min(now + max(dt, 1.0), float(DAY_S))
         if horizon <= now:
-            return learned  # the day's last instant: nothing left to plan for
+            return made(state.p, state.done, integral)  # the day's last instant: nothing left to plan for
 
         remaining = daily_budget - spent_today
         plan_now = shape.plan_fraction(now)
@@ -252,12 +258,12 @@ class EvenController:
         else:
             # Past finish_s with budget left (under-delivery): spread it over what is left of the day.
             wanted = remaining * (horizon - now) / (DAY_S - now)
-        gap = _clamp(self._target(learned, plan_now) - spent_today / daily_budget,
+        gap = _clamp(self._target(anchor_plan, anchor_spent, plan_now) - spent_today / daily_budget,
                      -self.error_band, self.error_band)  # > 0 behind plan, < 0 ahead
-        correction = (self.kp_per_s * gap + self.ki_per_s2 * learned.integral) * daily_budget * (horizon - now)
+        correction = (self.kp_per_s * gap + self.ki_per_s2 * integral) * daily_budget * (horizon - now)
         wanted = min(wanted + correction, remaining)
 
-        demand = learned.demand_estimate
+        demand = spend_avg / exposure_avg if exposure_avg > 0 else None  # EvenState.demand_estimate
         base = max(state.p, self.p_start)  # from p=0 (yesterday spent out, or a raised budget) slow-start again
         if demand is None:
             raw = base  # nothing seen yet: hold until traffic shows us the rate
@@ -270,18 +276,17 @@ class EvenController:
         p = _clamp(min(raw, ceiling), self.p_min, 1.0)
 
         # Anti-windup: integrate only while the throttle can still act on the error in its direction.
-        integral = learned.integral
         if not ((raw >= 1.0 and gap > 0) or (raw <= self.p_min and gap < 0)):
             integral = _clamp(integral + gap * dt, -self.integral_max, self.integral_max)
-        return replace(learned, p=p, done=False, integral=integral)
+        return made(p, False, integral)
 
     @staticmethod
-    def _target(state: EvenState, plan_now: float) -> float:
+    def _target(anchor_plan: float, anchor_spent: float, plan_now: float) -> float:
         """The spent fraction the plan wants now, re-based on where today's control started."""
-        if state.anchor_plan >= 1.0:
+        if anchor_plan >= 1.0:
             return 1.0
-        share = max(0.0, plan_now - state.anchor_plan) / (1.0 - state.anchor_plan)
-        return state.anchor_spent + (1.0 - state.anchor_spent) * share
+        share = max(0.0, plan_now - anchor_plan) / (1.0 - anchor_plan)
+        return anchor_spent + (1.0 - anchor_spent) * share
 
 
 @dataclass(frozen=True, slots=True)

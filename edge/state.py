@@ -52,6 +52,8 @@ from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot
 
 log = logging.getLogger(__name__)
 
+PACE_PIECE = 25  # campaigns paced between two turns of the event loop: 0.4-1 ms here
+
 
 class SeenIds:
     """A bounded set of recently seen event ids: a cheap first dedup before JetStream's and ClickHouse's."""
@@ -229,8 +231,9 @@ class EdgeState:
 
     def control_tick(self, now: float, *, pace: bool = True) -> None:
         """Every 100 ms: send the waiting decision events, run the budget accounting's tick
-        (``edge.accounting``: pacing takes its turn with a slice of the campaigns; ``pace=False`` skips it),
-        and keep the snapshot's age in the metrics."""
+        (``edge.accounting``: pacing takes its turn with a slice of the campaigns; ``pace=False`` skips it, as
+        the control loop does to pace in pieces, ``pace_in_pieces``), and keep the snapshot's age in the
+        metrics."""
         self.flush_decisions()
         outcome = self.accounting.tick(self.snapshot, now, pace=pace)
         if outcome.lapsed:
@@ -245,9 +248,26 @@ class EdgeState:
         while True:
             await asyncio.sleep(0.1)
             try:
-                self.control_tick(self.settings.clock.now())
+                now = self.settings.clock.now()
+                self.control_tick(now, pace=False)
+                await self.pace_in_pieces(now)
             except Exception:
                 log.exception("control tick failed")
+
+    async def pace_in_pieces(self, now: float) -> None:
+        """This tick's share of pacing (``Accounting.pace_share``), PACE_PIECE campaigns at a time with the
+        event loop free between pieces: in one piece, a tick's 250 campaigns held every request behind them
+        for 4-10 ms here (16-40 us a campaign)."""
+        snapshot = self.snapshot
+        if snapshot is None or not snapshot.campaigns:
+            return
+        left = self.accounting.pace_share(snapshot)
+        while left > 0:
+            piece = min(PACE_PIECE, left)
+            self.accounting.pace(snapshot, now, limit=piece)
+            left -= piece
+            if left:
+                await asyncio.sleep(0)  # requests waiting since the last piece go first
 
     async def spend_sync_loop(self, every_s: float = 0.5, full_every: int = 10, big_full_every: int = 120,
                               big_bytes: int = 64 * 1024) -> None:

@@ -1,0 +1,49 @@
+"""The edge paces a control tick's share of campaigns in pieces, with the event loop free between them: a
+request never waits behind more than one piece (``EdgeState.pace_in_pieces``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from adserver.bench_auction import inventory
+from edge.accounting import PACE_MAX_PER_TICK, Accounting
+from edge.settings import EdgeSettings
+from edge.state import PACE_PIECE, new_state
+from replication.snapshot import build_snapshot
+
+NOW = 1_800_000_000.0
+
+
+def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them() -> None:
+    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
+                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
+    state = new_state(settings)
+    state.snapshot = build_snapshot(inventory(2_000), version=1, created_ms=0, reserve_cpm_micros=100_000)
+    share = Accounting.pace_share(state.snapshot)
+    assert share == PACE_MAX_PER_TICK and share > 3 * PACE_PIECE
+    paced_between: list[int] = []
+
+    def paced() -> int:
+        return sum(p.at == NOW for p in state.spend.paced.values())
+
+    async def other_requests() -> None:
+        while True:
+            paced_between.append(paced())
+            await asyncio.sleep(0)
+
+    async def tick() -> None:
+        others = asyncio.create_task(other_requests())
+        await asyncio.sleep(0)
+        await state.pace_in_pieces(NOW)
+        others.cancel()
+
+    asyncio.run(tick())
+    assert paced() == share  # the whole share, each campaign once
+    # The other task ran between every two pieces and saw the count grow a piece at a time.
+    seen = sorted(set(paced_between))
+    assert seen == list(range(0, share, PACE_PIECE)), seen
+    # The next tick goes on where this one stopped: the first campaigns keep their time, the next share is new.
+    asyncio.run(state.pace_in_pieces(NOW + 0.1))
+    times = [state.spend.paced[c.campaign_id].at for c in state.snapshot.campaigns[:2 * share]]
+    assert times == [NOW] * share + [NOW + 0.1] * share
