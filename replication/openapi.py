@@ -14,6 +14,9 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # exactly \p{L}, \p{N} and '_' (tests/unit/test_openapi_patterns.py checks every code point). U+0130 is left
 # out: it lowercases to "i" plus a combining dot, which is not a word character, so the servers refuse it.
 TERM_PATTERN = r"(?!\u0130)[\p{L}\p{N}](?:(?!\u0130)[\p{L}\p{N}_ -]){0,63}"
+# The same terms less any trailing spaces, for a pattern where whitespace follows the term: there each string
+# must match in one way only, or a list of terms backtracks exponentially (edge.openapi's interests).
+TERM_ENDING_IN_NON_SPACE = r"(?!\u0130)[\p{L}\p{N}](?:(?:(?!\u0130)[\p{L}\p{N}_ -]){0,62}(?!\u0130)[\p{L}\p{N}_-])?"
 
 
 def error_schema(error_description: str, field_example: str | None, limits: list[str]) -> dict[str, Any]:

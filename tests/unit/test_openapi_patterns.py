@@ -9,6 +9,8 @@ them for the edge, and for the slower control-plane parser all below U+3000 and 
 
 from __future__ import annotations
 
+import random
+import subprocess
 import sys
 import unicodedata
 from collections.abc import Callable
@@ -18,7 +20,7 @@ import pytest
 
 from control_plane.models import FieldError, validate_targeting
 from control_plane.openapi import OPENAPI as CP_OPENAPI
-from edge.adrequest import parse_pixel
+from edge.adrequest import parse_ad_request, parse_pixel
 from edge.openapi import OPENAPI as EDGE_OPENAPI
 
 
@@ -65,3 +67,34 @@ def test_term_pattern_matches_the_server_on_every_code_point(
     assert not real, real[:10]
     assert validator.is_valid("Fußball") and validator.is_valid(" café ") and validator.is_valid("中文 新闻")
     assert not validator.is_valid("_x") and not validator.is_valid("a.b") and not validator.is_valid("a" * 65)
+
+
+def _edge_interests_pattern() -> str:
+    params = EDGE_OPENAPI["paths"]["/v1/ads"]["get"]["parameters"]
+    return next(p["schema"]["pattern"] for p in params if p["name"] == "interests")
+
+
+def test_the_interests_pattern_accepts_the_lists_the_edge_accepts() -> None:
+    validator = jsonschema_rs.validator_for({"type": "string", "pattern": _edge_interests_pattern()})
+    rng = random.Random(5)
+    alphabet = ["a", "Z", "5", "é", " ", "\t", "\xa0", "_", "-", ",", "\u0130", "!"]
+    lists = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    lists += [f"x,{'a' * n}{tail}" for n in (63, 64, 65) for tail in ("", " ", "-", " b")]
+    for interests in lists:
+        served = not isinstance(parse_ad_request({"placement": "p", "format": "300x250", "interests": interests}, 6),
+                                list)
+        assert validator.is_valid(interests) == served, repr(interests)
+
+
+def test_the_interests_pattern_refuses_a_long_bad_list_without_backtracking() -> None:
+    """Each interest must match the pattern's segment in one way only: with "ws* (term)? ws*" (and terms that
+    may end in spaces) a run of spaces matched in several ways, so a list that fails at its end made a
+    backtracking engine try every combination: a dozen segments took Python's re 11 s, and the fuzzer hung
+    in a regex no timeout interrupts. In a child process, so a regression fails instead of hanging."""
+    pattern = _edge_interests_pattern().replace(r"[\p{L}\p{N}]", r"[^\W_]").replace(r"[\p{L}\p{N}_ -]", r"[\w -]")
+    pattern = pattern.replace(r"[\p{L}\p{N}_-]", r"[\w-]")
+    assert r"\p" not in pattern  # Python's dialect: \w is \p{L}, \p{N} and '_' (the test above)
+    bad = ",".join(["a   "] * 49) + ",!"
+    code = f"import re; print(bool(re.search({pattern!r}, {bad!r})), bool(re.search({pattern!r}, {bad[:-2]!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "True"], out.stderr
