@@ -13,7 +13,8 @@ Two of numba's cache behaviours need care:
   ``replication`` and the numba and Python versions: any change to them compiles afresh.
 - Its files are pickles, loaded with the process's rights. A directory another user could write to (a shared
   ``/tmp`` where someone created the path first) would let them run code in the edge, so the directory must be
-  this user's own and closed to everyone else, or the cache stays off (a warning; the edge compiles as before).
+  this user's own and closed to everyone else, and no directory above it may let another user rename it
+  away, or the cache stays off (a warning; the edge compiles as before).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import numba
+import numpy
 from numba.core.registry import CPUDispatcher
 
 import edge.auction
@@ -49,8 +51,8 @@ def kernels() -> list[CPUDispatcher]:
 
 def source_digest(root: Path = _ROOT) -> str:
     """A digest of what compiled kernels depend on: the source of ``edge`` and ``replication`` under
-    ``root``, numba's version and Python's."""
-    h = hashlib.sha256(f"{numba.__version__}|{sys.version}".encode())
+    ``root``, and numba's, numpy's and Python's versions."""
+    h = hashlib.sha256(f"{numba.__version__}|{numpy.__version__}|{sys.version}".encode())
     for package in _SOURCE_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             h.update(str(path.relative_to(root)).encode())
@@ -58,15 +60,24 @@ def source_digest(root: Path = _ROOT) -> str:
     return h.hexdigest()[:20]
 
 
+def _safe_parents(path: Path) -> bool:
+    """Whether no other user can swap ``path`` for a directory of theirs: every directory above it must be
+    root's or this user's, and closed to others or sticky (like /tmp, where only an entry's owner may rename
+    it). A Kubernetes memory-backed emptyDir is a tmpfs, mode 1777 by default."""
+    for parent in path.absolute().parents:
+        info = parent.stat()
+        if info.st_uid not in (0, os.getuid()) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+            log.warning("numba compile cache off: %s, above %s, could let another user replace it (owner uid %d, "
+                        "mode %o)", parent, path, info.st_uid, stat.S_IMODE(info.st_mode))
+            return False
+    return True
+
+
 def _private_dir(path: Path) -> bool:
     """Create ``path`` (mode 0700) if missing; true if it is a directory of this user's that no one else can
     write to (not a symlink)."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = path.lstat()
-    except OSError as exc:
-        log.warning("numba compile cache off: cannot create %s: %r", path, exc)
-        return False
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
         log.warning("numba compile cache off: %s is not a directory of this user's closed to others "
                     "(owner uid %d, mode %o)", path, info.st_uid, stat.S_IMODE(info.st_mode))
@@ -74,22 +85,35 @@ def _private_dir(path: Path) -> bool:
     return True
 
 
+def _prune(root: Path, keep: Path, now: float) -> None:
+    """Remove the directories of other digests unused for a day. Several workers start at once and may race
+    to remove the same one: whatever fails here is left for the next start."""
+    for sibling in root.iterdir():
+        try:
+            if sibling != keep and sibling.is_dir() and not sibling.is_symlink() \
+                    and now - sibling.stat().st_mtime > _STALE_S:
+                shutil.rmtree(sibling, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def enable(root: str | Path) -> Path | None:
     """Cache the kernels' compiled code under ``root``/<source digest>: call before the first snapshot is
-    loaded (the first compile). Returns the directory, or None when the cache stays off (``root`` empty, or
-    not safe to load code from)."""
+    loaded (the first compile). Returns the directory, or None when the cache stays off (``root`` empty, not
+    safe to load code from, or not usable: the edge then compiles as before, it never fails to start)."""
     if not root:
         return None
     root = Path(root)
-    directory = root / source_digest()
-    if not (_private_dir(root) and _private_dir(directory)):
+    try:
+        directory = root / source_digest()
+        if not (_private_dir(root) and _safe_parents(root) and _private_dir(directory)):
+            return None
+        now = time.time()
+        os.utime(directory, (now, now))  # in use: its siblings are judged by this
+        _prune(root, directory, now)
+    except OSError as exc:
+        log.warning("numba compile cache off: %s is not usable: %r", root, exc)
         return None
-    now = time.time()
-    os.utime(directory, (now, now))  # in use: its siblings are judged by this
-    for sibling in root.iterdir():
-        if sibling != directory and sibling.is_dir() and not sibling.is_symlink() \
-                and now - sibling.stat().st_mtime > _STALE_S:
-            shutil.rmtree(sibling, ignore_errors=True)
     numba.config.CACHE_DIR = str(directory)
     for kernel in kernels():
         kernel.enable_caching()

@@ -232,8 +232,7 @@ class EdgeState:
     def control_tick(self, now: float, *, pace: bool = True) -> None:
         """Every 100 ms: send the waiting decision events, run the budget accounting's tick
         (``edge.accounting``: pacing takes its turn with a slice of the campaigns; ``pace=False`` skips it, as
-        the control loop does to pace in pieces, ``pace_in_pieces``), and keep the snapshot's age in the
-        metrics."""
+        the control loop does: ``pacing_loop`` paces in pieces), and keep the snapshot's age in the metrics."""
         self.flush_decisions()
         outcome = self.accounting.tick(self.snapshot, now, pace=pace)
         if outcome.lapsed:
@@ -248,20 +247,29 @@ class EdgeState:
         while True:
             await asyncio.sleep(0.1)
             try:
-                now = self.settings.clock.now()
-                self.control_tick(now, pace=False)
-                await self.pace_in_pieces(now)
+                self.control_tick(self.settings.clock.now(), pace=False)
             except Exception:
                 log.exception("control tick failed")
+
+    async def pacing_loop(self) -> None:
+        """Pacing on the control tick's cadence, in a task of its own: its pieces wait behind the requests that
+        are ready (``pace_in_pieces``), which under load can take a while, and the tick's own work (expiring
+        reservations, the lease, sending decisions) must not wait for them."""
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                await self.pace_in_pieces(self.settings.clock.now())
+            except Exception:
+                log.exception("pacing failed")
 
     async def pace_in_pieces(self, now: float) -> None:
         """This tick's share of pacing (``Accounting.pace_share``), PACE_PIECE campaigns at a time with the
         event loop free between pieces: in one piece, a tick's 250 campaigns held every request behind them
         for 4-10 ms here (16-40 us a campaign)."""
         snapshot = self.snapshot
-        if snapshot is None or not snapshot.campaigns:
+        if snapshot is None:
             return
-        left = self.accounting.pace_share(snapshot)
+        left = max(1, self.accounting.pace_share(snapshot))  # an empty snapshot too: its call forgets the gone
         while left > 0:
             piece = min(PACE_PIECE, left)
             self.accounting.pace(snapshot, now, limit=piece)
@@ -432,6 +440,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state.tasks.append(asyncio.create_task(state.publisher.run(), name="event-publisher"))
     state.tasks.append(asyncio.create_task(state.grant_loop(), name="grant-loop"))
     state.tasks.append(asyncio.create_task(state.control_loop(), name="control-loop"))
+    state.tasks.append(asyncio.create_task(state.pacing_loop(), name="pacing-loop"))
     state.tasks.append(asyncio.create_task(state.spend_sync_loop(), name="spend-sync"))
     await state.nc.subscribe(S.SPEND_SUBJECTS, cb=state.on_spend)
     # Before the first snapshot, whose loading compiles the auction's kernels (or now loads them).

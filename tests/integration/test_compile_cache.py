@@ -68,11 +68,16 @@ def test_the_digest_follows_every_source_file_of_edge_and_replication(tmp_path: 
     assert compile_cache.source_digest(tmp_path) != before
 
 
-@pytest.mark.parametrize("make_unsafe", ["open to others", "another user's", "a symlink"])
+@pytest.mark.parametrize("make_unsafe", ["open to others", "another user's", "a symlink",
+                                         "under a directory others can write to"])
 def test_a_directory_others_could_write_to_is_never_used(tmp_path: Path, make_unsafe: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "cache"
-    if make_unsafe == "a symlink":
+    if make_unsafe == "under a directory others can write to":  # not sticky: anyone may rename our directory
+        (tmp_path / "shared").mkdir()
+        (tmp_path / "shared").chmod(0o777)
+        root = tmp_path / "shared" / "cache"
+    elif make_unsafe == "a symlink":
         (tmp_path / "elsewhere").mkdir(mode=0o700)
         root.symlink_to(tmp_path / "elsewhere")
     else:

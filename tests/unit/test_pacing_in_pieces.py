@@ -47,3 +47,7 @@ def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them()
     asyncio.run(state.pace_in_pieces(NOW + 0.1))
     times = [state.spend.paced[c.campaign_id].at for c in state.snapshot.campaigns[:2 * share]]
     assert times == [NOW] * share + [NOW + 0.1] * share
+    # A snapshot with no campaigns left: the campaigns it dropped are forgotten, throttles included.
+    state.snapshot = build_snapshot([], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    asyncio.run(state.pace_in_pieces(NOW + 0.2))
+    assert not state.spend.paced and not state.spend.throttle
