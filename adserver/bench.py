@@ -259,6 +259,12 @@ def _bench_accounting(**kw: Any) -> dict[str, Any]:
     return bench_accounting(**kw)
 
 
+def _bench_compile(**kw: Any) -> dict[str, Any]:
+    from adserver.bench_compile import bench_compile
+
+    return bench_compile(**kw)
+
+
 def _bench_handler(**kw: Any) -> dict[str, Any]:
     from adserver.bench_handler import bench_handler  # via bench_http, it imports this module's helpers
 
@@ -268,7 +274,8 @@ def _bench_handler(**kw: Any) -> dict[str, Any]:
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"beacons": bench_beacons, "decisions": bench_decisions,
                                                        "auction": bench_auction, "pctr": bench_pctr,
                                                        "variants": bench_variants, "http": _bench_http,
-                                                       "handler": _bench_handler, "accounting": _bench_accounting}
+                                                       "handler": _bench_handler, "accounting": _bench_accounting,
+                                                       "compile": _bench_compile}
 TARGETS = {"beacon_ratio_vs_hello": (">=", 0.5), "every_answered_beacon_stored_once": (">=", 1),
            "decision_ratio_budget_on_vs_off": (">=", 0.9),
            "auction_p99_us_10k": ("<=", 100), "auction_p99_us_100k": ("<=", 1000),

@@ -1,12 +1,15 @@
 """``adserver bench --only accounting``: what the edge's budget bookkeeping between requests costs per 100 ms.
 
 Every 100 ms an edge worker runs its control tick (``Accounting.tick``: expire reservations, spend rates, day
-roll, spend CRDT staging, a slice of pacing) and its grant loop's check (``Accounting.grant_request``) and,
+roll, spend CRDT staging), a slice of pacing (``EdgeState.pacing_pieces``: a tick's share of the campaigns in
+pieces, the event loop free between them), and its grant loop's check (``Accounting.grant_request``) and,
 when that check finds something to ask, builds the request's unused report (``Accounting.unused_report``). All
-of it runs on the event loop, so every request queued behind it waits that long. This drives the same code at
-several inventory sizes, with a busy edge's traffic between periods (``RESERVATIONS`` ads reserved on random
-campaigns and half as many billed), and reports the median and p99 of each step in milliseconds, and the
-share of a core the three take (``accounting_core_share_*``: their sum over the 100 ms period).
+of it runs on the event loop, so every request queued behind one of them waits that long. This drives the
+same code at several inventory sizes, with a busy edge's traffic between periods (``RESERVATIONS`` ads
+reserved on random campaigns and half as many billed), and reports the median and p99 of each step in
+milliseconds (pacing: the whole share, ``accounting_pace_ms_*``, the longest wait one piece makes,
+``accounting_pace_piece_p99_ms_*``, and the cost per campaign paced, ``accounting_pace_us_per_campaign_*``),
+and the share of a core they take (``accounting_core_share_*``: their sum over the 100 ms period).
 
 Side by side in the same run, ``accounting_grant_check_every_campaign_ms_*`` forces the check to size every
 campaign each time, as it did before it walked only the campaigns that moved (5b67b0d): the ratio between the
@@ -19,6 +22,7 @@ scrape's allowance gauges (``BudgetLedger.totals``), which walk every campaign, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import statistics
 import time
@@ -27,6 +31,7 @@ from typing import Any
 
 from adserver.bench_auction import _percentile, size_label
 from adserver.bench_handler import _campaigns, _edge
+from edge.accounting import Accounting
 from replication.calendar import local_day
 from replication.snapshot import build_snapshot
 
@@ -55,8 +60,8 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         ledger.grant(c.campaign_id, 10**9, exhausted=False, day=day)
     ids = [c.campaign_id for c in campaigns]
     rng = random.Random(seed)
-    steps: dict[str, list[int]] = {"tick": [], "grant_check": [], "unused_report": [], "spend_flush": [],
-                                   "grant_check_every_campaign": [], "spend_flush_whole": [],
+    steps: dict[str, list[int]] = {"tick": [], "pace": [], "pace_piece": [], "grant_check": [], "unused_report": [],
+                                   "spend_flush": [], "grant_check_every_campaign": [], "spend_flush_whole": [],
                                    "snapshot_swap": []}
     clock = time.perf_counter_ns
     holds: list[tuple[str, Any]] = []
@@ -72,16 +77,23 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
             ledger.settle(cid, 900, hold)
         del holds[: RESERVATIONS // 2]
         t0 = clock()
-        state.control_tick(t, pace=True)
+        state.control_tick(t, pace=False)  # as the edge's control loop: pacing is its own task
         t1 = clock()
+        pieces = [t1]
+        for _ in state.pacing_pieces(t):
+            pieces.append(clock())
+        pieces.append(clock())
+        t2 = pieces[-1]
         accounting.grant_request(snapshot, t, retry_s=0.25)
-        t2 = clock()
-        reported.append(len(accounting.unused_report()))
         t3 = clock()
+        reported.append(len(accounting.unused_report()))
+        t4 = clock()
         if period >= 2:
             steps["tick"].append(t1 - t0)
-            steps["grant_check"].append(t2 - t1)
-            steps["unused_report"].append(t3 - t2)
+            steps["pace"].append(pieces[-1] - pieces[0])
+            steps["pace_piece"] += [b - a for a, b in itertools.pairwise(pieces)]
+            steps["grant_check"].append(t3 - t2)
+            steps["unused_report"].append(t4 - t3)
         if period % 5 == 4:  # the spend sync loop's delta, every 500 ms
             t0 = clock()
             state.spend.flush(full=False)
@@ -112,6 +124,7 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
     out = {name: {"p50_ms": _ms(ns, 0.5), "p99_ms": _ms(ns, 0.99)} for name, ns in steps.items()}
     out["metrics_totals"] = {"p50_ms": _ms(totals, 0.5), "p99_ms": _ms(totals, 0.99)}
     out["reported"] = {"first": reported[0], "median": statistics.median(reported[1:])}
+    out["paced"] = {"per_tick": Accounting.pace_share(snapshot)}
     return out
 
 
@@ -123,13 +136,18 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         say(f"accounting: {n:,} campaigns, {periods} periods of {RESERVATIONS} reservations")
         run = measure(n, periods)
         key = size_label(n)
-        p50 = {step: r["p50_ms"] for step, r in run.items() if step != "reported"}
-        share = (p50["tick"] + p50["grant_check"] + p50["unused_report"]) / (PERIOD_S * 1000)
-        say(f"{n:,} campaigns: tick {p50['tick']} ms, grant check {p50['grant_check']} ms (over every campaign "
+        p50 = {step: r["p50_ms"] for step, r in run.items() if step not in ("reported", "paced")}
+        share = (p50["tick"] + p50["pace"] + p50["grant_check"] + p50["unused_report"]) / (PERIOD_S * 1000)
+        say(f"{n:,} campaigns: tick {p50['tick']} ms, pacing {p50['pace']} ms for {run['paced']['per_tick']} "
+            f"campaigns (longest piece p99 {run['pace_piece']['p99_ms']} ms), grant check {p50['grant_check']} ms "
+            f"(over every campaign "
             f"{p50['grant_check_every_campaign']} ms), unused report {p50['unused_report']} ms, spend sync "
             f"{p50['spend_flush']} ms (whole {p50['spend_flush_whole']} ms)")
         out[f"accounting_tick_ms_{key}"] = p50["tick"]
         out[f"accounting_tick_p99_ms_{key}"] = run["tick"]["p99_ms"]
+        out[f"accounting_pace_ms_{key}"] = p50["pace"]
+        out[f"accounting_pace_piece_p99_ms_{key}"] = run["pace_piece"]["p99_ms"]
+        out[f"accounting_pace_us_per_campaign_{key}"] = round(p50["pace"] * 1000 / run["paced"]["per_tick"], 2)
         out[f"accounting_grant_check_ms_{key}"] = p50["grant_check"]
         out[f"accounting_grant_check_every_campaign_ms_{key}"] = p50["grant_check_every_campaign"]
         out[f"accounting_unused_report_ms_{key}"] = p50["unused_report"]

@@ -148,7 +148,7 @@ class LocalStack:
     @functools.cached_property
     def http(self) -> httpx.Client:
         """One HTTP client for every call to the stack: ``httpx.get`` and friends build a client per call,
-        56 ms each here, most of it loading CA certificates (the click model tests went from 65 to 17 s)."""
+        56 ms each here, most of it loading CA certificates (the click model tests went from 65 to 17 s; one-off)."""
         return httpx.Client(timeout=30)
 
     def create_advertiser(self, name: str) -> tuple[str, str]:

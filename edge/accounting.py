@@ -35,11 +35,11 @@ T = TypeVar("T")
 MIN_UNITS = 5  # the least allowance a campaign holds, in billable units: enough to serve while a refill is out
 BUDGET_SHARE = 20  # nor more than 1/20 of the budget (the allocator shrinks slices further near the end)
 # Pacing takes turns: every campaign is re-paced once per PACE_ROUND_TICKS ticks (half a second), a slice of
-# them per tick, and no tick paces more than PACE_MAX_PER_TICK (at 14-40 us a campaign before the controller
-# stopped calling dataclasses.replace, 16-23 us after: 4-6 ms a tick), so past 1,250 campaigns a round takes
-# longer. A pass over all of them at once held up every request behind it: 14 ms at 1,000 campaigns and 79 ms
-# at 5,000, twice a second (one-off timings on 0791ef3 and today). The edge paces a tick's share in pieces
-# with the event loop free between them (``edge.state``).
+# them per tick, and no tick paces more than PACE_MAX_PER_TICK (a tick's share and its cost per campaign:
+# ``accounting_pace_ms_*`` and ``accounting_pace_us_per_campaign_*`` of ``adserver bench --only accounting``),
+# so past 1,250 campaigns a round takes longer. A pass over all of them at once held up every request behind
+# it: 14 ms at 1,000 campaigns and 79 ms at 5,000, twice a second (one-off timing on 0791ef3). The edge paces
+# a tick's share in pieces with the event loop free between them (``edge.state``).
 PACE_ROUND_TICKS = 5
 PACE_MAX_PER_TICK = 250
 # The grant check's safety net: besides the campaigns that moved and those due for a retry, it re-sizes a

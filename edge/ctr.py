@@ -6,9 +6,9 @@ per snapshot and format) plus the context's weights plus the weights of the camp
 ``score_one``, compiled by numba, which the auction's own kernel (``edge.auction._select``) calls per
 candidate; as numpy expressions, the per-call overheads of some thirty small array operations cost more than
 the work itself. A CPM candidate ranks on its bid (``edge.auction.cpm_bids``), so its CTR is predicted only if the
-auction's walk reaches it (``fill_ctrs``). The kernels are compiled in memory (no on-disk cache: this module
-does no I/O), once per process, when the first snapshot is loaded (``edge.auction.warm_up``), not in a
-request.
+auction's walk reaches it (``fill_ctrs``). The kernels are compiled once per process, when the first snapshot
+is loaded (``edge.auction.warm_up``), not in a request. This module does no I/O: an edge process opts them
+into numba's on-disk cache itself (``edge.compile_cache``).
 
 New creatives: the model knows a creative only from the impressions it learned from, so its prediction is
 blended with the advertiser's prior CTR, weighted as ``PRIOR_IMPRESSIONS`` impressions, and the ranking adds

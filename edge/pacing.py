@@ -238,7 +238,7 @@ class EvenController:
             integral, anchor_plan, anchor_spent = 0.0, shape.plan_fraction(max(now - dt, 0.0)), min(spent_fraction, 1.0)
 
         # Each return builds its state once: dataclasses.replace, twice per update before, was a third of the
-        # pacing tick's time (40 us a campaign here, 250 campaigns a tick: a 10 ms stall; cProfile, one-off).
+        # pacing tick's time (cProfile, one-off; 159k instructions a campaign before, 121k after, callgrind).
         def made(p: float, done: bool, integral: float) -> EvenState:
             return EvenState(p=p, done=done, now_s=now, spent=spent_today, spend_avg=spend_avg,
                              exposure_avg=exposure_avg, integral=integral, anchor_plan=anchor_plan,

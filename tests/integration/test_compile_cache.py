@@ -3,56 +3,25 @@ compiled and runs the same auctions, and a directory other users could write to 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from adserver.bench_compile import warm_up_in_fresh_process
 from edge import compile_cache
-
-ROOT = Path(__file__).resolve().parents[2]
-
-_AUCTIONS = """
-import json, random, sys
-from edge import compile_cache
-import edge.auction as A
-directory = compile_cache.enable(sys.argv[1])
-from adserver.bench_auction import click_model, inventory, requests
-from replication.snapshot import build_snapshot
-campaigns = inventory(600)
-snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000,
-                          click_model=click_model(campaigns))
-A.warm_up(snapshot)
-rng = random.Random(7)
-allowance = {c.campaign_id: 10**12 for c in snapshot.campaigns}
-wins = [[(w.campaign.campaign_id, w.price_micros, w.ctr) for w in
-         A.run_auction(snapshot, r, now_s=1.8e9, rng=rng, allowance=allowance).wins] for r in requests(200)]
-stats = A._select.stats
-print(json.dumps({"directory": str(directory), "hits": sum(stats.cache_hits.values()),
-                  "misses": sum(stats.cache_misses.values()), "wins": wins}))
-"""
-
-
-def _run(cache_root: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _AUCTIONS, str(cache_root)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
 
 
 def test_a_second_process_loads_the_compiled_kernels_and_runs_the_same_auctions(tmp_path: Path) -> None:
     root = tmp_path / "cache"
-    first = _run(root)
+    first = warm_up_in_fresh_process(root)
     directory = Path(first["directory"])
     assert directory == root / compile_cache.source_digest()
     assert (first["hits"], first["misses"]) == (0, 1)
     assert any(p.suffix == ".nbc" and p.name.startswith("auction._select") for p in directory.rglob("*"))
     assert oct(root.stat().st_mode & 0o777) == oct(0o700)
-    second = _run(root)
+    second = warm_up_in_fresh_process(root)
     assert (second["hits"], second["misses"]) == (1, 0)
     assert second["wins"] == first["wins"] and sum(map(len, first["wins"])) > 100
 
