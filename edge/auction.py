@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -336,6 +336,36 @@ def _schedule_edges(columns: CampaignColumns) -> np.ndarray:
         (columns.start_s, columns.end_s)))))
 
 
+class _PerFormat(NamedTuple):
+    """What the auction's kernel reads per campaign for one format and reserve, as of one second of the
+    clock: the campaign-level verdicts (``_checks``), the campaigns' own scores and CTRs (with a click model
+    the kernel scores candidates itself; without a creative of the format no candidate gets past the format
+    check, so the all-NaN scores stand in for the CTRs), and the CPM bids (``cpm_bids``)."""
+
+    fate: np.ndarray
+    scores: np.ndarray
+    ctrs: np.ndarray
+    cpm: np.ndarray
+    second: int
+
+
+def _per_format(columns: CampaignColumns, fmt: str, reserve: int,
+                now_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_PerFormat``'s arrays for a request: one memo lookup in the same second as the last request of the
+    format and reserve, where the four lookups it stands for took 20,000 instructions (callgrind, one-off)."""
+    found = columns.memo.get(("per-format", fmt, reserve))
+    if found is not None and found.second == math.floor(now_s):
+        return found[:4]
+    checks = _checks(columns, fmt, reserve, now_s)
+    scores = ecpm_scores(columns, fmt)
+    column = columns.formats.get(fmt)
+    made = _PerFormat(checks.fate, scores, scores if column is None else column.ctr, cpm_bids(columns, fmt),
+                      checks.second)
+    if column is not None:  # not for a format no campaign has: every string a caller sends would be a key
+        columns.memo[("per-format", fmt, reserve)] = made
+    return made[:4]
+
+
 def ecpm_micros(campaign: SnapshotCampaign, ctr: float) -> float:
     """What one thousand impressions are worth to the campaign, at click-through rate ``ctr``."""
     if campaign.bid_type == "cpm":
@@ -353,8 +383,8 @@ RESERVE_MARGIN = 3.0
 def expected_cost(campaign: SnapshotCampaign, ctr: float, price: int) -> int:
     if campaign.bid_type == "cpm":
         return price
-    p = ctr if campaign.bid_type == "cpc" else ctr * campaign.prior_cvr
-    return math.ceil(price * min(1.0, p * RESERVE_MARGIN))
+    p = (ctr if campaign.bid_type == "cpc" else ctr * campaign.prior_cvr) * RESERVE_MARGIN
+    return math.ceil(price * p) if p < 1.0 else price  # not min(): see _finish
 
 
 def _unit_price(campaign: SnapshotCampaign, ctr: float, pay_ecpm: float) -> int:
@@ -368,7 +398,8 @@ def _unit_price(campaign: SnapshotCampaign, ctr: float, pay_ecpm: float) -> int:
     else:
         per_unit = pay_ecpm / (ctr * campaign.prior_cvr * 1000)
         cap = campaign.max_bid_micros
-    return max(1, math.ceil(min(per_unit, cap)))
+    price = math.ceil(per_unit if per_unit < cap else cap)  # not min() and max(): see _finish
+    return price if price > 1 else 1
 
 
 def run_auction(
@@ -400,13 +431,7 @@ def run_auction(
     index, columns = snapshot.index, snapshot.columns
     assert index is not None and columns is not None  # built with every snapshot
     fmt = request.format
-    checks = _checks(columns, fmt, reserve, now_s)
-    # The campaigns' own scores and CTRs (with a click model, the kernel scores candidates itself). Without a
-    # creative of the format no candidate gets past the format check, so the (all-NaN) scores stand in for
-    # the CTRs.
-    scores = ecpm_scores(columns, fmt)
-    column = columns.formats.get(fmt)
-    ctrs = scores if column is None else column.ctr
+    fate, scores, ctrs, cpm = _per_format(columns, fmt, reserve, now_s)
     model = snapshot.click_model
     inputs = NO_MODEL if model is None else model_inputs(snapshot, fmt, request.placement, request.country,
                                                          request.device, now_s)
@@ -418,7 +443,7 @@ def run_auction(
         if not len(positions):
             return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
         if len(positions) <= SIFT_IN_PYTHON:
-            head_lists, counts = _sift_few(positions, checks.fate, scores, ctrs)
+            head_lists, counts = _sift_few(positions, fate, scores, ctrs)
             return _finish(snapshot, request, len(positions), head_lists, None, overrides, counts, {}, reserve, rng,
                            allowance, throttle, explain=False)
     if capped:
@@ -429,9 +454,12 @@ def run_auction(
                                      request.device, now_s)
 
         caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
-    ints, ranked, head = _select(index.size, index.bits, index.flat, plan, checks.fate, scores, ctrs,
-                                 cpm_bids(columns, fmt), inputs, caps, float(reserve), HEAD, explain)
-    by_fate, live, explained = _unpack(ints)
+    ints, ranked, head = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm, inputs, caps,
+                                 float(reserve), HEAD, explain)
+    # One slice and one list each for what the walk reads first: the counts and the sorted head's positions,
+    # and its scores and CTRs. The rest stays in the kernel's arrays until the walk gets past the head.
+    counted = ints[:_CODES + head].tolist()
+    by_fate = counted[:_CODES]
     candidates = sum(by_fate)
     if not candidates:
         return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
@@ -439,13 +467,26 @@ def run_auction(
     reasons: dict[str, Reason] = {}
     if explain and counts:
         campaigns = snapshot.campaigns
-        where, fates = explained.tolist()
+        where, fates = _unpack(ints)[2].tolist()
         reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(where, fates, strict=True)
                    if code != _PASSED}
-    sorted_head = (live[:head].tolist(), ranked[0, :head].tolist(), ranked[1, :head].tolist())
-    rest = (live[head:], ranked[0, head:], ranked[1, head:], inputs) if head < len(live) else None
+    live = by_fate[_PASSED]
+    sorted_head = (counted[_CODES:], *ranked[:, :head].tolist())
+    rest = _Rest(ints, ranked, head, live, inputs) if head < live else None
     return _finish(snapshot, request, candidates, sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
+
+
+class _Rest(NamedTuple):
+    """The candidates that passed beyond the sorted head, left in ``_sift``'s arrays (``ints``, ``ranked``) at
+    [start, stop) of the live ones, with the click model's inputs: a CPM campaign's CTR there is NaN until
+    the walk gets to it (``_ranked``)."""
+
+    ints: np.ndarray
+    ranked: np.ndarray
+    start: int
+    stop: int
+    inputs: ModelInputs
 
 
 # A small inventory's auction without a click model, caps or explain retrieves first, and with up to
@@ -637,7 +678,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     for k in range(fates.shape[0]):  # with explain: every candidate's position, then its fate
         ints[_CODES + n + k] = positions[k]
         ints[_CODES + n + m + k] = fates[k]
-    if modelled:  # the head's CPM campaigns' CTRs; the rest's wait until the walk gets there (``_Ranking``)
+    if modelled:  # the head's CPM campaigns' CTRs; the rest's wait until the walk gets there (``_ranked``)
         fill_ctrs(ints[_CODES:_CODES + front], out_ranked[1, :front], inputs)
     return ints, out_ranked, front
 
@@ -711,7 +752,7 @@ def warm_up(snapshot: Snapshot) -> None:
         # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
         _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
                 scores if column is None else column.ctr, cpm_bids(columns, fmt), inputs, _NO_CAPS, 0.0, HEAD, False)
-        if snapshot.click_model is not None:  # as ``_Ranking._sort_rest`` calls it, on slices of _select's arrays
+        if snapshot.click_model is not None:  # as ``_sort_rest`` calls it, on slices of _select's arrays
             fill_ctrs(np.zeros(1, dtype=np.int64)[1:], np.zeros((2, 1))[1, 1:], inputs)
 
 
@@ -720,140 +761,131 @@ _NO_FATES = frozen_array(np.zeros(0, dtype=np.uint8))  # read-only like ``_Check
 
 def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
             sorted_head: tuple[list[int], list[float], list[float]],
-            rest: tuple[np.ndarray, np.ndarray, np.ndarray, ModelInputs] | None,
+            rest: _Rest | None,
             overrides: dict[int, tuple[SnapshotCreative, ...]], counts: dict[Reason, int],
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
     """Walk the ranking of the candidates that passed to fill the slots and price them: ``sorted_head`` the
-    best of them in order (positions, scores, CTRs), ``rest`` the others unsorted (``_sift``'s, with the
-    click model's inputs: a CPM campaign's CTR there is NaN until the walk gets to it, ``_Ranking``)."""
-    walk = _Ranking(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts,
-                    reasons if explain else None)
+    best of them in order (positions, scores, CTRs), ``rest`` the others unsorted.
+
+    Written for the interpreter's sake (this is a third of an auction at 10,000 campaigns): no ``min`` or
+    ``max`` (a builtin call each, about 700 instructions in CPython 3.11), named tuples built from positional
+    arguments (keywords go through a dict), the ranking a generator (its state in fast locals)."""
+    walk = _ranked(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts,
+                   reasons if explain else None)
+    ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative, float]] = []
     wins: list[Win] = []
-    slots = max(1, request.slots)
-    ranked = walk.ranked
+    slots = request.slots if request.slots > 1 else 1
+    floor = float(reserve)
     position = 0
     while len(wins) < slots:
-        walk.fill(position + 2)  # this entry and its runner-up, whose score sets the price
+        while len(ranked) < position + 2:  # this entry and its runner-up, whose score sets the price
+            entry = next(walk, None)
+            if entry is None:
+                break
+            ranked.append(entry)
         if position >= len(ranked):
             break
         score, campaign, creative, ctr = ranked[position]
         runner_up = ranked[position + 1][0] if position + 1 < len(ranked) else 0.0
         position += 1
-        pay = min(score, max(runner_up, float(reserve)))
-        price = _unit_price(campaign, ctr, pay)
+        pay = runner_up if runner_up > floor else floor
+        price = _unit_price(campaign, ctr, score if score < pay else pay)
         # The price is known only now: a campaign that cannot afford one billable unit at this price
         # gives its slot to the next candidate instead of overspending.
         if allowance.get(campaign.campaign_id, 0) < price:
-            walk.mark(campaign, Reason.BUDGET)
+            _mark(counts, reasons if explain else None, campaign, _BUDGET)
             continue
-        wins.append(Win(slot=len(wins), campaign=campaign, creative=creative, ecpm_micros=round(score),
-                        price_micros=price, reserve_micros=expected_cost(campaign, ctr, price), ctr=ctr))
+        wins.append(Win(len(wins), campaign, creative, round(score), price, expected_cost(campaign, ctr, price), ctr))
     if explain:
-        walk.fill(walk.size)
+        ranked.extend(walk)
     for _, campaign, _, _ in ranked[position:]:
-        walk.mark(campaign, Reason.OUTRANKED)
-    # Never reached by the walk: ranked below what the slots needed.
-    if walk.unvisited:
-        counts[Reason.OUTRANKED] = counts.get(Reason.OUTRANKED, 0) + walk.unvisited
-    return AuctionResult(
-        wins=tuple(wins),
-        reasons=reasons,
-        reason_counts=counts,
-        candidates=candidates,
-        no_fill=None if wins else NoFill.ALL_FILTERED,
-    )
+        _mark(counts, reasons if explain else None, campaign, _OUTRANKED)
+    # Every candidate that passed and is neither a win nor counted under a reason was never reached by the
+    # walk: ranked below what the slots needed.
+    unvisited = candidates - len(wins) - sum(counts.values())
+    if unvisited:
+        counts[_OUTRANKED] = counts.get(_OUTRANKED, 0) + unvisited
+    return AuctionResult(tuple(wins), reasons, counts, candidates, None if wins else NoFill.ALL_FILTERED)
 
 
 HEAD = 32  # candidates a ranking sorts up front (see _sift)
+# The reasons the walk marks, read once: a member of a StrEnum costs CPython 3.11 a call of the enum's
+# metaclass hook (``__getattr__``) on every read.
+_BUDGET, _PACING, _SAME_ADVERTISER, _OUTRANKED = Reason.BUDGET, Reason.PACING, Reason.SAME_ADVERTISER, Reason.OUTRANKED
 
 
-class _Ranking:
-    """The eligible candidates in eCPM order, materialized lazily: each step takes the next campaign by
-    score, applies the per-campaign filters (budget, pacing, one per advertiser) and picks its creative.
-    Equal scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the
-    ties that are reached cost a draw)."""
+def _mark(counts: dict[Reason, int], reasons: dict[str, Reason] | None, campaign: SnapshotCampaign,
+          reason: Reason) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
+    if reasons is not None:
+        reasons[campaign.campaign_id] = reason
 
-    def __init__(self, snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[float]],
-                 rest: tuple[np.ndarray, np.ndarray, np.ndarray, ModelInputs] | None, fmt: str,
-                 overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
-                 allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
-                 reasons: dict[str, Reason] | None) -> None:
-        # Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely
-        # goes past the first few: only the sorted head comes as lists (``_sift`` put every tie of its last
-        # entry in it, so a run of equal scores never straddles the cut), the rest, all of lower scores, is
-        # sorted only if the walk gets there. Same order as one stable sort of all of them.
-        self._positions, self._scores, self._ctrs = sorted_head
-        self._rest = rest
-        self.size = len(self._positions) + (0 if rest is None else len(rest[0]))  # every candidate that passed
-        self._group_end = 0  # where the run of equal scores the walk is in ends
-        self._next = 0
-        self._snapshot = snapshot
-        assert snapshot.columns is not None
-        self._best = snapshot.columns.formats[fmt].best if self.size else ()
-        self._overrides = overrides
-        self._rng = rng
-        self._allowance = allowance
-        self._throttle = throttle
-        self._counts = counts
-        self._reasons = reasons
-        self._advertisers: set[str] = set()
-        self.ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative, float]] = []
 
-    @property
-    def unvisited(self) -> int:
-        return self.size - self._next
+def _ranked(snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[float]], rest: _Rest | None,
+            fmt: str, overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
+            allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
+            reasons: dict[str, Reason] | None) -> Iterator[tuple[float, SnapshotCampaign, SnapshotCreative, float]]:
+    """The eligible candidates in eCPM order as (score, campaign, creative, CTR), made as the walk asks for
+    them: each step takes the next campaign by score, applies the per-campaign filters (budget, pacing, one
+    per advertiser; a candidate failing one is counted under its reason) and picks its creative. Equal
+    scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the ties that
+    are reached cost a draw).
 
-    def _sort_rest(self) -> None:
-        assert self._rest is not None
-        live, scores, ctrs, inputs = self._rest
-        if inputs[0].shape[0]:  # with a click model, the CPM campaigns' CTRs are still to predict (``_sift``)
-            fill_ctrs(live, ctrs, inputs)
-        order = np.argsort(-scores, kind="stable")
-        self._positions.extend(live[order].tolist())
-        self._scores.extend(scores[order].tolist())
-        self._ctrs.extend(ctrs[order].tolist())
-        self._rest = None
-
-    def mark(self, campaign: SnapshotCampaign, reason: Reason) -> None:
-        self._counts[reason] = self._counts.get(reason, 0) + 1
-        if self._reasons is not None:
-            self._reasons[campaign.campaign_id] = reason
-
-    def fill(self, size: int) -> None:
-        """Walk on until ``ranked`` holds ``size`` entries or every candidate has been seen."""
-        positions, scores, ctrs, rng = self._positions, self._scores, self._ctrs, self._rng
-        while len(self.ranked) < size:
-            if self._next >= len(positions):
-                if self._rest is None:
-                    break
-                self._sort_rest()  # the walk got past the head
-            i = self._next
-            self._next += 1
-            if i >= self._group_end:  # a new score: find where its run of equals ends
-                end = i + 1
-                while end < len(scores) and scores[end] == scores[i]:
-                    end += 1
-                self._group_end = end
-            if self._group_end - i > 1:  # equal scores: draw which of the rest comes next
-                j = i + rng.randrange(self._group_end - i)
-                positions[i], positions[j] = positions[j], positions[i]
-                ctrs[i], ctrs[j] = ctrs[j], ctrs[i]  # equal eCPMs can come from different bids and CTRs
-            pos = positions[i]
-            campaign = self._snapshot.campaigns[pos]
-            cid = campaign.campaign_id
-            if self._allowance.get(cid, 0) <= 0:
-                self.mark(campaign, Reason.BUDGET)
+    Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely goes
+    past the first few: only the sorted head comes as lists (``_sift`` put every tie of its last entry in it,
+    so a run of equal scores never straddles the cut); the rest, all of lower scores, is sorted only if the
+    walk gets there (``_sort_rest``). Same order as one stable sort of all of them."""
+    positions, scores, ctrs = sorted_head
+    if not positions and rest is None:
+        return
+    assert snapshot.columns is not None
+    campaigns, best = snapshot.campaigns, snapshot.columns.formats[fmt].best
+    advertisers: set[str] = set()
+    group_end = 0  # where the run of equal scores the walk is in ends
+    i = 0
+    while True:
+        if i >= len(positions):
+            if rest is None:
+                return
+            _sort_rest(rest, positions, scores, ctrs)  # the walk got past the head
+            rest = None
+        if i >= group_end:  # a new score: find where its run of equals ends
+            end = i + 1
+            while end < len(scores) and scores[end] == scores[i]:
+                end += 1
+            group_end = end
+        if group_end - i > 1:  # equal scores: draw which of the rest comes next
+            j = i + rng.randrange(group_end - i)
+            positions[i], positions[j] = positions[j], positions[i]
+            ctrs[i], ctrs[j] = ctrs[j], ctrs[i]  # equal eCPMs can come from different bids and CTRs
+        pos = positions[i]
+        campaign = campaigns[pos]
+        i += 1
+        if allowance.get(campaign.campaign_id, 0) <= 0:
+            _mark(counts, reasons, campaign, _BUDGET)
+            continue
+        if throttle is not None:
+            p = throttle.get(campaign.campaign_id, 1.0)
+            if p < 1.0 and rng.random() >= p:
+                _mark(counts, reasons, campaign, _PACING)
                 continue
-            if self._throttle is not None:
-                p = self._throttle.get(cid, 1.0)
-                if p < 1.0 and rng.random() >= p:
-                    self.mark(campaign, Reason.PACING)
-                    continue
-            if campaign.advertiser_id in self._advertisers:
-                self.mark(campaign, Reason.SAME_ADVERTISER)
-                continue
-            self._advertisers.add(campaign.advertiser_id)
-            best = self._overrides.get(pos) or self._best[pos]
-            creative = best[0] if len(best) == 1 else best[rng.randrange(len(best))]
-            self.ranked.append((scores[i], campaign, creative, ctrs[i]))
+        if campaign.advertiser_id in advertisers:
+            _mark(counts, reasons, campaign, _SAME_ADVERTISER)
+            continue
+        advertisers.add(campaign.advertiser_id)
+        fitting = overrides.get(pos) or best[pos]
+        creative = fitting[0] if len(fitting) == 1 else fitting[rng.randrange(len(fitting))]
+        yield scores[i - 1], campaign, creative, ctrs[i - 1]
+
+
+def _sort_rest(rest: _Rest, positions: list[int], scores: list[float], ctrs: list[float]) -> None:
+    """Append the candidates beyond the sorted head to the walk's lists, sorted like it."""
+    ints, ranked, start, stop, inputs = rest
+    live, (rest_scores, rest_ctrs) = ints[_CODES + start:_CODES + stop], ranked[:, start:stop]
+    if inputs[0].shape[0]:  # with a click model, the CPM campaigns' CTRs are still to predict (``_sift``)
+        fill_ctrs(live, rest_ctrs, inputs)
+    order = np.argsort(-rest_scores, kind="stable")
+    positions.extend(live[order].tolist())
+    scores.extend(rest_scores[order].tolist())
+    ctrs.extend(rest_ctrs[order].tolist())

@@ -143,8 +143,9 @@ class RetrievalIndex:
     # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads, looked up once:
     # (its name, value -> (start, end) of its positions in ``flat``, value -> row of its answer in ``bits``,
     # the row of its unrestricted bitset). A dimension no campaign is restricted in keeps everyone: retrieval
-    # skips it.
-    lookups: tuple[tuple[str, Mapping[str, tuple[int, int]], Mapping[str, int], int], ...]
+    # skips it. Plain dicts, read-only by convention: every request looks values up in them, and a
+    # mappingproxy's ``get`` is a method call on the dict behind it, several times a dict's own.
+    lookups: tuple[tuple[str, dict[str, tuple[int, int]], dict[str, int], int], ...]
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],
@@ -189,8 +190,8 @@ class RetrievalIndex:
             answers=MappingProxyType({dim: MappingProxyType({v: bits[row] for v, row in by_value.items()})
                                       for dim, by_value in answer_rows.items()}),
             bits=bits, flat=flat,
-            lookups=tuple((dim, MappingProxyType(spans[dim]), MappingProxyType(answer_rows[dim]),
-                           unrestricted_row[dim]) for dim in DIMENSIONS if dim not in open_dims))
+            lookups=tuple((dim, spans[dim], answer_rows[dim], unrestricted_row[dim])
+                          for dim in DIMENSIONS if dim not in open_dims))
 
 
 def bitset(mask: np.ndarray) -> np.ndarray:

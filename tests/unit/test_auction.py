@@ -776,5 +776,6 @@ def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_ca
     assert "schedule-edges" in built  # what the verdicts of a new second are checked against
     assert run_auction(snapshot, req(format="160x600"), now_s=NOW, rng=random.Random(1),
                        allowance=rich("bare")).candidates == 1
-    # Serving every format built no more columns: only the per-second verdicts and the request contexts.
-    assert {k[0] for k in set(snapshot.columns.memo) - built} <= {"checks", "ctr-contexts"}
+    # Serving every format built no more columns: only the per-second verdicts (and the bundle of them with the
+    # columns already built, ``_per_format``) and the request contexts.
+    assert {k[0] for k in set(snapshot.columns.memo) - built} <= {"checks", "per-format", "ctr-contexts"}
