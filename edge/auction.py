@@ -23,8 +23,17 @@ from typing import NamedTuple, Protocol
 import numpy as np
 from numba import njit
 
-from edge.ctr import NO_MODEL, ModelInputs, fill_ctrs, model_inputs, predicted_ctr_one, score_one
+from edge.ctr import (
+    NO_MODEL,
+    ModelInputs,
+    fill_ctrs,
+    model_inputs,
+    predicted_ctr_one,
+    prefetch_weights,
+    score_one,
+)
 from edge.frequency import NOTHING_CAPPED, Capped
+from edge.prefetch import prefetch, prefetch2
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns, frozen_array
 from replication.ctr_model import country_of
@@ -580,6 +589,7 @@ def _unpack(ints: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
     return by_fate, ints[_CODES:_CODES + live], ints[_CODES + live:].reshape(2, -1)
 
 
+_AHEAD = 12
 _CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``'s integers
 
 
@@ -618,6 +628,20 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     n = 0
     o = v = 0  # the next capped campaign and rescored one at or after this candidate (both ascending)
     for j in range(m):
+        if j + _AHEAD < m:
+            q = positions[j + _AHEAD]
+            prefetch(fate_of, q)
+            if modelled:
+                prefetch(cpm, q)
+                prefetch2(records, q, 0)
+                prefetch2(records, q, records.shape[1] - 1)
+            else:
+                prefetch(scores, q)
+                prefetch(ctrs, q)
+        if modelled and j + _AHEAD // 2 < m:  # its record has arrived by now: the weights it reads
+            q = positions[j + _AHEAD // 2]
+            if fate_of[q] >= _RESERVE and math.isnan(cpm[q]):
+                prefetch_weights(q, records, mix, weights, shift)
         pos = positions[j]
         fate = fate_of[pos]
         score = ctr = 0.0

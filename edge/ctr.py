@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from edge.prefetch import prefetch, prefetch2
 from replication.columns import BID_TYPES
 from replication.ctr_model import (
     BIAS,
@@ -177,18 +178,32 @@ def _no_model() -> ModelInputs:
 NO_MODEL = _no_model()
 
 
+@njit(nogil=True, inline="always")
+def _slot(ad: np.uint64, context: np.uint64, shift: np.uint64) -> np.uint64:
+    """The weight index of one cross: ``cross_hash``'s arithmetic (uint64 wraps at 2**64 here too)."""
+    h = (ad ^ context) * np.uint64(MIX)
+    h ^= h >> np.uint64(29)
+    return h >> shift
+
+
+@njit(nogil=True)
+def prefetch_weights(pos: int, records: np.ndarray, mix: np.ndarray, weights: np.ndarray, shift: np.uint64) -> None:
+    """Start loading the weights ``score_one`` will read for campaign ``pos`` (``edge.prefetch``): three
+    scattered reads of a megabyte of weights, the cache misses of a request's scoring."""
+    for k in range(mix.shape[0]):
+        prefetch(weights, _slot(records[pos, k], mix[k], shift))
+
+
 @njit(nogil=True)
 def score_one(pos: int, records: np.ndarray, values: np.ndarray, mix: np.ndarray, weights: np.ndarray,
               shift: np.uint64, own: float, exploration: float) -> tuple[float, float]:
     """One campaign's (mean CTR, eCPM ranked on with the exploration bonus) from its record (``records`` and
-    ``values``: one buffer). The same arithmetic as ``cross_hash`` (uint64 wraps at 2**64 here too) and
-    ``blend``; a campaign without a creative of the format (NaN prior) gets NaN for both, tested explicitly
-    because min(1.0, nan) is 1.0 here."""
+    ``values``: one buffer). The same arithmetic as ``cross_hash`` (``_slot``) and ``blend``; a campaign
+    without a creative of the format (NaN prior) gets NaN for both, tested explicitly because min(1.0, nan)
+    is 1.0 here."""
     logit = values[pos, _STATIC] + own
     for k in range(mix.shape[0]):
-        h = (records[pos, k] ^ mix[k]) * np.uint64(MIX)
-        h ^= h >> np.uint64(29)
-        logit += weights[h >> shift]
+        logit += weights[_slot(records[pos, k], mix[k], shift)]
     if logit >= 0:
         p = 1.0 / (1.0 + math.exp(-logit))
     else:
@@ -206,7 +221,16 @@ def score_one(pos: int, records: np.ndarray, values: np.ndarray, mix: np.ndarray
 @njit(nogil=True)
 def fill_ctrs(positions: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs) -> None:
     """The mean CTR (``score_one``'s) of each candidate whose CTR is still NaN (a CPM campaign the auction
-    ranked on its bid, ``edge.auction.cpm_bids``), in place."""
+    ranked on its bid, ``edge.auction.cpm_bids``), in place. Their records and then their weights are asked
+    for first (``edge.prefetch``), so that the cache misses of all of them overlap."""
+    records, mix, weights, shift = inputs[0], inputs[2], inputs[3], inputs[4]
+    for j in range(positions.shape[0]):
+        if math.isnan(ctrs[j]):
+            prefetch2(records, positions[j], 0)
+            prefetch2(records, positions[j], records.shape[1] - 1)
+    for j in range(positions.shape[0]):
+        if math.isnan(ctrs[j]):
+            prefetch_weights(positions[j], records, mix, weights, shift)
     for j in range(positions.shape[0]):
         if math.isnan(ctrs[j]):
             ctrs[j] = score_one(positions[j], *inputs)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 from collections import Counter
 
 import numpy as np
@@ -750,6 +751,16 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative, mo
                         *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
     # No snapshot and no request compiled anything more: what warm_up compiled served every path.
     assert (list(auction_module._select.signatures), list(auction_module.fill_ctrs.signatures)) == compiled
+
+
+def test_the_kernels_ask_for_scattered_reads_ahead(make_campaign):
+    """The sifting pass and the head's CTR prediction prefetch the per-campaign data they will read
+    (``edge.prefetch``): a prefetch intrinsic that compiled to nothing would leave every result the same and
+    every cache miss waited out in turn, so look for the instruction in what numba compiled."""
+    auction_module.warm_up(snap(make_campaign("a")))
+    for kernel in (auction_module._select, auction_module.fill_ctrs):
+        (signature,) = kernel.signatures
+        assert re.search(r"^\s*(prefetcht0|prfm)\s", kernel.inspect_asm(signature), re.MULTILINE), kernel
 
 
 def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_campaign, make_creative):
