@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -146,6 +147,9 @@ class RetrievalIndex:
     # skips it. Plain dicts, read-only by convention: every request looks values up in them, and a
     # mappingproxy's ``get`` is a method call on the dict behind it, several times a dict's own.
     lookups: tuple[tuple[str, dict[str, tuple[int, int]], dict[str, int], int], ...]
+    # What the auction derives from the index per request context and keeps with it (``edge.auction._plan``):
+    # mutable, and no part of the index's identity.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, size: int, postings: Mapping[str, Mapping[str, frozenset[int]]],

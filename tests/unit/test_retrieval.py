@@ -3,9 +3,12 @@ request's values or not constrained there, intersected over the dimensions; also
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+import edge.auction as auction_module
 from adserver.bench_auction import inventory, requests
 from edge.auction import AdRequest, _candidates, retrieve
 from replication.snapshot import (
@@ -57,6 +60,27 @@ def test_masks_match_the_set_definition_over_a_realistic_inventory():
     assert 0 < len(index.answers["placement"]) < len(index.positions["placement"])
     assert any(r.placement in index.answers["placement"] for r in requests(400))
     assert any(len(r.keywords) == 1 and r.keywords[0] in index.answers["keyword"] for r in requests(400))
+
+
+def test_a_remembered_context_plan_serves_every_request_of_that_context_only(monkeypatch):
+    """The context's part of a request's plan (placement, format, geo, device) is remembered with the index;
+    requests of a remembered context with other keywords and interests, and requests differing from one in a
+    single context value, still retrieve exactly the set definition. When the memo is full it starts over."""
+    snapshot = build_snapshot(inventory(3_000), version=1, created_ms=0, reserve_cpm_micros=0)
+    base = requests(150)
+    pairs = list(zip(base, base[::-1], strict=True))
+    variants = [dataclasses.replace(r, keywords=o.keywords, interests=o.interests) for r, o in pairs]
+    for field in ("placement", "format", "geo", "device"):  # one context value of another request
+        variants += [dataclasses.replace(r, **{field: getattr(o, field)}) for r, o in pairs]
+    variants.append(dataclasses.replace(base[0], geo="", device=""))
+    for request in base + variants + base:
+        assert set(retrieve(snapshot, request).tolist()) == by_sets(snapshot, request), request
+    memo = snapshot.index.memo
+    assert len({(r.placement, r.format, r.geo, r.device) for r in base}) <= len(memo) <= auction_module._CONTEXTS_KEPT
+    monkeypatch.setattr(auction_module, "_CONTEXTS_KEPT", 10)
+    for request in requests(150, seed=9):  # contexts not seen yet
+        assert set(retrieve(snapshot, request).tolist()) == by_sets(snapshot, request), request
+    assert len(memo) <= 12  # the contexts kept, one more, and the split of the lookups
 
 
 def test_a_decoded_snapshot_retrieves_the_same():
