@@ -492,11 +492,11 @@ def run_auction(
                                      request.device, now_s)
 
         caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
-    ints, ranked, head = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm, inputs, caps,
+    ints, ranked, first, head = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm, inputs, caps,
                                  float(reserve), HEAD, explain)
-    # One slice and one list each for what the walk reads first: the counts and the sorted head's positions,
-    # and its scores and CTRs. The rest stays in the kernel's arrays until the walk gets past the head.
-    counted = ints[:_CODES + head].tolist()
+    # One slice and one list each for what the walk reads first: the counts and the best candidates' positions,
+    # and their scores and CTRs. The rest stays in the kernel's arrays until the walk gets there.
+    counted = ints[:_CODES + first].tolist()
     by_fate = counted[:_CODES]
     candidates = sum(by_fate)
     if not candidates:
@@ -509,20 +509,21 @@ def run_auction(
         reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(where, fates, strict=True)
                    if code != _PASSED}
     live = by_fate[_PASSED]
-    sorted_head = (counted[_CODES:], *ranked[:, :head].tolist())
-    rest = _Rest(ints, ranked, head, live, inputs) if head < live else None
+    sorted_head = (counted[_CODES:], *ranked[:, :first].tolist())
+    rest = _Rest(ints, ranked, first, head, live, inputs) if first < live else None
     return _finish(snapshot, request, candidates, sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
 
 
 class _Rest(NamedTuple):
-    """The candidates that passed beyond the sorted head, left in ``_sift``'s arrays (``ints``, ``ranked``) at
-    [start, stop) of the live ones, with the click model's inputs: a CPM campaign's CTR there is NaN until
-    the walk gets to it (``_ranked``)."""
+    """The candidates that passed beyond what the walk reads first, left in ``_sift``'s arrays (``ints``,
+    ``ranked``) at [start, stop) of the live ones, of them [start, front) sorted, with the click model's
+    inputs: a CPM campaign's CTR there is NaN until the walk gets to it (``_extend``)."""
 
     ints: np.ndarray
     ranked: np.ndarray
     start: int
+    front: int
     stop: int
     inputs: ModelInputs
 
@@ -601,7 +602,7 @@ def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: n
 @njit(nogil=True)
 def _select(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray, fate_of: np.ndarray,
             scores: np.ndarray, ctrs: np.ndarray, cpm: np.ndarray, inputs: ModelInputs, caps: Caps, reserve: float,
-            head: int, explain: bool) -> tuple[np.ndarray, np.ndarray, int]:
+            head: int, explain: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
     """The auction from retrieval to the ranking walk in one compiled call: the candidates (``_candidates``),
     then ``_sift``, whose results it returns. One call instead of three (retrieval, the click model's
     scoring, the sifting) with their arrays handed back and forth through Python: 9 arrays boxed per request
@@ -625,7 +626,7 @@ _CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``
 @njit(nogil=True)
 def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, cpm: np.ndarray,
           inputs: ModelInputs, caps: Caps, reserve: float, head: int,
-          explain: bool) -> tuple[np.ndarray, np.ndarray, int]:
+          explain: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Everything between retrieval and the ranking walk, in one compiled pass over the candidates: each one's
     fate (the first check it failed: the campaign-level ones from ``fate_of``, then the user's caps, then
     the reserve on this request's score), how many met each fate, and the ones that passed (positions, and
@@ -639,12 +640,15 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     else the click model's (``score_one``) when ``inputs`` has records, else the campaign's own (``scores``,
     ``ctrs``: per campaign). Only candidates that pass the campaign-level checks are scored, and the reserve
     verdict of ``fate_of`` (on the campaign's own score) is replaced by one on the candidate's. A CPM
-    candidate with a click model ranks on its bid (``cpm``): its CTR is predicted here only if it is in
-    the sorted head, and the others' come back NaN, for whoever reads past the head to fill (``fill_ctrs``).
+    candidate with a click model ranks on its bid (``cpm``): its CTR is predicted here only if it is among
+    what the walk reads first, and the others' come back NaN, for whoever reads further to fill
+    (``fill_ctrs``).
 
     Returns two arrays, as few as numba has to box: integers (the count per fate code, the live positions in
     ranking order, then with ``explain`` every candidate's position and fate) and the live candidates'
-    scores and CTRs as two rows; and how many of them are sorted (``_unpack`` takes them apart)."""
+    scores and CTRs as two rows (``_unpack`` takes them apart); how many of them the walk reads first (the
+    best ``FIRST`` and their ties: only theirs of the CPM campaigns' CTRs are predicted here), and how many
+    are sorted."""
     records, values, mix, weights, shift, own, exploration = inputs
     modelled = records.shape[0] > 0
     out, over, over_ctr, over_score = caps
@@ -688,7 +692,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
                     score = cpm[pos]
                     if math.isnan(score):
                         ctr, score = score_one(pos, records, values, mix, weights, shift, own, exploration)
-                    else:  # a CPM campaign: its bid, and its CTR only if it makes the head (below)
+                    else:  # a CPM campaign: its bid, and its CTR only if the walk reads it first (below)
                         ctr = math.nan
                 else:
                     ctr, score = ctrs[pos], scores[pos]
@@ -731,9 +735,13 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     for k in range(fates.shape[0]):  # with explain: every candidate's position, then its fate
         ints[_CODES + n + k] = positions[k]
         ints[_CODES + n + m + k] = fates[k]
-    if modelled:  # the head's CPM campaigns' CTRs; the rest's wait until the walk gets there (``_ranked``)
-        fill_ctrs(ints[_CODES:_CODES + front], out_ranked[1, :front], inputs)
-    return ints, out_ranked, front
+    # What the walk reads first: the best FIRST and their ties (most auctions look at no more).
+    first = front if front < FIRST else FIRST
+    while first < front and out_ranked[0, first] == out_ranked[0, first - 1]:
+        first += 1
+    if modelled:  # their CPM campaigns' CTRs; the others' wait until the walk gets there (``_extend``)
+        fill_ctrs(ints[_CODES:_CODES + first], out_ranked[1, :first], inputs)
+    return ints, out_ranked, first, front
 
 
 # Selection and sorting written out rather than numpy's np.partition and np.argsort: numba took 5 s to
@@ -805,7 +813,7 @@ def warm_up(snapshot: Snapshot) -> None:
         # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
         _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
                 scores if column is None else column.ctr, cpm_bids(columns, fmt), inputs, _NO_CAPS, 0.0, HEAD, False)
-        if snapshot.click_model is not None:  # as ``_sort_rest`` calls it, on slices of _select's arrays
+        if snapshot.click_model is not None:  # as ``_extend`` calls it, on slices of _select's arrays
             fill_ctrs(np.zeros(1, dtype=np.int64)[1:], np.zeros((2, 1))[1, 1:], inputs)
 
 
@@ -863,6 +871,9 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
 
 
 HEAD = 32  # candidates a ranking sorts up front (see _sift)
+# Of those, the walk reads this many (and their ties) first: their CTRs predicted, turned into Python lists. An
+# auction walked 2.8 candidates on average in ``adserver bench --only auction`` (one-off count).
+FIRST = 8
 # The reasons the walk marks, read once: a member of a StrEnum costs CPython 3.11 a call of the enum's
 # metaclass hook (``__getattr__``) on every read.
 _BUDGET, _PACING, _SAME_ADVERTISER, _OUTRANKED = Reason.BUDGET, Reason.PACING, Reason.SAME_ADVERTISER, Reason.OUTRANKED
@@ -886,9 +897,10 @@ def _ranked(snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[
     are reached cost a draw).
 
     Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely goes
-    past the first few: only the sorted head comes as lists (``_sift`` put every tie of its last entry in it,
-    so a run of equal scores never straddles the cut); the rest, all of lower scores, is sorted only if the
-    walk gets there (``_sort_rest``). Same order as one stable sort of all of them."""
+    past the first few: only the best ``FIRST`` come as lists, then the rest of the sorted head if the walk
+    gets there, then the others, sorted only then (``_extend``; ``_sift`` puts every tie of an entry on the
+    same side of each cut, so a run of equal scores never straddles one). Same order as one stable sort of
+    all of them."""
     positions, scores, ctrs = sorted_head
     if not positions and rest is None:
         return
@@ -901,8 +913,7 @@ def _ranked(snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[
         if i >= len(positions):
             if rest is None:
                 return
-            _sort_rest(rest, positions, scores, ctrs)  # the walk got past the head
-            rest = None
+            rest = _extend(rest, positions, scores, ctrs)  # the walk got past what it had
         if i >= group_end:  # a new score: find where its run of equals ends
             end = i + 1
             while end < len(scores) and scores[end] == scores[i]:
@@ -932,13 +943,19 @@ def _ranked(snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[
         yield scores[i - 1], campaign, creative, ctrs[i - 1]
 
 
-def _sort_rest(rest: _Rest, positions: list[int], scores: list[float], ctrs: list[float]) -> None:
-    """Append the candidates beyond the sorted head to the walk's lists, sorted like it."""
-    ints, ranked, start, stop, inputs = rest
-    live, (rest_scores, rest_ctrs) = ints[_CODES + start:_CODES + stop], ranked[:, start:stop]
+def _extend(rest: _Rest, positions: list[int], scores: list[float], ctrs: list[float]) -> _Rest | None:
+    """Append the next candidates to the walk's lists: the rest of the sorted head if any is left (what is
+    left of ``rest`` is returned), else all the others, sorted like it."""
+    ints, ranked, start, front, stop, inputs = rest
+    sort = start >= front
+    end = stop if sort else front
+    live, (more_scores, more_ctrs) = ints[_CODES + start:_CODES + end], ranked[:, start:end]
     if inputs[0].shape[0]:  # with a click model, the CPM campaigns' CTRs are still to predict (``_sift``)
-        fill_ctrs(live, rest_ctrs, inputs)
-    order = np.argsort(-rest_scores, kind="stable")
-    positions.extend(live[order].tolist())
-    scores.extend(rest_scores[order].tolist())
-    ctrs.extend(rest_ctrs[order].tolist())
+        fill_ctrs(live, more_ctrs, inputs)
+    if sort:
+        order = np.argsort(-more_scores, kind="stable")
+        live, more_scores, more_ctrs = live[order], more_scores[order], more_ctrs[order]
+    positions.extend(live.tolist())
+    scores.extend(more_scores.tolist())
+    ctrs.extend(more_ctrs.tolist())
+    return None if end == stop else rest._replace(start=end)

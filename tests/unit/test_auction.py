@@ -508,7 +508,12 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
 def _sifted(*args):
     """``_sift``'s results taken apart: (count per fate code, live positions, explain's rows, scores and CTRs,
     how many are sorted)."""
-    ints, ranked, front = auction_module._sift(*args)
+    ints, ranked, first, front = auction_module._sift(*args)
+    # What the walk reads first: the best FIRST (or all that are sorted, if fewer) and their ties, no more.
+    scores, least = ranked[0].tolist(), min(auction_module.FIRST, front)
+    assert least <= first <= front
+    assert first == front or scores[first] != scores[first - 1]  # no run of ties straddles the cut
+    assert first == least or scores[first - 1] == scores[least - 1]
     return (*auction_module._unpack(ints), ranked, front)
 
 
@@ -624,20 +629,22 @@ def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecp
     inputs = model_inputs(s, "300x250", "home", "US", "mobile", NOW)
     ctrs, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
     for head in (1000, 3):
-        by_fate, live, _, ranked, front = _sifted(
+        ints, ranked, first, front = auction_module._sift(
             positions, fate_of, own, s.columns.formats["300x250"].ctr, auction_module.cpm_bids(s.columns, "300x250"),
             inputs, auction_module._NO_CAPS, 0.0, head, False)
+        by_fate, live, _ = auction_module._unpack(ints)
         assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5]
         assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
         order = live.tolist()
         assert ranked[0].tolist() == scores[order].tolist()
         assert ranked[0].tolist() != own[order].tolist()  # the model, not the priors, scored them
-        # The head's CTRs all predicted; past it, a CPM campaign's (ranked on its bid) only when asked for.
-        assert front == (29 if head == 1000 else 3)
-        assert ranked[1, :front].tolist() == ctrs[order[:front]].tolist()
-        cpm = [i for i in range(front, 29) if s.campaigns[order[i]].bid_type == "cpm"]
-        assert (head == 1000) == (not cpm) and all(np.isnan(ranked[1, i]) for i in cpm)
-        auction_module.fill_ctrs(live[front:], ranked[1, front:], inputs)
+        # The CTRs of what the walk reads first all predicted; past that, a CPM campaign's (ranked on its bid)
+        # only when asked for.
+        assert front == (29 if head == 1000 else 3) and first == min(auction_module.FIRST, front)
+        assert ranked[1, :first].tolist() == ctrs[order[:first]].tolist()
+        cpm = [i for i in range(first, 29) if s.campaigns[order[i]].bid_type == "cpm"]
+        assert cpm and all(np.isnan(ranked[1, i]) for i in cpm)
+        auction_module.fill_ctrs(live[first:], ranked[1, first:], inputs)
         assert ranked[1].tolist() == ctrs[order].tolist()
 
 
@@ -695,24 +702,28 @@ def test_creative_caps_rescore_only_candidates(make_campaign, make_creative, mon
     assert {w.creative.creative_id for w in result.wins} == {"c0-b", "c1-b"}
 
 
-def test_a_winner_from_past_the_head_is_priced_with_its_predicted_ctr(make_campaign, make_creative, monkeypatch):
+@pytest.mark.parametrize("head", [1, 32])
+def test_a_winner_from_past_the_head_is_priced_with_its_predicted_ctr(make_campaign, make_creative, monkeypatch,
+                                                                       head):
     """With a click model a CPM campaign ranks on its bid and its CTR is predicted only if the walk reaches it:
-    in the head at once, past it when the walk sorts the rest. A CPM winner from past the head (the campaigns
-    above it cannot pay) still carries the model's CTR, never NaN."""
+    among the FIRST the walk reads at once, further on when the walk gets there (the rest of the sorted
+    head, or the others, sorted then). A CPM winner from past those (the campaigns above it cannot pay)
+    still carries the model's CTR, never NaN."""
     from edge.ctr import predicted_ctr_and_ecpm
     from replication.ctr_model import ClickModel
 
+    n = auction_module.FIRST + 6
     campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i}", bid_type="cpm", max_bid_micros=1_000_000 + 1000 * i,
-                               creatives=[make_creative(f"k{i}")]) for i in range(10)]
+                               creatives=[make_creative(f"k{i}")]) for i in range(n)]
     model = ClickModel.from_sparse(1, 18, list(range(0, 1 << 18, 89)), [0.02] * 2946, {"k2": 300})
     s = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
     auction_module.warm_up(s)
-    monkeypatch.setattr(auction_module, "HEAD", 1)
-    broke = {f"c{i}" for i in range(5, 10)}  # the five best cannot pay: the winners come from the rest
+    monkeypatch.setattr(auction_module, "HEAD", head)
+    broke = {f"c{i}" for i in range(4, n)}  # the best cannot pay, more of them than FIRST: the winners come after
     allowance = {c.campaign_id: 0 if c.campaign_id in broke else RICH for c in campaigns}
     result = run_auction(s, req(slots=2), now_s=NOW, rng=random.Random(1), allowance=allowance)
-    assert [w.campaign.campaign_id for w in result.wins] == ["c4", "c3"]
-    ctrs, _ = predicted_ctr_and_ecpm(s, np.arange(10), "300x250", "home", "", "", NOW)
+    assert [w.campaign.campaign_id for w in result.wins] == ["c3", "c2"]
+    ctrs, _ = predicted_ctr_and_ecpm(s, np.arange(n), "300x250", "home", "", "", NOW)
     for w in result.wins:
         assert w.ctr == ctrs[s.by_id[w.campaign.campaign_id]] and 0 < w.ctr < 1
 
