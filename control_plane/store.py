@@ -39,6 +39,10 @@ def _dump(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
+# The longest wait for the next entry of a replay the consumer has said is coming (``list_campaigns``).
+_REPLAY_WAIT_S = 5.0
+
+
 class Store:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
@@ -103,13 +107,23 @@ class Store:
         return Versioned(campaign, new_revision)
 
     async def list_campaigns(self, advertiser_id: str) -> list[Versioned]:
-        watcher = await self.campaigns.watch(f"{advertiser_id}.>", ignore_deletes=True)
+        """The advertiser's campaigns, oldest first. nats-py's end-of-replay marker (the watcher's None) can
+        come before values already on their way to the watcher (nats-io/nats.py#842; its fix, #995, is not
+        released): a listing of 782 campaigns came back empty in a test. So the replay's length is read from
+        the watch's consumer instead (what it has delivered plus what it still holds, as of now: a
+        campaign written meanwhile may come too) and exactly that many entries are taken, deletes
+        included; the marker is skipped."""
+        watcher = await self.campaigns.watch(f"{advertiser_id}.>")
         out: list[Versioned] = []
         try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    break
-                if entry.value:
+            info = await watcher._sub.consumer_info()  # the watch's ordered consumer (no public accessor)
+            left = (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
+            while left > 0:
+                entry = await watcher.updates(timeout=_REPLAY_WAIT_S)
+                if entry is None:  # the marker, early or not
+                    continue
+                left -= 1
+                if entry.value and entry.operation is None:  # a put (a delete or purge carries an operation)
                     out.append(Versioned(json.loads(entry.value), entry.revision or 0))
         finally:
             await watcher.stop()

@@ -96,6 +96,34 @@ def test_tenant_keys_do_not_leak_between_advertisers(nats_url: str) -> None:
     assert b == ["cmpb1"]
 
 
+def test_a_listing_returns_every_campaign_every_time(nats_url: str) -> None:
+    """nats-py's watcher can signal the end of its replay before values already on their way
+    (nats-io/nats.py#842): a listing of 782 campaigns once came back empty in the e2e suite. The store counts
+    the replay from the consumer instead. Listed many times, alone and several at once, every listing holds
+    every campaign, oldest first; an advertiser without campaigns lists none, without waiting."""
+    n = 1_500
+
+    async def scenario() -> tuple[list[list[str]], list[str], float]:
+        nc, js = await _js(nats_url, "t-list")
+        store = await Store(js).open()
+        await asyncio.gather(*(store.create_campaign({"id": f"cmpl{i:05d}", "advertiser_id": "advlist",
+                                                      "created_at": f"{i:05d}"}) for i in range(n)))
+        listings = []
+        for _ in range(10):
+            listings += await asyncio.gather(*(store.list_campaigns("advlist") for _ in range(4)))
+        t0 = time.perf_counter()
+        empty = await store.list_campaigns("advnone")
+        waited = time.perf_counter() - t0
+        await nc.close()
+        return [[v.value["id"] for v in listing] for listing in listings], empty, waited
+
+    listings, empty, waited = run(scenario)
+    want = [f"cmpl{i:05d}" for i in range(n)]
+    assert [len(listing) for listing in listings] == [n] * len(listings)
+    assert all(listing == want for listing in listings)
+    assert empty == [] and waited < 2.0
+
+
 @pytest.mark.parametrize("campaigns", [3, 4000], ids=["inline", "object-store"])
 def test_snapshot_reaches_a_follower_now_and_on_every_change(nats_url: str, campaigns: int) -> None:
     region = f"snap{campaigns}"
