@@ -15,14 +15,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from control_plane.allocator import BudgetTerms
 from control_plane.models import is_servable, to_snapshot_campaign
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
-from replication.nats_io import publish_snapshot
+from replication.nats_io import REPLAY_WAIT_S, publish_snapshot, replay_length
 from replication.snapshot import (
     SnapshotCampaign,
     build_snapshot,
@@ -75,21 +77,37 @@ class SnapshotBuilder:
         self.stats = BuilderStats()
 
     async def _watch(self) -> None:
+        """Follow the campaign store. The first snapshot waits for the whole replay of what is stored
+        (``replay_length``, counted: nats-py's end-of-replay marker can come early, and a snapshot short of
+        campaigns would make every edge forget their state until the next one). A replay that stalls is
+        built from as far as it got, with a warning, rather than never."""
         kv = await self._js.key_value(S.CAMPAIGNS_BUCKET)
         watcher = await kv.watchall()
+        left = await replay_length(watcher)
+        while left:
+            try:
+                entry = await watcher.updates(timeout=REPLAY_WAIT_S)
+            except NatsTimeoutError:
+                log.warning("the campaign store's replay stalled with %d entries to go; building without them",
+                            left)
+                break
+            if entry is not None:  # not the marker, early or not
+                self._apply(entry)
+                left -= 1
+        self._initial_done.set()
+        self._dirty.set()
         async for entry in watcher:
-            if entry is None:
-                self._initial_done.set()
+            if entry is not None:
+                self._apply(entry)
                 self._dirty.set()
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self._campaigns.pop(entry.key, None)
-            else:
-                value = json.loads(entry.value)
-                self._campaigns[entry.key] = (value, entry.revision or 0)
-                self._key_of[value["id"]] = entry.key
-            if self._initial_done.is_set():
-                self._dirty.set()
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._campaigns.pop(entry.key, None)
+        else:
+            value = json.loads(entry.value)
+            self._campaigns[entry.key] = (value, entry.revision or 0)
+            self._key_of[value["id"]] = entry.key
 
     async def _watch_advertisers(self) -> None:
         """Postback token hashes travel in the snapshot, so a rotated token works at every PoP within one

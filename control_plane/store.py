@@ -19,6 +19,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequen
 
 from control_plane.allocator import GrantState
 from replication import subjects as S
+from replication.nats_io import REPLAY_WAIT_S, replay_length
 
 
 class NotFound(LookupError):
@@ -37,10 +38,6 @@ class Versioned:
 
 def _dump(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-# The longest wait for the next entry of a replay the consumer has said is coming (``list_campaigns``).
-_REPLAY_WAIT_S = 5.0
 
 
 class Store:
@@ -107,19 +104,14 @@ class Store:
         return Versioned(campaign, new_revision)
 
     async def list_campaigns(self, advertiser_id: str) -> list[Versioned]:
-        """The advertiser's campaigns, oldest first. nats-py's end-of-replay marker (the watcher's None) can
-        come before values already on their way to the watcher (nats-io/nats.py#842; its fix, #995, is not
-        released): a listing of 782 campaigns came back empty in a test. So the replay's length is read from
-        the watch's consumer instead (what it has delivered plus what it still holds, as of now: a
-        campaign written meanwhile may come too) and exactly that many entries are taken, deletes
-        included; the marker is skipped."""
+        """The advertiser's campaigns, oldest first: exactly the watch's replay (``replay_length``), not up to
+        nats-py's end-of-replay marker, which came early enough once to list 0 of 782 campaigns."""
         watcher = await self.campaigns.watch(f"{advertiser_id}.>")
         out: list[Versioned] = []
         try:
-            info = await watcher._sub.consumer_info()  # the watch's ordered consumer (no public accessor)
-            left = (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
+            left = await replay_length(watcher)
             while left > 0:
-                entry = await watcher.updates(timeout=_REPLAY_WAIT_S)
+                entry = await watcher.updates(timeout=REPLAY_WAIT_S)
                 if entry is None:  # the marker, early or not
                     continue
                 left -= 1

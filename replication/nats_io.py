@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from replication import subjects as S
 
@@ -131,6 +132,20 @@ class SnapshotPointer:
     sha256: str
     size: int
     inline: bool
+
+
+# The longest wait for the next entry of a KV replay its consumer has said is coming (``replay_length``).
+REPLAY_WAIT_S = 5.0
+
+
+async def replay_length(watcher: KeyValue.KeyWatcher) -> int:
+    """How many entries a KV watch's initial replay holds, from its consumer: what it has delivered plus what
+    it still holds, as of now (a key written meanwhile may come too). nats-py's own end-of-replay marker (the
+    watcher's None) can come before values already on their way to the watcher (nats-io/nats.py#842; the
+    fix, #995, is unreleased), so a caller that needs the whole replay counts entries (deletes included)
+    up to this instead. The consumer is the watcher's ``_sub`` (nats-py has no public accessor)."""
+    info = await watcher._sub.consumer_info()
+    return (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
 
 
 async def publish_snapshot(js: JetStreamContext, region: str, version: int, data: bytes) -> SnapshotPointer:

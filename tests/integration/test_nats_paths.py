@@ -124,6 +124,54 @@ def test_a_listing_returns_every_campaign_every_time(nats_url: str) -> None:
     assert empty == [] and waited < 2.0
 
 
+def test_the_first_snapshot_waits_for_every_stored_campaign(nats_url: str) -> None:
+    """The snapshot builder's first build, at a control plane's start, waits for the store's whole replay
+    (counted, not nats-py's early end-of-replay marker): otherwise edges would get a snapshot short of
+    campaigns and forget their state. Several builders started over 1,500 stored campaigns each hold all of
+    them when they declare the replay done; over an empty bucket a builder declares it at once. (Unlike the
+    listing's, this test has not caught the marker early with the old code here: it checks the counting.)"""
+    from control_plane.builder import SnapshotBuilder
+
+    n = 1_500
+
+    async def held_at_start(js: Any) -> tuple[int, float]:
+        builder = SnapshotBuilder(js, ("eu",), reserve_cpm_micros=0)
+        held: list[int] = []
+
+        class Recorded(asyncio.Event):  # what the builder holds at the moment it declares the replay done
+            def set(self) -> None:
+                held.append(len(builder._campaigns))
+                super().set()
+
+        builder._initial_done = Recorded()
+        t0 = time.perf_counter()
+        watch = asyncio.create_task(builder._watch())
+        await asyncio.wait_for(builder._initial_done.wait(), 30)
+        waited = time.perf_counter() - t0
+        watch.cancel()
+        return held[0], waited
+
+    async def empty_bucket(js: Any) -> None:  # this test's campaigns only
+        await js.delete_key_value(S.CAMPAIGNS_BUCKET)
+        await ensure_jetstream(js)
+
+    async def scenario() -> tuple[list[int], tuple[int, float]]:
+        nc, js = await _js(nats_url, "t-first")
+        await empty_bucket(js)
+        store = await Store(js).open()
+        await asyncio.gather(*(store.create_campaign({"id": f"cmpf{i:05d}", "advertiser_id": f"advf{i % 7}",
+                                                      "created_at": f"{i:05d}"}) for i in range(n)))
+        held = [h for h, _ in await asyncio.gather(*(held_at_start(js) for _ in range(8)))]
+        await empty_bucket(js)
+        empty = await held_at_start(js)
+        await nc.close()
+        return held, empty
+
+    held, (empty_held, empty_waited) = run(scenario)
+    assert held == [n] * len(held)
+    assert empty_held == 0 and empty_waited < 2.0
+
+
 @pytest.mark.parametrize("campaigns", [3, 4000], ids=["inline", "object-store"])
 def test_snapshot_reaches_a_follower_now_and_on_every_change(nats_url: str, campaigns: int) -> None:
     region = f"snap{campaigns}"
