@@ -24,7 +24,7 @@ from control_plane.models import is_servable, to_snapshot_campaign
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
-from replication.nats_io import REPLAY_WAIT_S, publish_snapshot, replay_length
+from replication.nats_io import publish_snapshot, replay
 from replication.snapshot import (
     SnapshotCampaign,
     build_snapshot,
@@ -78,22 +78,16 @@ class SnapshotBuilder:
 
     async def _watch(self) -> None:
         """Follow the campaign store. The first snapshot waits for the whole replay of what is stored
-        (``replay_length``, counted: nats-py's end-of-replay marker can come early, and a snapshot short of
+        (``replay``, counted: nats-py's end-of-replay marker can come early, and a snapshot short of
         campaigns would make every edge forget their state until the next one). A replay that stalls is
         built from as far as it got, with a warning, rather than never."""
         kv = await self._js.key_value(S.CAMPAIGNS_BUCKET)
         watcher = await kv.watchall()
-        left = await replay_length(watcher)
-        while left:
-            try:
-                entry = await watcher.updates(timeout=REPLAY_WAIT_S)
-            except NatsTimeoutError:
-                log.warning("the campaign store's replay stalled with %d entries to go; building without them",
-                            left)
-                break
-            if entry is not None:  # not the marker, early or not
+        try:
+            async for entry in replay(watcher):
                 self._apply(entry)
-                left -= 1
+        except NatsTimeoutError:
+            log.warning("the campaign store's replay stalled; building from as far as it got")
         self._initial_done.set()
         self._dirty.set()
         async for entry in watcher:

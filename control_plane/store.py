@@ -19,7 +19,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequen
 
 from control_plane.allocator import GrantState
 from replication import subjects as S
-from replication.nats_io import REPLAY_WAIT_S, replay_length
+from replication.nats_io import replay
 
 
 class NotFound(LookupError):
@@ -104,17 +104,13 @@ class Store:
         return Versioned(campaign, new_revision)
 
     async def list_campaigns(self, advertiser_id: str) -> list[Versioned]:
-        """The advertiser's campaigns, oldest first: exactly the watch's replay (``replay_length``), not up to
-        nats-py's end-of-replay marker, which came early enough once to list 0 of 782 campaigns."""
+        """The advertiser's campaigns, oldest first: exactly the watch's replay (``replay``), not up to
+        nats-py's end-of-replay marker, which came early enough once to list 0 of 782 campaigns. A replay
+        that stalls raises nats' TimeoutError rather than list fewer campaigns than there are."""
         watcher = await self.campaigns.watch(f"{advertiser_id}.>")
         out: list[Versioned] = []
         try:
-            left = await replay_length(watcher)
-            while left > 0:
-                entry = await watcher.updates(timeout=REPLAY_WAIT_S)
-                if entry is None:  # the marker, early or not
-                    continue
-                left -= 1
+            async for entry in replay(watcher):
                 if entry.value and entry.operation is None:  # a put (a delete or purge carries an operation)
                     out.append(Versioned(json.loads(entry.value), entry.revision or 0))
         finally:

@@ -390,7 +390,8 @@ class _PerFormat(NamedTuple):
 def _per_format(columns: CampaignColumns, fmt: str, reserve: int,
                 now_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``_PerFormat``'s arrays for a request: one memo lookup in the same second as the last request of the
-    format and reserve, where the four lookups it stands for took 20,000 instructions (callgrind, one-off)."""
+    format and reserve, instead of the four (each with its own ``format_key`` and memo lookup) it stands
+    for."""
     found = columns.memo.get(("per-format", fmt, reserve))
     if found is not None and found.second == math.floor(now_s):
         return found[:4]
@@ -619,6 +620,9 @@ def _unpack(ints: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
     return by_fate, ints[_CODES:_CODES + live], ints[_CODES + live:].reshape(2, -1)
 
 
+# How many candidates ahead ``_sift`` asks for a candidate's data (``edge.prefetch``): far enough for a miss to
+# memory to land before the loop gets there, near enough not to evict what it asked for. 8 did as well and 24
+# worse in side-by-side runs (one-off).
 _AHEAD = 12
 _CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``'s integers
 
@@ -827,13 +831,14 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
             reasons: dict[str, Reason], reserve: int, rng: random.Random, allowance: SupportsAllowance,
             throttle: SupportsThrottle | None, *, explain: bool) -> AuctionResult:
     """Walk the ranking of the candidates that passed to fill the slots and price them: ``sorted_head`` the
-    best of them in order (positions, scores, CTRs), ``rest`` the others unsorted.
+    best of them in order (positions, scores, CTRs), ``rest`` the others (``_Rest``).
 
-    Written for the interpreter's sake (this is a third of an auction at 10,000 campaigns): no ``min`` or
-    ``max`` (a builtin call each, about 700 instructions in CPython 3.11), named tuples built from positional
-    arguments (keywords go through a dict), the ranking a generator (its state in fast locals)."""
-    walk = _ranked(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts,
-                   reasons if explain else None)
+    Written for the interpreter's sake (this was a third of an auction's instructions at 10,000 campaigns,
+    callgrind, one-off): no ``min`` or ``max`` (a builtin call each, about 700 instructions in CPython
+    3.11), named tuples built from positional arguments (keywords go through a dict), the ranking a generator
+    (its state in fast locals)."""
+    marked = reasons if explain else None  # where the walk notes each candidate's fate, if anywhere
+    walk = _ranked(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts, marked)
     ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative, float]] = []
     wins: list[Win] = []
     slots = request.slots if request.slots > 1 else 1
@@ -855,13 +860,13 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
         # The price is known only now: a campaign that cannot afford one billable unit at this price
         # gives its slot to the next candidate instead of overspending.
         if allowance.get(campaign.campaign_id, 0) < price:
-            _mark(counts, reasons if explain else None, campaign, _BUDGET)
+            _mark(counts, marked, campaign, _BUDGET)
             continue
         wins.append(Win(len(wins), campaign, creative, round(score), price, expected_cost(campaign, ctr, price), ctr))
     if explain:
         ranked.extend(walk)
     for _, campaign, _, _ in ranked[position:]:
-        _mark(counts, reasons if explain else None, campaign, _OUTRANKED)
+        _mark(counts, marked, campaign, _OUTRANKED)
     # Every candidate that passed and is neither a win nor counted under a reason was never reached by the
     # walk: ranked below what the slots needed.
     unvisited = candidates - len(wins) - sum(counts.values())

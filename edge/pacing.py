@@ -152,6 +152,11 @@ def _spent_out(spent_today: float, daily_budget: float, unit_cost: float) -> boo
     return daily_budget <= 0 or daily_budget - spent_today <= max(unit_cost, 0.0)
 
 
+def _demand(spend_avg: float, exposure_avg: float) -> float | None:
+    """Estimated spend over a whole day at p=1 (micros), or None before anything was observed."""
+    return spend_avg / exposure_avg if exposure_avg > 0 else None
+
+
 def _clamp(x: float, lo: float, hi: float) -> float:
     return min(max(x, lo), hi)
 
@@ -175,7 +180,7 @@ class EvenState:
     @property
     def demand_estimate(self) -> float | None:
         """Estimated spend over a whole day at p=1 (micros), or None before anything was observed."""
-        return self.spend_avg / self.exposure_avg if self.exposure_avg > 0 else None
+        return _demand(self.spend_avg, self.exposure_avg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +268,7 @@ class EvenController:
         correction = (self.kp_per_s * gap + self.ki_per_s2 * integral) * daily_budget * (horizon - now)
         wanted = min(wanted + correction, remaining)
 
-        demand = spend_avg / exposure_avg if exposure_avg > 0 else None  # EvenState.demand_estimate
+        demand = _demand(spend_avg, exposure_avg)
         base = max(state.p, self.p_start)  # from p=0 (yesterday spent out, or a raised budget) slow-start again
         if demand is None:
             raw = base  # nothing seen yet: hold until traffic shows us the rate

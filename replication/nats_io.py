@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import nats
@@ -134,18 +134,25 @@ class SnapshotPointer:
     inline: bool
 
 
-# The longest wait for the next entry of a KV replay its consumer has said is coming (``replay_length``).
+# The longest wait for the next entry of a KV replay its consumer has said is coming (``replay``).
 REPLAY_WAIT_S = 5.0
 
 
-async def replay_length(watcher: KeyValue.KeyWatcher) -> int:
-    """How many entries a KV watch's initial replay holds, from its consumer: what it has delivered plus what
-    it still holds, as of now (a key written meanwhile may come too). nats-py's own end-of-replay marker (the
-    watcher's None) can come before values already on their way to the watcher (nats-io/nats.py#842; the
-    fix, #995, is unreleased), so a caller that needs the whole replay counts entries (deletes included)
-    up to this instead. The consumer is the watcher's ``_sub`` (nats-py has no public accessor)."""
+async def replay(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry]:
+    """A KV watch's initial replay, whole: the entries (deletes included) its consumer held when asked, that is
+    what it had delivered plus what it still held (a key written meanwhile may come too). nats-py's own
+    end-of-replay marker (the watcher's None) can come before values already on their way to the watcher
+    (nats-io/nats.py#842; the fix, #995, is unreleased), so it is skipped and the entries are counted
+    instead. Raises nats' TimeoutError when none comes for REPLAY_WAIT_S; that can also mean a marker
+    message nats-py drops unseen (an expiry reason it does not know, nats-server 2.11+) made the count one
+    too high. The consumer is the watcher's ``_sub`` (nats-py has no public accessor)."""
     info = await watcher._sub.consumer_info()
-    return (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
+    left = (info.delivered.consumer_seq if info.delivered else 0) + (info.num_pending or 0)
+    while left:
+        entry = await watcher.updates(timeout=REPLAY_WAIT_S)
+        if entry is not None:  # not the marker, early or not
+            left -= 1
+            yield entry
 
 
 async def publish_snapshot(js: JetStreamContext, region: str, version: int, data: bytes) -> SnapshotPointer:
