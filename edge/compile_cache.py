@@ -14,7 +14,8 @@ Two of numba's cache behaviours need care:
 - Its files are pickles, loaded with the process's rights. A directory another user could write to (a shared
   ``/tmp`` where someone created the path first) would let them run code in the edge, so the directory must be
   this user's own and closed to everyone else, and no directory above it may let another user rename it
-  away, or the cache stays off (a warning; the edge compiles as before).
+  away, or the cache stays off (a warning; the edge compiles as before). Symlinks above it are resolved
+  once, so none can be re-pointed later; stale directories of old digests are removed, nothing else.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _KERNEL_MODULES = (edge.auction, edge.ctr)
 _SOURCE_PACKAGES = ("edge", "replication")
+_DIGEST_LEN = 20
+_DIGEST_NAME = re.compile(f"[0-9a-f]{{{_DIGEST_LEN}}}")  # a cache directory's name (``source_digest``)
 _STALE_S = 86_400  # a sibling digest's directory unused this long belongs to old code: removed
 _ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages) holding edge and replication
 
@@ -57,16 +61,19 @@ def source_digest(root: Path = _ROOT) -> str:
         for path in sorted((root / package).rglob("*.py")):
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
-    return h.hexdigest()[:20]
+    return h.hexdigest()[:_DIGEST_LEN]
 
 
 def _safe_parents(path: Path) -> bool:
     """Whether no other user can swap ``path`` for a directory of theirs: every directory above it must be
     root's or this user's, and closed to others or sticky (like /tmp, where only an entry's owner may rename
-    it). A Kubernetes memory-backed emptyDir is a tmpfs, mode 1777 by default."""
-    for parent in path.absolute().parents:
-        info = parent.stat()
-        if info.st_uid not in (0, os.getuid()) or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
+    it). A Kubernetes memory-backed emptyDir is a tmpfs, mode 1777 by default. ``path``'s parents must be
+    resolved already (``enable``): a symlink among them is refused, since whoever owns a link can re-point it,
+    and ``stat`` would have judged its target instead."""
+    for parent in path.parents:
+        info = parent.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (0, os.getuid()) \
+                or (info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX):
             log.warning("numba compile cache off: %s, above %s, could let another user replace it (owner uid %d, "
                         "mode %o)", parent, path, info.st_uid, stat.S_IMODE(info.st_mode))
             return False
@@ -86,25 +93,35 @@ def _private_dir(path: Path) -> bool:
 
 
 def _prune(root: Path, keep: Path, now: float) -> None:
-    """Remove the directories of other digests unused for a day. Several workers start at once and may race
-    to remove the same one: whatever fails here is left for the next start."""
-    for sibling in root.iterdir():
+    """Remove the directories of other digests unused for a day. Only names a digest could have: a root set
+    to a directory that holds anything else (a home directory, by mistake) loses nothing else. Several
+    workers start at once and may race to remove the same one: whatever fails here is left for the next
+    start, and never turns the cache off."""
+    try:
+        siblings = list(root.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        if sibling == keep or not _DIGEST_NAME.fullmatch(sibling.name):
+            continue
         try:
-            if sibling != keep and sibling.is_dir() and not sibling.is_symlink() \
-                    and now - sibling.stat().st_mtime > _STALE_S:
+            info = sibling.lstat()
+            if stat.S_ISDIR(info.st_mode) and now - info.st_mtime > _STALE_S:  # a symlink is not followed
                 shutil.rmtree(sibling, ignore_errors=True)
         except OSError:
             continue
 
 
-def enable(root: str | Path) -> Path | None:
-    """Cache the kernels' compiled code under ``root``/<source digest>: call before the first snapshot is
-    loaded (the first compile). Returns the directory, or None when the cache stays off (``root`` empty, not
-    safe to load code from, or not usable: the edge then compiles as before, it never fails to start)."""
+def prepare(root: str | Path) -> Path | None:
+    """The directory the kernels' code can be cached in under ``root`` (created, its stale siblings pruned),
+    or None when ``root`` is empty, not safe to load code from, or not usable."""
     if not root:
         return None
-    root = Path(root)
     try:
+        # Resolved once, here: from now on no symlink above the cache can be re-pointed under it. The root
+        # itself must be a real directory (``_private_dir``).
+        root = Path(root).absolute()
+        root = root.parent.resolve(strict=False) / root.name
         directory = root / source_digest()
         if not (_private_dir(root) and _safe_parents(root) and _private_dir(directory)):
             return None
@@ -113,6 +130,16 @@ def enable(root: str | Path) -> Path | None:
         _prune(root, directory, now)
     except OSError as exc:
         log.warning("numba compile cache off: %s is not usable: %r", root, exc)
+        return None
+    return directory
+
+
+def enable(root: str | Path) -> Path | None:
+    """Cache the kernels' compiled code under ``root``/<source digest>: call before the first snapshot is
+    loaded (the first compile). Returns the directory, or None when the cache stays off (``prepare``: the
+    edge then compiles as before, it never fails to start)."""
+    directory = prepare(root)
+    if directory is None:
         return None
     numba.config.CACHE_DIR = str(directory)
     for kernel in kernels():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,30 @@ def test_a_directory_others_could_write_to_is_never_used(tmp_path: Path, make_un
     assert "compile cache off" in caplog.text
     assert not any(kernel._cache.__class__.__name__ == "FunctionCache" for kernel in compile_cache.kernels())
     assert compile_cache.enable("") is None
+
+
+def test_a_symlink_above_the_cache_is_followed_once_and_never_again(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real")
+    if os.getuid() == 0:
+        os.lchown(link, 4242, 4242)  # a link another user owns: they could re-point it after the checks
+    directory = compile_cache.prepare(link / "cache")
+    assert directory == tmp_path.resolve() / "real" / "cache" / compile_cache.source_digest()
+    assert directory.resolve() == directory  # numba is handed a path no symlink can redirect
+
+
+def test_only_stale_directories_named_like_a_digest_are_pruned(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)
+    stale, fresh, other = root / ("ab" * 10), root / ("cd" * 10), root / "notes-of-someone"
+    for path in (stale, fresh, other):
+        path.mkdir()
+        (path / "data").write_text("x")
+    day_ago = time.time() - 2 * 86_400
+    for path in (stale, other):
+        os.utime(path, (day_ago, day_ago))
+    directory = compile_cache.prepare(root)
+    assert directory is not None and directory.is_dir()
+    assert not stale.exists()  # old code's kernels
+    assert fresh.exists() and (other / "data").exists()  # in use elsewhere; not ours to remove
