@@ -281,6 +281,10 @@ class EdgeState:
             left -= piece
             if left:
                 yield
+                if self.snapshot is not snapshot:
+                    # Swapped between pieces: pacing the old one on would judge campaigns by budgets and
+                    # targeting that no longer hold. The next tick starts on the new one.
+                    return
 
     async def spend_sync_loop(self, every_s: float = 0.5, full_every: int = 10, big_full_every: int = 120,
                               big_bytes: int = 64 * 1024) -> None:

@@ -51,3 +51,26 @@ def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them()
     state.snapshot = build_snapshot([], version=2, created_ms=0, reserve_cpm_micros=100_000)
     asyncio.run(state.pace_in_pieces(NOW + 0.2))
     assert not state.spend.paced and not state.spend.throttle
+
+
+def test_a_snapshot_swapped_between_pieces_stops_the_old_ones_pacing() -> None:
+    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
+                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
+    state = new_state(settings)
+    campaigns = inventory(2_000)
+    old = state.snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
+    assert Accounting.pace_share(old) > PACE_PIECE
+    # The new snapshot keeps a few campaigns of the old one's second piece (the others ended, say).
+    new = build_snapshot(campaigns[PACE_PIECE:PACE_PIECE + 5], version=2, created_ms=0, reserve_cpm_micros=100_000)
+
+    def paced_at(t: float) -> set[str]:
+        return {cid for cid, p in state.spend.paced.items() if p.at == t}
+
+    pieces = state.pacing_pieces(NOW)
+    next(pieces)  # the first piece is paced; the loop is free
+    assert len(paced_at(NOW)) == PACE_PIECE
+    state.snapshot = new
+    assert next(pieces, "done") == "done"  # nothing more of the old one
+    assert len(paced_at(NOW)) == PACE_PIECE
+    asyncio.run(state.pace_in_pieces(NOW + 0.1))  # the next tick paces the new one
+    assert paced_at(NOW + 0.1) and paced_at(NOW + 0.1) <= {c.campaign_id for c in new.campaigns}
