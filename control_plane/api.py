@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,6 +30,7 @@ from control_plane.state import ControlPlaneState
 from control_plane.store import Conflict, NotFound, Versioned
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger(__name__)
 CAMPAIGN_ID = re.compile(r"cmp[0-9a-f]{16}")
 _REVISION = re.compile(r"[0-9]{1,19}")
 _EPOCH_MS = re.compile(r"[0-9]{1,18}")
@@ -37,6 +41,24 @@ def error(status: int, message: str, fields: list[models.FieldError] | None = No
     if fields:
         body["fields"] = [{"field": f.field, "message": f.message} for f in fields]
     return JSONResponse(body, status_code=status)
+
+
+# What the campaign store (NATS JetStream's key-value buckets) raises when it cannot answer now: a stalled or
+# unreachable nats-server, JetStream unavailable, or a KV watch's replay that stalled (``Store.list_campaigns``).
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError, nats.errors.NoServersError, nats.errors.ConnectionClosedError,
+    nats.errors.NoRespondersError, nats.errors.StaleConnectionError, nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    """A 503 the client can retry, not a bare 500. A write whose answer timed out may still have been stored
+    (JetStream may have applied it), so the message says to read before retrying a change."""
+    log.warning("campaign store unavailable for %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    response = error(503, "campaign store did not answer in time; retry later (a change may have been stored: "
+                          "read it back before retrying)")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def state_of(request: Request) -> ControlPlaneState:

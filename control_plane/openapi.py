@@ -303,10 +303,16 @@ RESPONSES = {
                                           "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}}),
     "HeadersTooLarge": _json(ERROR_REF, "too many request headers or too many header bytes (the HTTP server "
                                          "itself answers 431 with an empty body past 100 headers)"),
-    "NoReports": _json(ERROR_REF, "reporting store not configured in this process"),
+    "NoReports": _json(ERROR_REF, "reporting store not configured in this process, or the campaign store did "
+                                   "not answer (retry after Retry-After seconds)"),
+    "StoreUnavailable": _json(ERROR_REF, "the campaign store (NATS JetStream) did not answer in time; a "
+                                          "change may or may not have been stored: read before retrying one",
+                              {"Retry-After": {"description": "seconds to wait before retrying",
+                                               "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}}),
 }
 
 _LIMITS = {"413": _ref("TooLarge"), "429": _ref("RateLimited"), "431": _ref("HeadersTooLarge")}
+_STORE = {"503": _ref("StoreUnavailable")}
 _PUBLIC_LIMITS = {"429": _ref("RateLimited"), "431": _ref("HeadersTooLarge")}
 _ETAG = {"ETag": {"description": "the campaign's revision, quoted", "schema": {"type": "string",
                                                                               "pattern": '^"[0-9]+"$'}}}
@@ -347,7 +353,7 @@ def _lifecycle(action: str, summary: str) -> dict[str, Any]:
                            "then makes it active or rejected with reasons), pause from active, resume from "
                            "paused, complete from active or paused (final); anything else is a 409.",
             "responses": {**_campaign_ok("200", "the campaign in its new status"), "401": _ref("Unauthorized"),
-                          "404": _ref("NotFound"), "409": _ref("Conflict"), **_LIMITS},
+                          "404": _ref("NotFound"), "409": _ref("Conflict"), **_LIMITS, **_STORE},
         },
     }
 
@@ -389,14 +395,14 @@ OPENAPI: dict[str, Any] = {
                     "200": _json({"type": "object", "additionalProperties": False, "required": ["campaigns"],
                                   "properties": {"campaigns": {"type": "array", "items": _CAMPAIGN_REF}}},
                                  "your campaigns"),
-                    "401": _ref("Unauthorized"), **_LIMITS},
+                    "401": _ref("Unauthorized"), **_LIMITS, **_STORE},
             },
             "post": {
                 "operationId": "createCampaign", "summary": "Create a campaign (status draft)", "tags": ["campaigns"],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/CampaignCreate"}}}},
                 "responses": {**_campaign_ok("201", "created, in status draft"), "400": _ref("BadRequest"),
-                              "401": _ref("Unauthorized"), "422": _ref("Invalid"), **_LIMITS},
+                              "401": _ref("Unauthorized"), "422": _ref("Invalid"), **_LIMITS, **_STORE},
             },
         },
         "/v1/campaigns/{campaign_id}": {
@@ -404,7 +410,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "operationId": "getCampaign", "summary": "Read a campaign", "tags": ["campaigns"],
                 "responses": {**_campaign_ok("200", "the campaign"), "401": _ref("Unauthorized"),
-                              "404": _ref("NotFound"), **_LIMITS},
+                              "404": _ref("NotFound"), **_LIMITS, **_STORE},
             },
             "patch": {
                 "operationId": "patchCampaign", "summary": "Change a campaign (compare-and-set with If-Match)",
@@ -417,7 +423,7 @@ OPENAPI: dict[str, Any] = {
                     "schema": {"$ref": "#/components/schemas/CampaignPatch"}}}},
                 "responses": {**_campaign_ok("200", "updated"), "400": _ref("BadRequest"),
                               "401": _ref("Unauthorized"), "404": _ref("NotFound"), "409": _ref("Conflict"),
-                              "422": _ref("Invalid"), **_LIMITS},
+                              "422": _ref("Invalid"), **_LIMITS, **_STORE},
             },
         },
         "/v1/campaigns/{campaign_id}/creatives": {
@@ -431,7 +437,7 @@ OPENAPI: dict[str, Any] = {
                               "400": _ref("BadRequest"), "401": _ref("Unauthorized"), "404": _ref("NotFound"),
                               "409": _ref("Conflict"),
                               "422": _json(ERROR_REF, "validation failed, or the campaign has 50 creatives"),
-                              **_LIMITS},
+                              **_LIMITS, **_STORE},
             },
         },
         "/v1/campaigns/{campaign_id}/submit": _lifecycle("submit", "Submit for review"),
@@ -469,7 +475,7 @@ OPENAPI: dict[str, Any] = {
                                                  "live_tokens": {"type": "integer", "minimum": 1, "maximum": 2},
                                                  "usage": {"type": "string"}}},
                                  "the new token"),
-                    "401": _ref("Unauthorized"), **_LIMITS},
+                    "401": _ref("Unauthorized"), **_LIMITS, **_STORE},
             },
         },
         "/v1/attribution": {

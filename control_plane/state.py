@@ -150,10 +150,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 def create_app(settings: ControlPlaneSettings | None = None) -> Starlette:
-    from control_plane.api import ROUTES
+    from control_plane.api import ROUTES, STORE_UNAVAILABLE, store_unavailable
     from control_plane.limits import middleware
 
     stack = [Middleware(RequestIdMiddleware, access_log_enabled=True), *middleware()]
-    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=stack)
+    app = Starlette(routes=ROUTES, lifespan=lifespan, middleware=stack,
+                    exception_handlers=dict.fromkeys(STORE_UNAVAILABLE, store_unavailable))
     app.state.settings = settings or ControlPlaneSettings.from_env()
     return app

@@ -173,3 +173,18 @@ def test_a_second_edge_process_loads_the_compiled_auction_from_the_cache(stack: 
     assert re.search(r"compiled kernels loaded from the cache so far: [1-9]", second), second[-2000:]
     directory = tmp_path / "kernels" / compile_cache.source_digest()
     assert any(p.name.startswith("auction._select") and p.suffix == ".nbc" for p in directory.rglob("*"))
+
+
+def test_the_campaign_api_answers_503_with_retry_after_while_nats_is_stalled(stack: LocalStack, token: str) -> None:
+    cid = launch(stack, token, "opsstall")
+    assert stack.nats is not None
+    stack.nats.popen.send_signal(signal.SIGSTOP)
+    try:
+        for path in ("/v1/campaigns", f"/v1/campaigns/{cid}"):
+            r = stack.http.get(stack.cp_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            assert (r.status_code, r.headers.get("retry-after")) == (503, "1"), (path, r.status_code, r.text)
+            assert "campaign store did not answer" in r.json()["error"]
+    finally:
+        stack.nats.popen.send_signal(signal.SIGCONT)
+    r = stack.http.get(f"{stack.cp_url}/v1/campaigns/{cid}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200 and r.json()["id"] == cid
