@@ -14,7 +14,8 @@ and the share of a core they take (``accounting_core_share_*``: their sum over t
 Side by side in the same run, ``accounting_grant_check_every_campaign_ms_*`` forces the check to size every
 campaign each time, as it did before it walked only the campaigns that moved (5b67b0d): the ratio between the
 two is what that change is worth at each size. Also timed: the first tick and grant check on a new snapshot
-(``accounting_snapshot_swap_ms_*``: a snapshot arrives whenever an advertiser edits a campaign); the spend
+(``accounting_snapshot_swap_ms_*``: a snapshot arrives whenever an advertiser edits a campaign), and the
+longest pacing piece on it (``accounting_snapshot_swap_pace_piece_ms_*``); the spend
 sync loop's delta (every 500 ms) and whole state (every 5 s, every minute past 64 kB); and a ``/metrics``
 scrape's allowance gauges (``BudgetLedger.totals``), which walk every campaign, but once per scrape.
 """
@@ -32,6 +33,7 @@ from typing import Any
 from adserver.bench_auction import _percentile, size_label
 from adserver.bench_handler import _campaigns, _edge
 from edge.accounting import Accounting
+from edge.state import freeze_long_lived, prepare_swap
 from replication.calendar import local_day
 from replication.snapshot import build_snapshot
 
@@ -62,7 +64,7 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
     rng = random.Random(seed)
     steps: dict[str, list[int]] = {"tick": [], "pace": [], "pace_piece": [], "grant_check": [], "unused_report": [],
                                    "spend_flush": [], "grant_check_every_campaign": [], "spend_flush_whole": [],
-                                   "snapshot_swap": []}
+                                   "snapshot_swap": [], "snapshot_swap_pace_piece": []}
     clock = time.perf_counter_ns
     holds: list[tuple[str, Any]] = []
     reported: list[int] = []  # campaigns each unused report named (the first: all of them)
@@ -103,16 +105,25 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         t0 = clock()
         accounting.grant_request(snapshot, t, retry_s=0.25, every_campaign=True)
         steps["grant_check_every_campaign"].append(clock() - t0)
-    # A new snapshot of the same campaigns (as after an edit of one of them): the first tick and grant check
-    # on it, which see a snapshot they have not walked.
+    # A new snapshot with one campaign edited: the swap, the first tick and grant check on it, which see a
+    # snapshot they have not walked, and then its first pacing piece.
     for version in (3, 4, 5):
         t += PERIOD_S
-        snapshot = state.snapshot = build_snapshot(campaigns, version=version, created_ms=int(now * 1000),
-                                                   reserve_cpm_micros=100_000)
+        edited = [dataclasses.replace(c, revision=c.revision + 1) if k == version else c
+                  for k, c in enumerate(campaigns)]
+        snapshot = build_snapshot(edited, version=version, created_ms=int(now * 1000), reserve_cpm_micros=100_000)
+        loaded = prepare_swap(snapshot, state.snapshot)  # in the edge's loader thread: not timed
         t0 = clock()
-        state.control_tick(t, pace=True)
+        state.swap_in(loaded)
+        freeze_long_lived()  # what ``EdgeState.on_snapshot`` does on the loop after the swap
+        state.control_tick(t, pace=False)  # as the edge does it: the tick, then pacing in pieces
         accounting.grant_request(snapshot, t, retry_s=0.25)
         steps["snapshot_swap"].append(clock() - t0)
+        pieces = [clock()]
+        for _ in state.pacing_pieces(t):  # the first piece on a new snapshot also meets its new campaigns
+            pieces.append(clock())
+        pieces.append(clock())
+        steps["snapshot_swap_pace_piece"].append(max(b - a for a, b in itertools.pairwise(pieces)))
     totals = []
     for _ in range(3):
         t0 = clock()
@@ -153,6 +164,7 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         out[f"accounting_unused_report_ms_{key}"] = p50["unused_report"]
         out[f"accounting_core_share_{key}"] = round(share, 4)
         out[f"accounting_snapshot_swap_ms_{key}"] = p50["snapshot_swap"]
+        out[f"accounting_snapshot_swap_pace_piece_ms_{key}"] = p50["snapshot_swap_pace_piece"]
         out[f"accounting_spend_sync_ms_{key}"] = p50["spend_flush"]
         out[f"accounting_spend_sync_whole_ms_{key}"] = p50["spend_flush_whole"]
         out[f"accounting_metrics_scrape_ms_{key}"] = p50["metrics_totals"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,20 +142,33 @@ class SpendView:
                               prices.get(c.campaign_id, math.inf)))
             self._set_throttle(c.campaign_id, paced.state)
 
-    def _new_snapshot(self, snapshot: Snapshot) -> None:
+    def swapped(self, snapshot: Snapshot, previous: Snapshot | None, changed: Iterable[str]) -> None:
+        """``snapshot`` replaced ``previous`` and brings ``changed`` new or edited (``Snapshot.changed_since``):
+        only those can be new to pacing. When pacing last saw a snapshot other than ``previous``, its next turn
+        compares every campaign instead (``_new_snapshot``)."""
+        if self._turn_of is previous:
+            self._new_snapshot(snapshot, changed)
+
+    def _new_snapshot(self, snapshot: Snapshot, candidates: Iterable[str] | None = None) -> None:
         """Keep the turn on the campaign it had reached (campaigns are sorted by id, so others added or
         removed before it would shift a plain index), and start campaigns never paced at their controller's
-        starting throttle (the even controller's slow start) rather than unthrottled until their turn."""
+        starting throttle (the even controller's slow start) rather than unthrottled until their turn: those
+        of ``candidates``, or without them any of the snapshot's (a set difference over every campaign, which
+        at 100,000 took 15-30 ms of the event loop; ``swapped`` spares the edge it)."""
         campaigns = snapshot.campaigns
         previous = self._turn_of
         if previous is not None and 0 < self._turn < len(previous.campaigns):
             at = previous.campaigns[self._turn].campaign_id
             self._turn = bisect.bisect_left(campaigns, at, key=lambda c: c.campaign_id)
         self._turn_of = snapshot
-        for c in campaigns:
-            if c.campaign_id not in self.paced:
-                paced = self.paced[c.campaign_id] = Paced(c.pacing, controller_for(c.pacing).start())
-                self._set_throttle(c.campaign_id, paced.state)
+        paced = self.paced
+        new = snapshot.campaign_ids().difference(paced) if candidates is None else \
+            [cid for cid in candidates if cid not in paced]
+        for campaign_id in new:
+            c = campaigns[snapshot.by_id[campaign_id]]
+            state = controller_for(c.pacing).start()
+            paced[campaign_id] = Paced(c.pacing, state)
+            self._set_throttle(campaign_id, state)
 
     def _set_throttle(self, campaign_id: str, state: Any) -> None:
         p = 0.0 if state.done else float(state.p)

@@ -75,18 +75,32 @@ class SeenIds:
         return True
 
 
-def _load_snapshot(data: bytes) -> Snapshot:
-    """Decode a snapshot and warm what its first requests would otherwise build (``edge.auction.warm_up``:
-    the kernels, compiled the first time in a process, and the snapshot's per-format columns), here in the
-    loader thread rather than in a request. The compile alone took 5.7-6.0 s on 847517b (one-off); with numba's
-    cache (``edge.compile_cache``) a process after the first loads the compiled code instead."""
-    started = time.monotonic()
-    snapshot = decode_snapshot(data)
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A snapshot ready to swap in, and the campaigns it changed (``Snapshot.changed_since``) since ``against``."""
+
+    snapshot: Snapshot
+    against: Snapshot | None
+    changed: tuple[str, ...]
+
+
+def prepare_swap(snapshot: Snapshot, previous: Snapshot | None) -> Loaded:
+    """Everything about a new snapshot that walks its campaigns, done before the swap (in the loader thread):
+    the first requests' columns and kernels (``edge.auction.warm_up``; the compile alone took 5.7-6.0 s on
+    847517b, one-off, and with numba's cache, ``edge.compile_cache``, a process after the first loads it
+    instead), the budget accounting's per-snapshot sets (``Accounting.warm``), and which campaigns changed."""
     warm_up_auction(snapshot)
+    Accounting.warm(snapshot)
+    return Loaded(snapshot, previous, snapshot.changed_since(previous))
+
+
+def _load_snapshot(data: bytes, previous: Snapshot | None) -> Loaded:
+    started = time.monotonic()
+    loaded = prepare_swap(decode_snapshot(data), previous)
     log.info("snapshot %d: %d campaigns decoded and warmed in %.2f s (compiled kernels loaded from the cache so "
-             "far: %d)", snapshot.version, len(snapshot.campaigns), time.monotonic() - started,
+             "far: %d)", loaded.snapshot.version, len(loaded.snapshot.campaigns), time.monotonic() - started,
              compile_cache.loaded())
-    return snapshot
+    return loaded
 
 
 def freeze_long_lived() -> None:
@@ -212,24 +226,31 @@ class EdgeState:
                 # In a worker thread: decoding and indexing take seconds at 100,000 campaigns, and on the event
                 # loop they would stall every request for that long. The thread shares the GIL, so requests slow
                 # down while it runs, but they keep being answered (the interpreter switches every 5 ms).
-                snapshot = await asyncio.to_thread(_load_snapshot, data)
+                loaded = await asyncio.to_thread(_load_snapshot, data, self.snapshot)
             except SnapshotDecodeError as exc:
                 log.warning("rejected snapshot %s: %s", version, exc)
                 return
-            previous = self.snapshot
-            if previous is not None and snapshot.version <= previous.version:
+            if not self.swap_in(loaded):
                 return
-            old_revisions = {c.campaign_id: c.revision for c in previous.campaigns} if previous else {}
-            self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
             freeze_long_lived()
         self.snapshot_loaded_at = self.settings.clock.now()
-        self.metrics.snapshot_version.set(snapshot.version)
-        for c in snapshot.campaigns:
-            if old_revisions.get(c.campaign_id) != c.revision:
-                self.ledger.reset(c.campaign_id)  # budget or status may have changed: ask again
-                self.grant_wake.set()
+        self.metrics.snapshot_version.set(loaded.snapshot.version)
 
-    def control_tick(self, now: float, *, pace: bool = True) -> None:
+    def swap_in(self, loaded: Loaded) -> bool:
+        """Make ``loaded`` the snapshot requests see, unless one as new is in already; the campaigns it changed
+        ask for their allowance again. On the event loop: it walks only the changed campaigns."""
+        previous, snapshot = self.snapshot, loaded.snapshot
+        if previous is not None and snapshot.version <= previous.version:
+            return False
+        # Another snapshot swapped in while this one loaded: compare with that one (a walk, but rare).
+        changed = loaded.changed if loaded.against is previous else snapshot.changed_since(previous)
+        self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
+        self.accounting.swapped(snapshot, previous, changed)
+        if changed:
+            self.grant_wake.set()
+        return True
+
+    def control_tick(self, now: float, *, pace: bool) -> None:
         """Every 100 ms: send the waiting decision events, run the budget accounting's tick
         (``edge.accounting``: pacing takes its turn with a slice of the campaigns; ``pace=False`` skips it, as
         the control loop does: ``pacing_loop`` paces in pieces), and keep the snapshot's age in the metrics."""

@@ -256,6 +256,20 @@ class Snapshot:
         pos = self.by_id.get(campaign_id)
         return None if pos is None else self.campaigns[pos]
 
+    def changed_since(self, previous: Snapshot | None) -> tuple[str, ...]:
+        """The campaigns this snapshot brings new or at another revision than ``previous`` (all of them
+        after none): their budget, bid or status may have changed."""
+        if previous is None:
+            return tuple(self.by_id)
+        old, before = previous.by_id, previous.campaigns
+        return tuple(c.campaign_id for c in self.campaigns
+                     if (pos := old.get(c.campaign_id)) is None or before[pos].revision != c.revision)
+
+    def campaign_ids(self) -> frozenset[str]:
+        """Every campaign id, as a set built once per snapshot (in its columns' memo)."""
+        assert self.columns is not None  # built with every snapshot
+        return self.columns.memoized("campaign-ids", lambda: frozenset(self.by_id))
+
 
 def build_snapshot(
     campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int,

@@ -104,7 +104,7 @@ def test_a_new_snapshot_rolls_only_the_campaigns_that_moved(make_campaign, monke
     assert asked == []  # nothing moved, nothing changed: no campaign's day looked at
     moved = build_snapshot([dataclasses.replace(before.campaigns[0], timezone="UTC", revision=2),
                             *before.campaigns[1:]], version=3, created_ms=0, reserve_cpm_micros=100_000)
-    acc.ledger.reset("c-a")  # what EdgeState.on_snapshot does for a campaign of a new revision
+    acc.ledger.reset("c-a")  # what Accounting.swapped does for a campaign of a new revision
     assert acc.tick(moved, midnight_utc + 180, pace=False).new_day
     assert asked == ["c-a"] and acc.ledger.available("c-a") == 0  # the 16th in UTC: yesterday's slice gone
     assert acc.ledger.available("c-c") == 1_000
@@ -126,7 +126,7 @@ def test_a_campaign_back_from_a_pause_over_its_midnight_drops_yesterdays_slice(m
     assert acc.ledger.available("c-y") == 0 and acc.ledger.available("c-x") == 1_000
     acc.tick(paused, midnight_utc + 3_600, pace=False)
     back = build_snapshot([x, y], version=3, created_ms=0, reserve_cpm_micros=100_000)
-    acc.ledger.reset("c-x")  # EdgeState.on_snapshot: new to the snapshot
+    acc.ledger.reset("c-x")  # Accounting.swapped: new to the snapshot
     assert acc.tick(back, midnight_utc + 3_660, pace=False).new_day
     assert acc.ledger.available("c-x") == 0
 
@@ -263,10 +263,7 @@ def _drive(seed: int, snapshots, accountings: list[Accounting], checks: int, *, 
             now = NOW + step * 0.1
             arriving = snapshots[step * len(snapshots) // checks]
             if arriving is not snapshot:
-                revisions = {c.campaign_id: c.revision for c in snapshot.campaigns} if snapshot else {}
-                for c in arriving.campaigns:
-                    if revisions.get(c.campaign_id) != c.revision:
-                        acc.ledger.reset(c.campaign_id)  # what EdgeState.on_snapshot does
+                acc.swapped(arriving, snapshot, arriving.changed_since(snapshot))  # as EdgeState.swap_in does
                 snapshot = arriving
             serving = {c.campaign_id for c in snapshot.campaigns}
             wanted = [(cid, micros) for cid, micros in wanted if cid in serving]

@@ -14,7 +14,7 @@ from edge.auction import run_auction
 from edge.budget import BudgetLedger
 from edge.spend import SpendView
 from edge.state import freeze_long_lived
-from replication.snapshot import build_snapshot, decode_snapshot, encode_snapshot
+from replication.snapshot import Snapshot, build_snapshot, decode_snapshot, encode_snapshot
 
 NOW = 1_800_000_000.0
 
@@ -29,6 +29,7 @@ def _used_snapshot():
     rng = random.Random(1)
     for request in requests(50):
         run_auction(snapshot, request, now_s=NOW, rng=rng, allowance=allowance)
+    Accounting.warm(snapshot)  # as the edge's loader thread does
     accounting = Accounting(BudgetLedger(), SpendView("w"))
     accounting.tick(snapshot, NOW, pace=True)
     accounting.grant_request(snapshot, NOW, retry_s=0.25)
@@ -80,9 +81,9 @@ def test_the_edge_decodes_without_full_collections_and_freezes_after_the_swap(mo
     real_load = edge_state._load_snapshot
     thresholds = gc.get_threshold()
 
-    def load(data: bytes):
+    def load(data: bytes, previous: Snapshot | None):
         seen.append(gc.get_threshold())
-        return real_load(data)
+        return real_load(data, previous)
 
     monkeypatch.setattr(edge_state, "_load_snapshot", load)
     data = encode_snapshot(build_snapshot(campaigns, version=7, created_ms=0, reserve_cpm_micros=100_000))
