@@ -57,7 +57,7 @@ from datetime import date
 from typing import Any
 
 import msgpack
-from pycrdt import Doc, Map, MapEvent, merge_updates
+from pycrdt import Doc, Map, MapEvent, Transaction, merge_updates
 from pycrdt import get_state as update_state_vector
 
 # Largest running total one writer may hold for one counter in one period: exact as a float64 (and in JS).
@@ -129,6 +129,23 @@ def _check_key(key: str) -> str:
     if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS or not key.isprintable():
         raise ValueError(f"counter key {key!r} must be 1-{MAX_KEY_CHARS} printable characters")
     return key
+
+
+def set_all(target: Map, txn: Transaction, items: Iterable[tuple[str, int]]) -> None:
+    """``target[key] = value`` for each item, inside ``txn`` (open on ``target``'s document). ``Map.__setitem__``
+    opens a nested transaction and type-checks the value on every write, which made a busy edge's spend sync
+    flush (about 1,200 totals every 500 ms) hold the event loop for 11-14 ms; for a number it then makes
+    exactly this call into yrs (``Map._set``, pycrdt 0.14), made here directly: 1.8 ms instead of 6.2 for
+    1,200 writes (one-off timing). A test checks both ways give the same document; a pycrdt without these
+    internals gets the public way."""
+    integrated, inner = getattr(target, "integrated", None), getattr(txn, "_txn", None)
+    insert = getattr(integrated, "insert", None)
+    if insert is None or inner is None:
+        for key, value in items:
+            target[key] = value
+        return
+    for key, value in items:
+        insert(inner, key, value)
 
 
 def counter_key(campaign_id: str, local_day: str) -> str:
@@ -411,14 +428,12 @@ class SpendCounter:
         updates: list[bytes] = []
         subscription = self._doc.observe(lambda event: updates.append(event.update))
         try:
-            with self._doc.transaction():
+            with self._doc.transaction() as txn:
                 old = self._own_slot() if new_slot and self._slot is not None else None
                 if new_slot and old is not None:
                     self._epoch += 1
                     self._slot = None
-                slot = self._own_slot()
-                for key, side, total in writes:
-                    slot[side + key] = total
+                set_all(self._own_slot(), txn, ((side + key, total) for key, side, total in writes))
                 if old is not None:
                     del self._root[_slot_key(self._writer_id, self._epoch - 1)]
         finally:

@@ -710,3 +710,27 @@ def test_sync_messages_are_bounded(monkeypatch):
         encode_sync("w", DAY, b"x" * 200, True)
     with pytest.raises(CrdtDecodeError, match="over 100"):
         decode_sync(b"x" * 101)
+
+
+def test_set_all_writes_the_same_document_as_item_assignment_without_its_overhead(monkeypatch) -> None:
+    """``set_all`` calls yrs directly (the spend sync flush's writes): the same document, byte for byte, as
+    ``Map.__setitem__`` per item; and with this pycrdt it does not go through ``__setitem__`` at all."""
+    items = [(f"p:c{i:04d}|2026-11-30|r", i * 1_000 + 7) for i in range(300)] + [("n:c0001|2026-11-30|r", 2**53 - 1)]
+    docs = []
+    for direct in (True, False):
+        doc = Doc(client_id=42)
+        root = doc.get("w", type=Map)
+        with doc.transaction():
+            root["w1#0"] = slot = Map()
+        if direct:
+            with monkeypatch.context() as m:
+                m.setattr(Map, "__setitem__", lambda *_: pytest.fail("went through Map.__setitem__"))
+                with doc.transaction() as txn:
+                    budget_crdt.set_all(slot, txn, items)
+        else:
+            with doc.transaction():
+                for key, value in items:
+                    slot[key] = value
+        docs.append(doc)
+    assert docs[0].get_update() == docs[1].get_update()
+    assert dict(docs[0].get("w", type=Map)["w1#0"]) == dict(items)
