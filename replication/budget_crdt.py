@@ -77,6 +77,7 @@ DIGEST_BYTES = 16
 ROOT = "w"
 _P = "p:"
 _N = "n:"
+_NONE = (0, 0)  # a total this writer has not written yet: P and N
 _KEY_SEP = "|"
 _EPOCH_SEP = "#"
 # A UTC day, or an hour of one; periods of one book must share a format (they are ordered as strings).
@@ -387,12 +388,14 @@ class SpendCounter:
         own = self._data.get(self._writer_id, {})
         writes: list[tuple[str, str, int]] = []
         replaced = 0
-        for key, (dp, dn) in self._staged.items():
-            cur = own.get(key, (0, 0))
-            for side, old, inc in ((_P, cur[0], dp), (_N, cur[1], dn)):
-                if inc:
-                    writes.append((key, side, old + inc))
-                    replaced += old > 0
+        for key, (dp, dn) in self._staged.items():  # once per moved total: no per-side tuples here
+            cur = own.get(key, _NONE)
+            if dp:
+                writes.append((key, _P, cur[0] + dp))
+                replaced += cur[0] > 0
+            if dn:
+                writes.append((key, _N, cur[1] + dn))
+                replaced += cur[1] > 0
         if not writes:
             self._staged.clear()
             return None
