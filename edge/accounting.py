@@ -262,11 +262,13 @@ class Accounting:
     def _allowance_id_set(cls, snapshot: Snapshot) -> frozenset[str]:
         return _per_snapshot(snapshot, "allowance-id-set", lambda: frozenset(cls._allowance_ids(snapshot)))
 
-    def swapped(self, snapshot: Snapshot, previous: Snapshot | None, changed: Iterable[str]) -> None:
+    def swapped(self, snapshot: Snapshot, previous: Snapshot | None, changed: Iterable[str],
+                removed: Iterable[str] = ()) -> None:
         """``snapshot`` replaced ``previous``, bringing ``changed`` new or edited (``Snapshot.changed_since``):
         their budget, bid or status may have changed, so they ask for allowance again, and only they can be
-        new to the grant check and to pacing. This walks ``changed`` alone; a walk over every campaign to find
-        them (a set difference) took 15-30 ms of the event loop per swap at 100,000 (one-off timing)."""
+        new to the grant check and to pacing; pacing forgets ``removed`` (``Snapshot.removed_since``). This
+        walks those alone; a walk over every campaign to find them (a set difference) took 15-30 ms of the
+        event loop per swap at 100,000 (one-off timing)."""
         changed = tuple(changed)
         for campaign_id in changed:
             self.ledger.reset(campaign_id)  # ask again instead of staying exhausted
@@ -274,7 +276,7 @@ class Accounting:
             self._sized_snapshot = snapshot
             allowance = self._allowance_id_set(snapshot)
             self._moved_grants.update(cid for cid in changed if cid in allowance)
-        self.spend.swapped(snapshot, previous, changed)
+        self.spend.swapped(snapshot, previous, changed, removed)
 
     @classmethod
     def warm(cls, snapshot: Snapshot) -> None:

@@ -77,11 +77,13 @@ class SeenIds:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """A snapshot ready to swap in, and the campaigns it changed (``Snapshot.changed_since``) since ``against``."""
+    """A snapshot ready to swap in, and the campaigns it brings new or edited (``Snapshot.changed_since``) and
+    no longer has (``Snapshot.removed_since``) against ``against``."""
 
     snapshot: Snapshot
     against: Snapshot | None
     changed: tuple[str, ...]
+    removed: tuple[str, ...]
 
 
 def prepare_swap(snapshot: Snapshot, previous: Snapshot | None) -> Loaded:
@@ -91,7 +93,7 @@ def prepare_swap(snapshot: Snapshot, previous: Snapshot | None) -> Loaded:
     instead), the budget accounting's per-snapshot sets (``Accounting.warm``), and which campaigns changed."""
     warm_up_auction(snapshot)
     Accounting.warm(snapshot)
-    return Loaded(snapshot, previous, snapshot.changed_since(previous))
+    return Loaded(snapshot, previous, snapshot.changed_since(previous), snapshot.removed_since(previous))
 
 
 def _load_snapshot(data: bytes, previous: Snapshot | None) -> Loaded:
@@ -243,9 +245,12 @@ class EdgeState:
         if previous is not None and snapshot.version <= previous.version:
             return False
         # Another snapshot swapped in while this one loaded: compare with that one (a walk, but rare).
-        changed = loaded.changed if loaded.against is previous else snapshot.changed_since(previous)
+        if loaded.against is previous:
+            changed, removed = loaded.changed, loaded.removed
+        else:
+            changed, removed = snapshot.changed_since(previous), snapshot.removed_since(previous)
         self.snapshot = snapshot  # the swap: one assignment, requests see the old or the new, never a mix
-        self.accounting.swapped(snapshot, previous, changed)
+        self.accounting.swapped(snapshot, previous, changed, removed)
         if changed:
             self.grant_wake.set()
         return True

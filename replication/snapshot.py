@@ -265,6 +265,10 @@ class Snapshot:
         return tuple(c.campaign_id for c in self.campaigns
                      if (pos := old.get(c.campaign_id)) is None or before[pos].revision != c.revision)
 
+    def removed_since(self, previous: Snapshot | None) -> tuple[str, ...]:
+        """The campaigns ``previous`` had and this snapshot no longer has (ended, paused, deleted)."""
+        return () if previous is None else tuple(sorted(previous.campaign_ids() - self.campaign_ids()))
+
     def campaign_ids(self) -> frozenset[str]:
         """Every campaign id, as a set built once per snapshot (in its columns' memo)."""
         assert self.columns is not None  # built with every snapshot

@@ -29,6 +29,7 @@ def test_changed_since_names_new_and_edited_campaigns_only(make_campaign) -> Non
     assert v1.changed_since(None) == ("c1", "c2", "c3")
     assert v2.changed_since(v1) == ("c2", "c4")
     assert v2.changed_since(v2) == ()
+    assert (v2.removed_since(v1), v1.removed_since(v2), v1.removed_since(None)) == (("c3",), ("c4",), ())
 
 
 def test_a_swap_touches_only_what_changed_and_the_changed_ask_again(make_campaign, monkeypatch) -> None:
@@ -42,22 +43,25 @@ def test_a_swap_touches_only_what_changed_and_the_changed_ask_again(make_campaig
         acc.ledger.grant(c.campaign_id, 0 if out else 10**6, exhausted=out, day=utc_day(NOW))
     acc.tick(v1, NOW, pace=True)
     assert acc.grant_request(v1, NOW + 0.1, retry_s=0.25).asks == {}  # everyone holds enough, c03 is out
+    acc.spend.throttle["c09"] = 0.5  # as if pacing had held c09 back
     v2 = _snapshot(2, *campaigns[:3], make_campaign("c03", revision=2, daily_budget_micros=10**10),
-                   *campaigns[4:], make_campaign("c10"))
+                   *campaigns[4:9], make_campaign("c10"))  # c09 ended
     Accounting.warm(v2)  # the loader thread's part
+    changed, removed = v2.changed_since(v1), v2.removed_since(v1)
 
     def walked(*_: object) -> None:
         raise AssertionError("a walk over every campaign on the event loop")
 
     monkeypatch.setattr(Snapshot, "campaign_ids", walked)
-    acc.swapped(v2, v1, v2.changed_since(v1))
+    acc.swapped(v2, v1, changed, removed)
     assert "c10" in acc.spend.paced  # new: at its controller's starting throttle from now on
+    assert "c09" not in acc.spend.paced and "c09" not in acc.spend.throttle  # gone: forgotten at once
     assert not acc.ledger.campaigns["c03"].exhausted  # its budget was raised: no longer out
     assert set(acc.grant_request(v2, NOW + 0.2, retry_s=0.25).asks) == {"c03", "c10"}
     acc.tick(v2, NOW + 0.3, pace=True)
     # Without the swap's word, pacing compares every campaign itself (the path benches and tools take).
     with pytest.raises(AssertionError, match="a walk over every campaign"):
-        acc.tick(_snapshot(3, *campaigns, make_campaign("c11")), NOW + 0.4, pace=True)
+        acc.tick(_snapshot(3, *campaigns[:9], make_campaign("c11")), NOW + 0.4, pace=True)
 
 
 def test_a_swap_after_another_compares_with_the_snapshot_it_replaces(make_campaign) -> None:
