@@ -263,7 +263,7 @@ class Accounting:
         return _per_snapshot(snapshot, "allowance-id-set", lambda: frozenset(cls._allowance_ids(snapshot)))
 
     def swapped(self, snapshot: Snapshot, previous: Snapshot | None, changed: Iterable[str],
-                removed: Iterable[str] = ()) -> None:
+                removed: Iterable[str]) -> None:
         """``snapshot`` replaced ``previous``, bringing ``changed`` new or edited (``Snapshot.changed_since``):
         their budget, bid or status may have changed, so they ask for allowance again, and only they can be
         new to the grant check and to pacing; pacing forgets ``removed`` (``Snapshot.removed_since``). This

@@ -128,7 +128,7 @@ def prepare(root: str | Path) -> Path | None:
         now = time.time()
         os.utime(directory, (now, now))  # in use: its siblings are judged by this
         _prune(root, directory, now)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, from ``resolve`` (Python 3.11)
         log.warning("numba compile cache off: %s is not usable: %r", root, exc)
         return None
     return directory

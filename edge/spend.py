@@ -47,7 +47,9 @@ class SpendView:
     paced: dict[str, Paced] = field(default_factory=dict)
     _turn: int = 0  # where in the snapshot's campaigns the next ``pace`` call starts
     _turn_of: Snapshot | None = None  # the snapshot ``_turn`` indexes
-    _forget_walk: bool = True  # the round's end must look for dropped campaigns (``swapped`` did not say)
+    # The round's end must look for dropped campaigns: a snapshot came without ``swapped`` naming them (every
+    # ``pace`` on a snapshot ``swapped`` was not told about sets it, the first one included).
+    _forget_walk: bool = False
     _shape_key: tuple[float, ...] = ()
     _shape: TrafficShape = field(default_factory=TrafficShape.uniform)
     # (campaign, day) -> its in-flight and charged counter keys: every tick reads and writes them for every
@@ -147,7 +149,7 @@ class SpendView:
             self._set_throttle(c.campaign_id, paced.state)
 
     def swapped(self, snapshot: Snapshot, previous: Snapshot | None, changed: Iterable[str],
-                removed: Iterable[str] = ()) -> None:
+                removed: Iterable[str]) -> None:
         """``snapshot`` replaced ``previous``, bringing ``changed`` new or edited (``Snapshot.changed_since``):
         only those can be new to pacing; and ``removed`` are forgotten now. When pacing last saw a snapshot
         other than ``previous``, its next turn compares every campaign instead (``_new_snapshot``) and the end

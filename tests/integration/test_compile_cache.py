@@ -90,3 +90,12 @@ def test_only_stale_directories_named_like_a_digest_are_pruned(tmp_path: Path) -
     assert directory is not None and directory.is_dir()
     assert not stale.exists()  # old code's kernels
     assert fresh.exists() and (other / "data").exists()  # in use elsewhere; not ours to remove
+
+
+def test_a_symlink_loop_above_the_cache_turns_it_off_and_never_stops_the_edge(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with caplog.at_level(logging.WARNING, logger="edge.compile_cache"):
+        assert compile_cache.prepare(tmp_path / "a" / "cache") is None
+    assert "compile cache off" in caplog.text

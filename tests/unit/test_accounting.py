@@ -263,7 +263,8 @@ def _drive(seed: int, snapshots, accountings: list[Accounting], checks: int, *, 
             now = NOW + step * 0.1
             arriving = snapshots[step * len(snapshots) // checks]
             if arriving is not snapshot:
-                acc.swapped(arriving, snapshot, arriving.changed_since(snapshot))  # as EdgeState.swap_in does
+                acc.swapped(arriving, snapshot, arriving.changed_since(snapshot),  # as EdgeState.swap_in does
+                            arriving.removed_since(snapshot))
                 snapshot = arriving
             serving = {c.campaign_id for c in snapshot.campaigns}
             wanted = [(cid, micros) for cid, micros in wanted if cid in serving]

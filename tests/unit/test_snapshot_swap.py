@@ -36,7 +36,7 @@ def test_a_swap_touches_only_what_changed_and_the_changed_ask_again(make_campaig
     campaigns = [make_campaign(f"c{i:02d}") for i in range(10)]
     v1 = _snapshot(1, *campaigns)
     acc = Accounting(BudgetLedger(worker_id="w"), SpendView("w"))
-    acc.swapped(v1, None, v1.changed_since(None))
+    acc.swapped(v1, None, v1.changed_since(None), ())
     acc.grant_request(v1, NOW, retry_s=0.25)
     for c in campaigns:  # c03 has spent its budget: nothing held, and the allocator said it is out
         out = c.campaign_id == "c03"
