@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -43,22 +44,42 @@ def error(status: int, message: str, fields: list[models.FieldError] | None = No
     return JSONResponse(body, status_code=status)
 
 
-# What the campaign store (NATS JetStream's key-value buckets) raises when it cannot answer now: a stalled or
-# unreachable nats-server, JetStream unavailable, or a KV watch's replay that stalled (``Store.list_campaigns``).
-STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    nats.errors.TimeoutError, nats.errors.NoServersError, nats.errors.ConnectionClosedError,
-    nats.errors.NoRespondersError, nats.errors.StaleConnectionError, nats.js.errors.ServiceUnavailableError,
+# What the campaign store (NATS JetStream's key-value buckets) raises when it cannot answer now. Either the
+# request never reached JetStream or JetStream refused it (nothing was done: any call may be retried)...
+STORE_NOT_REACHED: tuple[type[Exception], ...] = (
+    nats.errors.NoServersError, nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError, nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
 )
+# ...or no answer came in time (a stalled nats-server, a KV watch's replay that stalled): a write may have been
+# stored all the same, since the request may still be applied after the timeout.
+STORE_NO_ANSWER: tuple[type[Exception], ...] = (nats.errors.TimeoutError, nats.errors.StaleConnectionError)
+STORE_UNAVAILABLE = STORE_NOT_REACHED + STORE_NO_ANSWER
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+_LOG_EVERY_S = 10.0  # one warning per this many seconds during an outage, with how many it stands for
+_quiet: dict[str, float | int] = {"at": -1e18, "since": 0}
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
-    """A 503 the client can retry, not a bare 500. A write whose answer timed out may still have been stored
-    (JetStream may have applied it), so the message says to read before retrying a change."""
-    log.warning("campaign store unavailable for %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    response = error(503, "campaign store did not answer in time; retry later (a change may have been stored: "
-                          "read it back before retrying)")
-    response.headers["Retry-After"] = "1"
-    return response
+    """Not a bare 500. A read, or a call that never reached the store: 503 with ``Retry-After`` (retrying is
+    safe). A write that got no answer: 504 without it, since the change may have been stored all the same and
+    a blind retry could apply it twice (a create would make a second campaign): read back first."""
+    _warn(request, exc)
+    if request.method in _SAFE_METHODS or isinstance(exc, STORE_NOT_REACHED):
+        response = error(503, "campaign store unavailable; nothing was changed, retry later")
+        response.headers["Retry-After"] = "1"
+        return response
+    return error(504, "campaign store did not confirm in time: the change may or may not have been stored; "
+                      "read it back (or list your campaigns) before retrying it")
+
+
+def _warn(request: Request, exc: Exception) -> None:
+    now = time.monotonic()
+    _quiet["since"] += 1
+    if now - _quiet["at"] >= _LOG_EVERY_S:
+        log.warning("campaign store unavailable (%d requests since the last warning), e.g. %s %s: %s",
+                    _quiet["since"], request.method, request.url.path, type(exc).__name__)
+        _quiet["at"], _quiet["since"] = now, 0
 
 
 def state_of(request: Request) -> ControlPlaneState:

@@ -303,16 +303,21 @@ RESPONSES = {
                                           "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}}),
     "HeadersTooLarge": _json(ERROR_REF, "too many request headers or too many header bytes (the HTTP server "
                                          "itself answers 431 with an empty body past 100 headers)"),
+    "StoreNoAnswer": _json(ERROR_REF, "the campaign store (NATS JetStream) did not confirm a change in time: "
+                                       "it may or may not have been stored; read it back (or list your "
+                                       "campaigns) before retrying it, or it may be applied twice"),
     "NoReports": _json(ERROR_REF, "reporting store not configured in this process, or the campaign store did "
                                    "not answer (retry after Retry-After seconds)"),
-    "StoreUnavailable": _json(ERROR_REF, "the campaign store (NATS JetStream) did not answer in time; a "
-                                          "change may or may not have been stored: read before retrying one",
+    "StoreUnavailable": _json(ERROR_REF, "the campaign store (NATS JetStream) is unavailable: a read that got "
+                                          "no answer, or a call that never reached it (nothing was changed); "
+                                          "retry after Retry-After seconds",
                               {"Retry-After": {"description": "seconds to wait before retrying",
                                                "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}}}),
 }
 
 _LIMITS = {"413": _ref("TooLarge"), "429": _ref("RateLimited"), "431": _ref("HeadersTooLarge")}
 _STORE = {"503": _ref("StoreUnavailable")}
+_STORE_WRITE = {**_STORE, "504": _ref("StoreNoAnswer")}
 _PUBLIC_LIMITS = {"429": _ref("RateLimited"), "431": _ref("HeadersTooLarge")}
 _ETAG = {"ETag": {"description": "the campaign's revision, quoted", "schema": {"type": "string",
                                                                               "pattern": '^"[0-9]+"$'}}}
@@ -353,7 +358,7 @@ def _lifecycle(action: str, summary: str) -> dict[str, Any]:
                            "then makes it active or rejected with reasons), pause from active, resume from "
                            "paused, complete from active or paused (final); anything else is a 409.",
             "responses": {**_campaign_ok("200", "the campaign in its new status"), "401": _ref("Unauthorized"),
-                          "404": _ref("NotFound"), "409": _ref("Conflict"), **_LIMITS, **_STORE},
+                          "404": _ref("NotFound"), "409": _ref("Conflict"), **_LIMITS, **_STORE_WRITE},
         },
     }
 
@@ -402,7 +407,7 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/CampaignCreate"}}}},
                 "responses": {**_campaign_ok("201", "created, in status draft"), "400": _ref("BadRequest"),
-                              "401": _ref("Unauthorized"), "422": _ref("Invalid"), **_LIMITS, **_STORE},
+                              "401": _ref("Unauthorized"), "422": _ref("Invalid"), **_LIMITS, **_STORE_WRITE},
             },
         },
         "/v1/campaigns/{campaign_id}": {
@@ -423,7 +428,7 @@ OPENAPI: dict[str, Any] = {
                     "schema": {"$ref": "#/components/schemas/CampaignPatch"}}}},
                 "responses": {**_campaign_ok("200", "updated"), "400": _ref("BadRequest"),
                               "401": _ref("Unauthorized"), "404": _ref("NotFound"), "409": _ref("Conflict"),
-                              "422": _ref("Invalid"), **_LIMITS, **_STORE},
+                              "422": _ref("Invalid"), **_LIMITS, **_STORE_WRITE},
             },
         },
         "/v1/campaigns/{campaign_id}/creatives": {
@@ -437,7 +442,7 @@ OPENAPI: dict[str, Any] = {
                               "400": _ref("BadRequest"), "401": _ref("Unauthorized"), "404": _ref("NotFound"),
                               "409": _ref("Conflict"),
                               "422": _json(ERROR_REF, "validation failed, or the campaign has 50 creatives"),
-                              **_LIMITS, **_STORE},
+                              **_LIMITS, **_STORE_WRITE},
             },
         },
         "/v1/campaigns/{campaign_id}/submit": _lifecycle("submit", "Submit for review"),
@@ -475,7 +480,7 @@ OPENAPI: dict[str, Any] = {
                                                  "live_tokens": {"type": "integer", "minimum": 1, "maximum": 2},
                                                  "usage": {"type": "string"}}},
                                  "the new token"),
-                    "401": _ref("Unauthorized"), **_LIMITS, **_STORE},
+                    "401": _ref("Unauthorized"), **_LIMITS, **_STORE_WRITE},
             },
         },
         "/v1/attribution": {
