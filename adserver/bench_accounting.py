@@ -17,7 +17,8 @@ two is what that change is worth at each size. Also timed: the first tick and gr
 (``accounting_snapshot_swap_ms_*``: a snapshot arrives whenever an advertiser edits a campaign), and the
 longest pacing piece on it (``accounting_snapshot_swap_pace_piece_ms_*``); the spend
 sync loop's delta (every 500 ms) and whole state (every 5 s, every minute past 64 kB); and a ``/metrics``
-scrape's allowance gauges (``BudgetLedger.totals``), which walk every campaign, but once per scrape.
+scrape's allowance gauges (``BudgetLedger.totals``), which walk every campaign, but once per scrape, and the
+longest piece of that walk as the edge runs it (``accounting_metrics_scrape_piece_ms_*``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from adserver.bench_auction import _percentile, size_label
 from adserver.bench_handler import _campaigns, _edge
 from edge.accounting import Accounting
-from edge.state import freeze_long_lived, prepare_swap
+from edge.state import TOTALS_PIECE, freeze_long_lived, prepare_swap
 from replication.calendar import local_day
 from replication.snapshot import build_snapshot
 
@@ -64,7 +65,7 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
     rng = random.Random(seed)
     steps: dict[str, list[int]] = {"tick": [], "pace": [], "pace_piece": [], "grant_check": [], "unused_report": [],
                                    "spend_flush": [], "grant_check_every_campaign": [], "spend_flush_whole": [],
-                                   "snapshot_swap": [], "snapshot_swap_pace_piece": []}
+                                   "snapshot_swap": [], "snapshot_swap_pace_piece": [], "metrics_scrape_piece": []}
     clock = time.perf_counter_ns
     holds: list[tuple[str, Any]] = []
     reported: list[int] = []  # campaigns each unused report named (the first: all of them)
@@ -129,6 +130,10 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         t0 = clock()
         ledger.totals()
         totals.append(clock() - t0)
+        pieces = [clock()]
+        for _ in ledger.totals_in_pieces(TOTALS_PIECE):  # as the edge's /metrics does it
+            pieces.append(clock())
+        steps["metrics_scrape_piece"].append(max(b - a for a, b in itertools.pairwise(pieces)))
         t0 = clock()
         state.spend.flush(full=True)  # the whole own state, every 5 s (every minute past 64 kB)
         steps["spend_flush_whole"].append(clock() - t0)
@@ -168,6 +173,7 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         out[f"accounting_spend_sync_ms_{key}"] = p50["spend_flush"]
         out[f"accounting_spend_sync_whole_ms_{key}"] = p50["spend_flush_whole"]
         out[f"accounting_metrics_scrape_ms_{key}"] = p50["metrics_totals"]
+        out[f"accounting_metrics_scrape_piece_ms_{key}"] = p50["metrics_scrape_piece"]
         out[f"accounting_campaigns_reported_{key}"] = run["reported"]["median"]
         out["runs"][key] = run
     return out

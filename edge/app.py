@@ -618,7 +618,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     st = edge_of(request)
-    st.publisher_metrics()
+    await st.publisher_metrics()
     return Response(render_metrics(st.metrics), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -53,6 +53,7 @@ from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot
 log = logging.getLogger(__name__)
 
 PACE_PIECE = 25  # campaigns paced between two turns of the event loop (``EdgeState.pacing_pieces``)
+TOTALS_PIECE = 10_000  # campaigns a /metrics scrape sums between two turns (``BudgetLedger.totals_in_pieces``)
 
 
 class SeenIds:
@@ -415,8 +416,13 @@ class EdgeState:
                 ledger.grant(campaign_id, int(granted), exhausted=bool(exhausted), day=str(day))
             ledger.mark_exhausted(str(cid) for cid in answer.get("exhausted", ()) if cid not in grants)
 
-    def publisher_metrics(self) -> None:
-        for name, value in self.ledger.totals().items():
+    async def publisher_metrics(self) -> None:
+        sums = None
+        for sums in self.ledger.totals_in_pieces(TOTALS_PIECE):
+            if sums is None:
+                await asyncio.sleep(0)  # requests waiting since the last piece go first
+        assert sums is not None
+        for name, value in sums.items():
             self.metrics.allowance.labels(name).set(value)
         ivt = self.ivt_store.stats
         for name, value in (("calls", ivt.calls), ("failures", ivt.failures), ("skipped", ivt.skipped),

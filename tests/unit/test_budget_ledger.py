@@ -520,3 +520,20 @@ def test_totals_add_up_what_each_campaigns_account_says():
                             ("granted", b.granted), ("refused_events", b.refused)):
             by_campaign[name] += value
     assert totals == by_campaign and totals["reserved"] > 0 and totals["refused_events"] > 0
+
+
+def test_totals_in_pieces_add_up_to_the_same_sums_with_a_pause_between_every_two_pieces() -> None:
+    """The edge's /metrics sums the gauges a piece at a time with requests served in between
+    (``EdgeState.publisher_metrics``): the same sums as in one piece, one pause per piece boundary."""
+    ledger = BudgetLedger()
+    ledger.renew(10**9)
+    for i in range(23):
+        ledger.grant(f"c{i:02d}", 1_000 + i, exhausted=False, day=DAY)
+    held = ledger.reserve_many([(f"c{i:02d}", 10 + i) for i in range(0, 23, 2)], now_s=1.0)
+    ledger.settle("c00", 7, held[0])
+    whole = ledger.totals()
+    assert whole["granted"] == sum(1_000 + i for i in range(23)) and whole["spent"] == 7
+    for piece, pauses in ((5, 4), (23, 0), (100, 0), (1, 22)):
+        *between, sums = ledger.totals_in_pieces(piece)
+        assert sums == whole and between == [None] * pauses, piece
+    assert BudgetLedger().totals() == dict.fromkeys(whole, 0)
