@@ -224,6 +224,12 @@ class EdgeState:
                 events=len(batch))
 
     async def on_snapshot(self, version: int, data: bytes) -> None:
+        current = self.snapshot
+        if version and current is not None and version <= current.version:
+            # Redelivered or older (its message says so): decoding and warming it would cost seconds of the
+            # loader thread at 100,000 campaigns, sharing the GIL with the requests, for a snapshot
+            # ``swap_in`` refuses. A message without a version (0) is decoded and judged by its contents.
+            return
         with no_full_collections():
             try:
                 # In a worker thread: decoding and indexing take seconds at 100,000 campaigns, and on the event

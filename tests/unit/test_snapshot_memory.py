@@ -96,6 +96,8 @@ def test_the_edge_decodes_without_full_collections_and_freezes_after_the_swap(mo
         assert gc.get_freeze_count() > frozen_before
         asyncio.run(state.on_snapshot(8, b"not a snapshot"))  # refused: the thresholds are back anyway
         assert gc.get_threshold() == thresholds and state.snapshot.version == 7
+        asyncio.run(state.on_snapshot(7, data))  # redelivered: not even decoded
+        assert len(seen) == 2 and state.snapshot.version == 7
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
