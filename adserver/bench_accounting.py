@@ -28,7 +28,7 @@ import itertools
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from adserver.bench_auction import _percentile, size_label
@@ -41,6 +41,16 @@ from replication.snapshot import build_snapshot
 SIZES = (1_000, 20_000, 100_000)
 RESERVATIONS = 300  # ads a worker reserves per 100 ms at 3,000 one-slot requests a second
 PERIOD_S = 0.1
+
+
+def _piece_times(pieces: Iterator[object]) -> list[int]:
+    """How long each piece of a generator that yields between its pieces took, in ns (the last piece is the
+    one that ends it)."""
+    marks = [time.perf_counter_ns()]
+    for _ in pieces:
+        marks.append(time.perf_counter_ns())
+    marks.append(time.perf_counter_ns())
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def _ms(ns: list[int], q: float) -> float:
@@ -82,19 +92,16 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         t0 = clock()
         state.control_tick(t, pace=False)  # as the edge's control loop: pacing is its own task
         t1 = clock()
-        pieces = [t1]
-        for _ in state.pacing_pieces(t):
-            pieces.append(clock())
-        pieces.append(clock())
-        t2 = pieces[-1]
+        pieces = _piece_times(state.pacing_pieces(t))
+        t2 = clock()
         accounting.grant_request(snapshot, t, retry_s=0.25)
         t3 = clock()
         reported.append(len(accounting.unused_report()))
         t4 = clock()
         if period >= 2:
             steps["tick"].append(t1 - t0)
-            steps["pace"].append(pieces[-1] - pieces[0])
-            steps["pace_piece"] += [b - a for a, b in itertools.pairwise(pieces)]
+            steps["pace"].append(sum(pieces))
+            steps["pace_piece"] += pieces
             steps["grant_check"].append(t3 - t2)
             steps["unused_report"].append(t4 - t3)
         if period % 5 == 4:  # the spend sync loop's delta, every 500 ms
@@ -120,20 +127,15 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         state.control_tick(t, pace=False)  # as the edge does it: the tick, then pacing in pieces
         accounting.grant_request(snapshot, t, retry_s=0.25)
         steps["snapshot_swap"].append(clock() - t0)
-        pieces = [clock()]
-        for _ in state.pacing_pieces(t):  # the first piece on a new snapshot also meets its new campaigns
-            pieces.append(clock())
-        pieces.append(clock())
-        steps["snapshot_swap_pace_piece"].append(max(b - a for a, b in itertools.pairwise(pieces)))
+        # The first piece on a new snapshot also meets its new campaigns.
+        steps["snapshot_swap_pace_piece"].append(max(_piece_times(state.pacing_pieces(t))))
     totals = []
     for _ in range(3):
         t0 = clock()
         ledger.totals()
         totals.append(clock() - t0)
-        pieces = [clock()]
-        for _ in ledger.totals_in_pieces(TOTALS_PIECE):  # as the edge's /metrics does it
-            pieces.append(clock())
-        steps["metrics_scrape_piece"].append(max(b - a for a, b in itertools.pairwise(pieces)))
+        # As the edge's /metrics does it.
+        steps["metrics_scrape_piece"].append(max(_piece_times(ledger.totals_in_pieces(TOTALS_PIECE))))
         t0 = clock()
         state.spend.flush(full=True)  # the whole own state, every 5 s (every minute past 64 kB)
         steps["spend_flush_whole"].append(clock() - t0)

@@ -105,8 +105,8 @@ class Store:
 
     async def list_campaigns(self, advertiser_id: str) -> list[Versioned]:
         """The advertiser's campaigns, oldest first: exactly the watch's replay (``replay``), not up to
-        nats-py's end-of-replay marker, which came early enough once to list 0 of 782 campaigns. A replay
-        that stalls raises nats' TimeoutError rather than list fewer campaigns than there are."""
+        nats-py's end-of-replay marker, which came early enough once to list 0 of 782 campaigns (in an e2e
+        run). A replay that stalls raises nats' TimeoutError rather than list fewer campaigns than there are."""
         watcher = await self.campaigns.watch(f"{advertiser_id}.>")
         out: list[Versioned] = []
         try:

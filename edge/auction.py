@@ -155,7 +155,8 @@ def _plan(index: RetrievalIndex, request: AdRequest) -> np.ndarray:
 
     The dimensions of the request's context (placement, format, geo, device: one value each) come first,
     and their part is remembered per index and context (``RetrievalIndex.memo``): a context recurs across
-    requests, its part cost half of this function, and the dimension order makes no difference to the AND.
+    requests, its part was about half of this function's cost (a one-off profile), and the dimension order
+    makes no difference to the AND.
     """
     memo = index.memo
     split = memo.get("lookups-split")
@@ -175,7 +176,8 @@ def _plan(index: RetrievalIndex, request: AdRequest) -> np.ndarray:
 
 
 _CONTEXT_DIMENSIONS = ("placement", "format", "country", "geo", "device")  # what ``_plan``'s key determines
-# Contexts an index remembers the plans of (a few hundred bytes each); all are forgotten when it is full.
+# Contexts an index remembers the plans of (a few hundred bytes each, an estimate: a short tuple of ints and its
+# key); all are forgotten when it is full.
 _CONTEXTS_KEPT = 16_384
 
 
@@ -493,8 +495,8 @@ def run_auction(
                                      request.device, now_s)
 
         caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
-    ints, ranked, first, head = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm, inputs, caps,
-                                 float(reserve), HEAD, explain)
+    ints, ranked, first, front = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm, inputs,
+                                         caps, float(reserve), HEAD, explain)
     # One slice and one list each for what the walk reads first: the counts and the best candidates' positions,
     # and their scores and CTRs. The rest stays in the kernel's arrays until the walk gets there.
     counted = ints[:_CODES + first].tolist()
@@ -511,7 +513,7 @@ def run_auction(
                    if code != _PASSED}
     live = by_fate[_PASSED]
     sorted_head = (counted[_CODES:], *ranked[:, :first].tolist())
-    rest = _Rest(ints, ranked, first, head, live, inputs) if first < live else None
+    rest = _Rest(ints, ranked, first, front, live, inputs) if first < live else None
     return _finish(snapshot, request, candidates, sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
 
@@ -622,7 +624,7 @@ def _unpack(ints: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
 
 # How many candidates ahead ``_sift`` asks for a candidate's data (``edge.prefetch``): far enough for a miss to
 # memory to land before the loop gets there, near enough not to evict what it asked for. 8 did as well and 24
-# worse in side-by-side runs (one-off).
+# worse in side-by-side runs of ``adserver bench --only auction --auction-sizes 10000`` (one-off).
 _AHEAD = 12
 _CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``'s integers
 

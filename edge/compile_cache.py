@@ -68,7 +68,7 @@ def _safe_parents(path: Path) -> bool:
     """Whether no other user can swap ``path`` for a directory of theirs: every directory above it must be
     root's or this user's, and closed to others or sticky (like /tmp, where only an entry's owner may rename
     it). A Kubernetes memory-backed emptyDir is a tmpfs, mode 1777 by default. ``path``'s parents must be
-    resolved already (``enable``): a symlink among them is refused, since whoever owns a link can re-point it,
+    resolved already (``prepare``): a symlink among them is refused, since whoever owns a link can re-point it,
     and ``stat`` would have judged its target instead."""
     for parent in path.parents:
         info = parent.lstat()

@@ -179,7 +179,7 @@ class EvenState:
 
     @property
     def demand_estimate(self) -> float | None:
-        """Estimated spend over a whole day at p=1 (micros), or None before anything was observed."""
+        """``_demand`` of this state's averages."""
         return _demand(self.spend_avg, self.exposure_avg)
 
 

@@ -178,7 +178,8 @@ class SpendView:
         new = snapshot.campaign_ids().difference(paced) if candidates is None else \
             [cid for cid in candidates if cid not in paced]
         for campaign_id in new:
-            c = campaigns[snapshot.by_id[campaign_id]]
+            c = snapshot.campaign(campaign_id)
+            assert c is not None  # a campaign of this snapshot
             state = controller_for(c.pacing).start()
             paced[campaign_id] = Paced(c.pacing, state)
             self._set_throttle(campaign_id, state)

@@ -235,7 +235,7 @@ class EdgeState:
                 # In a worker thread: decoding and indexing take seconds at 100,000 campaigns, and on the event
                 # loop they would stall every request for that long. The thread shares the GIL, so requests slow
                 # down while it runs, but they keep being answered (the interpreter switches every 5 ms).
-                loaded = await asyncio.to_thread(_load_snapshot, data, self.snapshot)
+                loaded = await asyncio.to_thread(_load_snapshot, data, current)
             except SnapshotDecodeError as exc:
                 log.warning("rejected snapshot %s: %s", version, exc)
                 return
