@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -835,40 +835,89 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
     """Walk the ranking of the candidates that passed to fill the slots and price them: ``sorted_head`` the
     best of them in order (positions, scores, CTRs), ``rest`` the others (``_Rest``).
 
+    Each step takes the next campaign by score and applies the per-campaign filters (budget, pacing, one per
+    advertiser; a candidate failing one is counted under its reason) and picks its creative: an eligible
+    entry. An entry is priced when the next eligible one, its runner-up, is known. Equal scores come out in
+    random order (a Fisher-Yates shuffle done one step at a time, so only the ties that are reached cost a
+    draw).
+
+    Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely goes
+    past the first few: only the best ``FIRST`` come as lists, then the rest of the sorted head if the walk
+    gets there, then the others, sorted only then (``_extend``; ``_sift`` puts every tie of an entry on the
+    same side of each cut, so a run of equal scores never straddles one). Same order as one stable sort of
+    all of them.
+
     Written for the interpreter's sake (this was a third of an auction's instructions at 10,000 campaigns,
-    callgrind, one-off): no ``min`` or ``max`` (a builtin call each, about 700 instructions in CPython
-    3.11), named tuples built from positional arguments (keywords go through a dict), the ranking a generator
-    (its state in fast locals)."""
-    marked = reasons if explain else None  # where the walk notes each candidate's fate, if anywhere
-    walk = _ranked(snapshot, sorted_head, rest, request.format, overrides, rng, allowance, throttle, counts, marked)
-    ranked: list[tuple[float, SnapshotCampaign, SnapshotCreative, float]] = []
+    callgrind, one-off): one loop with its state in fast locals (it was a generator of entries and a loop
+    pricing them: a 3-slot auction's walk took twice as long), no ``min`` or ``max`` (a builtin call each,
+    about 700 instructions in CPython 3.11), named tuples built from positional arguments (keywords go
+    through a dict)."""
+    positions, scores, ctrs = sorted_head
     wins: list[Win] = []
-    slots = request.slots if request.slots > 1 else 1
-    floor = float(reserve)
-    position = 0
-    while len(wins) < slots:
-        while len(ranked) < position + 2:  # this entry and its runner-up, whose score sets the price
-            entry = next(walk, None)
-            if entry is None:
+    if positions or rest is not None:
+        assert snapshot.columns is not None
+        campaigns, best = snapshot.campaigns, snapshot.columns.formats[request.format].best
+        marked = reasons if explain else None  # where the walk notes each candidate's fate, if anywhere
+        slots = request.slots if request.slots > 1 else 1
+        floor = float(reserve)
+        advertisers: set[str] = set()
+        pending: SnapshotCampaign | None = None  # the last eligible entry, waiting for its runner-up
+        pending_score = pending_ctr = 0.0
+        pending_creative = None
+        group_end = 0  # where the run of equal scores the walk is in ends
+        i = 0
+        while True:
+            campaign: SnapshotCampaign | None = None
+            if i < len(positions):
+                if i >= group_end:  # a new score: find where its run of equals ends
+                    end = i + 1
+                    while end < len(scores) and scores[end] == scores[i]:
+                        end += 1
+                    group_end = end
+                if group_end - i > 1:  # equal scores: draw which of the rest comes next
+                    j = i + rng.randrange(group_end - i)
+                    positions[i], positions[j] = positions[j], positions[i]
+                    ctrs[i], ctrs[j] = ctrs[j], ctrs[i]  # equal eCPMs can come from different bids and CTRs
+                pos = positions[i]
+                campaign = campaigns[pos]
+                i += 1
+                if allowance.get(campaign.campaign_id, 0) <= 0:
+                    _mark(counts, marked, campaign, _BUDGET)
+                    continue
+                if throttle is not None:
+                    p = throttle.get(campaign.campaign_id, 1.0)
+                    if p < 1.0 and rng.random() >= p:
+                        _mark(counts, marked, campaign, _PACING)
+                        continue
+                if campaign.advertiser_id in advertisers:
+                    _mark(counts, marked, campaign, _SAME_ADVERTISER)
+                    continue
+                advertisers.add(campaign.advertiser_id)
+            elif rest is not None:
+                rest = _extend(rest, positions, scores, ctrs)  # the walk got past what it had
+                continue
+            if pending is not None:
+                if len(wins) < slots:
+                    runner_up = scores[i - 1] if campaign is not None else 0.0
+                    pay = runner_up if runner_up > floor else floor
+                    price = _unit_price(pending, pending_ctr, pending_score if pending_score < pay else pay)
+                    # The price is known only now: a campaign that cannot afford one billable unit at this
+                    # price gives its slot to the next candidate instead of overspending.
+                    if allowance.get(pending.campaign_id, 0) < price:
+                        _mark(counts, marked, pending, _BUDGET)
+                    else:
+                        wins.append(Win(len(wins), pending, pending_creative, round(pending_score), price,
+                                        expected_cost(pending, pending_ctr, price), pending_ctr))
+                else:  # explain walks on past the slots
+                    _mark(counts, marked, pending, _OUTRANKED)
+            if campaign is None:
                 break
-            ranked.append(entry)
-        if position >= len(ranked):
-            break
-        score, campaign, creative, ctr = ranked[position]
-        runner_up = ranked[position + 1][0] if position + 1 < len(ranked) else 0.0
-        position += 1
-        pay = runner_up if runner_up > floor else floor
-        price = _unit_price(campaign, ctr, score if score < pay else pay)
-        # The price is known only now: a campaign that cannot afford one billable unit at this price
-        # gives its slot to the next candidate instead of overspending.
-        if allowance.get(campaign.campaign_id, 0) < price:
-            _mark(counts, marked, campaign, _BUDGET)
-            continue
-        wins.append(Win(len(wins), campaign, creative, round(score), price, expected_cost(campaign, ctr, price), ctr))
-    if explain:
-        ranked.extend(walk)
-    for _, campaign, _, _ in ranked[position:]:
-        _mark(counts, marked, campaign, _OUTRANKED)
+            fitting = overrides.get(pos) or best[pos]
+            pending, pending_score, pending_ctr = campaign, scores[i - 1], ctrs[i - 1]
+            pending_creative = fitting[0] if len(fitting) == 1 else fitting[rng.randrange(len(fitting))]
+            if len(wins) >= slots and not explain:  # this one, the last win's runner-up, is outranked
+                _mark(counts, marked, campaign, _OUTRANKED)
+                break
     # Every candidate that passed and is neither a win nor counted under a reason was never reached by the
     # walk: ranked below what the slots needed.
     unvisited = candidates - len(wins) - sum(counts.values())
@@ -891,63 +940,6 @@ def _mark(counts: dict[Reason, int], reasons: dict[str, Reason] | None, campaign
     counts[reason] = counts.get(reason, 0) + 1
     if reasons is not None:
         reasons[campaign.campaign_id] = reason
-
-
-def _ranked(snapshot: Snapshot, sorted_head: tuple[list[int], list[float], list[float]], rest: _Rest | None,
-            fmt: str, overrides: Mapping[int, tuple[SnapshotCreative, ...]], rng: random.Random,
-            allowance: SupportsAllowance, throttle: SupportsThrottle | None, counts: dict[Reason, int],
-            reasons: dict[str, Reason] | None) -> Iterator[tuple[float, SnapshotCampaign, SnapshotCreative, float]]:
-    """The eligible candidates in eCPM order as (score, campaign, creative, CTR), made as the walk asks for
-    them: each step takes the next campaign by score, applies the per-campaign filters (budget, pacing, one
-    per advertiser; a candidate failing one is counted under its reason) and picks its creative. Equal
-    scores come out in random order (a Fisher-Yates shuffle done one step at a time, so only the ties that
-    are reached cost a draw).
-
-    Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely goes
-    past the first few: only the best ``FIRST`` come as lists, then the rest of the sorted head if the walk
-    gets there, then the others, sorted only then (``_extend``; ``_sift`` puts every tie of an entry on the
-    same side of each cut, so a run of equal scores never straddles one). Same order as one stable sort of
-    all of them."""
-    positions, scores, ctrs = sorted_head
-    if not positions and rest is None:
-        return
-    assert snapshot.columns is not None
-    campaigns, best = snapshot.campaigns, snapshot.columns.formats[fmt].best
-    advertisers: set[str] = set()
-    group_end = 0  # where the run of equal scores the walk is in ends
-    i = 0
-    while True:
-        if i >= len(positions):
-            if rest is None:
-                return
-            rest = _extend(rest, positions, scores, ctrs)  # the walk got past what it had
-        if i >= group_end:  # a new score: find where its run of equals ends
-            end = i + 1
-            while end < len(scores) and scores[end] == scores[i]:
-                end += 1
-            group_end = end
-        if group_end - i > 1:  # equal scores: draw which of the rest comes next
-            j = i + rng.randrange(group_end - i)
-            positions[i], positions[j] = positions[j], positions[i]
-            ctrs[i], ctrs[j] = ctrs[j], ctrs[i]  # equal eCPMs can come from different bids and CTRs
-        pos = positions[i]
-        campaign = campaigns[pos]
-        i += 1
-        if allowance.get(campaign.campaign_id, 0) <= 0:
-            _mark(counts, reasons, campaign, _BUDGET)
-            continue
-        if throttle is not None:
-            p = throttle.get(campaign.campaign_id, 1.0)
-            if p < 1.0 and rng.random() >= p:
-                _mark(counts, reasons, campaign, _PACING)
-                continue
-        if campaign.advertiser_id in advertisers:
-            _mark(counts, reasons, campaign, _SAME_ADVERTISER)
-            continue
-        advertisers.add(campaign.advertiser_id)
-        fitting = overrides.get(pos) or best[pos]
-        creative = fitting[0] if len(fitting) == 1 else fitting[rng.randrange(len(fitting))]
-        yield scores[i - 1], campaign, creative, ctrs[i - 1]
 
 
 def _extend(rest: _Rest, positions: list[int], scores: list[float], ctrs: list[float]) -> _Rest | None:

@@ -394,6 +394,22 @@ def test_several_slots_each_pay_the_next_rank(make_campaign):
     assert result.reasons == {"c": Reason.OUTRANKED}
 
 
+def test_without_explain_the_walk_stops_at_the_last_win_s_runner_up(make_campaign):
+    # "c" cannot pay and "d" is paced out, but a one-slot auction needs no more than "a" and its runner-up
+    # "b": without explain they are counted as outranked, unchecked, and the pacing draw for "d" is not made.
+    s = snap(*(make_campaign(cid, max_bid_micros=bid) for cid, bid in
+               (("a", 5_000_000), ("b", 4_000_000), ("c", 3_000_000), ("d", 2_000_000))))
+    allowance = {"a": RICH, "b": RICH, "c": 0, "d": RICH}
+    rng = random.Random(7)
+    result = run_auction(s, req(), now_s=NOW, rng=rng, allowance=allowance, throttle={"d": 0.5})
+    assert winners(result) == ["a"] and result.wins[0].price_micros == 4_000
+    assert result.reason_counts == {Reason.OUTRANKED: 3}
+    assert rng.getstate() == random.Random(7).getstate()
+    explained = run_auction(s, req(), now_s=NOW, rng=random.Random(7), allowance=allowance, throttle={"d": 0.0},
+                            explain=True)
+    assert explained.reasons == {"b": Reason.OUTRANKED, "c": Reason.BUDGET, "d": Reason.PACING}
+
+
 def test_one_advertiser_wins_at_most_one_slot(make_campaign):
     s = snap(make_campaign("x1", advertiser_id="x", max_bid_micros=5_000_000),
              make_campaign("x2", advertiser_id="x", max_bid_micros=4_000_000),
