@@ -35,7 +35,7 @@ from edge.ctr import (
 from edge.frequency import NOTHING_CAPPED, Capped
 from edge.prefetch import prefetch, prefetch2
 from replication.calendar import local_hour
-from replication.columns import BID_TYPES, CampaignColumns, frozen_array
+from replication.columns import BID_TYPES, CampaignColumns, best_by_format, frozen_array
 from replication.ctr_model import country_of
 from replication.snapshot import DIMENSIONS, RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
 
@@ -588,12 +588,10 @@ def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: n
         if at == len(candidates) or candidates[at] != pos:  # not a candidate: the kernel never looks it up
             continue
         campaign = snapshot.campaigns[pos]
-        fitting = [k for k in campaign.creatives if k.format == fmt and k.creative_id not in creative_ids]
-        if not fitting:
+        best = best_by_format(k for k in campaign.creatives if k.creative_id not in creative_ids).get(fmt)
+        if best is None:  # every creative of the format capped
             out.add(pos)
             continue
-        top = max(k.prior_ctr for k in fitting)
-        best = tuple(k for k in fitting if k.prior_ctr == top)
         overrides[pos] = best
         mean, ranking = ctr_of(campaign, best[0])
         rescored.append((pos, mean, ecpm_micros(campaign, ranking)))

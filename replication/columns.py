@@ -7,7 +7,7 @@ plain data only; what to do with them (the eCPM formula, the filters' order) sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -71,12 +71,10 @@ class CampaignColumns:
         for fmt in sorted({k.format for c in campaigns for k in c.creatives}):
             per_format[fmt] = (np.full(n, np.nan), [()] * n)
         for pos, c in enumerate(campaigns):
-            for fmt, (ctr, best) in per_format.items():
-                fitting = [k for k in c.creatives if k.format == fmt]
-                if fitting:
-                    top = max(k.prior_ctr for k in fitting)
-                    ctr[pos] = top
-                    best[pos] = tuple(k for k in fitting if k.prior_ctr == top)
+            for fmt, fitted in best_by_format(c.creatives).items():
+                ctr, best = per_format[fmt]
+                ctr[pos] = fitted[0].prior_ctr
+                best[pos] = fitted
         hour_bits = frozen_array(np.fromiter((_hour_bits(c.hours) for c in campaigns), dtype=np.int64, count=n))
         return cls(
             size=n,
@@ -94,6 +92,21 @@ class CampaignColumns:
             formats=MappingProxyType({fmt: FormatColumn(frozen_array(ctr), tuple(best))
                                       for fmt, (ctr, best) in per_format.items()}),
         )
+
+
+def best_by_format(creatives: Iterable[SnapshotCreative]) -> dict[str, tuple[SnapshotCreative, ...]]:
+    """Per format, the creatives with the highest prior CTR, in the order given: what the auction serves of a
+    campaign in a slot of that format (one of them drawn at random when there are several). The snapshot's
+    columns hold them per campaign (``FormatColumn.best``); the auction asks again for a campaign whose best
+    creatives this user has seen enough of, without those."""
+    best: dict[str, tuple[SnapshotCreative, ...]] = {}
+    for k in creatives:
+        held = best.get(k.format)
+        if held is None or k.prior_ctr > held[0].prior_ctr:
+            best[k.format] = (k,)
+        elif k.prior_ctr == held[0].prior_ctr:
+            best[k.format] = (*held, k)
+    return best
 
 
 def _hour_bits(hours: frozenset[int]) -> int:

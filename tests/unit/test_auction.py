@@ -311,6 +311,22 @@ def test_best_creative_by_ctr_is_chosen(make_campaign, make_creative):
     assert result.wins[0].creative.creative_id == "hi"
 
 
+def test_creatives_tied_on_ctr_share_the_slot_and_a_capped_one_gives_way(make_campaign, make_creative):
+    c = make_campaign("c", bid_type="cpc", creatives=[make_creative("a", prior_ctr=0.03),
+                                                      make_creative("lo", prior_ctr=0.01),
+                                                      make_creative("b", prior_ctr=0.03),
+                                                      make_creative("c", prior_ctr=0.03)])
+    s = snap(c, reserve=0)
+
+    def served(capped: Capped) -> Counter:
+        return Counter(run_auction(s, req(), now_s=NOW, rng=random.Random(seed), allowance=rich("c"),
+                                   capped=capped).wins[0].creative.creative_id for seed in range(200))
+
+    assert set(served(NOTHING_CAPPED)) == {"a", "b", "c"}
+    assert set(served(Capped(frozenset(), {"c": frozenset({"a"})}))) == {"b", "c"}
+    assert set(served(Capped(frozenset(), {"c": frozenset({"a", "b", "c"})}))) == {"lo"}
+
+
 def test_cpc_outranks_cpm_when_its_ecpm_is_higher(make_campaign, make_creative):
     s = snap(make_campaign("cpc", bid_type="cpc", max_bid_micros=1_000_000,
                            creatives=[make_creative("k", prior_ctr=0.01)]),  # eCPM 10,000,000
