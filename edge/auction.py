@@ -37,7 +37,15 @@ from edge.prefetch import prefetch, prefetch2
 from replication.calendar import local_hour
 from replication.columns import BID_TYPES, CampaignColumns, best_by_format, frozen_array
 from replication.ctr_model import country_of
-from replication.snapshot import DIMENSIONS, RetrievalIndex, Snapshot, SnapshotCampaign, SnapshotCreative
+from replication.snapshot import (
+    CONTEXT_DIMENSIONS,
+    DIMENSIONS,
+    Lookup,
+    RetrievalIndex,
+    Snapshot,
+    SnapshotCampaign,
+    SnapshotCreative,
+)
 
 _CPM, _CPA = BID_TYPES.index("cpm"), BID_TYPES.index("cpa")
 
@@ -159,29 +167,25 @@ def _plan(index: RetrievalIndex, request: AdRequest) -> np.ndarray:
     makes no difference to the AND.
     """
     memo = index.memo
-    split = memo.get("lookups-split")
-    if split is None:  # (the context's dimensions, the others)
-        split = memo["lookups-split"] = (
-            tuple(entry for entry in index.lookups if entry[0] in _CONTEXT_DIMENSIONS),
-            tuple(entry for entry in index.lookups if entry[0] not in _CONTEXT_DIMENSIONS))
-    context, rest = split
+    rest = index.other_lookups
     key = (request.placement, request.format, request.geo, request.device)
     known = memo.get(key)
     if known is None:
-        if len(memo) > _CONTEXTS_KEPT:
+        if len(memo) >= _CONTEXTS_KEPT:
             memo.clear()
-            memo["lookups-split"] = split
-        known = memo[key] = _plan_part(context, request)
+        known = memo[key] = _plan_part(index.context_lookups, request)
     return np.array(known + _plan_part(rest, request) if rest else known, dtype=np.int64)
 
 
-_CONTEXT_DIMENSIONS = ("placement", "format", "country", "geo", "device")  # what ``_plan``'s key determines
+# What ``_plan``'s key determines (CONTEXT_DIMENSIONS): the country is the geo's.
+if set(CONTEXT_DIMENSIONS) != {"placement", "format", "country", "geo", "device"}:
+    raise RuntimeError("_plan's memo key must determine exactly the snapshot's CONTEXT_DIMENSIONS")
 # Contexts an index remembers the plans of (a few hundred bytes each, an estimate: a short tuple of ints and its
 # key); all are forgotten when it is full.
 _CONTEXTS_KEPT = 16_384
 
 
-def _plan_part(lookups: tuple, request: AdRequest) -> tuple[int, ...]:
+def _plan_part(lookups: tuple[Lookup, ...], request: AdRequest) -> tuple[int, ...]:
     """``_plan`` over some of the index's lookups."""
     plan: list[int] = []
     for dim, spans, rows, everyone in lookups:

@@ -28,6 +28,9 @@ SCHEMA_VERSION = 1
 
 # Dimensions indexed for retrieval. A campaign with no constraint in a dimension sits in its "any" list.
 DIMENSIONS = ("placement", "format", "country", "geo", "device", "keyword", "interest")
+# The dimensions a request brings at most one value in: its context (the rest, keywords and interests, come as
+# lists). Retrieval remembers the context's part of a request's plan (``edge.auction._plan``).
+CONTEXT_DIMENSIONS = ("placement", "format", "country", "geo", "device")
 
 
 def unit_cost_ceiling(bid_type: str, max_bid_micros: int) -> int:
@@ -117,6 +120,10 @@ POPULAR_SHARE = 32  # beyond that, a value 1/32 of the campaigns name still gets
 MIN_POPULAR = 64  # ... if that is at least 64 campaigns: fewer positions are cheap to set per request anyway
 
 
+# What retrieval looks up in one dimension (``RetrievalIndex.lookups``).
+Lookup = tuple[str, dict[str, tuple[int, int]], dict[str, int], int]
+
+
 @dataclass(frozen=True, slots=True)
 class RetrievalIndex:
     """The postings as numpy arrays, for retrieval by bitsets: per dimension, a bitset of the campaigns with no
@@ -146,7 +153,10 @@ class RetrievalIndex:
     # the row of its unrestricted bitset). A dimension no campaign is restricted in keeps everyone: retrieval
     # skips it. Plain dicts, read-only by convention: every request looks values up in them, and a
     # mappingproxy's ``get`` is a method call on the dict behind it, several times a dict's own.
-    lookups: tuple[tuple[str, dict[str, tuple[int, int]], dict[str, int], int], ...]
+    lookups: tuple[Lookup, ...]
+    # ``lookups`` split: the context's dimensions (CONTEXT_DIMENSIONS), and the others.
+    context_lookups: tuple[Lookup, ...]
+    other_lookups: tuple[Lookup, ...]
     # What the auction derives from the index per request context and keeps with it (``edge.auction._plan``):
     # mutable, and no part of the index's identity.
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -187,15 +197,17 @@ class RetrievalIndex:
                     answer_rows[dim][value] = len(rows)
                     rows.append(bitset(mask))
         bits = frozen_array(np.stack(rows))  # one row per dimension at least
+        lookups = tuple((dim, spans[dim], answer_rows[dim], unrestricted_row[dim])
+                        for dim in DIMENSIONS if dim not in open_dims)
         return cls(
             size=size,
             positions=MappingProxyType({dim: MappingProxyType({v: flat[a:b] for v, (a, b) in spans[dim].items()})
                                         for dim in DIMENSIONS}),
             answers=MappingProxyType({dim: MappingProxyType({v: bits[row] for v, row in by_value.items()})
                                       for dim, by_value in answer_rows.items()}),
-            bits=bits, flat=flat,
-            lookups=tuple((dim, spans[dim], answer_rows[dim], unrestricted_row[dim])
-                          for dim in DIMENSIONS if dim not in open_dims))
+            bits=bits, flat=flat, lookups=lookups,
+            context_lookups=tuple(entry for entry in lookups if entry[0] in CONTEXT_DIMENSIONS),
+            other_lookups=tuple(entry for entry in lookups if entry[0] not in CONTEXT_DIMENSIONS))
 
 
 def bitset(mask: np.ndarray) -> np.ndarray:
