@@ -46,10 +46,12 @@ class ParamError:
 def _terms(raw: str, field: str, errors: list[ParamError]) -> tuple[str, ...]:
     if not raw:
         return ()
-    terms = [t.strip().lower() for t in raw.split(",") if t.strip()]
-    if len(terms) > 50:
+    segments = raw.split(",")
+    # Empty segments count: the documented pattern (edge.openapi) allows 50 segments, some of them empty.
+    if len(segments) > 50:
         errors.append(ParamError(field, "at most 50 comma-separated terms"))
         return ()
+    terms = [t.strip().lower() for t in segments if t.strip()]
     bad = [t for t in terms if not _TERM.fullmatch(t)]
     if bad:
         errors.append(ParamError(field, f"{bad[0]!r} is not a term of 1-64 letters, digits, spaces, '-' or '_'"))

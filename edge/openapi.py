@@ -145,9 +145,9 @@ OPENAPI: dict[str, Any] = {
                    "spaces, '-' or '_' are ignored (never a 400), and at most 50 are used"),
                 _q("interests", {"type": "string", "pattern": rf"^{_SEGMENT}(,{_SEGMENT}){{0,49}}$",
                                  "example": "sports,travel"},
-                   "user interest segments, comma-separated: at most 50 terms of 1-64 letters or digits of any "
-                   "script, spaces, '-' or '_', matched case-insensitively after trimming (dropped without "
-                   "consent)"),
+                   "user interest segments, comma-separated: at most 50 (empty ones count), each a term of 1-64 "
+                   "letters or digits of any script, spaces, '-' or '_', matched case-insensitively after "
+                   "trimming (dropped without consent)"),
                 _q("user", {"type": "string", "maxLength": 128},
                    "a user id for frequency capping (dropped without consent)"),
                 _q("url", {"type": "string", "maxLength": 2048}, "the page URL"),

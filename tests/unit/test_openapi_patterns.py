@@ -80,6 +80,8 @@ def test_the_interests_pattern_accepts_the_lists_the_edge_accepts() -> None:
     alphabet = ["a", "Z", "5", "é", " ", "\t", "\xa0", "_", "-", ",", "\u0130", "!"]
     lists = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
     lists += [f"x,{'a' * n}{tail}" for n in (63, 64, 65) for tail in ("", " ", "-", " b")]
+    # At the limit of 50: empty segments count as the pattern counts them.
+    lists += [",".join(["a"] * n) + tail for n in (49, 50, 51) for tail in ("", ",", ", ", ",,")]
     for interests in lists:
         served = not isinstance(parse_ad_request({"placement": "p", "format": "300x250", "interests": interests}, 6),
                                 list)
