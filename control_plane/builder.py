@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -77,45 +78,55 @@ class SnapshotBuilder:
         self.stats = BuilderStats()
 
     async def _watch(self) -> None:
-        """Follow the campaign store. The first snapshot waits for the whole replay of what is stored
-        (``replay``, counted: nats-py's end-of-replay marker can come early, and a snapshot short of
-        campaigns would make every edge forget their state until the next one). A replay that stalls is
-        built from as far as it got, with a warning, rather than never."""
-        kv = await self._js.key_value(S.CAMPAIGNS_BUCKET)
-        watcher = await kv.watchall()
-        try:
-            async for entry in replay(watcher):
-                self._apply(entry)
-        except NatsTimeoutError:
-            log.warning("the campaign store's replay stalled; building from as far as it got")
+        """Follow the campaign and advertiser stores. The first snapshot waits for both whole replays
+        (``replay``, counted: nats-py's end-of-replay marker can come early): a snapshot short of campaigns
+        would make every edge forget their state until the next one, and one short of an advertiser's
+        postback token hashes would refuse its postbacks at every edge. A replay that stalls is built from as
+        far as it got, with a warning, rather than never. In a task group: if either watch fails, the other
+        stops too and the failure surfaces (``run``)."""
+        stores = ((S.CAMPAIGNS_BUCKET, self._apply), (S.ADVERTISERS_BUCKET, self._apply_advertiser))
+        watchers = [(bucket, await (await self._js.key_value(bucket)).watchall(), apply) for bucket, apply in stores]
+        async with asyncio.TaskGroup() as replays:
+            for bucket, watcher, apply in watchers:
+                replays.create_task(self._replay(bucket, watcher, apply))
         self._initial_done.set()
         self._dirty.set()
+        async with asyncio.TaskGroup() as follows:
+            for _, watcher, apply in watchers:
+                follows.create_task(self._follow(watcher, apply))
+
+    @staticmethod
+    async def _replay(bucket: str, watcher: KeyValue.KeyWatcher, apply: Callable[[KeyValue.Entry], bool]) -> None:
+        try:
+            async for entry in replay(watcher):
+                apply(entry)
+        except NatsTimeoutError:
+            log.warning("the %s store's replay stalled; building from as far as it got", bucket)
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher, apply: Callable[[KeyValue.Entry], bool]) -> None:
         async for entry in watcher:
-            if entry is not None:
-                self._apply(entry)
+            if entry is not None and apply(entry):
                 self._dirty.set()
 
-    def _apply(self, entry: KeyValue.Entry) -> None:
+    def _apply(self, entry: KeyValue.Entry) -> bool:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._campaigns.pop(entry.key, None)
         else:
             value = json.loads(entry.value)
             self._campaigns[entry.key] = (value, entry.revision or 0)
             self._key_of[value["id"]] = entry.key
+        return True
 
-    async def _watch_advertisers(self) -> None:
+    def _apply_advertiser(self, entry: KeyValue.Entry) -> bool:
         """Postback token hashes travel in the snapshot, so a rotated token works at every PoP within one
-        rebuild."""
-        kv = await self._js.key_value(S.ADVERTISERS_BUCKET)
-        watcher = await kv.watchall()
-        async for entry in watcher:
-            if entry is None or not entry.value or entry.operation in ("DEL", "PURGE"):
-                continue
-            hashes = list(json.loads(entry.value).get("postback_token_sha256s", []))
-            if self._postback.get(entry.key, []) != hashes:
-                self._postback[entry.key] = hashes
-                if self._initial_done.is_set():
-                    self._dirty.set()
+        rebuild, and a deleted advertiser's stop working. Whether its hashes changed."""
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            return self._postback.pop(entry.key, None) is not None
+        hashes = list(json.loads(entry.value).get("postback_token_sha256s", []))
+        if self._postback.get(entry.key) == hashes:
+            return False
+        self._postback[entry.key] = hashes
+        return True
 
     def servable_ids(self) -> list[str]:
         now = self._clock.now()
@@ -204,11 +215,12 @@ class SnapshotBuilder:
     async def run(self) -> None:
         await self._resume_version()
         watch = asyncio.create_task(self._watch())
-        watch_advertisers = asyncio.create_task(self._watch_advertisers())
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), timeout=self._refresh)
+                if watch.done():  # also while the first replay is on: it may never end otherwise
+                    watch.result()  # surface a dead watcher instead of serving stale snapshots silently
                 if not self._initial_done.is_set():
                     continue
                 await asyncio.sleep(self._debounce)  # let a burst of writes land in one snapshot
@@ -219,12 +231,8 @@ class SnapshotBuilder:
                     log.exception("snapshot build failed; will retry")
                     await asyncio.sleep(0.5)
                     self._dirty.set()
-                for task in (watch, watch_advertisers):
-                    if task.done():
-                        task.result()  # surface a dead watcher instead of serving stale snapshots silently
         finally:
             watch.cancel()
-            watch_advertisers.cancel()
 
 
 def _with_arms_of(model: ClickModel | None, servable: list[SnapshotCampaign]) -> ClickModel | None:

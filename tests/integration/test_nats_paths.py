@@ -124,23 +124,24 @@ def test_a_listing_returns_every_campaign_every_time(nats_url: str) -> None:
     assert empty == [] and waited < 2.0
 
 
-def test_the_first_snapshot_waits_for_every_stored_campaign(nats_url: str) -> None:
-    """The snapshot builder's first build, at a control plane's start, waits for the store's whole replay
+def test_the_first_snapshot_waits_for_every_stored_campaign_and_advertiser(nats_url: str) -> None:
+    """The snapshot builder's first build, at a control plane's start, waits for the stores' whole replays
     (counted, not nats-py's early end-of-replay marker): otherwise edges would get a snapshot short of
-    campaigns and forget their state. Several builders started over 1,500 stored campaigns each hold all of
-    them when they declare the replay done; over an empty bucket a builder declares it at once. (Unlike the
+    campaigns and forget their state, or short of an advertiser's postback token hashes and refuse its
+    postbacks. Several builders started over 1,500 stored campaigns and 300 advertisers each hold all of them
+    when they declare the replay done; over empty buckets a builder declares it at once. (Unlike the
     listing's, this test has not caught the marker early with the old code here: it checks the counting.)"""
     from control_plane.builder import SnapshotBuilder
 
-    n = 1_500
+    n, advertisers = 1_500, 300
 
-    async def held_at_start(js: Any) -> tuple[int, float]:
+    async def held_at_start(js: Any) -> tuple[tuple[int, int], float]:
         builder = SnapshotBuilder(js, ("eu",), reserve_cpm_micros=0)
-        held: list[int] = []
+        held: list[tuple[int, int]] = []
 
         class Recorded(asyncio.Event):  # what the builder holds at the moment it declares the replay done
             def set(self) -> None:
-                held.append(len(builder._campaigns))
+                held.append((len(builder._campaigns), len(builder._postback)))
                 super().set()
 
         builder._initial_done = Recorded()
@@ -151,16 +152,19 @@ def test_the_first_snapshot_waits_for_every_stored_campaign(nats_url: str) -> No
         watch.cancel()
         return held[0], waited
 
-    async def empty_bucket(js: Any) -> None:  # this test's campaigns only
+    async def empty_bucket(js: Any) -> None:  # this test's campaigns and advertisers only
         await js.delete_key_value(S.CAMPAIGNS_BUCKET)
+        await js.delete_key_value(S.ADVERTISERS_BUCKET)
         await ensure_jetstream(js)
 
-    async def scenario() -> tuple[list[int], tuple[int, float]]:
+    async def scenario() -> tuple[list[tuple[int, int]], tuple[tuple[int, int], float]]:
         nc, js = await _js(nats_url, "t-first")
         await empty_bucket(js)
         store = await Store(js).open()
         await asyncio.gather(*(store.create_campaign({"id": f"cmpf{i:05d}", "advertiser_id": f"advf{i % 7}",
                                                       "created_at": f"{i:05d}"}) for i in range(n)))
+        await asyncio.gather(*(store.create_advertiser({"id": f"advf{i}", "postback_token_sha256s": [f"{i:064x}"]})
+                               for i in range(advertisers)))
         held = [h for h, _ in await asyncio.gather(*(held_at_start(js) for _ in range(8)))]
         await empty_bucket(js)
         empty = await held_at_start(js)
@@ -168,8 +172,50 @@ def test_the_first_snapshot_waits_for_every_stored_campaign(nats_url: str) -> No
         return held, empty
 
     held, (empty_held, empty_waited) = run(scenario)
-    assert held == [n] * len(held)
-    assert empty_held == 0 and empty_waited < 2.0
+    assert held == [(n, advertisers)] * len(held)
+    assert empty_held == (0, 0) and empty_waited < 2.0
+
+
+def test_a_rotated_or_deleted_advertiser_s_postback_keys_change_the_next_snapshot(nats_url: str) -> None:
+    """After the first replay the builder follows the advertiser store: a rotated postback token is a change
+    (the snapshot is rebuilt) with both hashes held, a write that leaves the hashes as they were is not, and
+    a deleted advertiser's hashes are dropped (they were kept before, valid at every edge until a restart)."""
+    from control_plane.builder import SnapshotBuilder
+
+    async def scenario() -> tuple[list[tuple[str, bool]], list[Any]]:
+        nc, js = await _js(nats_url, "t-adv")
+        store = await Store(js).open()
+        await store.create_advertiser({"id": "advrot", "postback_token_sha256s": ["a" * 64]})
+        builder = SnapshotBuilder(js, ("eu",), reserve_cpm_micros=0)
+        applied: list[tuple[str, bool]] = []
+        apply = builder._apply_advertiser
+
+        def recorded(entry: Any) -> bool:
+            changed = apply(entry)
+            applied.append((entry.key, changed))
+            return changed
+
+        builder._apply_advertiser = recorded  # type: ignore[method-assign]
+        watch = asyncio.create_task(builder._watch())
+        await asyncio.wait_for(builder._initial_done.wait(), 30)
+        held = [builder._postback.get("advrot")]
+        await store.add_postback_token("advrot", "b" * 64, keep=2)
+        kv = await js.key_value(S.ADVERTISERS_BUCKET)
+        await kv.put("advrot", (await kv.get("advrot")).value)  # the same record again
+        await kv.delete("advrot")
+        for _ in range(200):
+            if len(applied) == 4:
+                break
+            await asyncio.sleep(0.02)
+        held.append(builder._postback.get("advrot"))
+        watch.cancel()
+        await nc.close()
+        return applied, held
+
+    applied, held = run(scenario)
+    # the replay, the rotation, the same hashes, the delete
+    assert applied == [("advrot", True), ("advrot", True), ("advrot", False), ("advrot", True)]
+    assert held == [["a" * 64], None]
 
 
 @pytest.mark.parametrize("campaigns", [3, 4000], ids=["inline", "object-store"])
