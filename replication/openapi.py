@@ -13,10 +13,13 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # so a validator reading "[^\W_]" refuses "é" that the server (Python's Unicode \w) accepts. Python's \w is
 # exactly \p{L}, \p{N} and '_' (tests/unit/test_openapi_patterns.py checks every code point). U+0130 is left
 # out: it lowercases to "i" plus a combining dot, which is not a word character, so the servers refuse it.
-TERM_PATTERN = r"(?!\u0130)[\p{L}\p{N}](?:(?!\u0130)[\p{L}\p{N}_ -]){0,63}"
+_FIRST = r"(?!\u0130)[\p{L}\p{N}]"  # a term's first character
+_ANY = r"(?!\u0130)[\p{L}\p{N}_ -]"  # any later one
+_NOT_SPACE = r"(?!\u0130)[\p{L}\p{N}_-]"  # any later one but a space
+TERM_PATTERN = rf"{_FIRST}(?:{_ANY}){{0,63}}"
 # The same terms less any trailing spaces, for a pattern where whitespace follows the term: there each string
 # must match in one way only, or a list of terms backtracks exponentially (edge.openapi's interests).
-TERM_ENDING_IN_NON_SPACE = r"(?!\u0130)[\p{L}\p{N}](?:(?:(?!\u0130)[\p{L}\p{N}_ -]){0,62}(?!\u0130)[\p{L}\p{N}_-])?"
+TERM_ENDING_IN_NON_SPACE = rf"{_FIRST}(?:(?:{_ANY}){{0,62}}{_NOT_SPACE})?"
 
 
 def error_schema(error_description: str, field_example: str | None, limits: list[str]) -> dict[str, Any]:
