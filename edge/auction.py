@@ -156,10 +156,15 @@ def retrieve(snapshot: Snapshot, request: AdRequest) -> np.ndarray:
 
 
 def _plan(index: RetrievalIndex, request: AdRequest) -> np.ndarray:
-    """What retrieval reads for ``request``, as int64, per restricted dimension: the row of ``index.bits`` to
-    AND (the answer of the request's first value there that has one, else the dimension's unrestricted
-    campaigns), then how many spans of ``index.flat`` widen it (the positions of the campaigns naming the
-    request's other values), then each span's start and end. A value no campaign names adds nothing.
+    """What retrieval reads for ``request``, as int64, per restricted dimension: how many rows of
+    ``index.bits`` to OR and then AND, and their numbers (the answers of the request's values there that
+    have one, else the dimension's unrestricted campaigns), then how many spans of ``index.flat`` widen them
+    (the positions of the campaigns naming the request's other values), then each span's start and end. A
+    value no campaign names adds nothing. A value with an answer is OR-ed in, not widened by its span even
+    when another value's answer is there: a popular value's span is long (2,500 of 10,000 campaigns'
+    positions, the p99 of a request's widening in ``adserver bench --only auction`` when only the first
+    answer was used, one-off), and each position costs two scattered reads where a row costs one word per
+    64 campaigns.
 
     The dimensions of the request's context (placement, format, geo, device: one value each) come first,
     and their part is remembered per index and context (``RetrievalIndex.memo``): a context recurs across
@@ -189,13 +194,16 @@ def _plan_part(lookups: tuple[Lookup, ...], request: AdRequest) -> tuple[int, ..
     """``_plan`` over some of the index's lookups."""
     plan: list[int] = []
     for dim, spans, rows, everyone in lookups:
-        row, base, widen = everyone, None, []
+        answers: list[int] = []
+        widen: list[int] = []
         for value in _ASKED[dim](request):
-            if row == everyone and (answer := rows.get(value)) is not None:
-                row, base = answer, value  # the first value with an answer of its own
-            elif (span := spans.get(value)) is not None and value != base:
+            if (answer := rows.get(value)) is not None:
+                answers.append(answer)
+            elif (span := spans.get(value)) is not None:
                 widen += span
-        plan += (row, len(widen) >> 1, *widen)
+        if not answers:
+            answers.append(everyone)
+        plan += (len(answers), *answers, len(widen) >> 1, *widen)
     return tuple(plan)
 
 
@@ -215,10 +223,10 @@ _DEBRUIJN, _BIT_INDEX = _debruijn()
 
 @njit(nogil=True)
 def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray) -> np.ndarray:
-    """The positions whose bit survives AND-ing every planned dimension's row of ``bits``, each first widened
-    by its spans of positions in ``flat`` (``_plan``), ascending. Widening without a copy of the row:
-    (row | those) & acc keeps acc's bits at those positions, so remember them before the AND and put them
-    back after."""
+    """The positions whose bit survives AND-ing every planned dimension's rows of ``bits`` (OR-ed together),
+    each first widened by its spans of positions in ``flat`` (``_plan``), ascending. Widening without a copy
+    of the rows: (rows | those) & acc keeps acc's bits at those positions, so remember them before the AND
+    and put them back after."""
     words = (size + 63) >> 6
     acc = np.empty(words, dtype=np.uint64)
     for w in range(words):
@@ -227,8 +235,10 @@ def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray)
         acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
     i = 0
     while i < plan.shape[0]:
-        row, spans = plan[i], plan[i + 1]
-        first, last = i + 2, i + 2 + 2 * spans
+        rows = plan[i]
+        row = plan[i + 1]
+        spans = plan[i + 1 + rows]
+        first, last = i + 2 + rows, i + 2 + rows + 2 * spans
         widened = 0
         for s in range(first, last, 2):
             widened += plan[s + 1] - plan[s]
@@ -239,8 +249,15 @@ def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray)
                 p = flat[q]
                 kept[k] = acc[p >> 6] & (np.uint64(1) << np.uint64(p & 63))
                 k += 1
-        for w in range(words):
-            acc[w] &= bits[row, w]
+        if rows == 1:
+            for w in range(words):
+                acc[w] &= bits[row, w]
+        else:
+            for w in range(words):
+                either = bits[row, w]
+                for r in range(i + 2, i + 1 + rows):
+                    either |= bits[plan[r], w]
+                acc[w] &= either
         k = 0
         for s in range(first, last, 2):
             for q in range(plan[s], plan[s + 1]):

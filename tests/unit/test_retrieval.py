@@ -100,14 +100,19 @@ def test_empty_snapshot_and_unknown_values_retrieve_nothing_or_the_unconstrained
 @pytest.mark.parametrize("size", [1, 63, 64, 65, 200])
 def test_the_bitset_pass_matches_boolean_masks_at_word_edges(size):
     """``_candidates`` against numpy on boolean masks, at sizes on and around the 64-bit word boundary: three
-    random dimensions (rows of one array of bitsets), each widened by none, one or two spans of positions
-    (of one flat array), including the last and first campaign."""
+    random dimensions, each one to three rows (of one array of bitsets) OR-ed together and widened by none,
+    one or two spans of positions (of one flat array), including the last and first campaign."""
     rng = np.random.default_rng(size)
     for _ in range(50):
         rows, flat, plan, want = [], [], [], np.ones(size, dtype=bool)
         for _ in range(3):
-            mask = rng.random(size) < rng.choice([0.1, 0.5, 0.95])
-            rows.append(bitset(mask))
+            mask = np.zeros(size, dtype=bool)
+            used = []
+            for _ in range(int(rng.integers(1, 4))):
+                row = rng.random(size) < rng.choice([0.1, 0.5, 0.95])
+                used.append(len(rows))
+                rows.append(bitset(row))
+                mask |= row
             spans = []
             for _ in range(int(rng.integers(0, 3))):
                 extra = np.unique(np.append(rng.choice(size, int(rng.integers(0, 4))), rng.choice([0, size - 1])))
@@ -116,7 +121,7 @@ def test_the_bitset_pass_matches_boolean_masks_at_word_edges(size):
                 spans += (start, start + len(extra))
                 mask = mask.copy()
                 mask[extra] = True
-            plan += (len(rows) - 1, len(spans) // 2, *spans)
+            plan += (len(used), *used, len(spans) // 2, *spans)
             want &= mask
         bits, flat_array = np.stack(rows), np.concatenate([np.zeros(0, dtype=np.int64), *flat])
         bits.flags.writeable = flat_array.flags.writeable = False
