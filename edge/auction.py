@@ -233,16 +233,24 @@ def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray)
         acc[w] = ~np.uint64(0)
     if size & 63:  # no bit past the last campaign, whatever the rows hold
         acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
+    most = 0  # the longest widening of a dimension: one buffer serves every dimension's
+    i = 0
+    while i < plan.shape[0]:
+        first = i + 2 + plan[i]
+        last = first + 2 * plan[first - 1]
+        widened = 0
+        for s in range(first, last, 2):
+            widened += plan[s + 1] - plan[s]
+        if widened > most:
+            most = widened
+        i = last
+    kept = np.empty(most, dtype=np.uint64)
     i = 0
     while i < plan.shape[0]:
         rows = plan[i]
         row = plan[i + 1]
-        spans = plan[i + 1 + rows]
-        first, last = i + 2 + rows, i + 2 + rows + 2 * spans
-        widened = 0
-        for s in range(first, last, 2):
-            widened += plan[s + 1] - plan[s]
-        kept = np.empty(widened, dtype=np.uint64)
+        first = i + 2 + rows
+        last = first + 2 * plan[first - 1]
         k = 0
         for s in range(first, last, 2):
             for q in range(plan[s], plan[s + 1]):
