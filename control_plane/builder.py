@@ -82,18 +82,27 @@ class SnapshotBuilder:
         (``replay``, counted: nats-py's end-of-replay marker can come early): a snapshot short of campaigns
         would make every edge forget their state until the next one, and one short of an advertiser's
         postback token hashes would refuse its postbacks at every edge. A replay that stalls is built from as
-        far as it got, with a warning, rather than never. In a task group: if either watch fails, the other
-        stops too and the failure surfaces (``run``)."""
+        far as it got, with a warning, rather than never. In a task group: if either watch fails or ends,
+        the other stops too and the failure surfaces (``run``, as an ExceptionGroup), and a restarted
+        ``run`` (``control_plane.state.supervise``) waits for its own replays before it builds again."""
+        self._initial_done.clear()
         stores = ((S.CAMPAIGNS_BUCKET, self._apply), (S.ADVERTISERS_BUCKET, self._apply_advertiser))
-        watchers = [(bucket, await (await self._js.key_value(bucket)).watchall(), apply) for bucket, apply in stores]
-        async with asyncio.TaskGroup() as replays:
-            for bucket, watcher, apply in watchers:
-                replays.create_task(self._replay(bucket, watcher, apply))
-        self._initial_done.set()
-        self._dirty.set()
-        async with asyncio.TaskGroup() as follows:
-            for _, watcher, apply in watchers:
-                follows.create_task(self._follow(watcher, apply))
+        watchers: list[tuple[str, KeyValue.KeyWatcher, Callable[[KeyValue.Entry], bool]]] = []
+        try:
+            for bucket, apply in stores:
+                watchers.append((bucket, await (await self._js.key_value(bucket)).watchall(), apply))
+            async with asyncio.TaskGroup() as replays:
+                for bucket, watcher, apply in watchers:
+                    replays.create_task(self._replay(bucket, watcher, apply))
+            self._initial_done.set()
+            self._dirty.set()
+            async with asyncio.TaskGroup() as follows:
+                for bucket, watcher, apply in watchers:
+                    follows.create_task(self._follow(bucket, watcher, apply))
+        finally:
+            for _, watcher, _ in watchers:  # a restarted run watches anew: unsubscribe these
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
 
     @staticmethod
     async def _replay(bucket: str, watcher: KeyValue.KeyWatcher, apply: Callable[[KeyValue.Entry], bool]) -> None:
@@ -103,10 +112,13 @@ class SnapshotBuilder:
         except NatsTimeoutError:
             log.warning("the %s store's replay stalled; building from as far as it got", bucket)
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher, apply: Callable[[KeyValue.Entry], bool]) -> None:
+    async def _follow(self, bucket: str, watcher: KeyValue.KeyWatcher,
+                      apply: Callable[[KeyValue.Entry], bool]) -> None:
         async for entry in watcher:
             if entry is not None and apply(entry):
                 self._dirty.set()
+        # nats-py ends a watch only when it is stopped: snapshots built without it would go stale unseen.
+        raise RuntimeError(f"the {bucket} store's watch ended")
 
     def _apply(self, entry: KeyValue.Entry) -> bool:
         if entry.operation in ("DEL", "PURGE") or not entry.value:

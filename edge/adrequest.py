@@ -49,7 +49,7 @@ def _terms(raw: str, field: str, errors: list[ParamError]) -> tuple[str, ...]:
     segments = raw.split(",")
     # Empty segments count: the documented pattern (edge.openapi) allows 50 segments, some of them empty.
     if len(segments) > 50:
-        errors.append(ParamError(field, "at most 50 comma-separated terms"))
+        errors.append(ParamError(field, "at most 50 comma-separated terms (empty ones count)"))
         return ()
     terms = [t.strip().lower() for t in segments if t.strip()]
     bad = [t for t in terms if not _TERM.fullmatch(t)]

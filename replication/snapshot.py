@@ -148,7 +148,8 @@ class RetrievalIndex:
     answers: Mapping[str, Mapping[str, np.ndarray]]  # views of rows of ``bits``
     bits: np.ndarray  # uint64, (bitsets, words)
     flat: np.ndarray  # int64, every value's positions one after another
-    # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads, looked up once:
+    # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads (split below into
+    # ``context_lookups`` and ``other_lookups``, which ``edge.auction._plan`` reads), looked up once:
     # (its name, value -> (start, end) of its positions in ``flat``, value -> row of its answer in ``bits``,
     # the row of its unrestricted bitset). A dimension no campaign is restricted in keeps everyone: retrieval
     # skips it. Plain dicts, read-only by convention: every request looks values up in them, and a

@@ -178,11 +178,19 @@ def test_the_first_snapshot_waits_for_every_stored_campaign_and_advertiser(nats_
 
 def test_a_rotated_or_deleted_advertiser_s_postback_keys_change_the_next_snapshot(nats_url: str) -> None:
     """After the first replay the builder follows the advertiser store: a rotated postback token is a change
-    (the snapshot is rebuilt) with both hashes held, a write that leaves the hashes as they were is not, and
-    a deleted advertiser's hashes are dropped (they were kept before, valid at every edge until a restart)."""
+    that marks the snapshot for a rebuild, with both hashes held; a write that leaves the hashes as they were
+    is not; a deleted advertiser's hashes are dropped (they were kept before, valid at every edge until a
+    restart)."""
     from control_plane.builder import SnapshotBuilder
 
-    async def scenario() -> tuple[list[tuple[str, bool]], list[Any]]:
+    async def settled(applied: list[tuple[str, bool]], count: int) -> None:
+        for _ in range(250):
+            if len(applied) >= count:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the builder saw {applied}, not {count} changes")
+
+    async def scenario() -> list[Any]:
         nc, js = await _js(nats_url, "t-adv")
         store = await Store(js).open()
         await store.create_advertiser({"id": "advrot", "postback_token_sha256s": ["a" * 64]})
@@ -192,30 +200,36 @@ def test_a_rotated_or_deleted_advertiser_s_postback_keys_change_the_next_snapsho
 
         def recorded(entry: Any) -> bool:
             changed = apply(entry)
-            applied.append((entry.key, changed))
+            if entry.key == "advrot":  # other tests' advertisers may be in the bucket
+                applied.append((entry.key, changed))
             return changed
 
         builder._apply_advertiser = recorded  # type: ignore[method-assign]
         watch = asyncio.create_task(builder._watch())
         await asyncio.wait_for(builder._initial_done.wait(), 30)
-        held = [builder._postback.get("advrot")]
+        seen: list[Any] = [list(applied), builder._postback.get("advrot")]
+        builder._dirty.clear()
         await store.add_postback_token("advrot", "b" * 64, keep=2)
+        await settled(applied, 2)
+        seen += [builder._dirty.is_set(), builder._postback.get("advrot")]
+        builder._dirty.clear()
         kv = await js.key_value(S.ADVERTISERS_BUCKET)
         await kv.put("advrot", (await kv.get("advrot")).value)  # the same record again
+        await settled(applied, 3)
+        seen += [builder._dirty.is_set()]
         await kv.delete("advrot")
-        for _ in range(200):
-            if len(applied) == 4:
-                break
-            await asyncio.sleep(0.02)
-        held.append(builder._postback.get("advrot"))
+        await settled(applied, 4)
+        seen += [builder._dirty.is_set(), builder._postback.get("advrot"), applied[1:]]
         watch.cancel()
         await nc.close()
-        return applied, held
+        return seen
 
-    applied, held = run(scenario)
-    # the replay, the rotation, the same hashes, the delete
-    assert applied == [("advrot", True), ("advrot", True), ("advrot", False), ("advrot", True)]
-    assert held == [["a" * 64], None]
+    assert run(scenario) == [
+        [("advrot", True)], ["a" * 64],  # the replay
+        True, ["b" * 64, "a" * 64],  # the rotation: the new token first, the previous one still valid
+        False,  # the same hashes: no rebuild
+        True, None, [("advrot", True), ("advrot", False), ("advrot", True)],  # the delete
+    ]
 
 
 @pytest.mark.parametrize("campaigns", [3, 4000], ids=["inline", "object-store"])
