@@ -60,6 +60,11 @@ def test_masks_match_the_set_definition_over_a_realistic_inventory():
     assert 0 < len(index.answers["placement"]) < len(index.positions["placement"])
     assert any(r.placement in index.answers["placement"] for r in requests(400))
     assert any(len(r.keywords) == 1 and r.keywords[0] in index.answers["keyword"] for r in requests(400))
+    # Several answered keywords OR-ed, and an answered one beside one widened by its postings, are both among
+    # the requests checked above.
+    answered = [sum(k in index.answers["keyword"] for k in r.keywords) for r in requests(400)]
+    assert any(n >= 2 for n in answered)
+    assert any(0 < n < len(r.keywords) for n, r in zip(answered, requests(400), strict=True))
 
 
 def test_a_remembered_context_plan_serves_every_request_of_that_context_only(monkeypatch):
