@@ -82,9 +82,10 @@ class SnapshotBuilder:
         (``replay``, counted: nats-py's end-of-replay marker can come early): a snapshot short of campaigns
         would make every edge forget their state until the next one, and one short of an advertiser's
         postback token hashes would refuse its postbacks at every edge. A replay that stalls is built from as
-        far as it got, with a warning, rather than never. In a task group: if either watch fails or ends,
-        the other stops too and the failure surfaces (``run``, as an ExceptionGroup), and a restarted
-        ``run`` (``control_plane.state.supervise``) waits for its own replays before it builds again."""
+        far as it got, with a warning, rather than never, unless it stalled before its first entry
+        (``_replay``). In a task group: if either watch fails or ends, the other stops too and the failure
+        surfaces (``run``, as an ExceptionGroup), and a restarted ``run`` (``control_plane.state.supervise``)
+        waits for its own replays before it builds again."""
         self._initial_done.clear()
         stores = ((S.CAMPAIGNS_BUCKET, self._apply), (S.ADVERTISERS_BUCKET, self._apply_advertiser))
         watchers: list[tuple[str, KeyValue.KeyWatcher, Callable[[KeyValue.Entry], bool]]] = []
@@ -106,11 +107,19 @@ class SnapshotBuilder:
 
     @staticmethod
     async def _replay(bucket: str, watcher: KeyValue.KeyWatcher, apply: Callable[[KeyValue.Entry], bool]) -> None:
+        applied = 0
         try:
             async for entry in replay(watcher):
                 apply(entry)
+                applied += 1
         except NatsTimeoutError:
-            log.warning("the %s store's replay stalled; building from as far as it got", bucket)
+            if not applied:
+                # Nothing read, perhaps not even the replay's size (``replay`` asks the consumer first): a
+                # snapshot built now could hold no campaigns, and every edge would drop what it serves.
+                # Failing instead keeps the edges on the last snapshot while ``run`` is restarted.
+                raise
+            log.warning("the %s store's replay stalled after %d entries; building from as far as it got", bucket,
+                        applied)
 
     async def _follow(self, bucket: str, watcher: KeyValue.KeyWatcher,
                       apply: Callable[[KeyValue.Entry], bool]) -> None:

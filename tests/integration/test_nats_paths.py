@@ -176,6 +176,54 @@ def test_the_first_snapshot_waits_for_every_stored_campaign_and_advertiser(nats_
     assert empty_held == (0, 0) and empty_waited < 2.0
 
 
+def test_a_replay_that_stalls_before_its_first_entry_fails_instead_of_building_an_empty_snapshot(
+        nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay that times out before any entry (its consumer's size unread, say) fails the builder's watch,
+    so the edges keep their last snapshot while ``run`` is restarted; before, it was "built from as far as it
+    got": from nothing, a snapshot without campaigns. One that stalls later is still built from what it has."""
+    from nats.errors import TimeoutError as NatsTimeoutError
+
+    import control_plane.builder as builder_module
+
+    real = builder_module.replay
+
+    def stalling_after(count: int) -> Callable[[Any], Any]:
+        async def stalls(watcher: Any) -> Any:
+            seen = 0
+            async for entry in real(watcher):
+                if seen == count:
+                    raise NatsTimeoutError
+                seen += 1
+                yield entry
+        return stalls
+
+    async def attempt(js: Any, count: int) -> tuple[bool, int, str]:
+        monkeypatch.setattr(builder_module, "replay", stalling_after(count))
+        builder = builder_module.SnapshotBuilder(js, ("eu",), reserve_cpm_micros=0)
+        watch = asyncio.create_task(builder._watch())
+        done = asyncio.create_task(builder._initial_done.wait())
+        await asyncio.wait({watch, done}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        failure = repr(watch.exception()) if watch.done() else ""
+        watch.cancel()
+        done.cancel()
+        return builder._initial_done.is_set(), len(builder._campaigns), failure
+
+    async def scenario() -> list[tuple[bool, int, str]]:
+        nc, js = await _js(nats_url, "t-stall")
+        await js.delete_key_value(S.CAMPAIGNS_BUCKET)
+        await ensure_jetstream(js)
+        store = await Store(js).open()
+        for i in range(3):
+            await store.create_campaign({"id": f"cmps{i}", "advertiser_id": "advs", "created_at": f"{i}"})
+        outcomes = [await attempt(js, 0), await attempt(js, 1)]
+        await nc.close()
+        return outcomes
+
+    (first_done, first_held, failure), later = run(scenario)
+    assert (first_done, first_held) == (False, 0) and "TimeoutError" in failure
+    assert later[0] and later[1] >= 1 and later[2] == ""  # the watch goes on: the rest may have arrived since
+
+
 def test_a_rotated_or_deleted_advertiser_s_postback_keys_change_the_next_snapshot(nats_url: str) -> None:
     """After the first replay the builder follows the advertiser store: a rotated postback token is a change
     that marks the snapshot for a rebuild, with both hashes held; a write that leaves the hashes as they were
