@@ -224,6 +224,41 @@ def test_a_replay_that_stalls_before_its_first_entry_fails_instead_of_building_a
     assert later[0] and later[1] >= 1 and later[2] == ""  # the watch goes on: the rest may have arrived since
 
 
+def test_a_store_watch_that_ends_fails_the_builder_s_run(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nats-py ends a KV watch only when it is stopped, and then without an error: the builder's follow used
+    to end quietly, leaving every later snapshot without that store's changes. Now the watch raises, the
+    other store's watch stops with it (the task group), and ``run`` surfaces it for its supervisor."""
+    from nats.js.kv import KeyValue
+
+    from control_plane.builder import SnapshotBuilder
+
+    watchers: list[Any] = []
+    watchall = KeyValue.watchall
+
+    async def recorded(self: Any, **kwargs: Any) -> Any:
+        watcher = await watchall(self, **kwargs)
+        watchers.append(watcher)
+        return watcher
+
+    monkeypatch.setattr(KeyValue, "watchall", recorded)
+
+    async def scenario() -> str:
+        nc, js = await _js(nats_url, "t-ended")
+        builder = SnapshotBuilder(js, ("ended",), reserve_cpm_micros=0, refresh_s=0.05, debounce_s=0.0)
+        running = asyncio.create_task(builder.run())
+        await asyncio.wait_for(builder._initial_done.wait(), 30)
+        await watchers[1].stop()  # the advertiser store's
+        try:
+            await asyncio.wait_for(running, 10)
+        except Exception as exc:  # what run raised (or the wait timing out) is the subject
+            return repr(exc)
+        finally:
+            await nc.close()
+        return "run returned"
+
+    assert f"the {S.ADVERTISERS_BUCKET} store's watch ended" in run(scenario)
+
+
 def test_a_rotated_or_deleted_advertiser_s_postback_keys_change_the_next_snapshot(nats_url: str) -> None:
     """After the first replay the builder follows the advertiser store: a rotated postback token is a change
     that marks the snapshot for a rebuild, with both hashes held; a write that leaves the hashes as they were
