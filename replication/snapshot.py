@@ -120,7 +120,7 @@ POPULAR_SHARE = 32  # beyond that, a value 1/32 of the campaigns name still gets
 MIN_POPULAR = 64  # ... if that is at least 64 campaigns: fewer positions are cheap to set per request anyway
 
 
-# What retrieval looks up in one dimension (``RetrievalIndex.lookups``).
+# What retrieval looks up in one dimension (``RetrievalIndex.context_lookups`` and ``other_lookups``).
 Lookup = tuple[str, dict[str, tuple[int, int]], dict[str, int], int]
 
 
@@ -148,14 +148,12 @@ class RetrievalIndex:
     answers: Mapping[str, Mapping[str, np.ndarray]]  # views of rows of ``bits``
     bits: np.ndarray  # uint64, (bitsets, words)
     flat: np.ndarray  # int64, every value's positions one after another
-    # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads (split below into
-    # ``context_lookups`` and ``other_lookups``, which ``edge.auction._plan`` reads), looked up once:
-    # (its name, value -> (start, end) of its positions in ``flat``, value -> row of its answer in ``bits``,
-    # the row of its unrestricted bitset). A dimension no campaign is restricted in keeps everyone: retrieval
-    # skips it. Plain dicts, read-only by convention: every request looks values up in them, and a
+    # Per dimension some campaign is restricted in (DIMENSIONS order), what retrieval reads (``edge.auction.
+    # _plan``), looked up once: (its name, value -> (start, end) of its positions in ``flat``, value -> row of
+    # its answer in ``bits``, the row of its unrestricted bitset); the context's dimensions
+    # (CONTEXT_DIMENSIONS) apart from the others. A dimension no campaign is restricted in keeps everyone:
+    # retrieval skips it. Plain dicts, read-only by convention: every request looks values up in them, and a
     # mappingproxy's ``get`` is a method call on the dict behind it, several times a dict's own.
-    lookups: tuple[Lookup, ...]
-    # ``lookups`` split: the context's dimensions (CONTEXT_DIMENSIONS), and the others.
     context_lookups: tuple[Lookup, ...]
     other_lookups: tuple[Lookup, ...]
     # What the auction derives from the index per request context and keeps with it (``edge.auction._plan``):
@@ -206,7 +204,7 @@ class RetrievalIndex:
                                         for dim in DIMENSIONS}),
             answers=MappingProxyType({dim: MappingProxyType({v: bits[row] for v, row in by_value.items()})
                                       for dim, by_value in answer_rows.items()}),
-            bits=bits, flat=flat, lookups=lookups,
+            bits=bits, flat=flat,
             context_lookups=tuple(entry for entry in lookups if entry[0] in CONTEXT_DIMENSIONS),
             other_lookups=tuple(entry for entry in lookups if entry[0] not in CONTEXT_DIMENSIONS))
 

@@ -48,6 +48,13 @@ async def _js(nats_url: str, name: str) -> tuple[Any, Any]:
     return nc, js
 
 
+async def _empty_stores(js: Any) -> None:
+    """The campaign and advertiser stores emptied, for a test that counts what a builder reads of them."""
+    await js.delete_key_value(S.CAMPAIGNS_BUCKET)
+    await js.delete_key_value(S.ADVERTISERS_BUCKET)
+    await ensure_jetstream(js)
+
+
 def _campaign(i: int, advertiser: str = "adv1") -> SnapshotCampaign:
     return SnapshotCampaign(
         campaign_id=f"cmp{i:06d}", advertiser_id=advertiser, revision=1, bid_type="cpm", max_bid_micros=2_000_000,
@@ -152,21 +159,16 @@ def test_the_first_snapshot_waits_for_every_stored_campaign_and_advertiser(nats_
         watch.cancel()
         return held[0], waited
 
-    async def empty_bucket(js: Any) -> None:  # this test's campaigns and advertisers only
-        await js.delete_key_value(S.CAMPAIGNS_BUCKET)
-        await js.delete_key_value(S.ADVERTISERS_BUCKET)
-        await ensure_jetstream(js)
-
     async def scenario() -> tuple[list[tuple[int, int]], tuple[tuple[int, int], float]]:
         nc, js = await _js(nats_url, "t-first")
-        await empty_bucket(js)
+        await _empty_stores(js)
         store = await Store(js).open()
         await asyncio.gather(*(store.create_campaign({"id": f"cmpf{i:05d}", "advertiser_id": f"advf{i % 7}",
                                                       "created_at": f"{i:05d}"}) for i in range(n)))
         await asyncio.gather(*(store.create_advertiser({"id": f"advf{i}", "postback_token_sha256s": [f"{i:064x}"]})
                                for i in range(advertisers)))
         held = [h for h, _ in await asyncio.gather(*(held_at_start(js) for _ in range(8)))]
-        await empty_bucket(js)
+        await _empty_stores(js)
         empty = await held_at_start(js)
         await nc.close()
         return held, empty
@@ -210,8 +212,7 @@ def test_a_replay_that_stalls_before_its_first_entry_fails_instead_of_building_a
 
     async def scenario() -> list[tuple[bool, int, str]]:
         nc, js = await _js(nats_url, "t-stall")
-        await js.delete_key_value(S.CAMPAIGNS_BUCKET)
-        await ensure_jetstream(js)
+        await _empty_stores(js)
         store = await Store(js).open()
         for i in range(3):
             await store.create_campaign({"id": f"cmps{i}", "advertiser_id": "advs", "created_at": f"{i}"})
