@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -224,16 +225,19 @@ _DEBRUIJN, _BIT_INDEX = _debruijn()
 @njit(nogil=True)
 def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray) -> np.ndarray:
     """The positions whose bit survives AND-ing every planned dimension's rows of ``bits`` (OR-ed together),
-    each first widened by its spans of positions in ``flat`` (``_plan``), ascending. Widening without a copy
-    of the rows: (rows | those) & acc keeps acc's bits at those positions, so remember them before the AND
-    and put them back after."""
-    words = (size + 63) >> 6
-    acc = np.empty(words, dtype=np.uint64)
-    for w in range(words):
-        acc[w] = ~np.uint64(0)
-    if size & 63:  # no bit past the last campaign, whatever the rows hold
-        acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
-    most = 0  # the longest widening of a dimension: one buffer serves every dimension's
+    each first widened by its spans of positions in ``flat`` (``_plan``), ascending, in an array of their
+    own. ``_select`` runs the same steps in its workspace."""
+    acc = np.empty((size + 63) >> 6, dtype=np.uint64)
+    out = np.empty(_intersect(size, bits, flat, plan, acc, np.empty(_widest(plan), dtype=np.uint64)),
+                   dtype=np.int64)
+    _positions(acc, out)
+    return out
+
+
+@njit(nogil=True)
+def _widest(plan: np.ndarray) -> int:
+    """The most positions one dimension of ``plan`` widens by: the buffer ``_intersect`` needs for them."""
+    most = 0
     i = 0
     while i < plan.shape[0]:
         first = i + 2 + plan[i]
@@ -244,7 +248,21 @@ def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray)
         if widened > most:
             most = widened
         i = last
-    kept = np.empty(most, dtype=np.uint64)
+    return most
+
+
+@njit(nogil=True)
+def _intersect(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray, acc: np.ndarray,
+               kept: np.ndarray) -> int:
+    """AND every planned dimension into ``acc`` (one bit per campaign, ``(size + 63) >> 6`` words) and count
+    the bits left. Widening without a copy of the rows: (rows | those) & acc keeps acc's bits at those
+    positions, so remember them (in ``kept``, at least ``_widest(plan)`` long) before the AND and put them
+    back after."""
+    words = (size + 63) >> 6
+    for w in range(words):
+        acc[w] = ~np.uint64(0)
+    if size & 63:  # no bit past the last campaign, whatever the rows hold
+        acc[words - 1] = (np.uint64(1) << np.uint64(size & 63)) - np.uint64(1)
     i = 0
     while i < plan.shape[0]:
         rows = plan[i]
@@ -279,16 +297,20 @@ def _candidates(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray)
         while x:
             x &= x - np.uint64(1)
             n += 1
-    out = np.empty(n, dtype=np.int64)
+    return n
+
+
+@njit(nogil=True)
+def _positions(acc: np.ndarray, out: np.ndarray) -> None:
+    """The positions of ``acc``'s set bits, ascending, into ``out`` (as long as there are bits)."""
     i = 0
-    for w in range(words):
+    for w in range(acc.shape[0]):
         x = acc[w]
         while x:
             low = x & (~x + np.uint64(1))
             out[i] = (w << 6) + _BIT_INDEX[(low * _DEBRUIJN) >> np.uint64(58)]
             i += 1
             x ^= low
-    return out
 
 
 @lru_cache(maxsize=4096)
@@ -524,36 +546,42 @@ def run_auction(
                                      request.device, now_s)
 
         caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
-    ints, ranked, first, front = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm, inputs,
-                                         caps, float(reserve), HEAD, explain)
-    # One slice and one list each for what the walk reads first: the counts and the best candidates' positions,
-    # and their scores and CTRs. The rest stays in the kernel's arrays until the walk gets there.
-    counted = ints[:_CODES + first].tolist()
-    by_fate = counted[:_CODES]
-    candidates = sum(by_fate)
+    work = _WORK
+    while True:
+        ints, floats = work.ints, work.floats
+        candidates, live, first, front = _select(index.size, index.bits, index.flat, plan, fate, scores, ctrs, cpm,
+                                                 inputs, caps, float(reserve), HEAD, explain, ints, floats)
+        if live >= 0:
+            break
+        # Too small for the bitset, or for the candidates (known only once the bitset is done): grow it, again.
+        work.grow(first, front)
     if not candidates:
         return AuctionResult(wins=(), candidates=0, no_fill=NoFill.NO_CANDIDATES)
-    counts = {_FATES[code]: n for code, n in enumerate(by_fate[:_PASSED]) if n}
+    # One slice and one list each for what the walk reads first: the counts and the best candidates' positions,
+    # and their scores and CTRs (``_layout``). The rest stays in the workspace until the walk gets there.
+    counted = ints[:_CODES + first].tolist()
+    counts = {_FATES[code]: n for code, n in enumerate(counted[:_PASSED]) if n}
     reasons: dict[str, Reason] = {}
     if explain and counts:
         campaigns = snapshot.campaigns
-        where, fates = _unpack(ints)[2].tolist()
+        where, fates = _layout(ints, floats, candidates, live, True)[2].tolist()
         reasons = {campaigns[p].campaign_id: _FATES[code] for p, code in zip(where, fates, strict=True)
                    if code != _PASSED}
-    live = by_fate[_PASSED]
-    sorted_head = (counted[_CODES:], *ranked[:, :first].tolist())
-    rest = _Rest(ints, ranked, first, front, live, inputs) if first < live else None
+    sorted_head = (counted[_CODES:], floats[:first].tolist(), floats[candidates:candidates + first].tolist())
+    rest = _Rest(ints, floats, candidates, first, front, live, inputs) if first < live else None
     return _finish(snapshot, request, candidates, sorted_head, rest, overrides, counts, reasons, reserve, rng,
                    allowance, throttle, explain=explain)
 
 
 class _Rest(NamedTuple):
-    """The candidates that passed beyond what the walk reads first, left in ``_sift``'s arrays (``ints``,
-    ``ranked``) at [start, stop) of the live ones, of them [start, front) sorted, with the click model's
-    inputs: a CPM campaign's CTR there is NaN until the walk gets to it (``_extend``)."""
+    """The candidates that passed beyond what the walk reads first, left in the workspace (``ints``,
+    ``floats``, laid out for ``candidates`` as ``_layout`` says) at [start, stop) of the live ones, of them
+    [start, front) sorted, with the click model's inputs: a CPM campaign's CTR there is NaN until the walk
+    gets to it (``_extend``)."""
 
     ints: np.ndarray
-    ranked: np.ndarray
+    floats: np.ndarray
+    candidates: int
     start: int
     front: int
     stop: int
@@ -629,24 +657,70 @@ def _caps(snapshot: Snapshot, index: RetrievalIndex, plan: np.ndarray, scores: n
             np.array([r[1] for r in rescored], dtype=np.float64), np.array([r[2] for r in rescored], dtype=np.float64))
 
 
+class _Workspace(threading.local):
+    """The buffers ``_select`` works and answers in, one pair per thread, kept from one auction to the next:
+    allocating its dozen arrays and boxing the two it answered in cost numba about 15,000 instructions per
+    call, half of its fixed cost (callgrind, one-off). An auction reads what it needs of them before it
+    returns, so nothing of one auction's outlives it; ``grow`` replaces them when an auction has more
+    candidates than they hold."""
+
+    def __init__(self) -> None:
+        self.ints = np.empty(4096, dtype=np.int64)
+        self.floats = np.empty(4096, dtype=np.float64)
+
+    def grow(self, ints: int, floats: int) -> None:
+        """At least ``ints`` and ``floats`` long: doubled, or to what is asked if that is more, so that a
+        growing inventory reallocates a few times, not on every larger auction."""
+        if ints > self.ints.shape[0]:
+            self.ints = np.empty(max(ints, 2 * self.ints.shape[0]), dtype=np.int64)
+        if floats > self.floats.shape[0]:
+            self.floats = np.empty(max(floats, 2 * self.floats.shape[0]), dtype=np.float64)
+
+
+_WORK = _Workspace()
+
+
 @njit(nogil=True)
 def _select(size: int, bits: np.ndarray, flat: np.ndarray, plan: np.ndarray, fate_of: np.ndarray,
             scores: np.ndarray, ctrs: np.ndarray, cpm: np.ndarray, inputs: ModelInputs, caps: Caps, reserve: float,
-            head: int, explain: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """The auction from retrieval to the ranking walk in one compiled call: the candidates (``_candidates``),
-    then ``_sift``, whose results it returns. One call instead of three (retrieval, the click model's
-    scoring, the sifting) with their arrays handed back and forth through Python: 9 arrays boxed per request
-    before, 2 now (boxing one costs numba about a microsecond)."""
-    return _sift(_candidates(size, bits, flat, plan), fate_of, scores, ctrs, cpm, inputs, caps, reserve, head,
-                 explain)
+            head: int, explain: bool, ints: np.ndarray, floats: np.ndarray) -> tuple[int, int, int, int]:
+    """The auction from retrieval to the ranking walk in one compiled call: the candidates (``_candidates``'
+    steps), then ``_sift``, in a ``_Workspace``'s ``ints`` and ``floats``. One call instead of three
+    (retrieval, the click model's scoring, the sifting) with their arrays handed back and forth through
+    Python, and no array allocated or boxed.
+
+    Returns (candidates, then ``_sift``'s three numbers), or when the workspace is too small (candidates,
+    -1, the ints and the floats it needs): nothing of it is then usable; grow it and call again. The
+    bitset and the widening buffer take the end of ``ints``, the candidates' positions go where ``_sift``
+    keeps them for explain (``_layout``)."""
+    words = (size + 63) >> 6
+    most = _widest(plan)
+    tail = ints.shape[0] - words - most
+    if tail < _CODES:
+        return 0, -1, _CODES + words + most, 0
+    acc = ints[tail:tail + words].view(np.uint64)
+    m = _intersect(size, bits, flat, plan, acc, ints[tail + words:].view(np.uint64))
+    if _CODES + 6 * m > tail or 6 * m > floats.shape[0]:
+        return m, -1, _CODES + 6 * m + words + most, 6 * m
+    positions = ints[_CODES + m:_CODES + 2 * m]
+    _positions(acc, positions)
+    n, first, front = _sift(positions, fate_of, scores, ctrs, cpm, inputs, caps, reserve, head, explain, ints,
+                            floats)
+    return m, n, first, front
 
 
-def _unpack(ints: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """``_sift``'s integers as (the count per fate code, the live positions in ranking order, with explain
-    every candidate's position and fate as two rows, else empty)."""
-    by_fate = ints[:_CODES].tolist()
-    live = by_fate[_PASSED]
-    return by_fate, ints[_CODES:_CODES + live], ints[_CODES + live:].reshape(2, -1)
+def _layout(ints: np.ndarray, floats: np.ndarray, m: int, n: int,
+            explain: bool) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """``_sift``'s answer for ``m`` candidates, ``n`` of them live, taken apart: (the count per fate code,
+    the live positions in ranking order, with ``explain`` every candidate's position and fate as two rows,
+    else no rows, the live scores and CTRs as two rows). Views, not copies: the next auction overwrites them.
+
+    ``ints``: the counts (``_CODES``), the live positions in ranking order (``m`` places, ``n`` used), every
+    candidate's position, every candidate's fate, then scratch (3 ``m``). ``floats``: the live scores in
+    ranking order, their CTRs (``m`` places each), then scratch (4 ``m``)."""
+    return (ints[:_CODES].tolist(), ints[_CODES:_CODES + n],
+            ints[_CODES + m:_CODES + 3 * m].reshape(2, m) if explain else ints[:0].reshape(2, 0),
+            floats[:2 * m].reshape(2, m)[:, :n])
 
 
 # How many candidates ahead ``_sift`` asks for a candidate's data (``edge.prefetch``): far enough for a miss to
@@ -658,16 +732,15 @@ _CODES = _PASSED + 1  # fate codes: the length of the counts that open ``_sift``
 
 @njit(nogil=True)
 def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: np.ndarray, cpm: np.ndarray,
-          inputs: ModelInputs, caps: Caps, reserve: float, head: int,
-          explain: bool) -> tuple[np.ndarray, np.ndarray, int, int]:
+          inputs: ModelInputs, caps: Caps, reserve: float, head: int, explain: bool, ints: np.ndarray,
+          floats: np.ndarray) -> tuple[int, int, int]:
     """Everything between retrieval and the ranking walk, in one compiled pass over the candidates: each one's
     fate (the first check it failed: the campaign-level ones from ``fate_of``, then the user's caps, then
-    the reserve on this request's score), how many met each fate, and the ones that passed (positions, and
-    scores and CTRs as the two rows of one array), the best ``head`` of them and everything tied with the
-    last of those sorted first by descending score (stable: ties keep position order), the rest after them
-    unsorted. As numpy expressions this was some thirty calls whose fixed costs outweighed the work:
-    ``auction_p50_us_10k`` of ``adserver bench --only auction`` went from 60.1 us on fe8b5f5 to 50.2 with a
-    first version of this pass (aaf030d).
+    the reserve on this request's score), how many met each fate, and the ones that passed (positions,
+    scores and CTRs), the best ``head`` of them and everything tied with the last of those sorted first by
+    descending score (stable: ties keep position order), the rest after them unsorted. As numpy expressions
+    this was some thirty calls whose fixed costs outweighed the work: ``auction_p50_us_10k`` of ``adserver
+    bench --only auction`` went from 60.1 us on fe8b5f5 to 50.2 with a first version of this pass (aaf030d).
 
     A candidate's score and CTR: the caps' own for a campaign whose best creatives are capped (``_caps``),
     else the click model's (``score_one``) when ``inputs`` has records, else the campaign's own (``scores``,
@@ -677,20 +750,26 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     what the walk reads first, and the others' come back NaN, for whoever reads further to fill
     (``fill_ctrs``).
 
-    Returns two arrays, as few as numba has to box: integers (the count per fate code, the live positions in
-    ranking order, then with ``explain`` every candidate's position and fate) and the live candidates'
-    scores and CTRs as two rows (``_unpack`` takes them apart); how many of them the walk reads first (the
-    best ``FIRST`` and their ties: only theirs of the CPM campaigns' CTRs are predicted here), and how many
-    are sorted."""
+    Answers in ``ints`` and ``floats`` (at least 6 ``len(positions)`` plus ``_CODES`` and 6 ``len(positions)``
+    long; laid out as ``_layout`` reads them, ``positions`` may be their place there) with: how many
+    passed, how many of them the walk reads first (the best ``FIRST`` and their ties: only theirs of the CPM
+    campaigns' CTRs are predicted here), and how many are sorted."""
     records, values, mix, weights, shift, own, exploration = inputs
     modelled = records.shape[0] > 0
     out, over, over_ctr, over_score = caps
     m = positions.shape[0]
-    fates = np.empty(m if explain else 0, dtype=np.uint8)
-    by_fate = np.zeros(_CODES, dtype=np.int64)
-    live = np.empty(m, dtype=np.int64)
-    live_scores = np.empty(m, dtype=np.float64)
-    live_ctrs = np.empty(m, dtype=np.float64)
+    by_fate = ints[:_CODES]
+    ranked = ints[_CODES:_CODES + m]
+    where = ints[_CODES + m:_CODES + 2 * m]
+    fates = ints[_CODES + 2 * m:_CODES + 3 * m]
+    live = ints[_CODES + 3 * m:_CODES + 4 * m]
+    order = ints[_CODES + 4 * m:_CODES + 5 * m]
+    scratch = ints[_CODES + 5 * m:_CODES + 6 * m]
+    ranked_scores, ranked_ctrs = floats[:m], floats[m:2 * m]
+    live_scores, live_ctrs = floats[2 * m:3 * m], floats[3 * m:4 * m]
+    neg, kth_work = floats[4 * m:5 * m], floats[5 * m:6 * m]
+    for code in range(_CODES):
+        by_fate[code] = 0
     n = 0
     o = v = 0  # the next capped campaign and rescored one at or after this candidate (both ascending)
     for j in range(m):
@@ -731,50 +810,43 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
                     ctr, score = ctrs[pos], scores[pos]
                 fate = _PASSED if score >= reserve and score > 0.0 else _RESERVE  # NaN fails too
         if explain:
+            where[j] = pos  # a no-op when ``positions`` is already there (``_select``)
             fates[j] = fate
         by_fate[fate] += 1
         if fate == _PASSED:
             live[n] = pos
             live_scores[n] = score
             live_ctrs[n] = ctr
+            neg[n] = -score
             n += 1
     # Order: the front (the best ``head`` and their ties) sorted, then the rest as they came.
-    neg = np.empty(n, dtype=np.float64)
-    for i in range(n):
-        neg[i] = -live_scores[i]
-    kth = _kth_smallest(neg.copy(), head - 1) if n > head else np.inf
-    order = np.empty(n, dtype=np.int64)
+    kth = np.inf
+    if n > head:
+        for i in range(n):
+            kth_work[i] = neg[i]
+        kth = _kth_smallest(kth_work[:n], head - 1)
     front = 0
     for i in range(n):
         if neg[i] <= kth:
             order[front] = i
             front += 1
-    ranked = _stable_sorted(order[:front], neg)
-    for i in range(front):  # not ``order[:front] = ranked``: that one line took numba 2 s to compile (one-off)
-        order[i] = ranked[i]
+    _stable_sort(order[:front], neg, scratch)
     rest = front
     for i in range(n):
         if neg[i] > kth:
             order[rest] = i
             rest += 1
-    ints = np.empty(_CODES + n + 2 * fates.shape[0], dtype=np.int64)
-    for code in range(_CODES):  # a loop, not a slice assignment: see ``order`` above
-        ints[code] = by_fate[code]
-    out_ranked = np.empty((2, n), dtype=np.float64)
     for i in range(n):
-        ints[_CODES + i] = live[order[i]]
-        out_ranked[0, i] = live_scores[order[i]]
-        out_ranked[1, i] = live_ctrs[order[i]]
-    for k in range(fates.shape[0]):  # with explain: every candidate's position, then its fate
-        ints[_CODES + n + k] = positions[k]
-        ints[_CODES + n + m + k] = fates[k]
+        ranked[i] = live[order[i]]
+        ranked_scores[i] = live_scores[order[i]]
+        ranked_ctrs[i] = live_ctrs[order[i]]
     # What the walk reads first: the best FIRST and their ties (most auctions look at no more).
     first = front if front < FIRST else FIRST
-    while first < front and out_ranked[0, first] == out_ranked[0, first - 1]:
+    while first < front and ranked_scores[first] == ranked_scores[first - 1]:
         first += 1
     if modelled:  # their CPM campaigns' CTRs; the others' wait until the walk gets there (``_extend``)
-        fill_ctrs(ints[_CODES:_CODES + first], out_ranked[1, :first], inputs)
-    return ints, out_ranked, first, front
+        fill_ctrs(ranked[:first], ranked_ctrs[:first], inputs)
+    return n, first, front
 
 
 # Selection and sorting written out rather than numpy's np.partition and np.argsort: numba took 5 s to
@@ -806,12 +878,14 @@ def _kth_smallest(values: np.ndarray, k: int) -> float:
 
 
 @njit(nogil=True)
-def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """``which`` (indexes into ``keys``) ordered by ascending key, equal keys in their order in ``which``: a
-    bottom-up merge sort, O(n log n) however many keys are equal."""
+def _stable_sort(which: np.ndarray, keys: np.ndarray, scratch: np.ndarray) -> None:
+    """Order ``which`` (indexes into ``keys``) by ascending key in place, equal keys in their order in
+    ``which``: a bottom-up merge sort through ``scratch`` (at least as long), O(n log n) however many keys
+    are equal."""
     n = which.shape[0]
-    src, dst = which.copy(), np.empty_like(which)
+    src, dst = which, scratch[:n]
     width = 1
+    passes = 0
     while width < n:
         for lo in range(0, n, 2 * width):
             mid, hi = min(lo + width, n), min(lo + 2 * width, n)
@@ -825,7 +899,10 @@ def _stable_sorted(which: np.ndarray, keys: np.ndarray) -> np.ndarray:
                     j += 1
         src, dst = dst, src
         width *= 2
-    return src
+        passes += 1
+    if passes & 1:  # the last pass wrote the scratch: copy it back
+        for k in range(n):
+            which[k] = scratch[k]
 
 
 def warm_up(snapshot: Snapshot) -> None:
@@ -845,9 +922,10 @@ def warm_up(snapshot: Snapshot) -> None:
         inputs = NO_MODEL if snapshot.click_model is None else model_inputs(snapshot, fmt, "", "", "", 0.0)
         # Size 0 and an empty plan: no candidates, only the compile (the first time) for this snapshot's arrays.
         _select(0, index.bits, index.flat, np.zeros(0, dtype=np.int64), _NO_FATES, scores,
-                scores if column is None else column.ctr, cpm_bids(columns, fmt), inputs, _NO_CAPS, 0.0, HEAD, False)
-        if snapshot.click_model is not None:  # as ``_extend`` calls it, on slices of _select's arrays
-            fill_ctrs(np.zeros(1, dtype=np.int64)[1:], np.zeros((2, 1))[1, 1:], inputs)
+                scores if column is None else column.ctr, cpm_bids(columns, fmt), inputs, _NO_CAPS, 0.0, HEAD, False,
+                _WORK.ints, _WORK.floats)
+        if snapshot.click_model is not None:  # as ``_extend`` calls it, on slices of the workspace
+            fill_ctrs(_WORK.ints[1:1], _WORK.floats[1:1], inputs)
 
 
 _NO_FATES = frozen_array(np.zeros(0, dtype=np.uint8))  # read-only like ``_Checks.fate``: the same compiled version
@@ -973,10 +1051,10 @@ def _mark(counts: dict[Reason, int], reasons: dict[str, Reason] | None, campaign
 def _extend(rest: _Rest, positions: list[int], scores: list[float], ctrs: list[float]) -> _Rest | None:
     """Append the next candidates to the walk's lists: the rest of the sorted head if any is left (what is
     left of ``rest`` is returned), else all the others, sorted like it."""
-    ints, ranked, start, front, stop, inputs = rest
+    ints, floats, m, start, front, stop, inputs = rest
     sort = start >= front
     end = stop if sort else front
-    live, (more_scores, more_ctrs) = ints[_CODES + start:_CODES + end], ranked[:, start:end]
+    live, more_scores, more_ctrs = ints[_CODES + start:_CODES + end], floats[start:end], floats[m + start:m + end]
     if inputs[0].shape[0]:  # with a click model, the CPM campaigns' CTRs are still to predict (``_sift``)
         fill_ctrs(live, more_ctrs, inputs)
     if sort:

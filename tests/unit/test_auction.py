@@ -537,16 +537,31 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert result == run_auction(s, request, now_s=NOW, rng=random.Random(seed), allowance=allowance)
 
 
+def _sift(*args):
+    """``_sift`` in a workspace of its own, filled with garbage first (nothing may rely on what it held) and
+    used twice (the second answer, from what the first left there, must be the same): the workspace and
+    ``_sift``'s three numbers."""
+    m = args[0].shape[0]
+    ints = np.full(auction_module._CODES + 6 * m + 3, -7, dtype=np.int64)
+    floats = np.full(6 * m + 3, np.nan)
+    once = auction_module._sift(*args, ints, floats)
+    used = ints.copy(), floats.copy()
+    assert auction_module._sift(*args, ints, floats) == once
+    assert np.array_equal(ints, used[0]) and np.array_equal(floats, used[1], equal_nan=True)
+    return ints, floats, *once
+
+
 def _sifted(*args):
     """``_sift``'s results taken apart: (count per fate code, live positions, explain's rows, scores and CTRs,
     how many are sorted)."""
-    ints, ranked, first, front = auction_module._sift(*args)
+    ints, floats, live, first, front = _sift(*args)
+    ranked = auction_module._layout(ints, floats, args[0].shape[0], live, args[9])[3]
     # What the walk reads first: the best FIRST (or all that are sorted, if fewer) and their ties, no more.
     scores, least = ranked[0].tolist(), min(auction_module.FIRST, front)
     assert least <= first <= front
     assert first == front or scores[first] != scores[first - 1]  # no run of ties straddles the cut
     assert first == least or scores[first - 1] == scores[least - 1]
-    return (*auction_module._unpack(ints), ranked, front)
+    return (*auction_module._layout(ints, floats, args[0].shape[0], live, args[9]), front)
 
 
 def _sift_reference(positions, fate_of, scores, ctrs, caps, reserve, head):
@@ -615,6 +630,35 @@ def test_sift_matches_a_plain_python_reference(seed):
         (by_fate, live.tolist(), ranked.tolist(), front)
 
 
+def test_an_auction_with_more_candidates_than_the_workspace_holds_grows_it_and_runs_the_same(make_campaign,
+                                                                                             monkeypatch):
+    """``_select`` answers in a workspace kept between auctions; one too small for the candidates is grown and
+    the auction run again, with the same outcome as in one large enough from the start: the wins, every
+    candidate's fate, and the walk past what it reads first (most campaigns out of budget), which reads the
+    workspace after the kernel returned."""
+    campaigns = [make_campaign(f"c{i}", advertiser_id=f"a{i % 40}", max_bid_micros=1_000_000 + 1000 * (i // 2))
+                 for i in range(600)]  # pairs of equal bids: ties to shuffle
+    s = snap(*campaigns)
+    assert s.index.size > auction_module.SMALL_INVENTORY  # the kernel's path, not the few-candidates one
+    allowance = {c.campaign_id: RICH if i < 100 else 0 for i, c in enumerate(campaigns)}  # the lowest bids
+
+    def outcomes():
+        return [run_auction(s, req(slots=3), now_s=NOW, rng=random.Random(seed), allowance=allowance,
+                            explain=explain) for seed in range(3) for explain in (False, True)]
+
+    large = auction_module._Workspace()
+    monkeypatch.setattr(auction_module, "_WORK", large)
+    want = outcomes()
+    assert large.ints.shape[0] == 4096  # it held them
+    assert all(r.candidates == 600 and len(r.wins) == 3 for r in want)
+    assert want[0].reason_counts[Reason.BUDGET] == 500  # the walk went past what it read first, and the head
+    small = auction_module._Workspace()
+    small.ints, small.floats = small.ints[:1], small.floats[:1]
+    monkeypatch.setattr(auction_module, "_WORK", small)
+    assert outcomes() == want
+    assert small.ints.shape[0] >= auction_module._CODES + 6 * 600 and small.floats.shape[0] >= 6 * 600
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_sifting_a_few_candidates_in_python_matches_the_kernel(seed):
     """Up to SIFT_IN_PYTHON candidates of a small inventory scored per campaign, ``_sift_few`` reads them one by
@@ -661,10 +705,10 @@ def test_the_auction_kernel_scores_with_the_click_model_as_predicted_ctr_and_ecp
     inputs = model_inputs(s, "300x250", "home", "US", "mobile", NOW)
     ctrs, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
     for head in (1000, 3):
-        ints, ranked, first, front = auction_module._sift(
+        ints, floats, n, first, front = _sift(
             positions, fate_of, own, s.columns.formats["300x250"].ctr, auction_module.cpm_bids(s.columns, "300x250"),
             inputs, auction_module._NO_CAPS, 0.0, head, False)
-        by_fate, live, _ = auction_module._unpack(ints)
+        by_fate, live, _, ranked = auction_module._layout(ints, floats, 30, n, False)
         assert 5 not in live.tolist() and sorted(live.tolist()) == [p for p in range(30) if p != 5]
         assert by_fate[auction_module._FATES.index(Reason.SCHEDULE)] == 1 and by_fate[auction_module._PASSED] == 29
         order = live.tolist()
