@@ -657,6 +657,13 @@ def test_an_auction_with_more_candidates_than_the_workspace_holds_grows_it_and_r
     monkeypatch.setattr(auction_module, "_WORK", small)
     assert outcomes() == want
     assert small.ints.shape[0] >= auction_module._CODES + 6 * 600 and small.floats.shape[0] >= 6 * 600
+    # Past what a workspace keeps, an auction works in buffers of its own, and the kept ones stay as they were.
+    monkeypatch.setattr(auction_module, "WORKSPACE_KEPT", 1000)
+    capped = auction_module._Workspace()
+    capped.ints, capped.floats = capped.ints[:100], capped.floats[:100]
+    monkeypatch.setattr(auction_module, "_WORK", capped)
+    assert outcomes() == want
+    assert capped.ints.shape[0] == capped.floats.shape[0] == 100
 
 
 @pytest.mark.parametrize("seed", range(30))
