@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from edge.budget import BudgetLedger
 from edge.spend import SpendView
-from replication.calendar import local_day, utc_day
+from replication.calendar import earliest_local_day, local_day, utc_day
 from replication.snapshot import Snapshot, SnapshotCampaign, unit_cost_ceiling
 
 T = TypeVar("T")
@@ -104,6 +104,7 @@ class Accounting:
     _days: dict[str, str] = field(default_factory=dict)  # timezone -> its local day at the last roll
     _rolled: Snapshot | None = None  # the snapshot the last day roll saw
     _known: int = 0  # how many campaigns the ledger had then
+    _forget_due: bool = False  # a day turned: the next tick looks for books of dropped campaigns to forget
 
     def tick(self, snapshot: Snapshot | None, now: float, *, pace: bool) -> TickOutcome:
         """One control tick (every 100 ms, see ``edge.state``); ``pace``: re-pace this tick's slice."""
@@ -114,6 +115,8 @@ class Accounting:
         new_day = self.roll_days(snapshot, now) if snapshot is not None else False
         self.spend.stage(utc_day(now), ledger.drain_pn())
         if snapshot is not None:
+            if self._forget_due:
+                self.forget_dropped(snapshot, now)
             for c in self._counter_campaigns(snapshot):
                 day = local_day(now, c.timezone)
                 ledger.set_counter_allowance(
@@ -195,10 +198,12 @@ class Accounting:
         self._take_moved()
         moved, self._moved_days = self._moved_days, set()
         days = {tz: local_day(now, tz) for tz in snapshot.columns.timezones}
+        days[""] = earliest_local_day(now)  # when it turns, a dropped campaign's day may be over everywhere
         if snapshot is self._rolled and days == self._days and len(ledger.campaigns) == self._known:
             return False
         if days != self._days:
             check: Iterable[SnapshotCampaign] = snapshot.campaigns
+            self._forget_due = True
         else:
             check = [c for cid in moved if (c := snapshot.campaign(cid)) is not None]
         self._rolled, self._days, self._known = snapshot, days, len(ledger.campaigns)
@@ -207,6 +212,24 @@ class Accounting:
             if c.campaign_id in ledger.campaigns and ledger.new_day(c.campaign_id, days[c.timezone]):
                 turned = True
         return turned
+
+    def forget_dropped(self, snapshot: Snapshot, now: float) -> list[str]:
+        """Forget the books of the campaigns ``snapshot`` no longer has (deleted, paused, ended) whose day is
+        over everywhere and that hold nothing any more (``BudgetLedger.forget``): the ledger's and the spend
+        rates kept here. Run after a tick's drain, when a day turned (``roll_days``): a walk over every
+        campaign the ledger knows. One still holding something is looked at again at the next turn.
+        Returns the campaigns forgotten."""
+        self._forget_due = False
+        ledger = self.ledger
+        gone = [cid for cid in ledger.campaigns if snapshot.campaign(cid) is None]
+        forgotten = ledger.forget(gone, before_day=earliest_local_day(now)) if gone else []
+        for cid in forgotten:
+            for kept in (self.rates, self._rate_times, self._used_seen, self._due):
+                kept.pop(cid, None)  # a stale entry left in _due_heap is skipped when it comes up
+            for moved in (self._moved_rates, self._moved_grants, self._moved_unused, self._moved_days):
+                moved.discard(cid)
+        self._known = len(ledger.campaigns)
+        return forgotten
 
     @staticmethod
     def _counter_campaigns(snapshot: Snapshot) -> tuple[SnapshotCampaign, ...]:

@@ -389,7 +389,7 @@ class BudgetLedger:
 
     def _give_back(self, account: str, campaign_id: str, micros: int, day: str) -> None:
         """A reservation ended unbilled: out of in-flight, back into the allowance it came from."""
-        b = self.campaigns[campaign_id]
+        b = self._budget(campaign_id)  # forgotten (``forget``) only with nothing held: this gives back nothing
         b.reserved -= micros
         self._stage(campaign_id, day, RES_N, micros)
         if day != b.day:
@@ -499,6 +499,30 @@ class BudgetLedger:
                     self._give_back(bucket.account, campaign_id, micros, day)
                     released += micros
         return released
+
+    def forget(self, campaign_ids: Iterable[str], *, before_day: str) -> list[str]:
+        """Drop the books of campaigns the snapshot no longer has, once nothing of theirs can still move: their
+        day is before ``before_day`` (over in every timezone, so what they hold is yesterday's and would be
+        dropped at their midnight anyway), nothing is in flight (every hold settled, released or expired),
+        nothing is staged for the spend counter and nothing is being offered back. A campaign back in a later
+        snapshot (resumed from a pause) starts afresh, as a new one does. Returns the campaigns forgotten.
+
+        Without this the ledger kept an entry per campaign ever served, for the life of the process."""
+        self.fold()
+        staged = {cid for cid, _ in self.pn}
+        forgotten = []
+        for campaign_id in campaign_ids:
+            b = self.campaigns.get(campaign_id)
+            if (b is None or b.day >= before_day or b._reserved or campaign_id in staged
+                    or campaign_id in self.giving):
+                continue
+            del self.campaigns[campaign_id]
+            self.available_by_campaign.pop(campaign_id, None)
+            self._folded.pop(campaign_id, None)
+            self.unit_prices.pop(campaign_id, None)
+            self.touched.discard(campaign_id)
+            forgotten.append(campaign_id)
+        return forgotten
 
     def mark_exhausted(self, campaign_ids: Iterable[str]) -> None:
         """The allocator says it has nothing left to grant for these (told with any answer, asked or not)."""

@@ -33,6 +33,15 @@ def utc_day(now_s: float) -> str:
     return datetime.fromtimestamp(now_s, _zone("UTC")).date().isoformat()
 
 
+# The zone furthest behind UTC (UTC-12, with no daylight saving time): its date is the earliest any place has.
+_LAST_ZONE = "Etc/GMT+12"
+
+
+def earliest_local_day(now_s: float) -> str:
+    """The earliest campaign-local date anywhere at ``now_s``: a day before it is over in every timezone."""
+    return local_day(now_s, _LAST_ZONE)
+
+
 def utc_offset_h(now_s: float, timezone: str) -> float:
     """The zone's offset from UTC at ``now_s``, in hours (5.5 for India, -4 for New York in summer)."""
     offset = datetime.fromtimestamp(now_s, _zone(timezone)).utcoffset()

@@ -11,7 +11,7 @@ from edge.budget import BudgetLedger
 from edge.pacing import AsapState
 from edge.spend import SpendView
 from replication.calendar import utc_day
-from replication.snapshot import build_snapshot
+from replication.snapshot import Snapshot, build_snapshot
 
 NOW = 1_800_000_000.0
 CEILING = 1_571  # a CPM bid of 1,571,000 micros: at most 1,571 micros an impression
@@ -19,6 +19,14 @@ CEILING = 1_571  # a CPM bid of 1,571,000 micros: at most 1,571 micros an impres
 
 def accounting() -> Accounting:
     return Accounting(BudgetLedger(worker_id="w"), SpendView("w"))
+
+
+def _granted(campaigns: list, micros: int) -> tuple[Snapshot, Accounting]:
+    """The campaigns' snapshot, and an accounting whose ledger holds ``micros`` of 2027-01-15 for each."""
+    acc = accounting()
+    for c in campaigns:
+        acc.ledger.grant(c.campaign_id, micros, exhausted=False, day="2027-01-15")
+    return build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000), acc
 
 
 def test_the_target_floor_is_a_few_units_at_the_price_paid_not_at_the_bid(make_campaign):
@@ -115,10 +123,7 @@ def test_a_campaign_back_from_a_pause_over_its_midnight_drops_yesterdays_slice(m
     over its midnight missed the walk, and back the next morning kept spending yesterday's slice."""
     midnight_utc = 1_800_057_600.0
     x, y = make_campaign("c-x"), make_campaign("c-y")
-    both = build_snapshot([x, y], version=1, created_ms=0, reserve_cpm_micros=100_000)
-    acc = accounting()
-    for cid in ("c-x", "c-y"):
-        acc.ledger.grant(cid, 1_000, exhausted=False, day="2027-01-15")
+    both, acc = _granted([x, y], 1_000)
     acc.tick(both, midnight_utc - 60, pace=False)
     paused = build_snapshot([y], version=2, created_ms=0, reserve_cpm_micros=100_000)
     acc.tick(paused, midnight_utc - 30, pace=False)
@@ -145,6 +150,33 @@ def test_a_campaign_first_asked_for_after_midnight_rolls_a_late_grant_for_yester
     acc.ledger.grant("c-new", 1_000, exhausted=False, day="2027-01-15")  # the allocator still on the 15th
     acc.tick(new, midnight_utc + 22, pace=False)
     assert acc.ledger.available("c-new") == 0 and acc.ledger.campaigns["c-new"].day == "2027-01-16"
+
+
+def test_the_books_of_a_dropped_campaign_are_forgotten_once_its_day_is_over_everywhere(make_campaign):
+    """A campaign the snapshot dropped (deleted, ended, paused) keeps its books while its day may still be on
+    somewhere (paused and resumed that day, it spends what it holds); once the day is over in every
+    timezone (UTC-12's midnight) the ledger and the spend rates forget it, and back in a later snapshot it
+    is taken on afresh. Before, the edge kept the books of every campaign it ever served."""
+    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC; the 16th begins everywhere at 12:00 UTC
+    keep, drop = make_campaign("c-keep"), make_campaign("c-drop")
+    both, acc = _granted([keep, drop], 10_000)
+    acc.tick(both, midnight_utc - 180, pace=False)
+    for cid in ("c-keep", "c-drop"):
+        assert acc.ledger.settle(cid, 100)
+    acc.tick(both, midnight_utc - 120, pace=False)
+    assert acc.rates["c-drop"] > 0 and "c-drop" in acc.ledger.unit_prices
+    kept = build_snapshot([keep], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    acc.swapped(kept, both, changed=(), removed=("c-drop",))
+    for at in (midnight_utc - 60, midnight_utc + 60, midnight_utc + 11 * 3600):  # the 15th still on somewhere
+        acc.tick(kept, at, pace=False)
+        assert acc.ledger.available("c-drop") == 9_900 and "c-drop" in acc.rates
+    acc.tick(kept, midnight_utc + 12 * 3600 + 1, pace=False)
+    assert "c-drop" not in acc.ledger.campaigns and "c-drop" not in acc.ledger.available_by_campaign
+    assert "c-drop" not in acc.ledger.unit_prices and "c-drop" not in acc.rates
+    assert "c-keep" in acc.ledger.campaigns and "c-keep" in acc.rates  # still in the snapshot
+    back = build_snapshot([keep, drop], version=3, created_ms=0, reserve_cpm_micros=100_000)
+    acc.swapped(back, kept, changed=("c-drop",), removed=())
+    assert "c-drop" in acc.grant_request(back, midnight_utc + 12 * 3600 + 2, retry_s=0.25).asks
 
 
 def _updated(spend: SpendView) -> int:

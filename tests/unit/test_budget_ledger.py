@@ -18,6 +18,7 @@ def balanced(ledger: BudgetLedger, campaign_id: str) -> bool:
 
 
 DAY = "2026-11-24"
+NEXT = "2026-11-25"
 
 
 def ledger_with(micros: int = 10_000, campaign_id: str = "c1") -> BudgetLedger:
@@ -537,3 +538,31 @@ def test_totals_in_pieces_add_up_to_the_same_sums_with_a_pause_between_every_two
         *between, sums = ledger.totals_in_pieces(piece)
         assert sums == whole and between == [None] * pauses, piece
     assert BudgetLedger().totals() == dict.fromkeys(whole, 0)
+
+
+def test_forget_drops_a_campaigns_books_only_once_nothing_of_it_can_move():
+    """``forget`` (for campaigns the snapshot dropped) leaves a campaign alone while its day lasts, while a
+    hold is in flight, while its spend is staged for the counter and while its allowance is offered back;
+    then drops every trace of it. A hold that comes back after that is not billed and breaks nothing."""
+    ledger = ledger_with(10_000, "c1")  # granted for DAY
+    ledger.grant("c2", 5_000, exhausted=False, day=NEXT)
+    hold = ledger.reserve("c1", 400, now_s=0.0)
+    assert ledger.settle("c1", 100)  # a price on record
+    assert ledger.forget(["c1", "c2", "unknown"], before_day=DAY) == []  # c1's day is not over
+    assert ledger.forget(["c1", "c2"], before_day=NEXT) == []  # c1: a hold in flight
+    ledger.release("c1", hold)
+    assert ledger.forget(["c1"], before_day=NEXT) == []  # its release is staged for the counter
+    ledger.drain_pn()
+    ledger.mark_exhausted(["c1"])
+    assert ledger.take_excess({"c1": 1}) == {"c1": (9_899, DAY)}
+    assert ledger.forget(["c1"], before_day=NEXT) == []  # offered back: the answer is still to come
+    ledger.resolve_giving(accepted=True)
+    assert ledger.forget(["c1", "c2"], before_day=NEXT) == ["c1"]  # c2's day is NEXT
+    assert "c1" not in ledger.campaigns and "c1" not in ledger.available_by_campaign
+    assert "c1" not in ledger.unit_prices and "c1" not in ledger.unused()
+    # The hold again (a replayed beacon): nothing to bill it against, nothing given back, no error.
+    assert not ledger.settle("c1", 100, hold)
+    ledger.release("c1", hold)
+    assert ledger.available("c1") == 0 and not ledger.drain_pn()
+    assert ledger.forget(["c1"], before_day=NEXT) == ["c1"]  # the empty books the settle opened, forgotten too
+    assert balanced(ledger, "c2")
