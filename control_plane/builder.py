@@ -85,8 +85,7 @@ class SnapshotBuilder:
         far as it got, with a warning, rather than never, unless it stalled before its first entry
         (``_replay``). In a task group: if either watch fails or ends, the other stops too and the failure
         surfaces (``run``, as an ExceptionGroup), and a restarted ``run`` (``control_plane.state.supervise``)
-        waits for its own replays before it builds again."""
-        self._initial_done.clear()
+        waits for its own replays before it builds again (``run`` clears ``_initial_done``)."""
         stores = ((S.CAMPAIGNS_BUCKET, self._apply), (S.ADVERTISERS_BUCKET, self._apply_advertiser))
         watchers: list[tuple[str, KeyValue.KeyWatcher, Callable[[KeyValue.Entry], bool]]] = []
         try:
@@ -235,6 +234,9 @@ class SnapshotBuilder:
 
     async def run(self) -> None:
         await self._resume_version()
+        # Cleared here, not in the watch task: a restart must not build from the last run's state even for the
+        # turn of the loop before that task first runs.
+        self._initial_done.clear()
         watch = asyncio.create_task(self._watch())
         try:
             while True:

@@ -225,13 +225,16 @@ def test_a_replay_that_stalls_before_its_first_entry_fails_instead_of_building_a
     assert later[0] and later[1] >= 1 and later[2] == ""  # the watch goes on: the rest may have arrived since
 
 
-def test_a_store_watch_that_ends_fails_the_builder_s_run(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_store_watch_that_ends_fails_the_builder_s_run_and_a_restart_replays_first(
+        nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """nats-py ends a KV watch only when it is stopped, and then without an error: the builder's follow used
     to end quietly, leaving every later snapshot without that store's changes. Now the watch raises, the
-    other store's watch stops with it (the task group), and ``run`` surfaces it for its supervisor."""
+    other store's watch stops with it (the task group), and ``run`` surfaces it for its supervisor. The
+    supervisor's restart of ``run`` builds nothing until its own replays are done (a write while it was down
+    is in the first build): held here until the test lets them go."""
     from nats.js.kv import KeyValue
 
-    from control_plane.builder import SnapshotBuilder
+    import control_plane.builder as builder_module
 
     watchers: list[Any] = []
     watchall = KeyValue.watchall
@@ -242,22 +245,58 @@ def test_a_store_watch_that_ends_fails_the_builder_s_run(nats_url: str, monkeypa
         return watcher
 
     monkeypatch.setattr(KeyValue, "watchall", recorded)
+    built: list[int] = []
+    build = builder_module.SnapshotBuilder.build_and_publish
 
-    async def scenario() -> str:
+    async def counted(self: Any) -> None:
+        built.append(len(self._campaigns))
+        await build(self)
+
+    monkeypatch.setattr(builder_module.SnapshotBuilder, "build_and_publish", counted)
+
+    async def scenario() -> tuple[str, list[int], list[int], bool]:
         nc, js = await _js(nats_url, "t-ended")
-        builder = SnapshotBuilder(js, ("ended",), reserve_cpm_micros=0, refresh_s=0.05, debounce_s=0.0)
+        builder = builder_module.SnapshotBuilder(js, ("ended",), reserve_cpm_micros=0, refresh_s=0.05,
+                                                 debounce_s=0.0)
         running = asyncio.create_task(builder.run())
         await asyncio.wait_for(builder._initial_done.wait(), 30)
         await watchers[1].stop()  # the advertiser store's
         try:
             await asyncio.wait_for(running, 10)
+            failure = "run returned"
         except Exception as exc:  # what run raised (or the wait timing out) is the subject
-            return repr(exc)
-        finally:
-            await nc.close()
-        return "run returned"
+            failure = repr(exc)
+        before = len(builder._campaigns)
+        await (await Store(js).open()).create_campaign({"id": "cmp-while-down", "advertiser_id": "adv-down",
+                                                        "created_at": "0"})
+        gate = asyncio.Event()
+        replay = builder_module.replay
 
-    assert f"the {S.ADVERTISERS_BUCKET} store's watch ended" in run(scenario)
+        async def held(watcher: Any) -> Any:
+            await gate.wait()
+            async for entry in replay(watcher):
+                yield entry
+
+        monkeypatch.setattr(builder_module, "replay", held)
+        built.clear()
+        builder._dirty.set()  # as if a change were waiting: only the replays may hold the build back
+        restarted = asyncio.create_task(builder.run())
+        await asyncio.sleep(0.5)  # ten refresh periods
+        while_held, waited = list(built), not builder._initial_done.is_set()
+        gate.set()
+        await asyncio.wait_for(builder._initial_done.wait(), 30)
+        for _ in range(200):
+            if built:
+                break
+            await asyncio.sleep(0.05)
+        restarted.cancel()
+        await nc.close()
+        return failure, while_held, [n - before for n in built[:1]], waited
+
+    failure, while_held, first_build, waited = run(scenario)
+    assert f"the {S.ADVERTISERS_BUCKET} store's watch ended" in failure
+    assert while_held == [] and waited  # nothing built from the state of before the restart
+    assert first_build == [1]  # the first build after it has the campaign written while it was down
 
 
 def test_a_rotated_or_deleted_advertiser_s_postback_keys_change_the_next_snapshot(nats_url: str) -> None:
