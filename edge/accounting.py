@@ -48,6 +48,9 @@ PACE_MAX_PER_TICK = 250
 # GRANT_MAX_PER_CHECK a check (about 1 us each), so past 5,000 campaigns a round takes longer.
 GRANT_ROUND_CHECKS = 10
 GRANT_MAX_PER_CHECK = 500
+# Dropped campaigns whose books a tick looks at, at most (``Accounting.forget_dropped``): forgetting 50,000 at
+# once held the event loop for 160 ms on a slow run of this machine (one-off), where a tick's budget is a few.
+FORGET_PER_TICK = 2_000
 # The unused report carries only what changed since the last one, and the whole of it every FULL_REPORT_EVERY
 # reports (and whenever a report may not have arrived): the allocator keeps the last figure per campaign.
 FULL_REPORT_EVERY = 100
@@ -105,6 +108,7 @@ class Accounting:
     _rolled: Snapshot | None = None  # the snapshot the last day roll saw
     _known: int = 0  # how many campaigns the ledger had then
     _forget_due: bool = False  # a day turned: the next tick looks for books of dropped campaigns to forget
+    _forgetting: list[str] = field(default_factory=list)  # dropped campaigns still to look at, a slice a tick
 
     def tick(self, snapshot: Snapshot | None, now: float, *, pace: bool) -> TickOutcome:
         """One control tick (every 100 ms, see ``edge.state``); ``pace``: re-pace this tick's slice."""
@@ -115,7 +119,7 @@ class Accounting:
         new_day = self.roll_days(snapshot, now) if snapshot is not None else False
         self.spend.stage(utc_day(now), ledger.drain_pn())
         if snapshot is not None:
-            if self._forget_due:
+            if self._forget_due or self._forgetting:
                 self.forget_dropped(snapshot, now)
             for c in self._counter_campaigns(snapshot):
                 day = local_day(now, c.timezone)
@@ -216,12 +220,17 @@ class Accounting:
     def forget_dropped(self, snapshot: Snapshot, now: float) -> list[str]:
         """Forget the books of the campaigns ``snapshot`` no longer has (deleted, paused, ended) whose day is
         over everywhere and that hold nothing any more (``BudgetLedger.forget``): the ledger's and the spend
-        rates kept here. Run after a tick's drain, when a day turned (``roll_days``): a walk over every
-        campaign the ledger knows. One still holding something is looked at again at the next turn.
-        Returns the campaigns forgotten."""
-        self._forget_due = False
+        rates kept here. When a day turned (``roll_days``), the campaigns the ledger knows and the snapshot
+        does not are listed (a set difference); each tick, after its drain, looks at ``FORGET_PER_TICK`` of
+        them. One still holding something is looked at again at the next turn. Returns the campaigns
+        forgotten."""
         ledger = self.ledger
-        gone = [cid for cid in ledger.campaigns if snapshot.campaign(cid) is None]
+        if self._forget_due:
+            self._forget_due = False
+            self._forgetting = list(ledger.campaigns.keys() - snapshot.campaign_ids())
+        chunk = self._forgetting[-FORGET_PER_TICK:]
+        del self._forgetting[-FORGET_PER_TICK:]
+        gone = [cid for cid in chunk if snapshot.campaign(cid) is None]  # not back since the list was made
         forgotten = ledger.forget(gone, before_day=earliest_local_day(now)) if gone else []
         for cid in forgotten:
             for kept in (self.rates, self._rate_times, self._used_seen, self._due):

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import random
 
+import edge.accounting as accounting_module
 from edge.accounting import MIN_UNITS, Accounting
 from edge.budget import BudgetLedger
 from edge.pacing import AsapState
@@ -177,6 +178,36 @@ def test_the_books_of_a_dropped_campaign_are_forgotten_once_its_day_is_over_ever
     back = build_snapshot([keep, drop], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.swapped(back, kept, changed=("c-drop",), removed=())
     assert "c-drop" in acc.grant_request(back, midnight_utc + 12 * 3600 + 2, retry_s=0.25).asks
+
+
+def test_a_tick_forgets_at_most_its_share_of_dropped_campaigns(make_campaign, monkeypatch):
+    """Dropped campaigns are forgotten a slice per tick (``FORGET_PER_TICK``), so a day with thousands of them
+    does not hold one tick up; one back in the snapshot before its turn keeps its books."""
+    midnight_utc = 1_800_057_600.0
+    over = midnight_utc + 12 * 3600  # the 15th is over everywhere
+
+    def after_drop(share: int) -> tuple[Accounting, list, list[int]]:
+        monkeypatch.setattr(accounting_module, "FORGET_PER_TICK", share)
+        campaigns = [make_campaign(f"c{i}") for i in range(6)]
+        everyone, acc = _granted(campaigns, 1_000)
+        acc.tick(everyone, midnight_utc - 60, pace=False)
+        only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
+        acc.tick(only_c0, over + 1, pace=False)
+        return acc, campaigns, [len(acc.ledger.campaigns)]
+
+    acc, campaigns, sizes = after_drop(2)
+    only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    for k in range(3):
+        acc.tick(only_c0, over + 2 + k, pace=False)
+        sizes.append(len(acc.ledger.campaigns))
+    assert sizes == [4, 2, 1, 1] and set(acc.ledger.campaigns) == {"c0"}
+
+    acc, campaigns, sizes = after_drop(1)
+    left = set(acc.ledger.campaigns)
+    back = build_snapshot(campaigns, version=3, created_ms=0, reserve_cpm_micros=100_000)
+    for k in range(5):
+        acc.tick(back, over + 2 + k, pace=False)
+    assert sizes == [5] and set(acc.ledger.campaigns) == left  # all back: no more forgotten
 
 
 def _updated(spend: SpendView) -> int:
