@@ -222,15 +222,20 @@ class Accounting:
         over everywhere and that hold nothing any more (``BudgetLedger.forget``): the ledger's and the spend
         rates kept here. When a day turned (``roll_days``), the campaigns the ledger knows and the snapshot
         does not are listed (a set difference); each tick, after its drain, looks at ``FORGET_PER_TICK`` of
-        them. One still holding something is looked at again at the next turn. Returns the campaigns
-        forgotten."""
+        them. One still holding something, or whose unused figure moved since the last report, is looked at
+        again at the next turn. Returns the campaigns forgotten."""
         ledger = self.ledger
         if self._forget_due:
             self._forget_due = False
             self._forgetting = list(ledger.campaigns.keys() - snapshot.campaign_ids())
         chunk = self._forgetting[-FORGET_PER_TICK:]
         del self._forgetting[-FORGET_PER_TICK:]
-        gone = [cid for cid in chunk if snapshot.campaign(cid) is None]  # not back since the list was made
+        # Not back since the list was made, and reported: a figure the unused report has yet to carry (a late
+        # billable event moved it) must reach the allocator first, or a reclaim of this account would hand back
+        # the old one.
+        unreported = self._moved_unused
+        gone = [cid for cid in chunk if snapshot.campaign(cid) is None and cid not in unreported
+                and cid not in ledger.touched]
         forgotten = ledger.forget(gone, before_day=earliest_local_day(now)) if gone else []
         for cid in forgotten:
             for kept in (self.rates, self._rate_times, self._used_seen, self._due):

@@ -673,14 +673,10 @@ class _Workspace(threading.local):
         up to ``WORKSPACE_KEPT`` entries each; past that, ones for this auction alone, so that one huge
         auction (a request that targets nothing, at a million campaigns) does not hold its memory for
         good."""
-        if ints > self.ints.shape[0]:
-            grown = max(ints, 2 * self.ints.shape[0])
-            if grown <= WORKSPACE_KEPT:
-                self.ints = np.empty(grown, dtype=np.int64)
-        if floats > self.floats.shape[0]:
-            grown = max(floats, 2 * self.floats.shape[0])
-            if grown <= WORKSPACE_KEPT:
-                self.floats = np.empty(grown, dtype=np.float64)
+        if self.ints.shape[0] < ints <= WORKSPACE_KEPT:
+            self.ints = np.empty(min(max(ints, 2 * self.ints.shape[0]), WORKSPACE_KEPT), dtype=np.int64)
+        if self.floats.shape[0] < floats <= WORKSPACE_KEPT:
+            self.floats = np.empty(min(max(floats, 2 * self.floats.shape[0]), WORKSPACE_KEPT), dtype=np.float64)
         return (self.ints if ints <= self.ints.shape[0] else np.empty(ints, dtype=np.int64),
                 self.floats if floats <= self.floats.shape[0] else np.empty(floats, dtype=np.float64))
 

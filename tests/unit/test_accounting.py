@@ -171,13 +171,18 @@ def test_the_books_of_a_dropped_campaign_are_forgotten_once_its_day_is_over_ever
     for at in (midnight_utc - 60, midnight_utc + 60, midnight_utc + 11 * 3600):  # the 15th still on somewhere
         acc.tick(kept, at, pace=False)
         assert acc.ledger.available("c-drop") == 9_900 and "c-drop" in acc.rates
+    acc.unused_report()
+    assert acc.ledger.settle("c-drop", 100)  # a late billable event, just before the 15th ends everywhere
     acc.tick(kept, midnight_utc + 12 * 3600 + 1, pace=False)
+    # Its new figure has not been reported yet: the allocator must hear it first (a reclaim hands back the last).
+    assert acc.unused_report()["c-drop"] == (9_800, "2027-01-15")
+    acc.tick(kept, midnight_utc + 24 * 3600 + 1, pace=False)  # the next turn
     assert "c-drop" not in acc.ledger.campaigns and "c-drop" not in acc.ledger.available_by_campaign
     assert "c-drop" not in acc.ledger.unit_prices and "c-drop" not in acc.rates
     assert "c-keep" in acc.ledger.campaigns and "c-keep" in acc.rates  # still in the snapshot
     back = build_snapshot([keep, drop], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.swapped(back, kept, changed=("c-drop",), removed=())
-    assert "c-drop" in acc.grant_request(back, midnight_utc + 12 * 3600 + 2, retry_s=0.25).asks
+    assert "c-drop" in acc.grant_request(back, midnight_utc + 24 * 3600 + 2, retry_s=0.25).asks
 
 
 def test_a_tick_forgets_at_most_its_share_of_dropped_campaigns(make_campaign, monkeypatch):
@@ -191,6 +196,7 @@ def test_a_tick_forgets_at_most_its_share_of_dropped_campaigns(make_campaign, mo
         campaigns = [make_campaign(f"c{i}") for i in range(6)]
         everyone, acc = _granted(campaigns, 1_000)
         acc.tick(everyone, midnight_utc - 60, pace=False)
+        acc.unused_report()  # the grant loop's: the allocator has heard every figure
         only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
         acc.tick(only_c0, over + 1, pace=False)
         return acc, campaigns, [len(acc.ledger.campaigns)]

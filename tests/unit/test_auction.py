@@ -548,6 +548,7 @@ def _sift(*args):
     used = ints.copy(), floats.copy()
     assert auction_module._sift(*args, ints, floats) == once
     assert np.array_equal(ints, used[0]) and np.array_equal(floats, used[1], equal_nan=True)
+    assert (ints[-3:] == -7).all() and np.isnan(floats[-3:]).all()  # nothing written past what it may use
     return ints, floats, *once
 
 

@@ -549,6 +549,8 @@ def test_forget_drops_a_campaigns_books_only_once_nothing_of_it_can_move():
     hold = ledger.reserve("c1", 400, now_s=0.0)
     assert ledger.settle("c1", 100)  # a price on record
     assert ledger.forget(["c1", "c2", "unknown"], before_day=DAY) == []  # c1's day is not over
+    assert ledger.forget(["c1", "c2"], before_day=NEXT) == []  # c1: a hold in flight, its spend staged
+    ledger.drain_pn()
     assert ledger.forget(["c1", "c2"], before_day=NEXT) == []  # c1: a hold in flight
     ledger.release("c1", hold)
     assert ledger.forget(["c1"], before_day=NEXT) == []  # its release is staged for the counter
