@@ -18,7 +18,11 @@ two is what that change is worth at each size. Also timed: the first tick and gr
 longest pacing piece on it (``accounting_snapshot_swap_pace_piece_ms_*``); the spend
 sync loop's delta (every 500 ms) and whole state (every 5 s, every minute past 64 kB); and a ``/metrics``
 scrape's allowance gauges (``BudgetLedger.totals``), which walk every campaign, but once per scrape, and the
-longest piece of that walk as the edge runs it (``accounting_metrics_scrape_piece_ms_*``).
+longest piece of that walk as the edge runs it (``accounting_metrics_scrape_piece_ms_*``). With half the
+inventory dropped from the snapshot: the tick at the next midnight (``accounting_day_turn_ms_*``), the one at
+UTC-12's midnight that begins forgetting their books (``accounting_forget_turn_ms_*``), the longest later tick
+forgetting a slice (``accounting_forget_slice_p99_ms_*``) and how many were forgotten
+(``accounting_forgotten_*``, all of them).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 
 from adserver.bench_auction import _percentile, size_label
 from adserver.bench_handler import _campaigns, _edge
-from edge.accounting import Accounting
+from edge.accounting import FORGET_PER_TICK, Accounting
 from edge.state import TOTALS_PIECE, freeze_long_lived, prepare_swap
 from replication.calendar import local_day
 from replication.snapshot import build_snapshot
@@ -75,7 +79,8 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
     rng = random.Random(seed)
     steps: dict[str, list[int]] = {"tick": [], "pace": [], "pace_piece": [], "grant_check": [], "unused_report": [],
                                    "spend_flush": [], "grant_check_every_campaign": [], "spend_flush_whole": [],
-                                   "snapshot_swap": [], "snapshot_swap_pace_piece": [], "metrics_scrape_piece": []}
+                                   "snapshot_swap": [], "snapshot_swap_pace_piece": [], "metrics_scrape_piece": [],
+                                   "day_turn": [], "forget_turn": [], "forget_slice": []}
     clock = time.perf_counter_ns
     holds: list[tuple[str, Any]] = []
     reported: list[int] = []  # campaigns each unused report named (the first: all of them)
@@ -129,6 +134,31 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         steps["snapshot_swap"].append(clock() - t0)
         # The first piece on a new snapshot also meets its new campaigns.
         steps["snapshot_swap_pace_piece"].append(max(_piece_times(state.pacing_pieces(t))))
+    # Half the inventory dropped from the snapshot (ended, paused, deleted): the tick at the next UTC midnight
+    # (the day roll over every campaign, and the list of campaigns the snapshot no longer has, none of them
+    # forgettable yet), the tick at UTC-12's midnight that begins forgetting them (the roll's walk again, the
+    # list again, a first slice), and each later tick's slice (``Accounting.forget_dropped``).
+    t += PERIOD_S
+    half = build_snapshot(campaigns[: n // 2], version=6, created_ms=int(now * 1000), reserve_cpm_micros=100_000)
+    state.swap_in(prepare_swap(half, state.snapshot))
+    freeze_long_lived()
+    state.control_tick(t, pace=False)
+    midnight = (int(t) // 86_400 + 1) * 86_400
+    for name, at in (("day_turn", midnight + 1.0), ("forget_turn", midnight + 12 * 3600 + 1.0)):
+        accounting.unused_report()  # the grant loop's: the figures moved since the last one go out first
+        t0 = clock()
+        state.control_tick(at, pace=False)
+        steps[name].append(clock() - t0)
+        # The next tick, not timed: the spend rates of every campaign the roll moved (85-90 ms at 100,000
+        # here, one-off, a cost of the roll) are updated then.
+        state.control_tick(at + PERIOD_S, pace=False)
+    t = midnight + 12 * 3600 + 1.0 + PERIOD_S
+    for _ in range(-(-(n - n // 2) // FORGET_PER_TICK)):
+        t += PERIOD_S
+        t0 = clock()
+        state.control_tick(t, pace=False)
+        steps["forget_slice"].append(clock() - t0)
+    forgotten = n - sum(1 for c in campaigns if c.campaign_id in ledger.campaigns)
     totals = []
     for _ in range(3):
         t0 = clock()
@@ -143,6 +173,7 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
     out["metrics_totals"] = {"p50_ms": _ms(totals, 0.5), "p99_ms": _ms(totals, 0.99)}
     out["reported"] = {"first": reported[0], "median": statistics.median(reported[1:])}
     out["paced"] = {"per_tick": Accounting.pace_share(snapshot)}
+    out["forgotten"] = {"campaigns": forgotten, "dropped": n - n // 2}
     return out
 
 
@@ -154,13 +185,16 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         say(f"accounting: {n:,} campaigns, {periods} periods of {RESERVATIONS} reservations")
         run = measure(n, periods)
         key = size_label(n)
-        p50 = {step: r["p50_ms"] for step, r in run.items() if step not in ("reported", "paced")}
+        p50 = {step: r["p50_ms"] for step, r in run.items() if step not in ("reported", "paced", "forgotten")}
         share = (p50["tick"] + p50["pace"] + p50["grant_check"] + p50["unused_report"]) / (PERIOD_S * 1000)
         say(f"{n:,} campaigns: tick {p50['tick']} ms, pacing {p50['pace']} ms for {run['paced']['per_tick']} "
             f"campaigns (longest piece p99 {run['pace_piece']['p99_ms']} ms), grant check {p50['grant_check']} ms "
             f"(over every campaign "
             f"{p50['grant_check_every_campaign']} ms), unused report {p50['unused_report']} ms, spend sync "
-            f"{p50['spend_flush']} ms (whole {p50['spend_flush_whole']} ms)")
+            f"{p50['spend_flush']} ms (whole {p50['spend_flush_whole']} ms); half the inventory dropped: the "
+            f"midnight tick {p50['day_turn']} ms, the tick that begins forgetting them {p50['forget_turn']} ms, each "
+            f"later slice {p50['forget_slice']} ms (longest {run['forget_slice']['p99_ms']} ms), "
+            f"{run['forgotten']['campaigns']:,} of {run['forgotten']['dropped']:,} forgotten")
         out[f"accounting_tick_ms_{key}"] = p50["tick"]
         out[f"accounting_tick_p99_ms_{key}"] = run["tick"]["p99_ms"]
         out[f"accounting_pace_ms_{key}"] = p50["pace"]
@@ -177,5 +211,9 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         out[f"accounting_metrics_scrape_ms_{key}"] = p50["metrics_totals"]
         out[f"accounting_metrics_scrape_piece_ms_{key}"] = p50["metrics_scrape_piece"]
         out[f"accounting_campaigns_reported_{key}"] = run["reported"]["median"]
+        out[f"accounting_day_turn_ms_{key}"] = p50["day_turn"]
+        out[f"accounting_forget_turn_ms_{key}"] = p50["forget_turn"]
+        out[f"accounting_forget_slice_p99_ms_{key}"] = run["forget_slice"]["p99_ms"]
+        out[f"accounting_forgotten_{key}"] = run["forgotten"]["campaigns"]
         out["runs"][key] = run
     return out

@@ -108,6 +108,7 @@ class Accounting:
     _rolled: Snapshot | None = None  # the snapshot the last day roll saw
     _known: int = 0  # how many campaigns the ledger had then
     _forget_due: bool = False  # a day turned: the next tick looks for books of dropped campaigns to forget
+    _earliest: str = ""  # the earliest local day anywhere (``earliest_local_day``) at the last roll
     _forgetting: list[str] = field(default_factory=list)  # dropped campaigns still to look at, a slice a tick
 
     def tick(self, snapshot: Snapshot | None, now: float, *, pace: bool) -> TickOutcome:
@@ -202,12 +203,16 @@ class Accounting:
         self._take_moved()
         moved, self._moved_days = self._moved_days, set()
         days = {tz: local_day(now, tz) for tz in snapshot.columns.timezones}
-        days[""] = earliest_local_day(now)  # when it turns, a dropped campaign's day may be over everywhere
+        earliest = earliest_local_day(now)
+        if days != self._days or earliest != self._earliest:
+            # A dropped campaign's day may have ended everywhere (the earliest day turned), or one that still
+            # held something when it did may be done now: the next tick looks (``forget_dropped``).
+            self._forget_due = True
+            self._earliest = earliest
         if snapshot is self._rolled and days == self._days and len(ledger.campaigns) == self._known:
             return False
         if days != self._days:
             check: Iterable[SnapshotCampaign] = snapshot.campaigns
-            self._forget_due = True
         else:
             check = [c for cid in moved if (c := snapshot.campaign(cid)) is not None]
         self._rolled, self._days, self._known = snapshot, days, len(ledger.campaigns)

@@ -157,29 +157,31 @@ def test_the_books_of_a_dropped_campaign_are_forgotten_once_its_day_is_over_ever
     """A campaign the snapshot dropped (deleted, ended, paused) keeps its books while its day may still be on
     somewhere (paused and resumed that day, it spends what it holds); once the day is over in every
     timezone (UTC-12's midnight) the ledger and the spend rates forget it, and back in a later snapshot it
-    is taken on afresh. Before, the edge kept the books of every campaign it ever served."""
+    is taken on afresh. One whose figure moved since the last unused report (a late billable event) waits
+    until that report has gone out: the allocator keeps the last figure it heard, and a reclaim would hand
+    it back. Before, the edge kept the books of every campaign it ever served."""
     midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC; the 16th begins everywhere at 12:00 UTC
-    keep, drop = make_campaign("c-keep"), make_campaign("c-drop")
-    both, acc = _granted([keep, drop], 10_000)
-    acc.tick(both, midnight_utc - 180, pace=False)
-    for cid in ("c-keep", "c-drop"):
-        assert acc.ledger.settle(cid, 100)
-    acc.tick(both, midnight_utc - 120, pace=False)
+    keep, drop, late = make_campaign("c-keep"), make_campaign("c-drop"), make_campaign("c-late")
+    every, acc = _granted([keep, drop, late], 10_000)
+    acc.tick(every, midnight_utc - 180, pace=False)
+    for c in (keep, drop, late):
+        assert acc.ledger.settle(c.campaign_id, 100)
+    acc.tick(every, midnight_utc - 120, pace=False)
     assert acc.rates["c-drop"] > 0 and "c-drop" in acc.ledger.unit_prices
     kept = build_snapshot([keep], version=2, created_ms=0, reserve_cpm_micros=100_000)
-    acc.swapped(kept, both, changed=(), removed=("c-drop",))
+    acc.swapped(kept, every, changed=(), removed=("c-drop", "c-late"))
     for at in (midnight_utc - 60, midnight_utc + 60, midnight_utc + 11 * 3600):  # the 15th still on somewhere
         acc.tick(kept, at, pace=False)
         assert acc.ledger.available("c-drop") == 9_900 and "c-drop" in acc.rates
     acc.unused_report()
-    assert acc.ledger.settle("c-drop", 100)  # a late billable event, just before the 15th ends everywhere
-    acc.tick(kept, midnight_utc + 12 * 3600 + 1, pace=False)
-    # Its new figure has not been reported yet: the allocator must hear it first (a reclaim hands back the last).
-    assert acc.unused_report()["c-drop"] == (9_800, "2027-01-15")
-    acc.tick(kept, midnight_utc + 24 * 3600 + 1, pace=False)  # the next turn
+    assert acc.ledger.settle("c-late", 100)  # a late billable event, just before the 15th ends everywhere
+    acc.tick(kept, midnight_utc + 12 * 3600 + 1, pace=False)  # only the earliest day turned
     assert "c-drop" not in acc.ledger.campaigns and "c-drop" not in acc.ledger.available_by_campaign
     assert "c-drop" not in acc.ledger.unit_prices and "c-drop" not in acc.rates
     assert "c-keep" in acc.ledger.campaigns and "c-keep" in acc.rates  # still in the snapshot
+    assert acc.unused_report()["c-late"] == (9_800, "2027-01-15")  # still there, and now reported
+    acc.tick(kept, midnight_utc + 24 * 3600 + 1, pace=False)  # the next turn
+    assert "c-late" not in acc.ledger.campaigns
     back = build_snapshot([keep, drop], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.swapped(back, kept, changed=("c-drop",), removed=())
     assert "c-drop" in acc.grant_request(back, midnight_utc + 24 * 3600 + 2, retry_s=0.25).asks

@@ -21,3 +21,6 @@ def test_the_report_names_every_step_per_size() -> None:
                  "spend_sync_whole", "metrics_scrape"):
         assert r[f"accounting_{step}_ms_1k"] > 0
     assert 0 < r["accounting_core_share_1k"] < 1 and r["accounting_campaigns_reported_1k"] > 0
+    for step in ("day_turn", "forget_turn", "forget_slice_p99"):
+        assert r[f"accounting_{step}_ms_1k"] > 0
+    assert r["accounting_forgotten_1k"] == 500  # every campaign dropped from the snapshot
