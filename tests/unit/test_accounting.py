@@ -206,7 +206,7 @@ def test_the_books_of_a_dropped_campaign_are_forgotten_once_its_day_is_over_ever
     assert "c-drop" not in acc.ledger.unit_prices and "c-drop" not in acc.rates
     assert "c-keep" in acc.ledger.campaigns and "c-keep" in acc.rates  # still in the snapshot
     assert acc.unused_report()["c-late"] == (9_800, "2027-01-15")  # still there, and now reported
-    acc.tick(kept, midnight_utc + 24 * 3600 + 1, pace=False)  # the next turn
+    acc.tick(kept, midnight_utc + 24 * 3600 + 1, pace=False)  # UTC's midnight: what still held something, again
     assert "c-late" not in acc.ledger.campaigns
     back = build_snapshot([keep, drop], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.swapped(back, kept, changed=("c-drop",), removed=())
@@ -242,6 +242,25 @@ def test_a_tick_forgets_at_most_its_share_of_dropped_campaigns(make_campaign, mo
     for k in range(5):
         acc.tick(back, over + 2 + k, pace=False)
     assert sizes == [5] and set(acc.ledger.campaigns) == left  # all back: no more forgotten
+
+    # Two that still held something at the turn wait for the next zone's midnight; the one back in the
+    # snapshot by then keeps its books and is not looked at again.
+    campaigns = [make_campaign(f"c{i}") for i in range(3)]
+    everyone, acc = _granted(campaigns, 1_000)
+    acc.tick(everyone, midnight_utc - 60, pace=False)
+    only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    acc.tick(only_c0, over - 60, pace=False)
+    for cid in ("c1", "c2"):
+        assert acc.ledger.reserve(cid, 10, now_s=over - 30) is not None  # in flight over the turn
+    acc.unused_report()
+    acc.tick(only_c0, over + 1, pace=False)
+    assert {"c1", "c2"} <= set(acc.ledger.campaigns)
+    c0_c1 = build_snapshot(campaigns[:2], version=3, created_ms=0, reserve_cpm_micros=100_000)
+    acc.swapped(c0_c1, only_c0, changed=("c1",), removed=())
+    acc.tick(c0_c1, over + 300, pace=False)  # the holds expire: their allowance moves, to be reported
+    acc.unused_report()
+    acc.tick(c0_c1, over + 12 * 3600 + 1, pace=False)  # UTC's midnight
+    assert set(acc.ledger.campaigns) == {"c0", "c1"} and not acc._retry
 
 
 def _updated(spend: SpendView) -> int:
