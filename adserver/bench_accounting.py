@@ -22,7 +22,8 @@ longest piece of that walk as the edge runs it (``accounting_metrics_scrape_piec
 inventory dropped from the snapshot: the tick at the next midnight (``accounting_day_turn_ms_*``), the one at
 UTC-12's midnight that begins forgetting their books (``accounting_forget_turn_ms_*``), the longest later tick
 forgetting a slice (``accounting_forget_slice_p99_ms_*``) and how many were forgotten
-(``accounting_forgotten_*``, all of them).
+(``accounting_forgotten_*``, all of them). And with the campaigns spread over 24 timezones, the tick at UTC's
+midnight (``accounting_zone_midnight_ms_*``), which rolls UTC's share of them.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from typing import Any
 from adserver.bench_auction import _percentile, size_label
 from adserver.bench_handler import _campaigns, _edge
 from edge.accounting import FORGET_PER_TICK, Accounting
+from edge.budget import BudgetLedger
+from edge.spend import SpendView
 from edge.state import TOTALS_PIECE, freeze_long_lived, prepare_swap
 from replication.calendar import local_day
-from replication.snapshot import build_snapshot
+from replication.snapshot import SnapshotCampaign, build_snapshot
 
 SIZES = (1_000, 20_000, 100_000)
 RESERVATIONS = 300  # ads a worker reserves per 100 ms at 3,000 one-slot requests a second
@@ -61,13 +64,45 @@ def _ms(ns: list[int], q: float) -> float:
     return round(_percentile(sorted(ns), q) / 1e6, 3)
 
 
+def _inventory(n: int, zones: tuple[str, ...] = ("UTC",)) -> list[SnapshotCampaign]:
+    """``n`` of the handler bench's campaigns, each on its own keyword, spread evenly over ``zones``."""
+    template = _campaigns()[0]
+    return [dataclasses.replace(template, campaign_id=f"c{i:06d}", keywords=frozenset({f"kw{i}"}),
+                                timezone=zones[i % len(zones)]) for i in range(n)]
+
+
+# Zones with different midnights, for ``zone_midnight_ms``.
+ZONES = ("UTC", "Europe/Paris", "Europe/Athens", "Europe/Moscow", "Asia/Dubai", "Asia/Karachi", "Asia/Kolkata",
+         "Asia/Bangkok", "Asia/Shanghai", "Asia/Tokyo", "Australia/Brisbane", "Pacific/Auckland", "America/Sao_Paulo",
+         "America/Halifax", "America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles",
+         "America/Anchorage", "Pacific/Honolulu", "Atlantic/Azores", "Africa/Lagos", "Asia/Kathmandu",
+         "Pacific/Kiritimati")
+
+
+def zone_midnight_ms(n: int) -> float:
+    """The tick at UTC's midnight with ``n`` campaigns spread over ``ZONES``: the day roll asks about UTC's
+    share of them (``Accounting.roll_days``). Median of three, each on fresh books."""
+    snapshot = build_snapshot(_inventory(n, ZONES), version=1, created_ms=0, reserve_cpm_micros=100_000)
+    Accounting.warm(snapshot)  # what the edge's loader thread does
+    midnight = 1_800_057_600.0  # 2027-01-16 00:00 UTC: UTC-12's noon, so no list of dropped campaigns
+    times = []
+    for _ in range(3):
+        accounting = Accounting(BudgetLedger(worker_id="w"), SpendView("w"))
+        for c in snapshot.campaigns:
+            accounting.ledger.grant(c.campaign_id, 10**9, exhausted=False, day="2027-01-15")
+        accounting.tick(snapshot, midnight - 60, pace=False)  # the first roll walks every zone's
+        accounting.tick(snapshot, midnight - 30, pace=False)
+        t0 = time.perf_counter_ns()
+        accounting.tick(snapshot, midnight + 1, pace=False)
+        times.append(time.perf_counter_ns() - t0)
+    return round(statistics.median(times) / 1e6, 3)
+
+
 def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float]]:
     """``periods`` periods of an edge holding ``n`` campaigns: per step, the median and p99 in ms; and how
     many campaigns an unused report named, the first (whole) one and the median of the rest."""
     _, state = _edge()
-    template = _campaigns()[0]
-    campaigns = [dataclasses.replace(template, campaign_id=f"c{i:06d}", keywords=frozenset({f"kw{i}"}))
-                 for i in range(n)]
+    campaigns = _inventory(n)
     now = state.settings.clock.now()
     state.snapshot = snapshot = build_snapshot(campaigns, version=2, created_ms=int(now * 1000),
                                                reserve_cpm_micros=100_000)
@@ -135,9 +170,10 @@ def measure(n: int, periods: int, *, seed: int = 1) -> dict[str, dict[str, float
         # The first piece on a new snapshot also meets its new campaigns.
         steps["snapshot_swap_pace_piece"].append(max(_piece_times(state.pacing_pieces(t))))
     # Half the inventory dropped from the snapshot (ended, paused, deleted): the tick at the next UTC midnight
-    # (the day roll over every campaign, and the list of campaigns the snapshot no longer has, none of them
-    # forgettable yet), the tick at UTC-12's midnight that begins forgetting them (the roll's walk again, the
-    # list again, a first slice), and each later tick's slice (``Accounting.forget_dropped``).
+    # (the day roll over every campaign, as they share one zone; run before 12:00 UTC, the earliest day turns in
+    # between too, and this tick also lists the dropped campaigns, none forgettable yet), the tick at UTC-12's
+    # midnight that lists them and forgets a first slice, and each later tick's slice
+    # (``Accounting.forget_dropped``).
     t += PERIOD_S
     half = build_snapshot(campaigns[: n // 2], version=6, created_ms=int(now * 1000), reserve_cpm_micros=100_000)
     state.swap_in(prepare_swap(half, state.snapshot))
@@ -215,5 +251,8 @@ def bench_accounting(*, duration_s: float, rounds: int, say: Callable[[str], Non
         out[f"accounting_forget_turn_ms_{key}"] = p50["forget_turn"]
         out[f"accounting_forget_slice_p99_ms_{key}"] = run["forget_slice"]["p99_ms"]
         out[f"accounting_forgotten_{key}"] = run["forgotten"]["campaigns"]
+        out[f"accounting_zone_midnight_ms_{key}"] = zone_midnight_ms(n)
+        say(f"{n:,} campaigns over {len(ZONES)} zones: the tick at UTC's midnight "
+            f"{out[f'accounting_zone_midnight_ms_{key}']} ms")
         out["runs"][key] = run
     return out

@@ -202,7 +202,8 @@ class Accounting:
         the ledger took them on, or the edge reset them (``swapped`` resets each campaign that is new to the
         snapshot or of a new revision: a campaign back from a pause over its midnight, one moved to another
         zone). A walk over every campaign of each new snapshot took about 100 ms at 100,000 (one-off
-        profile), and so did each zone's midnight while it walked every zone's campaigns."""
+        profile), and so did each zone's midnight while it walked every zone's campaigns
+        (``accounting_zone_midnight_ms_*`` of ``adserver bench --only accounting`` times one now)."""
         assert snapshot.columns is not None  # built with every snapshot
         ledger = self.ledger
         self._take_moved()
@@ -234,7 +235,8 @@ class Accounting:
         over everywhere and that hold nothing any more (``BudgetLedger.forget``): the ledger's and the spend
         rates kept here. When the earliest day turns (``roll_days``), the campaigns the ledger knows and the
         snapshot does not are listed (a set difference over every campaign, once a day: at each zone's
-        midnight it cost 30-45 ms at 100,000 campaigns, one-off); each tick, after its drain, looks at
+        midnight it cost 30-45 ms at 100,000 campaigns, one-off; ``accounting_forget_turn_ms_*`` times the
+        tick that lists them); each tick, after its drain, looks at
         ``FORGET_PER_TICK`` of them. One that still held something (in flight, staged, offered back, or an
         unused figure the grant loop has not reported yet) is looked at again at the next zone's midnight.
         Returns the campaigns forgotten."""

@@ -773,7 +773,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     ranked_scores, ranked_ctrs = floats[:m], floats[m:2 * m]
     live_scores, live_ctrs = floats[2 * m:3 * m], floats[3 * m:4 * m]
     neg, kth_work = floats[4 * m:5 * m], floats[5 * m:6 * m]
-    for code in range(_CODES):
+    for code in range(_CODES):  # a loop, not ``by_fate[:] = 0``: slice assignments cost numba seconds to compile
         by_fate[code] = 0
     n = 0
     o = v = 0  # the next capped campaign and rescored one at or after this candidate (both ascending)

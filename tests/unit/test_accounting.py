@@ -16,6 +16,8 @@ from replication.snapshot import Snapshot, build_snapshot
 
 NOW = 1_800_000_000.0
 CEILING = 1_571  # a CPM bid of 1,571,000 micros: at most 1,571 micros an impression
+# 2027-01-16 00:00 UTC: 09:00 in Tokyo, 19:00 on the 15th in New York; the 16th begins everywhere at 12:00 UTC
+MIDNIGHT_UTC = 1_800_057_600.0
 
 
 def accounting() -> Accounting:
@@ -74,47 +76,45 @@ def test_the_day_roll_drops_yesterdays_slices_at_each_campaigns_own_midnight(mak
     campaigns = [make_campaign("c-tokyo", timezone="Asia/Tokyo"), make_campaign("c-utc"), make_campaign("c-late")]
     snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
     acc = accounting()
-    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC, 09:00 in Tokyo
-    before = midnight_utc - 60
+    before = MIDNIGHT_UTC - 60
     acc.ledger.grant("c-utc", 1_000, exhausted=False, day="2027-01-15")
     acc.ledger.grant("c-tokyo", 1_000, exhausted=False, day="2027-01-16")  # already the 16th there
     assert not acc.tick(snapshot, before, pace=False).new_day
     assert not acc.tick(snapshot, before + 30, pace=False).new_day  # nothing turned: no walk, nothing dropped
     assert acc.ledger.available("c-utc") == 1_000
-    outcome = acc.tick(snapshot, midnight_utc + 1, pace=False)
+    outcome = acc.tick(snapshot, MIDNIGHT_UTC + 1, pace=False)
     assert outcome.new_day and acc.ledger.available("c-utc") == 0
     assert acc.ledger.available("c-tokyo") == 1_000  # its midnight was nine hours ago
     # A campaign granted yesterday's slice after the walk is caught on the next tick (the ledger grew).
     acc.ledger.grant("c-late", 500, exhausted=False, day="2027-01-15")
-    assert acc.tick(snapshot, midnight_utc + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
+    assert acc.tick(snapshot, MIDNIGHT_UTC + 2, pace=False).new_day and acc.ledger.available("c-late") == 0
 
 
 def test_a_new_snapshot_rolls_only_the_campaigns_that_moved(make_campaign, monkeypatch):
     """A new snapshot no longer walks every campaign's day, only those that moved (the edge resets a campaign
     of a new revision): one that moved to a zone already past midnight drops yesterday's slice, and a
     snapshot that changed nothing asks about no campaign's day (a new zone in it still walks them all)."""
-    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC: still the 15th in New York
     before = build_snapshot([make_campaign("c-a", timezone="America/New_York"), make_campaign("c-b"),
                              make_campaign("c-c", timezone="America/New_York")],
                             version=1, created_ms=0, reserve_cpm_micros=100_000)
     acc = accounting()
     for cid in ("c-a", "c-b", "c-c"):
         acc.ledger.grant(cid, 1_000, exhausted=False, day="2027-01-15")
-    acc.tick(before, midnight_utc - 3_600, pace=False)  # 23:00 UTC, 18:00 in New York: nothing turns
-    acc.tick(before, midnight_utc + 60, pace=False)  # UTC's day turned: every campaign is rolled
+    acc.tick(before, MIDNIGHT_UTC - 3_600, pace=False)  # 23:00 UTC, 18:00 in New York: nothing turns
+    acc.tick(before, MIDNIGHT_UTC + 60, pace=False)  # UTC's day turned: every campaign is rolled
     assert [acc.ledger.available(c) for c in ("c-a", "c-b", "c-c")] == [1_000, 0, 1_000]
-    acc.tick(before, midnight_utc + 90, pace=False)  # a quiet tick: what the roll itself moved is behind us
+    acc.tick(before, MIDNIGHT_UTC + 90, pace=False)  # a quiet tick: what the roll itself moved is behind us
     asked: list[str] = []
     real_new_day = BudgetLedger.new_day
     monkeypatch.setattr(BudgetLedger, "new_day",
                         lambda self, cid, day: asked.append(cid) or real_new_day(self, cid, day))
     same = build_snapshot(list(before.campaigns), version=2, created_ms=0, reserve_cpm_micros=100_000)
-    assert not acc.tick(same, midnight_utc + 120, pace=False).new_day
+    assert not acc.tick(same, MIDNIGHT_UTC + 120, pace=False).new_day
     assert asked == []  # nothing moved, nothing changed: no campaign's day looked at
     moved = build_snapshot([dataclasses.replace(before.campaigns[0], timezone="UTC", revision=2),
                             *before.campaigns[1:]], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.ledger.reset("c-a")  # what Accounting.swapped does for a campaign of a new revision
-    assert acc.tick(moved, midnight_utc + 180, pace=False).new_day
+    assert acc.tick(moved, MIDNIGHT_UTC + 180, pace=False).new_day
     assert asked == ["c-a"] and acc.ledger.available("c-a") == 0  # the 16th in UTC: yesterday's slice gone
     assert acc.ledger.available("c-c") == 1_000
 
@@ -123,59 +123,56 @@ def test_a_zones_midnight_rolls_that_zones_campaigns_only(make_campaign, monkeyp
     """When a timezone's day turns, the roll asks about that zone's campaigns (and any that moved), not every
     campaign: at 100,000 campaigns each zone's midnight walked all of them, about 100 ms of the event loop
     (one-off profile), once per zone in the inventory."""
-    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC: 09:00 in Tokyo, 19:00 on the 15th in New York
     zones = {"UTC": "u", "Asia/Tokyo": "t", "America/New_York": "n"}
     campaigns = [make_campaign(f"c-{tag}{i}", timezone=tz) for tz, tag in zones.items() for i in range(3)]
     snapshot, acc = _granted(campaigns, 1_000)
-    acc.tick(snapshot, midnight_utc - 60, pace=False)  # the first roll: every zone's campaigns
+    acc.tick(snapshot, MIDNIGHT_UTC - 60, pace=False)  # the first roll: every zone's campaigns
     asked: list[str] = []
     real_new_day = BudgetLedger.new_day
     monkeypatch.setattr(BudgetLedger, "new_day",
                         lambda self, cid, day: asked.append(cid) or real_new_day(self, cid, day))
-    acc.tick(snapshot, midnight_utc - 30, pace=False)
+    acc.tick(snapshot, MIDNIGHT_UTC - 30, pace=False)
     assert asked == []
-    assert acc.tick(snapshot, midnight_utc + 1, pace=False).new_day
+    assert acc.tick(snapshot, MIDNIGHT_UTC + 1, pace=False).new_day
     assert sorted(asked) == ["c-u0", "c-u1", "c-u2"]
     # Tokyo was on the 16th already at the first roll; New York is still on the 15th.
     assert [acc.ledger.available(c.campaign_id) for c in campaigns] == [0] * 6 + [1_000] * 3
-    acc.tick(snapshot, midnight_utc + 60, pace=False)  # a quiet tick: what the roll itself moved is behind us
+    acc.tick(snapshot, MIDNIGHT_UTC + 60, pace=False)  # a quiet tick: what the roll itself moved is behind us
     asked.clear()
     acc.ledger.grant("c-t0", 5, exhausted=False, day="2027-01-16")  # it moved: asked about too
-    acc.tick(snapshot, midnight_utc + 5 * 3600 + 1, pace=False)  # midnight in New York
+    acc.tick(snapshot, MIDNIGHT_UTC + 5 * 3600 + 1, pace=False)  # midnight in New York
     assert sorted(asked) == ["c-n0", "c-n1", "c-n2", "c-t0"]
 
 
 def test_a_campaign_back_from_a_pause_over_its_midnight_drops_yesterdays_slice(make_campaign):
     """Found by a review of the first version (which looked at zones only): a campaign out of the snapshot
     over its midnight missed the walk, and back the next morning kept spending yesterday's slice."""
-    midnight_utc = 1_800_057_600.0
     x, y = make_campaign("c-x"), make_campaign("c-y")
     both, acc = _granted([x, y], 1_000)
-    acc.tick(both, midnight_utc - 60, pace=False)
+    acc.tick(both, MIDNIGHT_UTC - 60, pace=False)
     paused = build_snapshot([y], version=2, created_ms=0, reserve_cpm_micros=100_000)
-    acc.tick(paused, midnight_utc - 30, pace=False)
-    acc.tick(paused, midnight_utc + 60, pace=False)  # the day turns while c-x is away
+    acc.tick(paused, MIDNIGHT_UTC - 30, pace=False)
+    acc.tick(paused, MIDNIGHT_UTC + 60, pace=False)  # the day turns while c-x is away
     assert acc.ledger.available("c-y") == 0 and acc.ledger.available("c-x") == 1_000
-    acc.tick(paused, midnight_utc + 3_600, pace=False)
+    acc.tick(paused, MIDNIGHT_UTC + 3_600, pace=False)
     back = build_snapshot([x, y], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.ledger.reset("c-x")  # Accounting.swapped: new to the snapshot
-    assert acc.tick(back, midnight_utc + 3_660, pace=False).new_day
+    assert acc.tick(back, MIDNIGHT_UTC + 3_660, pace=False).new_day
     assert acc.ledger.available("c-x") == 0
 
 
 def test_a_campaign_first_asked_for_after_midnight_rolls_a_late_grant_for_yesterday(make_campaign):
     """Found by a review: a campaign the grant check takes on (no day yet) and then granted yesterday's
     slice by an allocator whose clock is behind drops that slice at the next roll."""
-    midnight_utc = 1_800_057_600.0
     old = build_snapshot([make_campaign("c-old")], version=1, created_ms=0, reserve_cpm_micros=100_000)
     acc = accounting()
-    acc.tick(old, midnight_utc + 10, pace=False)
+    acc.tick(old, MIDNIGHT_UTC + 10, pace=False)
     new = build_snapshot([make_campaign("c-old"), make_campaign("c-new")], version=2, created_ms=0,
                          reserve_cpm_micros=100_000)
-    assert "c-new" in acc.grant_request(new, midnight_utc + 20, retry_s=0.25).asks  # taken on, no day yet
-    acc.tick(new, midnight_utc + 21, pace=False)
+    assert "c-new" in acc.grant_request(new, MIDNIGHT_UTC + 20, retry_s=0.25).asks  # taken on, no day yet
+    acc.tick(new, MIDNIGHT_UTC + 21, pace=False)
     acc.ledger.grant("c-new", 1_000, exhausted=False, day="2027-01-15")  # the allocator still on the 15th
-    acc.tick(new, midnight_utc + 22, pace=False)
+    acc.tick(new, MIDNIGHT_UTC + 22, pace=False)
     assert acc.ledger.available("c-new") == 0 and acc.ledger.campaigns["c-new"].day == "2027-01-16"
 
 
@@ -186,57 +183,54 @@ def test_the_books_of_a_dropped_campaign_are_forgotten_once_its_day_is_over_ever
     is taken on afresh. One whose figure moved since the last unused report (a late billable event) waits
     until that report has gone out: the allocator keeps the last figure it heard, and a reclaim would hand
     it back. Before, the edge kept the books of every campaign it ever served."""
-    midnight_utc = 1_800_057_600.0  # 2027-01-16 00:00 UTC; the 16th begins everywhere at 12:00 UTC
     keep, drop, late = make_campaign("c-keep"), make_campaign("c-drop"), make_campaign("c-late")
     every, acc = _granted([keep, drop, late], 10_000)
-    acc.tick(every, midnight_utc - 180, pace=False)
+    acc.tick(every, MIDNIGHT_UTC - 180, pace=False)
     for c in (keep, drop, late):
         assert acc.ledger.settle(c.campaign_id, 100)
-    acc.tick(every, midnight_utc - 120, pace=False)
+    acc.tick(every, MIDNIGHT_UTC - 120, pace=False)
     assert acc.rates["c-drop"] > 0 and "c-drop" in acc.ledger.unit_prices
     kept = build_snapshot([keep], version=2, created_ms=0, reserve_cpm_micros=100_000)
     acc.swapped(kept, every, changed=(), removed=("c-drop", "c-late"))
-    for at in (midnight_utc - 60, midnight_utc + 60, midnight_utc + 11 * 3600):  # the 15th still on somewhere
+    for at in (MIDNIGHT_UTC - 60, MIDNIGHT_UTC + 60, MIDNIGHT_UTC + 11 * 3600):  # the 15th still on somewhere
         acc.tick(kept, at, pace=False)
         assert acc.ledger.available("c-drop") == 9_900 and "c-drop" in acc.rates
     acc.unused_report()
     assert acc.ledger.settle("c-late", 100)  # a late billable event, just before the 15th ends everywhere
-    acc.tick(kept, midnight_utc + 12 * 3600 + 1, pace=False)  # only the earliest day turned
+    acc.tick(kept, MIDNIGHT_UTC + 12 * 3600 + 1, pace=False)  # only the earliest day turned
     assert "c-drop" not in acc.ledger.campaigns and "c-drop" not in acc.ledger.available_by_campaign
     assert "c-drop" not in acc.ledger.unit_prices and "c-drop" not in acc.rates
     assert "c-keep" in acc.ledger.campaigns and "c-keep" in acc.rates  # still in the snapshot
     assert acc.unused_report()["c-late"] == (9_800, "2027-01-15")  # still there, and now reported
-    acc.tick(kept, midnight_utc + 24 * 3600 + 1, pace=False)  # UTC's midnight: what still held something, again
+    acc.tick(kept, MIDNIGHT_UTC + 24 * 3600 + 1, pace=False)  # UTC's midnight: what still held something, again
     assert "c-late" not in acc.ledger.campaigns
     back = build_snapshot([keep, drop], version=3, created_ms=0, reserve_cpm_micros=100_000)
     acc.swapped(back, kept, changed=("c-drop",), removed=())
-    assert "c-drop" in acc.grant_request(back, midnight_utc + 24 * 3600 + 2, retry_s=0.25).asks
+    assert "c-drop" in acc.grant_request(back, MIDNIGHT_UTC + 24 * 3600 + 2, retry_s=0.25).asks
 
 
 def test_a_tick_forgets_at_most_its_share_of_dropped_campaigns(make_campaign, monkeypatch):
     """Dropped campaigns are forgotten a slice per tick (``FORGET_PER_TICK``), so a day with thousands of them
     does not hold one tick up; one back in the snapshot before its turn keeps its books."""
-    midnight_utc = 1_800_057_600.0
-    over = midnight_utc + 12 * 3600  # the 15th is over everywhere
+    over = MIDNIGHT_UTC + 12 * 3600  # the 15th is over everywhere
 
-    def after_drop(share: int) -> tuple[Accounting, list, list[int]]:
+    def after_drop(share: int) -> tuple[Accounting, list, Snapshot, list[int]]:
         monkeypatch.setattr(accounting_module, "FORGET_PER_TICK", share)
         campaigns = [make_campaign(f"c{i}") for i in range(6)]
         everyone, acc = _granted(campaigns, 1_000)
-        acc.tick(everyone, midnight_utc - 60, pace=False)
+        acc.tick(everyone, MIDNIGHT_UTC - 60, pace=False)
         acc.unused_report()  # the grant loop's: the allocator has heard every figure
         only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
         acc.tick(only_c0, over + 1, pace=False)
-        return acc, campaigns, [len(acc.ledger.campaigns)]
+        return acc, campaigns, only_c0, [len(acc.ledger.campaigns)]
 
-    acc, campaigns, sizes = after_drop(2)
-    only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
+    acc, campaigns, only_c0, sizes = after_drop(2)
     for k in range(3):
         acc.tick(only_c0, over + 2 + k, pace=False)
         sizes.append(len(acc.ledger.campaigns))
     assert sizes == [4, 2, 1, 1] and set(acc.ledger.campaigns) == {"c0"}
 
-    acc, campaigns, sizes = after_drop(1)
+    acc, campaigns, _, sizes = after_drop(1)
     left = set(acc.ledger.campaigns)
     back = build_snapshot(campaigns, version=3, created_ms=0, reserve_cpm_micros=100_000)
     for k in range(5):
@@ -247,7 +241,7 @@ def test_a_tick_forgets_at_most_its_share_of_dropped_campaigns(make_campaign, mo
     # snapshot by then keeps its books and is not looked at again.
     campaigns = [make_campaign(f"c{i}") for i in range(3)]
     everyone, acc = _granted(campaigns, 1_000)
-    acc.tick(everyone, midnight_utc - 60, pace=False)
+    acc.tick(everyone, MIDNIGHT_UTC - 60, pace=False)
     only_c0 = build_snapshot(campaigns[:1], version=2, created_ms=0, reserve_cpm_micros=100_000)
     acc.tick(only_c0, over - 60, pace=False)
     for cid in ("c1", "c2"):
