@@ -815,10 +815,28 @@ def test_a_winner_from_past_the_head_is_priced_with_its_predicted_ctr(make_campa
 def test_one_compiled_version_serves_every_path(make_campaign, make_creative, monkeypatch):
     """The auction's kernel is compiled when a snapshot loads (``warm_up``, once per process); a request whose
     arrays differ in type or flags (int64 or intp positions, read-only or writable scores, caps or none, a
-    model or none) would compile another version in the middle of serving, for seconds. Every path of the
-    auction: priors and a click model, caps on a campaign and on a creative, explain, an unknown format,
-    snapshots restricted in different numbers of dimensions."""
+    model or none) would compile another version in the middle of serving, for seconds. And the auction calls
+    the compiled code past numba's dispatcher (``_kernel``), which it looks up once per snapshot and format:
+    a call whose arguments' types differ from the ones it was looked up for would be misread, so every call
+    is checked here. Every path of the auction: priors and a click model, caps on a campaign and on a
+    creative, explain, an unknown format, snapshots restricted in different numbers of dimensions, built and
+    decoded."""
+    from numba import typeof
+
     from replication.ctr_model import ClickModel
+    from replication.snapshot import decode_snapshot, encode_snapshot
+
+    looked_up = auction_module._kernel
+    calls = []
+
+    def checked(columns, fmt, priors_only, args):  # type: ignore[no-untyped-def]
+        kernel = looked_up(columns, fmt, priors_only, args)
+        compiled = auction_module._select.overloads.get(tuple(typeof(arg) for arg in args))
+        assert compiled is not None and compiled.entry_point is kernel, (fmt, priors_only)
+        calls.append(fmt)
+        return kernel
+
+    monkeypatch.setattr(auction_module, "_kernel", checked)
 
     # Distinct CPM and CPC bids: no run of ties spans the whole ranking, so with a head of 2 the walk sorts
     # the rest, and predicts the CPM campaigns' CTRs there.
@@ -831,6 +849,7 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative, mo
                                                   click_model=model),
                  snap(*(dataclasses.replace(c, devices=frozenset({"mobile"}), countries=frozenset({"US"}))
                         for c in campaigns)))
+    snapshots += (decode_snapshot(encode_snapshot(snapshots[1])),)
     for snapshot in snapshots[:2]:
         auction_module.warm_up(snapshot)
     compiled = (list(auction_module._select.signatures), list(auction_module.fill_ctrs.signatures))
@@ -846,6 +865,7 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative, mo
                         *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
     # No snapshot and no request compiled anything more: what warm_up compiled served every path.
     assert (list(auction_module._select.signatures), list(auction_module.fill_ctrs.signatures)) == compiled
+    assert len(calls) >= 4 * 3 * 2 * 2 and "1x1" in calls  # the kernel's calls were all checked
 
 
 def test_the_kernels_ask_for_scattered_reads_ahead(make_campaign):
@@ -883,5 +903,7 @@ def test_warm_up_builds_every_format_s_columns_so_no_first_request_waits(make_ca
     assert run_auction(snapshot, req(format="160x600"), now_s=NOW, rng=random.Random(1),
                        allowance=rich("bare")).candidates == 1
     # Serving every format built no more columns: only the per-second verdicts (and the bundle of them with the
-    # columns already built, ``_per_format``) and the request contexts.
-    assert {k[0] for k in set(snapshot.columns.memo) - built} <= {"checks", "per-format", "ctr-contexts"}
+    # columns already built, ``_per_format``), the request contexts and which compiled kernel serves a format
+    # (``_kernel``: the types of the arguments, worked out, no compile).
+    assert {k[0] for k in set(snapshot.columns.memo) - built} <= {"checks", "per-format", "ctr-contexts",
+                                                                  "select-kernel"}
