@@ -694,19 +694,20 @@ def _kernel(columns: CampaignColumns, fmt: str, priors_only: bool,
     its arguments to have the types it was compiled for, so they are worked out here, once per snapshot,
     format and model (or none): what the arrays of a snapshot are is fixed when it is built or decoded, and
     the rest (the plan, the caps, the workspace, the numbers) have one type by construction, which
-    ``test_auction_kernel`` checks on every call of a varied run. A format no campaign has is not remembered
-    (every string a caller sends would be a key): it goes through the dispatcher."""
+    ``test_one_compiled_version_serves_every_path`` checks on every call of a varied run. A format no campaign
+    has goes through the dispatcher: remembered, every string a caller sends would be a key, and worked out
+    anew, every such request would pay the typing in Python."""
     key = ("select-kernel", fmt, priors_only)
     found = columns.memo.get(key)
     if found is None:
+        if fmt not in columns.formats:
+            return _select
         signature = tuple(typeof(arg) for arg in args)
         compiled = _select.overloads.get(signature)
         if compiled is None:
             _select.compile(signature)  # or loads it from the cache (``edge.compile_cache``)
             compiled = _select.overloads[signature]
-        found = compiled.entry_point
-        if fmt in columns.formats:
-            columns.memo[key] = found
+        found = columns.memo[key] = compiled.entry_point
     return found
 
 
