@@ -11,6 +11,9 @@ is in these figures (``auction`` measures the model's cost in-process).
   (target ≥ 0.2);
 - ``event_tax``: decisions/s with decision events published / without (target ≥ 0.85);
 - ``p99_ratio_vs_json``: unloaded p99 (one connection) of ``/v1/ads`` / a no-work JSON endpoint's (target ≤ 2).
+- ``unloaded_loop_hold``: during the unloaded ``/v1/ads`` runs, per background task of the edge, its steps a
+  second and how long they held the event loop (``adserver_edge_loop_hold_seconds``): a request that comes in
+  during one waits for it, so they make much of the unloaded tail.
 
 Every round measures every side, in reverse order every other round, and each ratio is the median of the
 rounds' own ratios (``adserver.sidebyside``).
@@ -66,6 +69,37 @@ def ad_outcomes(edge_url: str) -> dict[str, int]:
     return out
 
 
+def loop_holds(edge_url: str) -> dict[str, tuple[int, float]]:
+    """``parse_loop_holds`` of the edge's metrics now."""
+    return parse_loop_holds(httpx.get(f"{edge_url}/metrics", timeout=10).text)
+
+
+def parse_loop_holds(metrics: str) -> dict[str, tuple[int, float]]:
+    """How many steps each background task of the edge ran and their seconds in all, from its
+    ``adserver_edge_loop_hold_seconds`` histogram: the time the event loop was theirs and not the requests'."""
+    out: dict[str, tuple[int, float]] = {}
+    for line in metrics.splitlines():
+        for suffix in ("_count{", "_sum{"):
+            if line.startswith(f"adserver_edge_loop_hold_seconds{suffix}"):
+                task = line.split('task="', 1)[1].split('"', 1)[0]
+                count, total = out.get(task, (0, 0.0))
+                value = float(line.rsplit(" ", 1)[1])
+                out[task] = (int(value), total) if suffix == "_count{" else (count, value)
+    return out
+
+
+def hold_rates(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]],
+               seconds: float) -> dict[str, dict[str, float]]:
+    """Per task, between two ``loop_holds``: steps a second, milliseconds of the event loop a second, and the
+    mean step in microseconds."""
+    rates = {}
+    for task, (count, total) in after.items():
+        steps, held = count - before.get(task, (0, 0.0))[0], total - before.get(task, (0, 0.0))[1]
+        rates[task] = {"steps_per_s": round(steps / seconds, 1), "ms_per_s": round(held * 1000 / seconds, 2),
+                       "mean_us": round(held * 1e6 / steps) if steps else 0}
+    return rates
+
+
 def refill(urls: tuple[str, ...], paths_file: Path, script: Path, connections: int) -> None:
     """Load each edge briefly with the allocator running: an edge holds allowance for its recent spend rate
     over a quarter lease, so after this it holds enough for the timed runs that follow with the control
@@ -113,6 +147,7 @@ def bench_http(*, duration_s: float, connections: int, rounds: int, say: Callabl
                 _warm(url, paths)
             runs: dict[str, list[LoadRun]] = {"hello": [], "ads": [], "ads_no_events": []}
             unloaded: dict[str, list[LoadRun]] = {"json": [], "ads": []}
+            holds: list[dict[str, dict[str, float]]] = []  # the edge's background steps in each unloaded ads run
             assert stack.control_plane is not None and stack.nats is not None
             meter = CpuMeter({"baseline": baseline.popen.pid, "edge": stack.edges[0].proc.popen.pid,
                               "edge_no_events": quiet.proc.popen.pid, "nats-server": stack.nats.popen.pid,
@@ -134,14 +169,20 @@ def bench_http(*, duration_s: float, connections: int, rounds: int, say: Callabl
                         cpu[name].append(meter.per_request_us(before, meter.read(), runs[name][-1].requests))
                     quiet_pair = (("json", f"{base_url}/json", None), ("ads", edge_url, paths_file))
                     for name, url, walk in in_turn(r, quiet_pair):
+                        held = loop_holds(edge_url) if name == "ads" else {}
+                        started = time.monotonic()
                         unloaded[name].append(run_wrk(url, duration_s=max(2.0, duration_s / 2), connections=1,
                                                       paths_file=walk, script=script))
+                        if name == "ads":
+                            holds.append(hold_rates(held, loop_holds(edge_url), time.monotonic() - started))
                 finally:
                     resume(stack.control_plane)
                 say(f"round {r + 1}: /hello {runs['hello'][-1].rps:,.0f} req/s, /v1/ads "
                     f"{runs['ads'][-1].rps:,.0f}, without decision events {runs['ads_no_events'][-1].rps:,.0f}; "
                     f"unloaded p99 /json {unloaded['json'][-1].p99_ms:.2f} ms, /v1/ads "
-                    f"{unloaded['ads'][-1].p99_ms:.2f} ms")
+                    f"{unloaded['ads'][-1].p99_ms:.2f} ms; meanwhile the edge's background steps held its event loop "
+                    + ", ".join(f"{task} {h['steps_per_s']:.0f}/s x {h['mean_us']:.0f} us"
+                                for task, h in sorted(holds[-1].items())))
                 for url, counts in outcomes.items():
                     for outcome, n in ad_outcomes(url).items():
                         counts[outcome] = counts.get(outcome, 0) + n - before_round[url].get(outcome, 0)
@@ -181,6 +222,12 @@ def bench_http(*, duration_s: float, connections: int, rounds: int, say: Callabl
         "fill_rate": round(filled / answered, 4),
         "cpu_us_per_request": {side: {name: statistics.median(run[name] for run in rs) for name in rs[0]}
                                for side, rs in cpu.items()},
+        # What holds the edge's event loop between unloaded requests (``edge.state``: the control tick,
+        # pacing, the grant check, the spend sync), per task the median over rounds; a request that comes in
+        # during a step waits for it.
+        "unloaded_loop_hold": {task: {key: statistics.median(h[task][key] for h in holds if task in h)
+                                      for key in ("steps_per_s", "ms_per_s", "mean_us")}
+                               for task in sorted({t for h in holds for t in h})},
         "runs": {name: [asdict(run) for run in rs] for name, rs in runs.items()},
         "unloaded_runs": {name: [asdict(run) for run in rs] for name, rs in unloaded.items()},
     }

@@ -24,6 +24,7 @@ class EdgeMetrics:
     no_fill: Counter
     filtered: Counter
     decision_seconds: Histogram
+    loop_hold: Histogram
     beacons: Counter
     events: Gauge
     snapshot_version: Gauge
@@ -46,6 +47,13 @@ def build_metrics() -> EdgeMetrics:
         decision_seconds=Histogram(
             "adserver_decision_seconds", "auction time inside the handler", registry=r,
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+        ),
+        # A background step holds the event loop: every request that comes in meanwhile waits for it. What the
+        # unloaded tail of /v1/ads is made of (``adserver bench --only http`` prints it).
+        loop_hold=Histogram(
+            "adserver_edge_loop_hold_seconds", "event loop time of one step of a background task, by task",
+            ["task"], registry=r,
+            buckets=(0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
         ),
         beacons=Counter("adserver_beacons", "beacons by kind and result", ["kind", "result"], registry=r),
         events=Gauge("adserver_events", "event publisher counters", ["state"], registry=r,

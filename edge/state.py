@@ -280,9 +280,20 @@ class EdgeState:
         while True:
             await asyncio.sleep(0.1)
             try:
-                self.control_tick(self.settings.clock.now(), pace=False)
+                with self.holding("control"):
+                    self.control_tick(self.settings.clock.now(), pace=False)
             except Exception:
                 log.exception("control tick failed")
+
+    @contextlib.contextmanager
+    def holding(self, task: str) -> Iterator[None]:
+        """Time one step of a background task in ``adserver_edge_loop_hold_seconds``: the event loop is the
+        step's until it ends, and every request that comes in meanwhile waits for it."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.loop_hold.labels(task).observe(time.perf_counter() - started)
 
     async def pacing_loop(self) -> None:
         """Pacing on the control tick's cadence, in a task of its own: its pieces wait behind the requests that
@@ -297,8 +308,14 @@ class EdgeState:
 
     async def pace_in_pieces(self, now: float) -> None:
         """This tick's share of pacing with the event loop free between its pieces (``pacing_pieces``)."""
+        observe = self.metrics.loop_hold.labels("pacing").observe
+        clock = time.perf_counter
+        started = clock()
         for _ in self.pacing_pieces(now):
+            observe(clock() - started)
             await asyncio.sleep(0)  # requests waiting since the last piece go first
+            started = clock()
+        observe(clock() - started)
 
     def pacing_pieces(self, now: float) -> Iterator[None]:
         """Pace this tick's share (``Accounting.pace_share``), PACE_PIECE campaigns at a time, pausing between
@@ -333,7 +350,8 @@ class EdgeState:
             await asyncio.sleep(every_s)
             ticks += 1
             try:
-                messages = self.spend.flush(full=ticks % every == 0)
+                with self.holding("spend-sync"):
+                    messages = self.spend.flush(full=ticks % every == 0)
                 if ticks % every == 0:
                     every = big_full_every if sum(map(len, messages)) > big_bytes else full_every
                 for message in messages:
@@ -365,18 +383,19 @@ class EdgeState:
             self.grant_wake.clear()
             now = clock.now()
             if pending is None:
-                # retry_s is campaign time: a compressed day must not flood the allocator with asks.
-                ask = self.accounting.grant_request(self.snapshot, now, retry_s=0.25 * clock.speed)
-                heartbeat = now - renewed_at >= self.accounting.lease_s / 4
-                if not ask and not heartbeat:
-                    continue
-                pending_sent = now
-                pending_account = ledger.account
-                pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
-                                         "region": self.settings.edge_region, "asks": ask.asks,
-                                         "unused": self.accounting.unused_report(whole=report_whole),
-                                         "returns": ask.returns,
-                                         "give_back": {cid: list(v) for cid, v in ask.give_back.items()}})
+                with self.holding("grant"):
+                    # retry_s is campaign time: a compressed day must not flood the allocator with asks.
+                    ask = self.accounting.grant_request(self.snapshot, now, retry_s=0.25 * clock.speed)
+                    heartbeat = now - renewed_at >= self.accounting.lease_s / 4
+                    if not ask and not heartbeat:
+                        continue
+                    pending_sent = now
+                    pending_account = ledger.account
+                    pending = msgpack.packb({"id": secrets.token_hex(8), "worker": ledger.account,
+                                             "region": self.settings.edge_region, "asks": ask.asks,
+                                             "unused": self.accounting.unused_report(whole=report_whole),
+                                             "returns": ask.returns,
+                                             "give_back": {cid: list(v) for cid, v in ask.give_back.items()}})
                 report_whole = False
             try:
                 reply = await self.nc.request(S.BUDGET_GRANT_SUBJECT, pending, timeout=2.0)

@@ -43,6 +43,9 @@ def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them()
     # The other task ran between every two pieces and saw the count grow a piece at a time.
     seen = sorted(set(paced_between))
     assert seen == list(range(0, share, PACE_PIECE)), seen
+    # Each piece was timed as a step of its own (``adserver_edge_loop_hold_seconds``).
+    steps = state.metrics.registry.get_sample_value("adserver_edge_loop_hold_seconds_count", {"task": "pacing"})
+    assert steps == share // PACE_PIECE
     # The next tick goes on where this one stopped: the first campaigns keep their time, the next share is new.
     asyncio.run(state.pace_in_pieces(NOW + 0.1))
     times = [state.spend.paced[c.campaign_id].at for c in state.snapshot.campaigns[:2 * share]]
