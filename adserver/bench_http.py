@@ -13,7 +13,9 @@ is in these figures (``auction`` measures the model's cost in-process).
 - ``p99_ratio_vs_json``: unloaded p99 (one connection) of ``/v1/ads`` / a no-work JSON endpoint's (target ≤ 2).
 - ``unloaded_loop_hold``: during the unloaded ``/v1/ads`` runs, per background task of the edge, its steps a
   second and how long they held the event loop (``adserver_edge_loop_hold_seconds``): a request that comes in
-  during one waits for it, so they make much of the unloaded tail.
+  during one waits for it, so they make much of the unloaded tail. The allocator is frozen during the timed
+  runs (below), so the grant check's request stays pending and its build step hardly runs there: its cost
+  in normal running is not in these figures.
 
 Every round measures every side, in reverse order every other round, and each ratio is the median of the
 rounds' own ratios (``adserver.sidebyside``).

@@ -691,9 +691,11 @@ def _kernel(columns: CampaignColumns, fmt: str, priors_only: bool,
     """``_select``'s compiled code for ``args``, to be called past numba's dispatcher: the dispatcher works out
     the type of each of its fifteen arguments on every call and looks up the compiled version for them, 9,400
     of an auction's 171,000 instructions at 10,000 campaigns (callgrind, one-off). The compiled code trusts
-    its arguments to have the types it was compiled for, so they are worked out here, once per snapshot,
-    format and model (or none): what the arrays of a snapshot are is fixed when it is built or decoded, and
-    the rest (the plan, the caps, the workspace, the numbers) have one type by construction, which
+    its arguments to have the types it was compiled for, so they are worked out here, once per campaign
+    columns (a snapshot's; ``dataclasses.replace`` shares them), format and whether there is a click model:
+    what the arrays of a snapshot are is fixed when it is built or decoded, a click model's weights are
+    float32 (read-only as ``ClickModel`` builds and decodes them; a writable array is read the same), and the
+    rest (the plan, the caps, the workspace, the numbers) have one type by construction, which
     ``test_one_compiled_version_serves_every_path`` checks on every call of a varied run. A format no campaign
     has goes through the dispatcher: remembered, every string a caller sends would be a key, and worked out
     anew, every such request would pay the typing in Python."""

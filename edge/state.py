@@ -53,6 +53,7 @@ from replication.snapshot import Snapshot, SnapshotDecodeError, decode_snapshot
 log = logging.getLogger(__name__)
 
 PACE_PIECE = 25  # campaigns paced between two turns of the event loop (``EdgeState.pacing_pieces``)
+_DONE = object()  # what ``next`` gives back for a generator of pieces that has ended
 TOTALS_PIECE = 10_000  # campaigns a /metrics scrape sums between two turns (``BudgetLedger.totals_in_pieces``)
 
 
@@ -308,14 +309,15 @@ class EdgeState:
 
     async def pace_in_pieces(self, now: float) -> None:
         """This tick's share of pacing with the event loop free between its pieces (``pacing_pieces``)."""
-        observe = self.metrics.loop_hold.labels("pacing").observe
-        clock = time.perf_counter
-        started = clock()
-        for _ in self.pacing_pieces(now):
-            observe(clock() - started)
+        if self.snapshot is None:
+            return  # nothing to pace, and no step to count
+        pieces = self.pacing_pieces(now)
+        while True:
+            with self.holding("pacing"):  # one step: a piece (the last one ends the generator)
+                done = next(pieces, _DONE) is _DONE
+            if done:
+                return
             await asyncio.sleep(0)  # requests waiting since the last piece go first
-            started = clock()
-        observe(clock() - started)
 
     def pacing_pieces(self, now: float) -> Iterator[None]:
         """Pace this tick's share (``Accounting.pace_share``), PACE_PIECE campaigns at a time, pausing between

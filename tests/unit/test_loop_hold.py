@@ -28,7 +28,7 @@ def test_each_step_is_counted_and_timed_under_its_task_and_the_bench_reads_them_
         pass
     holds = parse_loop_holds(render(state.metrics).decode())
     assert holds["control"][0] == 3 and 0.006 <= holds["control"][1] < 1.0
-    assert holds["grant"][0] == 1 and holds["grant"][1] < 0.002
+    assert holds["grant"][0] == 1 and holds["grant"][1] < 0.1
     # Between two readings, per second of the run: steps, milliseconds held, the mean step.
     rates = hold_rates({"control": (1, 0.002)}, holds, seconds=2.0)
     assert rates["control"]["steps_per_s"] == 1.0 and rates["grant"]["steps_per_s"] == 0.5
@@ -69,3 +69,10 @@ def test_the_control_loop_times_its_ticks() -> None:
 
     asyncio.run(two_ticks())
     assert ticks() >= 2 and parse_loop_holds(render(state.metrics).decode())["control"][0] == ticks()
+
+
+def test_pacing_without_a_snapshot_counts_no_step() -> None:
+    """No snapshot yet: nothing is paced, and no step of about nothing makes the pacing steps look cheap."""
+    state = _state()
+    asyncio.run(state.pace_in_pieces(1_800_000_000.0))
+    assert "pacing" not in parse_loop_holds(render(state.metrics).decode())
