@@ -40,6 +40,7 @@ def test_bench_reports_latency_keys_for_each_size(tmp_path):
     assert out["edge_gc_during_load_ms_1k"] >= 0 and out["edge_load_no_full_collections_s_1k"] > 0
     assert out["auction_p99_over_p50_1k"] >= 1 and out["machine_p99_over_p50_1k"] >= 1
     assert out["machine_ns_per_loop_1k"] == out["runs"]["1k"]["machine_spread"][0]["ns_per_loop"] > 0
+    assert out["machine_interruptions_per_s_1k"] >= 0 and 0 <= out["machine_interrupted_share_1k"] < 1
     bigger = bench_auction(duration_s=0.2, rounds=1, say=said.append, workdir=tmp_path, sizes=(10_000,))
     assert bigger["snapshot_mb_10k"] > 3 * out["snapshot_mb_1k"]  # both carry the same 0.5 MB model
     assert bigger["edge_memory_mb_10k"] > 2 * out["edge_memory_mb_1k"]
@@ -71,3 +72,19 @@ def test_the_machine_spread_times_a_workload_near_the_p50_it_is_given():
     # (56 on a 2-core machine here), not microseconds (a per-call figure) or fractions of one.
     for spread in (small, big):
         assert 1 < spread["ns_per_loop"] < 1_000
+
+
+def test_clock_gaps_counts_the_interruptions_of_a_run_of_readings():
+    """Readings 1 us apart for one second, but for three gaps of 20, 40 and 100 us: those three, at three a
+    second, 160 us of the second; gaps under the threshold are the loop's own pace."""
+    from adserver.bench_auction import clock_gaps
+
+    readings, t = [], 0
+    while t < 1_000_000_000:
+        readings.append(t)
+        t += {100_000_000: 20_000, 500_000_000: 40_000, 900_000_000: 100_000}.get(t, 1_000)
+    gaps = clock_gaps(readings, threshold_us=5.0)
+    assert gaps == {"per_s": 3.0, "share": 0.0002, "median_us": 40.0, "p90_us": 100.0}
+    assert clock_gaps(readings, threshold_us=50.0)["per_s"] == 1.0
+    assert clock_gaps(readings[:1000], threshold_us=5.0) == {"per_s": 0.0, "share": 0.0, "median_us": 0.0,
+                                                             "p90_us": 0.0}
