@@ -31,6 +31,7 @@ from edge import compile_cache
 from edge.accounting import Accounting
 from edge.auction import warm_up as warm_up_auction
 from edge.budget import BudgetLedger
+from edge.decisions import DecisionBatches
 from edge.ivt import IvtPolicy
 from edge.ivt_store import DATA_DIR, FloodCounter, ListsReloader, MemoryFloodCounter, RedisFloodCounter
 from edge.metrics import EdgeMetrics, build_metrics
@@ -39,7 +40,7 @@ from edge.settings import EdgeSettings
 from edge.spend import SpendView
 from edge.touches import MemoryTouchStore, TouchStore, new_touch_store
 from replication import subjects as S
-from replication.events import MAX_BATCH, Event, EventType, encode_event, join_event_rows
+from replication.events import Event, EventType, encode_event
 from replication.nats_io import (
     close_quietly,
     connect,
@@ -166,8 +167,7 @@ class EdgeState:
     grant_wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Billing events accepted but not yet acknowledged by JetStream: a retried beacon waits on the same one.
     unacked: dict[str, asyncio.Future[None]] = field(default_factory=dict)
-    # (event id, encoded event) for the next batch (emit_decisions)
-    decisions_pending: list[tuple[str, bytes]] = field(default_factory=list)
+    decisions_pending: DecisionBatches = field(default_factory=DecisionBatches)  # for the next messages
     ivt_lists: ListsReloader = field(default_factory=ListsReloader)
     ivt_store: FloodCounter = field(default_factory=MemoryFloodCounter)
     ivt_policy: IvtPolicy = field(default_factory=IvtPolicy)
@@ -208,21 +208,16 @@ class EdgeState:
         per message, and one per ad request cost it 146 us of CPU per request (``adserver bench --only
         http``, c1b631c), against the edge's own 337. Decisions are not billing data: a kill -9 loses at most
         a tick of them, and under pressure they are shed first."""
-        self.decisions_pending.extend(events)
-        if len(self.decisions_pending) >= MAX_BATCH:
+        if self.decisions_pending.extend(events):
             self.flush_decisions()
 
     def flush_decisions(self) -> None:
         publisher = self.publisher
         if publisher is None or not self.decisions_pending:
             return
-        pending, self.decisions_pending = self.decisions_pending, []
-        for start in range(0, len(pending), MAX_BATCH):
-            batch = pending[start:start + MAX_BATCH]
-            publisher.submit(
-                S.event_batch_subject(self.settings.edge_region, EventType.DECISION, len(batch)),
-                f"decs:{batch[0][0]}", join_event_rows([row for _, row in batch]), billing=False,
-                events=len(batch))
+        for first, count, message in self.decisions_pending.take():
+            publisher.submit(S.event_batch_subject(self.settings.edge_region, EventType.DECISION, count),
+                             f"decs:{first}", message, billing=False, events=count)
 
     async def on_snapshot(self, version: int, data: bytes) -> None:
         current = self.snapshot

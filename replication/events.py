@@ -188,12 +188,17 @@ _BATCH_HEAD = msgpack.packb(SCHEMA_VERSION) + msgpack.packb(BATCH)
 
 
 def join_event_rows(rows: Sequence[bytes]) -> bytes:
-    """``[SCHEMA_VERSION, BATCH, [row, ...]]`` from rows already encoded (``encode_event_row``): msgpack
-    is a concatenation of its items after each container's header, so the bytes equal packing it whole."""
-    if not 0 < len(rows) <= MAX_BATCH:
+    """``[SCHEMA_VERSION, BATCH, [row, ...]]`` from rows already encoded (``encode_event_row``)."""
+    return event_batch(len(rows), b"".join(rows))
+
+
+def event_batch(count: int, rows: bytes | bytearray) -> bytes:
+    """``join_event_rows`` of ``count`` rows already laid end to end: msgpack is a concatenation of its items
+    after each container's header, so the bytes equal packing it whole."""
+    if not 0 < count <= MAX_BATCH:
         raise ValueError(f"a batch holds 1-{MAX_BATCH} events")
     packer = msgpack.Packer(use_bin_type=True)
-    return b"".join((packer.pack_array_header(3), _BATCH_HEAD, packer.pack_array_header(len(rows)), *rows))
+    return b"".join((packer.pack_array_header(3), _BATCH_HEAD, packer.pack_array_header(count), rows))
 
 
 def decode_events(data: bytes) -> list[Event]:

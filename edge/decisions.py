@@ -1,0 +1,59 @@
+"""Decision events waiting at the edge for their message (``EdgeState.emit_decisions``).
+
+Each served ad's decision row (``replication.events.encode_decision_row``) is appended to one buffer as it is
+made, and every ``MAX_BATCH`` rows the buffer is sealed into a batch message (``event_batch``). Before, the
+rows waited as a list of (event id, row) pairs, and the control tick walked the list and joined them: 133 to 141
+us of the event loop per tick at about 2,000 requests a second (a one-off probe, in-process with the http
+bench's twenty campaigns), against 20 us for the same join run again at once: the rows, made one request at
+a time, were no longer in the cache. Appended while they are fresh, they are one contiguous copy to send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from replication.events import MAX_BATCH, event_batch
+
+
+class DecisionBatches:
+    """Rows in the order they were added, as batch messages of at most ``MAX_BATCH`` events."""
+
+    __slots__ = ("_count", "_first", "_rows", "_sealed")
+
+    def __init__(self) -> None:
+        self._rows = bytearray()  # the open batch's rows, end to end
+        self._count = 0
+        self._first = ""  # the open batch's first event id: the batch message's id for dedup
+        self._sealed: list[tuple[str, int, bytes]] = []
+
+    def __len__(self) -> int:
+        """Events waiting, sealed or not."""
+        return self._count + sum(count for _, count, _ in self._sealed)
+
+    def extend(self, events: Iterable[tuple[str, bytes]]) -> bool:
+        """Append (event id, row) pairs; True when they filled a batch (time to send it)."""
+        full = False
+        rows, count = self._rows, self._count  # in locals: this runs once per ad request
+        for event_id, row in events:
+            if not count:
+                self._first = event_id
+            rows += row  # in place: ``rows`` is the open batch's buffer
+            count += 1
+            if count == MAX_BATCH:
+                self._count = count
+                self._seal()
+                rows, count, full = self._rows, 0, True
+        self._count = count
+        return full
+
+    def take(self) -> list[tuple[str, int, bytes]]:
+        """Every batch waiting, the open one sealed too, as (first event id, events, message), oldest first."""
+        if self._count:
+            self._seal()
+        sealed, self._sealed = self._sealed, []
+        return sealed
+
+    def _seal(self) -> None:
+        self._sealed.append((self._first, self._count, event_batch(self._count, self._rows)))
+        self._rows = bytearray()
+        self._count = 0
