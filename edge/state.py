@@ -376,7 +376,8 @@ class EdgeState:
             # Wake at once when a snapshot brings new campaigns (they cannot serve before their first grant),
             # else every 100 ms to top up allowances and renew the lease.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.grant_wake.wait(), timeout=0.1)
+                async with asyncio.timeout(0.1):  # not wait_for: see ``EventPublisher.run``
+                    await self.grant_wake.wait()
             self.grant_wake.clear()
             now = clock.now()
             if pending is None:

@@ -154,8 +154,12 @@ class EventPublisher:
                 wait = min(1.0, self._timeout / 4)
                 if self._queue and now < self._retry_at:
                     wait = min(wait, self._retry_at - now)
+                # A timeout scope, not ``asyncio.wait_for``: on Python 3.11 that wraps the wait in a task of its
+                # own every time, 13-17 us a wake against 10-11 (uvloop, a one-off microbenchmark); this loop
+                # wakes a few times per batch it sends.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
