@@ -43,6 +43,7 @@ import httpx
 from adserver.bench import _WRK_LUA, CpuMeter, LoadRun, run_wrk
 from adserver.faults import pause, resume
 from adserver.processes import ProcessGroup, adserver_argv, free_port, start_redis, wait_ready
+from adserver.scrape import samples
 from adserver.sidebyside import in_turn, median_ratio
 from adserver.stack import LocalStack
 
@@ -63,12 +64,8 @@ def ad_paths(count: int, seed: int = 1) -> list[str]:
 
 def ad_outcomes(edge_url: str) -> dict[str, int]:
     """The edge's ad requests by outcome (filled, no_fill, ...), from its Prometheus counters."""
-    out: dict[str, int] = {}
-    for line in httpx.get(f"{edge_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("adserver_ad_requests_total{"):
-            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-            out[outcome] = int(float(line.rsplit(" ", 1)[1]))
-    return out
+    text = httpx.get(f"{edge_url}/metrics", timeout=10).text
+    return {outcome: int(n) for outcome, n in samples(text, "adserver_ad_requests_total", "outcome").items()}
 
 
 def loop_holds(edge_url: str) -> dict[str, tuple[int, float]]:
@@ -79,15 +76,9 @@ def loop_holds(edge_url: str) -> dict[str, tuple[int, float]]:
 def parse_loop_holds(metrics: str) -> dict[str, tuple[int, float]]:
     """How many steps each background task of the edge ran and their seconds in all, from its
     ``adserver_edge_loop_hold_seconds`` histogram: the time the event loop was theirs and not the requests'."""
-    out: dict[str, tuple[int, float]] = {}
-    for line in metrics.splitlines():
-        for suffix in ("_count{", "_sum{"):
-            if line.startswith(f"adserver_edge_loop_hold_seconds{suffix}"):
-                task = line.split('task="', 1)[1].split('"', 1)[0]
-                count, total = out.get(task, (0, 0.0))
-                value = float(line.rsplit(" ", 1)[1])
-                out[task] = (int(value), total) if suffix == "_count{" else (count, value)
-    return out
+    counts = samples(metrics, "adserver_edge_loop_hold_seconds_count", "task")
+    sums = samples(metrics, "adserver_edge_loop_hold_seconds_sum", "task")
+    return {task: (int(count), sums[task]) for task, count in counts.items()}
 
 
 def hold_rates(before: dict[str, tuple[int, float]], after: dict[str, tuple[int, float]],

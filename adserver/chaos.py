@@ -69,6 +69,7 @@ from adserver.faults import (
     resume,
 )
 from adserver.processes import Proc, wait_ready, wait_tcp
+from adserver.scrape import samples
 from adserver.stack import LocalStack, hub_stream_state, run_sync
 from replication.subjects import region_events_stream
 
@@ -350,12 +351,7 @@ def edge_events(url: str) -> dict[str, int] | None:
         text = httpx.get(f"{url}/metrics", timeout=2).text
     except httpx.HTTPError:
         return None
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        if line.startswith("adserver_events{"):
-            state = line.split('state="', 1)[1].split('"', 1)[0]
-            out[state] = int(float(line.rsplit(" ", 1)[1]))
-    return out
+    return {state: int(n) for state, n in samples(text, "adserver_events", "state").items()}
 
 
 async def _consumer_state(nats_url: str) -> tuple[int, int]:

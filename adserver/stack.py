@@ -35,6 +35,7 @@ from adserver.processes import (
     start_nats,
     wait_ready,
 )
+from adserver.scrape import samples
 from replication import subjects as S
 
 T = TypeVar("T")
@@ -194,16 +195,9 @@ class LocalStack:
         buffered at the edges), read from every edge's /metrics."""
         published = buffered = 0
         for edge in self.edges:
-            for line in self.http.get(f"{edge.url}/metrics", timeout=5).text.splitlines():
-                if not line.startswith("adserver_events{"):
-                    continue
-                value = int(float(line.rsplit(" ", 1)[1]))
-                if 'state="acked"' in line:
-                    published += value
-                elif 'state="duplicates"' in line:
-                    published -= value
-                elif 'state="buffered"' in line:
-                    buffered += value
+            events = samples(self.http.get(f"{edge.url}/metrics", timeout=5).text, "adserver_events", "state")
+            published += int(events.get("acked", 0)) - int(events.get("duplicates", 0))
+            buffered += int(events.get("buffered", 0))
         return published, buffered
 
     def wait_stored(self, timeout: float = 30, every: float = 0.3) -> tuple[bool, int, dict]:

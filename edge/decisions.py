@@ -33,17 +33,14 @@ class DecisionBatches:
     def extend(self, events: Iterable[tuple[str, bytes]]) -> bool:
         """Append (event id, row) pairs; True when they filled a batch (time to send it)."""
         full = False
-        rows, count = self._rows, self._count  # in locals: this runs once per ad request
         for event_id, row in events:
-            if not count:
+            if not self._count:
                 self._first = event_id
-            rows += row  # in place: ``rows`` is the open batch's buffer
-            count += 1
-            if count == MAX_BATCH:
-                self._count = count
+            self._rows += row
+            self._count += 1
+            if self._count == MAX_BATCH:
                 self._seal()
-                rows, count, full = self._rows, 0, True
-        self._count = count
+                full = True
         return full
 
     def take(self) -> list[tuple[str, int, bytes]]:

@@ -309,9 +309,8 @@ class EdgeState:
         pieces = self.pacing_pieces(now)
         while True:
             with self.holding("pacing"):  # one step: a piece (the last one ends the generator)
-                done = next(pieces, _DONE) is _DONE
-            if done:
-                return
+                if next(pieces, _DONE) is _DONE:
+                    return
             await asyncio.sleep(0)  # requests waiting since the last piece go first
 
     def pacing_pieces(self, now: float) -> Iterator[None]:

@@ -1,4 +1,5 @@
-"""Shared factories for the pure-core unit tests: snapshot campaigns and creatives with sane defaults.
+"""Shared factories for the unit tests: snapshot campaigns and creatives with sane defaults, and an edge worker's
+state.
 
 The factories are exposed as fixtures (test modules are imported by basename, so a helper module could
 collide with another directory's); each returns a plain function so a test can build as many as it needs.
@@ -6,12 +7,16 @@ collide with another directory's); each returns a plain function so a test can b
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from replication.snapshot import SnapshotCampaign, SnapshotCreative
+
+if TYPE_CHECKING:
+    from edge.state import EdgeState
 
 
 def _creative(creative_id: str = "k1", *, format: str = "300x250", prior_ctr: float = 0.01,
@@ -79,3 +84,19 @@ def make_creative() -> Callable[..., SnapshotCreative]:
 @pytest.fixture
 def make_campaign() -> Callable[..., SnapshotCampaign]:
     return _campaign
+
+
+def _edge_state() -> EdgeState:
+    # Imported here: the pure-core tests that use only the snapshot factories need not load the edge's app.
+    from edge.settings import EdgeSettings
+    from edge.state import new_state
+
+    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
+                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
+    return new_state(settings)
+
+
+@pytest.fixture
+def make_edge_state() -> Callable[[], EdgeState]:
+    """A fresh edge worker's state (region eu, one signing key), with no NATS connection and no snapshot."""
+    return _edge_state

@@ -23,4 +23,5 @@ def test_a_short_run_fills_every_request_and_publishes_its_decisions() -> None:
 def test_the_report_keeps_every_round() -> None:
     r = bench_handler(duration_s=0.2, rounds=2, say=lambda _: None)
     assert r["handler_fill_rate"] == 1.0
+    assert r["handler_tick_us"] > 0  # one control tick per TICK_EVERY requests, timed
     assert len(r["rounds"]) == 2 and all(run["requests"] >= 2_000 for run in r["rounds"])

@@ -3,12 +3,9 @@ emitted (``edge.decisions``), and go as one message each at the control tick or 
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from edge.decisions import DecisionBatches
-from edge.settings import EdgeSettings
-from edge.state import new_state
 from replication.events import MAX_BATCH, decode_events, encode_decision_row, join_event_rows
 
 
@@ -54,13 +51,8 @@ class _Recording:
         return True
 
 
-def _state():  # type: ignore[no-untyped-def]
-    return new_state(EdgeSettings.from_env({
-        "ADSERVER_EDGE_REGION": "eu", "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()}))
-
-
-def test_the_edge_sends_a_full_batch_at_once_and_the_rest_at_the_tick() -> None:
-    state = _state()
+def test_the_edge_sends_a_full_batch_at_once_and_the_rest_at_the_tick(make_edge_state) -> None:
+    state = make_edge_state()
     publisher = state.publisher = _Recording()  # type: ignore[assignment]
     for request in _requests(MAX_BATCH + 10):
         state.emit_decisions(request)
@@ -73,8 +65,8 @@ def test_the_edge_sends_a_full_batch_at_once_and_the_rest_at_the_tick() -> None:
     assert not state.decisions_pending
 
 
-def test_without_a_publisher_yet_the_events_wait_in_whole_batches() -> None:
-    state = _state()
+def test_without_a_publisher_yet_the_events_wait_in_whole_batches(make_edge_state) -> None:
+    state = make_edge_state()
     state.publisher = None
     for request in _requests(2 * MAX_BATCH + 5):
         state.emit_decisions(request)

@@ -4,23 +4,14 @@ the event loop is not the requests'. ``adserver bench --only http`` reads the hi
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 from adserver.bench_http import hold_rates, parse_loop_holds
 from edge.metrics import render
-from edge.settings import EdgeSettings
-from edge.state import new_state
 
 
-def _state():  # type: ignore[no-untyped-def]
-    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
-                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
-    return new_state(settings)
-
-
-def test_each_step_is_counted_and_timed_under_its_task_and_the_bench_reads_them_back() -> None:
-    state = _state()
+def test_each_step_is_counted_and_timed_under_its_task_and_the_bench_reads_them_back(make_edge_state) -> None:
+    state = make_edge_state()
     for _ in range(3):
         with state.holding("control"):
             time.sleep(0.002)
@@ -35,8 +26,8 @@ def test_each_step_is_counted_and_timed_under_its_task_and_the_bench_reads_them_
     assert 2.0 <= rates["control"]["ms_per_s"] < 500 and rates["control"]["mean_us"] >= 2000
 
 
-def test_a_step_that_fails_is_timed_too() -> None:
-    state = _state()
+def test_a_step_that_fails_is_timed_too(make_edge_state) -> None:
+    state = make_edge_state()
     try:
         with state.holding("spend-sync"):
             raise RuntimeError("publish failed")
@@ -45,8 +36,8 @@ def test_a_step_that_fails_is_timed_too() -> None:
     assert parse_loop_holds(render(state.metrics).decode())["spend-sync"][0] == 1
 
 
-def test_the_control_loop_times_its_ticks() -> None:
-    state = _state()
+def test_the_control_loop_times_its_ticks(make_edge_state) -> None:
+    state = make_edge_state()
 
     def ticks() -> float:
         return state.metrics.registry.get_sample_value("adserver_edge_loop_hold_seconds_count",
@@ -71,8 +62,8 @@ def test_the_control_loop_times_its_ticks() -> None:
     assert ticks() >= 2 and parse_loop_holds(render(state.metrics).decode())["control"][0] == ticks()
 
 
-def test_pacing_without_a_snapshot_counts_no_step() -> None:
+def test_pacing_without_a_snapshot_counts_no_step(make_edge_state) -> None:
     """No snapshot yet: nothing is paced, and no step of about nothing makes the pacing steps look cheap."""
-    state = _state()
+    state = make_edge_state()
     asyncio.run(state.pace_in_pieces(1_800_000_000.0))
     assert "pacing" not in parse_loop_holds(render(state.metrics).decode())

@@ -4,21 +4,17 @@ request never waits behind more than one piece (``EdgeState.pace_in_pieces``).""
 from __future__ import annotations
 
 import asyncio
-import base64
 
 from adserver.bench_auction import inventory
 from edge.accounting import PACE_MAX_PER_TICK, Accounting
-from edge.settings import EdgeSettings
-from edge.state import PACE_PIECE, new_state
+from edge.state import PACE_PIECE
 from replication.snapshot import build_snapshot
 
 NOW = 1_800_000_000.0
 
 
-def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them() -> None:
-    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
-                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
-    state = new_state(settings)
+def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them(make_edge_state) -> None:
+    state = make_edge_state()
     state.snapshot = build_snapshot(inventory(2_000), version=1, created_ms=0, reserve_cpm_micros=100_000)
     share = Accounting.pace_share(state.snapshot)
     assert share == PACE_MAX_PER_TICK and share > 3 * PACE_PIECE
@@ -56,10 +52,8 @@ def test_a_ticks_share_is_paced_in_pieces_with_other_work_running_between_them()
     assert not state.spend.paced and not state.spend.throttle
 
 
-def test_a_snapshot_swapped_between_pieces_stops_the_old_ones_pacing() -> None:
-    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
-                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
-    state = new_state(settings)
+def test_a_snapshot_swapped_between_pieces_stops_the_old_ones_pacing(make_edge_state) -> None:
+    state = make_edge_state()
     campaigns = inventory(2_000)
     old = state.snapshot = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=100_000)
     assert Accounting.pace_share(old) > PACE_PIECE

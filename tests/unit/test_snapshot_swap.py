@@ -4,15 +4,12 @@ or not at all (``Accounting.swapped``)."""
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from edge.accounting import Accounting
 from edge.budget import BudgetLedger
-from edge.settings import EdgeSettings
 from edge.spend import SpendView
-from edge.state import new_state, prepare_swap
+from edge.state import prepare_swap
 from replication.calendar import utc_day
 from replication.snapshot import Snapshot, build_snapshot
 
@@ -64,10 +61,8 @@ def test_a_swap_touches_only_what_changed_and_the_changed_ask_again(make_campaig
         acc.tick(_snapshot(3, *campaigns[:9], make_campaign("c11")), NOW + 0.4, pace=True)
 
 
-def test_a_swap_after_another_compares_with_the_snapshot_it_replaces(make_campaign) -> None:
-    settings = EdgeSettings.from_env({"ADSERVER_EDGE_REGION": "eu",
-                                      "ADSERVER_EDGE_SIGNING_KEYS": "k1:" + base64.b64encode(b"k" * 32).decode()})
-    state = new_state(settings)
+def test_a_swap_after_another_compares_with_the_snapshot_it_replaces(make_campaign, make_edge_state) -> None:
+    state = make_edge_state()
     v1 = _snapshot(1, make_campaign("c1"), make_campaign("c2"))
     assert state.swap_in(prepare_swap(v1, None))
     v2 = _snapshot(2, make_campaign("c1", revision=2), make_campaign("c2"))
