@@ -2,10 +2,10 @@
 
 Each served ad's decision row (``replication.events.encode_decision_row``) is appended to one buffer as it is
 made, and every ``MAX_BATCH`` rows the buffer is sealed into a batch message (``event_batch``). Before, the
-rows waited as a list of (event id, row) pairs, and the control tick walked the list and joined them: 133 to 141
-us of the event loop per tick at about 2,000 requests a second (a one-off probe, in-process with the http
-bench's twenty campaigns), against 20 us for the same join run again at once: the rows, made one request at
-a time, were no longer in the cache. Appended while they are fresh, they are one contiguous copy to send.
+rows waited as a list of (event id, row) pairs, and the control tick walked the list and joined them when
+the rows, made one request at a time, were no longer in the cache: the tick of ``adserver bench --only
+handler`` (``handler_tick_us``) went from 456-534 us to 344-390 us with this (its module run against each
+tree, alternately, 643f0c6). Appended while they are fresh, the rows are one contiguous copy to send.
 """
 
 from __future__ import annotations
