@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.adrequest import parse_ad_request, parse_pixel, query_dict
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
-from edge.auction import AdRequest, run_auction
+from edge.auction import AdRequest, Reason, run_auction
 from edge.audiences import fresh_segments, keyword_segments, to_record
 from edge.budget import Hold
 from edge.frequency import NOTHING_CAPPED, Capped, all_capped, capped, fields_to_record
@@ -122,11 +122,22 @@ async def ads(request: Request) -> Response:
         return error(400, "invalid ad request: explain: must be 1 or true (or 0, false)",
                      [{"field": "explain", "message": "must be 1 or true (or 0, false)"}])
     now = st.settings.clock.now()
+    explaining = explain in ("1", "true")
+    scope: str | None = None  # whose campaigns a dry run shows, None: the admin's view of all
+    if explaining:
+        found = _explain_scope(st, snapshot, request.headers.get("authorization", ""))
+        if isinstance(found, FastJSONResponse):
+            return found
+        scope = found
+        if scope is not None and parsed.user:
+            # An advertiser's dry run is the page's context alone: with a user's profile, its fates would tell
+            # which segments (pages read elsewhere, other advertisers' lists) and caps any user id has.
+            parsed = dataclasses.replace(parsed, user="")
     excluded, segments = await _personal(st, snapshot, parsed.user, now)
     if segments:  # the user's fresh behavioural segments target like the page's interests
         parsed = dataclasses.replace(parsed, interests=tuple(dict.fromkeys((*parsed.interests, *segments))))
-    if explain in ("1", "true"):
-        return _explain(st, snapshot, parsed, request.headers.get("authorization", ""), now, excluded)
+    if explaining:
+        return _explain(st, snapshot, parsed, scope, now, excluded)
     if parsed.user and parsed.keywords and snapshot.segments_in_use:
         _record_segments(st, user_key(parsed.user), keyword_segments(parsed.keywords, snapshot.segments_in_use),
                          now)
@@ -245,24 +256,25 @@ def _count_towards_caps(st: EdgeState, claims: dict, now: float) -> None:
     st.spawn(_record_profile(st, claims["usr"], now, fields_to_record(claims["cmp"], claims["crv"], caps), "record"))
 
 
-def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization: str, now: float,
-             excluded: Capped) -> Response:
-    """A dry run of the auction that says what happened to every candidate: an admin (the control plane's
-    admin token) sees all of them, an advertiser (its postback token) only its own campaigns. Nothing is
-    served, reserved, recorded or published."""
-    scope: str | None
+def _explain_scope(st: EdgeState, snapshot: Snapshot, authorization: str) -> str | FastJSONResponse | None:
+    """Whose campaigns a dry run may show: None (all) for the control plane's admin token, else the advertiser
+    its postback token belongs to; 401 for anyone else."""
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token and "." not in token:
         digest = hashlib.sha256(token.encode()).hexdigest()
         if not snapshot.admin_key or not hmac.compare_digest(digest, snapshot.admin_key):
             return error(401, "invalid admin token for explain")
-        scope = None
-    else:
-        advertiser = _postback_advertiser(st, authorization)
-        if isinstance(advertiser, FastJSONResponse):
-            return advertiser
-        scope = advertiser
+        return None
+    return _postback_advertiser(st, authorization)
+
+
+def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, scope: str | None, now: float,
+             excluded: Capped) -> Response:
+    """A dry run of the auction that says what happened to every candidate: an admin (``scope`` None) sees all
+    of them; an advertiser every campaign of its own, those the request's targeting leaves out
+    (not retrieved: placement, geo, device, keywords, interests, no creative of the format) as
+    ``targeting``, and not what a win paid. Nothing is served, reserved, recorded or published."""
     result = run_auction(snapshot, parsed, now_s=now, rng=st.rng, allowance=st.ledger.allowance_view(),
                          throttle=st.spend.throttle or None, capped=excluded, explain=True)
     fates: list[dict[str, Any]] = [
@@ -270,14 +282,30 @@ def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, authorization
          "ecpm_micros": w.ecpm_micros, "price_micros": w.price_micros, "ctr": round(w.ctr, 6)}
         for w in result.wins]
     fates += [{"campaign_id": cid, "fate": reason.value} for cid, reason in sorted(result.reasons.items())]
+    candidates = result.candidates
     if scope is not None:
-        fates = [f for f in fates if (c := snapshot.campaign(f["campaign_id"])) and c.advertiser_id == scope]
+        own = _campaigns_of(snapshot).get(scope, ())
+        fates = [f for f in fates if f["campaign_id"] in own]
+        candidates = len(fates)
         for fate in fates:
             # A won price is the runner-up's eCPM: free, unlimited dry runs would map competitors' bids.
             fate.pop("price_micros", None)
+        seen = {f["campaign_id"] for f in fates}
+        fates += [{"campaign_id": cid, "fate": Reason.TARGETING.value} for cid in sorted(own) if cid not in seen]
     st.metrics.requests.labels("explain").inc()
-    return _NoStoreJSON({"dry_run": True, "snapshot_version": snapshot.version,
-                         "candidates": result.candidates if scope is None else len(fates), "fates": fates})
+    return _NoStoreJSON({"dry_run": True, "snapshot_version": snapshot.version, "candidates": candidates,
+                         "fates": fates})
+
+
+def _campaigns_of(snapshot: Snapshot) -> dict[str, frozenset[str]]:
+    """Advertiser id -> its campaigns' ids in ``snapshot``, worked out once per snapshot by the first explain."""
+    def build() -> dict[str, frozenset[str]]:
+        by: dict[str, set[str]] = {}
+        for c in snapshot.campaigns:
+            by.setdefault(c.advertiser_id, set()).add(c.campaign_id)
+        return {adv: frozenset(ids) for adv, ids in by.items()}
+    assert snapshot.columns is not None  # built with every snapshot
+    return snapshot.columns.memoized("campaigns-by-advertiser", build)
 
 
 def _event(st: EdgeState, kind: EventType, event_id: str, claims: dict, now: float, *, cost: int,

@@ -975,9 +975,18 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
 
     Each step takes the next campaign by score and applies the per-campaign filters (budget, pacing, one per
     advertiser; a candidate failing one is counted under its reason) and picks its creative: an eligible
-    entry. An entry is priced when the next eligible one, its runner-up, is known. Equal scores come out in
-    random order (a Fisher-Yates shuffle done one step at a time, so only the ties that are reached cost a
-    draw).
+    entry. An entry is priced when the next eligible one, its runner-up, is known: at the runner-up's mean
+    eCPM (its expected value, ``ecpm_micros`` at its mean CTR), not the score it ranked on, which carries the
+    click model's exploration bonus: a winner pays for what the runner-up's impressions are worth, not for
+    the runner-up's optimism. Equal scores come out in random order (a Fisher-Yates shuffle done one step at
+    a time, so only the ties that are reached cost a draw).
+
+    An advertiser holds its place from its entry on, so its other campaigns ranked below are passed over
+    while the entry waits for its runner-up. If the entry then cannot afford its price, the advertiser has
+    no slot after all: those passed-over campaigns (``shelved``) are priced in turn against the same
+    runner-up (nothing between them and it was eligible), and with none able to pay, the advertiser's
+    campaigns further down compete again. The outcome is the ranking's, as if the entry had been filtered
+    out for its budget from the start.
 
     Turning every candidate into Python objects was a fifth of a large auction, while the walk rarely goes
     past the first few: only the best ``FIRST`` come as lists, then the rest of the sorted head if the walk
@@ -1003,6 +1012,11 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
     pending: SnapshotCampaign | None = None  # the last eligible entry, waiting for its runner-up
     pending_score = pending_ctr = 0.0
     pending_creative = None
+    # The pending entry's advertiser's other campaigns passed over since it became pending: (walk index,
+    # campaign), in ranking order.
+    shelved: list[tuple[int, SnapshotCampaign]] = []
+    # Without a click model (and so without its exploration bonus) a score is its campaign's mean eCPM.
+    exact = snapshot.click_model is None
     group_end = 0  # where the run of equal scores the walk is in ends
     i = 0
     while True:
@@ -1030,6 +1044,8 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
                     continue
             if campaign.advertiser_id in advertisers:
                 _mark(counts, marked, campaign, _SAME_ADVERTISER)
+                if pending is not None and campaign.advertiser_id == pending.advertiser_id:
+                    shelved.append((i - 1, campaign))
                 continue
             advertisers.add(campaign.advertiser_id)
         elif rest is not None:
@@ -1037,22 +1053,39 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
             continue
         if pending is not None:
             if len(wins) < slots:
-                runner_up = scores[i - 1] if campaign is not None else 0.0
+                runner_up = 0.0
+                if campaign is not None:
+                    runner_up = scores[i - 1] if exact else ecpm_micros(campaign, ctrs[i - 1])
                 pay = runner_up if runner_up > floor else floor
-                price = _unit_price(pending, pending_ctr, pending_score if pending_score < pay else pay)
                 # The price is known only now: a campaign that cannot afford one billable unit at this
                 # price gives its slot to the next candidate instead of overspending.
-                if allowance.get(pending.campaign_id, 0) < price:
-                    _mark(counts, marked, pending, _BUDGET)
-                else:
+                price = _unit_price(pending, pending_ctr, pending_score if pending_score < pay else pay)
+                if allowance.get(pending.campaign_id, 0) >= price:
                     wins.append(Win(len(wins), pending, pending_creative, round(pending_score), price,
                                     expected_cost(pending, pending_ctr, price), pending_ctr))
+                else:
+                    _mark(counts, marked, pending, _BUDGET)
+                    advertisers.discard(pending.advertiser_id)
+                    for at, sibling in shelved:  # the advertiser has no slot: its passed-over campaigns do
+                        _unmark(counts, marked, sibling, _SAME_ADVERTISER)
+                        score, ctr = scores[at], ctrs[at]
+                        price = _unit_price(sibling, ctr, score if score < pay else pay)
+                        if allowance.get(sibling.campaign_id, 0) >= price:
+                            fitting = overrides.get(positions[at]) or best[positions[at]]
+                            wins.append(Win(len(wins), sibling, fitting[0] if len(fitting) == 1 else
+                                            fitting[rng.randrange(len(fitting))], round(score), price,
+                                            expected_cost(sibling, ctr, price), ctr))
+                            advertisers.add(sibling.advertiser_id)
+                            break
+                        _mark(counts, marked, sibling, _BUDGET)
             else:  # explain walks on past the slots
                 _mark(counts, marked, pending, _OUTRANKED)
         if campaign is None:
             break
-        fitting = overrides.get(pos) or best[pos]
+        if shelved:
+            shelved = []
         pending, pending_score, pending_ctr = campaign, scores[i - 1], ctrs[i - 1]
+        fitting = overrides.get(pos) or best[pos]
         pending_creative = fitting[0] if len(fitting) == 1 else fitting[rng.randrange(len(fitting))]
         if len(wins) >= slots and not explain:  # this one, the last win's runner-up, is outranked
             _mark(counts, marked, campaign, _OUTRANKED)
@@ -1079,6 +1112,17 @@ def _mark(counts: dict[Reason, int], reasons: dict[str, Reason] | None, campaign
     counts[reason] = counts.get(reason, 0) + 1
     if reasons is not None:
         reasons[campaign.campaign_id] = reason
+
+
+def _unmark(counts: dict[Reason, int], reasons: dict[str, Reason] | None, campaign: SnapshotCampaign,
+            reason: Reason) -> None:
+    """Take back a ``_mark`` of ``campaign`` under ``reason``."""
+    if counts[reason] == 1:
+        del counts[reason]
+    else:
+        counts[reason] -= 1
+    if reasons is not None:
+        del reasons[campaign.campaign_id]
 
 
 def _extend(rest: _Rest, positions: list[int], scores: list[float], ctrs: list[float]) -> _Rest | None:

@@ -114,8 +114,9 @@ def _campaign_hashes(snapshot: Snapshot) -> dict[str, np.ndarray]:
 
 def blend(p: np.ndarray, seen: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, ranking CTR): the model's CTR shrunk towards the prior for creatives it has seen little, and that
-    plus the exploration bonus. The bonus only ranks: prices and reservations use the mean, so a winner pays
-    what its expected clicks are worth, not what its optimism is."""
+    plus the exploration bonus. The bonus only ranks: prices and reservations use the mean (the winner's CTR,
+    and the runner-up's eCPM that sets the price, ``edge.auction._finish``), so a winner pays what the
+    expected clicks are worth, not anyone's optimism."""
     total = seen + PRIOR_IMPRESSIONS
     shrunk = seen / total * p + PRIOR_IMPRESSIONS * prior / total
     return shrunk, np.minimum(1.0, shrunk + EXPLORATION * np.sqrt(shrunk * (1 - shrunk) / total))

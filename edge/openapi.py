@@ -81,7 +81,7 @@ EXPLAINED = {
         "dry_run": {"enum": [True]},
         "snapshot_version": {"type": "integer"},
         "candidates": {"type": "integer", "minimum": 0,
-                       "description": "retrieved candidates (an advertiser: how many of its own are listed)"},
+                       "description": "retrieved candidates (an advertiser: how many of its own were retrieved)"},
         "fates": {"type": "array", "items": {
             "type": "object", "required": ["campaign_id", "fate"],
             "properties": {"campaign_id": {"type": "string"},
@@ -155,7 +155,8 @@ OPENAPI: dict[str, Any] = {
                 _q("explain", {"enum": ["0", "1", "false", "true"]},
                    "1: a dry run that says what happened to every candidate (won, or why not), and serves, "
                    "reserves and records nothing. Needs Authorization: Bearer <the control plane's admin "
-                   "token> (every campaign) or <an advertiser's postback token> (its own campaigns)"),
+                   "token> (every candidate) or <an advertiser's postback token> (each of its own campaigns, "
+                   "those the targeting leaves out as `targeting`, without prices; its dry run ignores `user`)"),
             ],
             "responses": {
                 "200": _json({"oneOf": [

@@ -74,6 +74,26 @@ def test_a_pages_keywords_put_its_reader_in_a_targeted_keyword_segment(stack: Lo
         assert time.monotonic() < deadline, "the keyword segment never reached the user's profile"
         time.sleep(0.05)
     assert served(s, "newspage", "eve") == other
+    # A dry run on dan's id: the admin's sees his segment; the advertiser's runs on the page alone, or any
+    # advertiser could ask which pages any user id has read.
+    assert explained(s, s.admin_token, "newspage", "dan")[segment] in ("won", "outranked")
+    token = httpx.post(f"{s.cp_url}/v1/postback-tokens", headers={"Authorization": f"Bearer {runner}"},
+                       timeout=10).json()["token"]
+    deadline = time.monotonic() + 15
+    while (own := explained(s, token, "newspage", "dan")) is None:  # the token reaches the edge with a snapshot
+        assert time.monotonic() < deadline, "the postback token never reached the edge"
+        time.sleep(0.2)
+    assert own == {segment: "targeting"}
+
+
+def explained(s: LocalStack, token: str, keywords: str, user: str) -> dict[str, str] | None:
+    """Campaign -> fate of a dry run for ``user`` with ``token``'s scope; None while the edge refuses it."""
+    r = httpx.get(f"{s.edges[0].url}/v1/ads", timeout=5, headers={"Authorization": f"Bearer {token}"},
+                  params={"placement": "aud", "format": "300x250", "keywords": keywords, "user": user, "explain": "1"})
+    if r.status_code == 401:
+        return None
+    assert r.status_code == 200, r.text
+    return {f["campaign_id"]: f["fate"] for f in r.json()["fates"]}
 
 
 @pytest.mark.parametrize(("params", "field"), [

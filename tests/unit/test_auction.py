@@ -437,6 +437,30 @@ def test_one_advertiser_wins_at_most_one_slot(make_campaign):
     assert [w.price_micros for w in result.wins] == [3_000, 100]
 
 
+def test_an_advertiser_whose_entry_cannot_pay_its_price_keeps_its_next_campaign_in_the_running(make_campaign):
+    # x1 ranks first but can afford only 2,000 of the 3,000 that y1's bid sets; x2 was passed over while x1
+    # waited for its runner-up. x1 out for its budget, x2 (4,000,000) outbids y1 and pays y1's 3,000.
+    s = snap(make_campaign("x1", advertiser_id="x", max_bid_micros=5_000_000),
+             make_campaign("x2", advertiser_id="x", max_bid_micros=4_000_000),
+             make_campaign("y1", advertiser_id="y", max_bid_micros=3_000_000))
+    allowance = {"x1": 2_000, "x2": RICH, "y1": RICH}
+    result = auction(s, req(slots=1), allowance=allowance)
+    assert [(w.campaign.campaign_id, w.price_micros) for w in result.wins] == [("x2", 3_000)]
+    assert result.reason_counts == {Reason.BUDGET: 1, Reason.OUTRANKED: 1}
+    explained = run_auction(s, req(slots=1), now_s=NOW, rng=random.Random(1), allowance=allowance, explain=True)
+    assert explained.reasons == {"x1": Reason.BUDGET, "y1": Reason.OUTRANKED}
+    # x2 cannot pay either: x has no slot, and y1 takes it at the reserve.
+    poorer = auction(s, req(slots=1), allowance={**allowance, "x2": 2_000})
+    assert [(w.campaign.campaign_id, w.price_micros) for w in poorer.wins] == [("y1", 100)]
+    assert poorer.reason_counts == {Reason.BUDGET: 2}
+    # And an advertiser without a slot competes with its campaigns further down: x3, below y1, takes the second.
+    s = snap(make_campaign("x1", advertiser_id="x", max_bid_micros=5_000_000),
+             make_campaign("y1", advertiser_id="y", max_bid_micros=3_000_000),
+             make_campaign("x3", advertiser_id="x", max_bid_micros=1_000_000))
+    result = auction(s, req(slots=2), allowance={"x1": 2_000, "y1": RICH, "x3": RICH})
+    assert [(w.campaign.campaign_id, w.price_micros) for w in result.wins] == [("y1", 1_000), ("x3", 100)]
+
+
 def test_zero_slots_still_fills_one(make_campaign):
     assert winners(auction(snap(make_campaign("a")), req(slots=0))) == ["a"]
 
@@ -530,6 +554,12 @@ def test_auction_invariants(make_campaign, make_creative, specs, slots, reserve,
     assert won.isdisjoint(explained.reasons)
     assert won | set(explained.reasons) == ids(s, retrieve(s, request))
     assert explained.reason_counts == Counter(explained.reasons.values())
+    # One slot per advertiser keeps out only the campaigns of an advertiser that won one (or, past the slots,
+    # was outranked): not those of one whose campaign could not pay its price.
+    holders = won | {cid for cid, reason in explained.reasons.items() if reason == Reason.OUTRANKED}
+    holding = {c.advertiser_id for c in s.campaigns if c.campaign_id in holders}
+    assert all(s.campaign(cid).advertiser_id in holding
+               for cid, reason in explained.reasons.items() if reason == Reason.SAME_ADVERTISER)
     # Explaining changes no outcome; without it every candidate is still counted once.
     assert explained.wins == result.wins
     assert sum(result.reason_counts.values()) + len(result.wins) == result.candidates == explained.candidates

@@ -46,29 +46,34 @@ def reference(snapshot: Snapshot, request: AdRequest, allowance: dict[str, int],
             continue
         scored.append((score, c, creative))
     scored.sort(key=lambda e: -e[0])
-    ranked, advertisers = [], set()
+    ranked = []
     for score, c, creative in scored:
         if allowance.get(c.campaign_id, 0) <= 0:
             reasons[c.campaign_id] = Reason.BUDGET
         elif throttle.get(c.campaign_id, 1.0) == 0.0:
             reasons[c.campaign_id] = Reason.PACING
-        elif c.advertiser_id in advertisers:
-            reasons[c.campaign_id] = Reason.SAME_ADVERTISER
         else:
-            advertisers.add(c.advertiser_id)
             ranked.append((score, c, creative))
+    # One slot per advertiser: an advertiser is taken by its win (or, past the slots, by its outranked
+    # campaign); one whose campaign could not afford its price is not, and its next campaign competes.
     wins: list[tuple[str, str, int]] = []
+    taken: set[str] = set()
     for i, (score, c, creative) in enumerate(ranked):
+        if c.advertiser_id in taken:
+            reasons[c.campaign_id] = Reason.SAME_ADVERTISER
+            continue
         if len(wins) == max(1, request.slots):
             reasons[c.campaign_id] = Reason.OUTRANKED
+            taken.add(c.advertiser_id)
             continue
-        runner_up = ranked[i + 1][0] if i + 1 < len(ranked) else 0.0
+        runner_up = next((s for s, r, _ in ranked[i + 1:] if r.advertiser_id not in taken | {c.advertiser_id}), 0.0)
         price = _unit_price(c, creative.prior_ctr, min(score, max(runner_up, float(reserve))))
         if allowance.get(c.campaign_id, 0) < price:
             reasons[c.campaign_id] = Reason.BUDGET
             continue
         assert expected_cost(c, creative.prior_ctr, price) > 0
         wins.append((c.campaign_id, creative.creative_id, price))
+        taken.add(c.advertiser_id)
     return wins, reasons
 
 

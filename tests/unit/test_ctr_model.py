@@ -140,6 +140,22 @@ def test_the_auction_ranks_and_prices_with_the_models_ctr_per_placement(make_cam
     assert win.reserve_micros == expected_cost(win.campaign, win.ctr, win.price_micros)
 
 
+def test_a_winner_pays_the_runner_ups_mean_ecpm_not_its_exploration_bonus(make_campaign, make_creative):
+    # b's creative is new to the model (no impressions): it ranks on its prior CTR plus a bonus of about half of
+    # it, worth 3,000,000 per mille where its clicks are expected to be worth 2,000,000. a outbids both.
+    a = make_campaign("a", advertiser_id="adv-a", bid_type="cpm", max_bid_micros=5_000_000)
+    b = make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
+                      creatives=[make_creative("kb", prior_ctr=0.02)])
+    model = ClickModel(1, 12, np.zeros(1 << 12, dtype=np.float32), {})
+    s = build_snapshot([a, b], version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
+    request = AdRequest(placement="home", slots=2, format="300x250")
+    result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"a": 10**12, "b": 10**12})
+    first, second = result.wins
+    assert second.campaign.campaign_id == "b" and second.ctr == pytest.approx(0.02)
+    assert second.ecpm_micros > 1.4 * ecpm_micros(b, 0.02)  # ranked with the bonus
+    assert first.price_micros == pytest.approx(ecpm_micros(b, 0.02) / 1000, abs=1)  # 2,000 per impression
+
+
 def test_without_a_model_the_priors_rank_as_before(make_campaign, make_creative):
     a = make_campaign("a", bid_type="cpc", creatives=[make_creative("ka", prior_ctr=0.05)])
     b = make_campaign("b", bid_type="cpc", creatives=[make_creative("kb", prior_ctr=0.01)])
