@@ -54,6 +54,8 @@ class SnapshotBuilder:
         regions: tuple[str, ...],
         *,
         reserve_cpm_micros: int,
+        placement_reserves: dict[str, int] | None = None,
+        min_ctr: float = 0.0,
         clock: Clock = REAL_CLOCK,
         traffic_shape: tuple[float, ...] = (),
         admin_key: str = "",
@@ -68,6 +70,8 @@ class SnapshotBuilder:
         self._published: tuple[object, ...] = ()  # what the last snapshot was built from
         self._admin_key = admin_key  # SHA-256 of the admin token, never the token: edges check explain calls
         self._reserve = reserve_cpm_micros
+        self._placement_reserves = dict(placement_reserves or {})
+        self._min_ctr = min_ctr
         self._debounce = debounce_s
         self._refresh = refresh_s
         self._campaigns: dict[str, tuple[dict, int]] = {}
@@ -187,7 +191,8 @@ class SnapshotBuilder:
             total_budget_micros=c["total_budget_micros"],
             timezone=c["timezone"],
             unit_ceiling_micros=unit_cost_ceiling(c["bid_type"], c["max_bid_micros"]),
-            unit_floor_micros=unit_cost_floor(self._reserve),
+            # The least any placement's reserve lets a unit cost.
+            unit_floor_micros=unit_cost_floor(min(self._reserve, *self._placement_reserves.values())),
         )
 
     async def build_and_publish(self) -> None:
@@ -212,7 +217,8 @@ class SnapshotBuilder:
                                   postback_keys={a: h for a, h in self._postback.items() if h},
                                   traffic_shape=self._traffic_shape,
                                   click_model=_with_arms_of(self._click_model, servable),
-                                  admin_key=self._admin_key)
+                                  admin_key=self._admin_key, placement_reserves=self._placement_reserves,
+                                  min_ctr=self._min_ctr)
         data = encode_snapshot(snapshot)
         for region in self._regions:
             await publish_snapshot(self._js, region, version, data)

@@ -28,7 +28,7 @@ _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _GEO = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
 # Same term syntax as the edge's page keywords: letters and digits of any script, spaces, '-' and '_'.
 _TERM = re.compile(r"^[^\W_][\w -]{0,63}\Z")
-_PLACEMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+PLACEMENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 BANNED_WORDS = ("guaranteed income", "miracle cure", "free money", "get rich quick")
 # Ceilings the automatic review approves without a human: above these a campaign waits as rejected with a
 # reason, which is safer than serving a typo'd $5,000 CPM.
@@ -228,7 +228,7 @@ def validate_targeting(raw: Any, errors: list[FieldError]) -> dict[str, list[Any
         "geos": (_GEO, "a region code such as US-CA", False),
         "interests": (_TERM, "a lowercase term of 1-64 letters, digits, spaces, '-' or '_'", True),
         "keywords": (_TERM, "a lowercase term of 1-64 letters, digits, spaces, '-' or '_'", True),
-        "placements": (_PLACEMENT, "a placement id of 1-128 letters, digits or _.:-", False),
+        "placements": (PLACEMENT_ID, "a placement id of 1-128 letters, digits or _.:-", False),
     }
     for key, (pattern, hint, normalize) in specs.items():
         got = _string_list(raw.get(key, []), f"targeting.{key}", errors, pattern, hint, normalize)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from control_plane.models import PLACEMENT_ID
 from replication import settings as s
 from replication.clock import Clock, parse_clock
 from replication.subjects import check_token
@@ -38,6 +39,33 @@ def _shape(raw: str) -> tuple[float, ...]:
     return weights
 
 
+def _placement_reserves(raw: str) -> dict[str, int]:
+    """``home=250000,sports=400000``: placement ids and their own reserves, micros per mille."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        placement, sep, micros = part.partition("=")
+        placement = placement.strip()
+        if not sep or not PLACEMENT_ID.fullmatch(placement):
+            raise ValueError(f"{part!r}: must be <placement>=<micros per mille>, the placement 1-128 letters, "
+                             "digits or _.:-")
+        if placement in out:
+            raise ValueError(f"placement {placement!r} is named twice")
+        try:
+            out[placement] = int(micros)
+        except ValueError:
+            raise ValueError(f"{part!r}: the reserve must be a whole number of micros per mille") from None
+        if out[placement] < 0:
+            raise ValueError(f"{part!r}: the reserve must be >= 0")
+    return out
+
+
+def _min_ctr(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < 1:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0 < value <= 1:
@@ -59,6 +87,10 @@ SPECS = [
            "run the collector in this process (required with chdb: one process owns its data dir)"),
     s.Spec("CP_ADMIN_TOKEN", s.parse_str, "", "bearer token for /v1/admin/*; empty disables them", secret=True),
     s.Spec("CP_RESERVE_CPM_MICROS", s.parse_int(0), "100000", "auction reserve price, micros per mille"),
+    s.Spec("CP_PLACEMENT_RESERVES", _placement_reserves, "",
+           "placements with a reserve of their own: <placement>=<micros per mille>, comma-separated"),
+    s.Spec("CP_MIN_CTR", _min_ctr, "0",
+           "quality floor: an ad whose predicted click-through rate is below it is not shown (0: none)"),
     s.Spec("CP_GRANT_SLICE", _fraction, "0.05", "largest budget slice one edge process gets, as a fraction"),
     s.Spec("CP_LEASE_S", s.parse_float(1), "300",
            "budget allowance lease, campaign-clock seconds: a silent holder's unspent allowance is re-granted "
@@ -90,6 +122,8 @@ class ControlPlaneSettings:
     cp_embedded_collector: bool
     cp_admin_token: str
     cp_reserve_cpm_micros: int
+    cp_placement_reserves: dict[str, int]
+    cp_min_ctr: float
     cp_grant_slice: float
     cp_lease_s: float
     cp_traffic_shape: tuple[float, ...]

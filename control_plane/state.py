@@ -103,6 +103,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storage")
     store = await Store(js).open()
     builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros,
+                              placement_reserves=settings.cp_placement_reserves, min_ctr=settings.cp_min_ctr,
                               clock=settings.clock, traffic_shape=settings.cp_traffic_shape,
                               admin_key=hash_token(settings.cp_admin_token)
                               if settings.cp_admin_token else "")

@@ -70,6 +70,7 @@ class Reason(StrEnum):
     BUDGET = "budget"
     PACING = "pacing"  # the campaign's pacing throttle sat this auction out
     BELOW_RESERVE = "below_reserve"
+    BELOW_QUALITY = "below_quality"  # its predicted CTR is under the snapshot's quality floor (``min_ctr``)
     SAME_ADVERTISER = "same_advertiser"
     OUTRANKED = "outranked"
 
@@ -509,7 +510,8 @@ def run_auction(
     """Run one auction. ``allowance`` maps campaign id -> micros this process may still spend; ``throttle``
     maps campaign id -> the probability its pacing lets it take part (absent: 1); ``capped`` names what this
     user has seen enough of (``edge.frequency``): a capped campaign sits out, a capped creative gives way to
-    its campaign's next best one of the format.
+    its campaign's next best one of the format. The reserve is the placement's own if the snapshot gives it one
+    (``placement_reserves``), else the snapshot's, unless ``reserve_cpm_micros`` says otherwise.
 
     The filters that depend on the campaign alone (schedule, hour of day, format, reserve) are evaluated for
     every campaign when one can have turned (``_checks``), and one compiled pass (``_select``) retrieves the
@@ -519,7 +521,12 @@ def run_auction(
     the slots and pricing the last one needs: each of those draws is independent, so skipping the ones
     nobody would look at changes no outcome's probability. With ``explain`` the walk goes on to the end and
     ``reasons`` gives every candidate's fate; the wins are the same either way for the same ``rng`` state."""
-    reserve = snapshot.reserve_cpm_micros if reserve_cpm_micros is None else reserve_cpm_micros
+    if reserve_cpm_micros is not None:
+        reserve = reserve_cpm_micros
+    elif snapshot.placement_reserves:  # a placement with a reserve of its own
+        reserve = snapshot.placement_reserves.get(request.placement, snapshot.reserve_cpm_micros)
+    else:
+        reserve = snapshot.reserve_cpm_micros
     index, columns = snapshot.index, snapshot.columns
     assert index is not None and columns is not None  # built with every snapshot
     fmt = request.format
@@ -973,8 +980,9 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
     """Walk the ranking of the candidates that passed to fill the slots and price them: ``sorted_head`` the
     best of them in order (positions, scores, CTRs), ``rest`` the others (``_Rest``).
 
-    Each step takes the next campaign by score and applies the per-campaign filters (budget, pacing, one per
-    advertiser; a candidate failing one is counted under its reason) and picks its creative: an eligible
+    Each step takes the next campaign by score and applies the per-campaign filters (the quality floor on its
+    mean CTR, budget, pacing, one per advertiser; a candidate failing one is counted under its reason; its CTR
+    is known by then, as ``_extend`` says) and picks its creative: an eligible
     entry. An entry is priced when the next eligible one, its runner-up, is known: at the runner-up's mean
     eCPM (its expected value, ``ecpm_micros`` at its mean CTR), not the score it ranked on, which carries the
     click model's exploration bonus: a winner pays for what the runner-up's impressions are worth, not for
@@ -1017,6 +1025,7 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
     shelved: list[tuple[int, SnapshotCampaign]] = []
     # Without a click model (and so without its exploration bonus) a score is its campaign's mean eCPM.
     exact = snapshot.click_model is None
+    quality = snapshot.min_ctr
     group_end = 0  # where the run of equal scores the walk is in ends
     i = 0
     while True:
@@ -1034,6 +1043,9 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
             pos = positions[i]
             campaign = campaigns[pos]
             i += 1
+            if ctrs[i - 1] < quality:  # NaN (no creative of the format) never gets this far
+                _mark(counts, marked, campaign, _QUALITY)
+                continue
             if allowance.get(campaign.campaign_id, 0) <= 0:
                 _mark(counts, marked, campaign, _BUDGET)
                 continue
@@ -1105,6 +1117,7 @@ FIRST = 8
 # The reasons the walk marks, read once: a member of a StrEnum costs CPython 3.11 a call of the enum's
 # metaclass hook (``__getattr__``) on every read.
 _BUDGET, _PACING, _SAME_ADVERTISER, _OUTRANKED = Reason.BUDGET, Reason.PACING, Reason.SAME_ADVERTISER, Reason.OUTRANKED
+_QUALITY = Reason.BELOW_QUALITY
 
 
 def _mark(counts: dict[Reason, int], reasons: dict[str, Reason] | None, campaign: SnapshotCampaign,

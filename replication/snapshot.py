@@ -237,6 +237,10 @@ class Snapshot:
     traffic_shape: tuple[float, ...] = ()
     # SHA-256 (hex) of the control plane's admin token: lets an admin ask an edge to explain an auction.
     admin_key: str = field(default="", repr=False)
+    # placement -> its own reserve, micros per mille (a placement not named here: ``reserve_cpm_micros``).
+    placement_reserves: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # The quality floor: a candidate whose predicted CTR is below it is not shown, whatever it bids (0: none).
+    min_ctr: float = 0.0
     # The click model the control plane trained (None: rank by the creatives' prior CTRs).
     click_model: ClickModel | None = field(default=None, repr=False, compare=False)
     index: RetrievalIndex | None = field(default=None, repr=False, compare=False)  # derived from the postings
@@ -289,7 +293,8 @@ class Snapshot:
 def build_snapshot(
     campaigns: Iterable[SnapshotCampaign], *, version: int, created_ms: int, reserve_cpm_micros: int,
     postback_keys: Mapping[str, Iterable[str]] | None = None, traffic_shape: Iterable[float] = (),
-    click_model: ClickModel | None = None, admin_key: str = "",
+    click_model: ClickModel | None = None, admin_key: str = "", placement_reserves: Mapping[str, int] | None = None,
+    min_ctr: float = 0.0,
 ) -> Snapshot:
     ordered = tuple(sorted(campaigns, key=lambda c: c.campaign_id))
     postings: dict[str, dict[str, set[int]]] = {d: {} for d in DIMENSIONS}
@@ -315,7 +320,23 @@ def build_snapshot(
         traffic_shape=_traffic_shape(list(traffic_shape)),
         click_model=click_model,
         admin_key=admin_key,
+        placement_reserves=_placement_reserves(placement_reserves or {}),
+        min_ctr=_min_ctr(min_ctr),
     )
+
+
+def _placement_reserves(raw: Any) -> Mapping[str, int]:
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in raw.items()):
+        raise SnapshotDecodeError("placement_reserves must map placement names to non-negative micros per mille")
+    return MappingProxyType(dict(raw))
+
+
+def _min_ctr(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 <= raw < 1:
+        raise SnapshotDecodeError(f"min_ctr must be a number in [0, 1), not {raw!r}")
+    return float(raw)
 
 
 def _postback_keys(raw: Mapping[str, Iterable[str]]) -> Mapping[str, tuple[str, ...]]:
@@ -395,6 +416,8 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             "traffic_shape": list(snapshot.traffic_shape),
             "click_model": _click_model_to_wire(snapshot.click_model),
             "admin_key": snapshot.admin_key,
+            "placement_reserves": dict(snapshot.placement_reserves),
+            "min_ctr": snapshot.min_ctr,
         },
         use_bin_type=True,
     )
@@ -447,6 +470,8 @@ def _decode_body(body: bytes) -> Snapshot:
         traffic_shape=_traffic_shape(raw.get("traffic_shape", [])),
         click_model=_click_model_from_wire(raw.get("click_model")),
         admin_key=str(raw.get("admin_key", "")),
+        placement_reserves=_placement_reserves(raw.get("placement_reserves", {})),
+        min_ctr=_min_ctr(raw.get("min_ctr", 0.0)),
     )
 
 

@@ -546,6 +546,17 @@ def test_multiregion_edges_and_central_plane_agree_on_the_topology() -> None:
         assert env["ADSERVER_CP_LEAF_REGIONS"] == env["ADSERVER_CP_REGIONS"] == "eu,us"
 
 
+def test_placement_reserves_and_the_quality_floor_reach_the_control_plane() -> None:
+    case = next(c for c in DEFAULT_CASES if c.chart == "control-plane")
+    default = ControlPlaneSettings.from_env(pod_env(render(case), pod_name="adserver-control-plane-0"))
+    assert (default.cp_placement_reserves, default.cp_min_ctr) == ({}, 0.0)
+    floors = {"placementReserves": {"home": 3_000_000, "sports.top": 250_000}, "minCtr": 0.0005}
+    env = pod_env(render(case, floors), pod_name="adserver-control-plane-0")
+    settings = ControlPlaneSettings.from_env(env)  # 3,000,000 rendered whole, not as 3e+06
+    assert settings.cp_placement_reserves == {"home": 3_000_000, "sports.top": 250_000}
+    assert settings.cp_min_ctr == 0.0005
+
+
 # --- bad values are refused, with a message that names them -----------------------------------------------------
 
 SCHEMA_REFUSALS = [
@@ -562,6 +573,9 @@ SCHEMA_REFUSALS = [
     ("control-plane", {"grantSlice": 1.5}, ["/grantSlice", "maximum"]),
     ("control-plane", {"replicaCount": "two"}, ["/replicaCount", "want integer"]),
     ("control-plane", {"leafRegions": ["eu.west"]}, ["/leafRegions/0", "does not match pattern"]),
+    ("control-plane", {"placementReserves": {"home": -1}}, ["/placementReserves/home", "minimum"]),
+    ("control-plane", {"placementReserves": {"ho me": 5}}, ["invalid propertyName 'ho me'", "does not match pattern"]),
+    ("control-plane", {"minCtr": 1}, ["/minCtr", "exclusiveMaximum"]),
     ("collector", {"leafRegions": "eu,us"}, ["/leafRegions", "want array"]),
     ("collector", {"store": {"url": ""}}, ["/store/url"]),
 ]

@@ -461,6 +461,32 @@ def test_an_advertiser_whose_entry_cannot_pay_its_price_keeps_its_next_campaign_
     assert [(w.campaign.campaign_id, w.price_micros) for w in result.wins] == [("y1", 1_000), ("x3", 100)]
 
 
+def test_the_quality_floor_keeps_out_ads_predicted_to_be_clicked_too_rarely(make_campaign, make_creative):
+    # "rare" bids the most per click but is predicted at 0.05% clicks: its eCPM of 5,000,000 tops the ranking.
+    # Under a floor of 0.1% it is not shown, and "dull" (CPM, 0.05% too) does not set b's price either.
+    s = snap(make_campaign("rare", bid_type="cpc", max_bid_micros=10_000_000,
+                           creatives=[make_creative("kr", prior_ctr=0.0005)]),
+             make_campaign("b", bid_type="cpc", max_bid_micros=100_000,
+                           creatives=[make_creative("kb", prior_ctr=0.02)]),
+             make_campaign("dull", max_bid_micros=1_500_000, creatives=[make_creative("kd", prior_ctr=0.0005)]))
+    assert winners(auction(s, req())) == ["rare"]
+    floored = dataclasses.replace(s, min_ctr=0.001)
+    result = auction(floored, req())
+    # b pays the reserve per click, 100,000 / (0.02 * 1000); with dull as its runner-up it would pay 75,000.
+    assert winners(result) == ["b"] and result.wins[0].price_micros == 5_000
+    assert result.reasons == {"rare": Reason.BELOW_QUALITY, "dull": Reason.BELOW_QUALITY}
+
+
+def test_a_placement_with_a_reserve_of_its_own(make_campaign):
+    s = dataclasses.replace(snap(make_campaign("a", max_bid_micros=2_000_000)),
+                            placement_reserves={"premium": 3_000_000, "cheap": 10_000})
+    assert auction(s, req(placement="premium")).reason_counts == {Reason.BELOW_RESERVE: 1}
+    assert [w.price_micros for w in auction(s, req(placement="cheap")).wins] == [10]  # 10,000 per mille
+    assert [w.price_micros for w in auction(s, req(placement="home")).wins] == [100]  # the snapshot's 100,000
+    # An explicit reserve still overrides both.
+    assert [w.price_micros for w in auction(s, req(placement="premium"), reserve=0).wins] == [1]
+
+
 def test_zero_slots_still_fills_one(make_campaign):
     assert winners(auction(snap(make_campaign("a")), req(slots=0))) == ["a"]
 

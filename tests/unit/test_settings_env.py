@@ -189,6 +189,28 @@ def test_control_plane_reports_several_bad_values_together():
          "ADSERVER_CP_EMBEDDED_COLLECTOR", "ADSERVER_CP_RESERVE_CPM_MICROS", "ADSERVER_CP_STORE_URL"])
 
 
+def test_control_plane_placement_reserves_and_quality_floor():
+    st = ControlPlaneSettings.from_env({"ADSERVER_CP_PLACEMENT_RESERVES": " home=250000, sports.top=0 ",
+                                        "ADSERVER_CP_MIN_CTR": "0.0005"})
+    assert st.cp_placement_reserves == {"home": 250_000, "sports.top": 0}
+    assert st.cp_min_ctr == 0.0005
+    assert ControlPlaneSettings.from_env({}).cp_placement_reserves == {}
+
+
+@pytest.mark.parametrize(("key", "raw", "says"), [
+    ("ADSERVER_CP_PLACEMENT_RESERVES", "home", "'home': must be <placement>=<micros per mille>"),
+    ("ADSERVER_CP_PLACEMENT_RESERVES", "ho me=5", "'ho me=5': must be <placement>=<micros per mille>"),
+    ("ADSERVER_CP_PLACEMENT_RESERVES", "home=1.5", "'home=1.5': the reserve must be a whole number"),
+    ("ADSERVER_CP_PLACEMENT_RESERVES", "home=-1", "'home=-1': the reserve must be >= 0"),
+    ("ADSERVER_CP_PLACEMENT_RESERVES", "home=1,home=2", "placement 'home' is named twice"),
+    ("ADSERVER_CP_MIN_CTR", "1", "must be in [0, 1)"),
+    ("ADSERVER_CP_MIN_CTR", "-0.1", "must be in [0, 1)"),
+])
+def test_control_plane_bad_floors_are_named(key, raw, says):
+    errors = settings_errors(ControlPlaneSettings.from_env, {key: raw})
+    assert keys_in(errors) == [key] and says in errors[0]
+
+
 @pytest.mark.parametrize("regions", ["", " , ", "eu,a.b", "eu,*"])
 def test_control_plane_regions_must_be_subject_tokens(regions):
     errors = settings_errors(ControlPlaneSettings.from_env, {"ADSERVER_CP_REGIONS": regions})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import msgpack
@@ -109,6 +110,31 @@ def test_round_trip_is_equal(sample):
     assert decoded.postings == sample.postings
     assert decoded.unrestricted == sample.unrestricted
     assert (decoded.version, decoded.created_ms, decoded.reserve_cpm_micros) == (7, 1_700_000_000_000, 100_000)
+
+
+def test_placement_reserves_and_the_quality_floor_round_trip(sample):
+    floored = dataclasses.replace(sample, placement_reserves={"home": 250_000, "sports": 0}, min_ctr=0.0005)
+    decoded = decode_snapshot(encode_snapshot(floored))
+    assert dict(decoded.placement_reserves) == {"home": 250_000, "sports": 0} and decoded.min_ctr == 0.0005
+    # A body from a builder older than the fields: no placement reserves, no floor.
+    raw = body_of(encode_snapshot(floored))
+    del raw["placement_reserves"], raw["min_ctr"]
+    older = decode_snapshot(envelope(msgpack.packb(raw, use_bin_type=True)))
+    assert dict(older.placement_reserves) == {} and older.min_ctr == 0.0
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("placement_reserves", {"home": -1}, "placement_reserves"),
+    ("placement_reserves", {"home": 1.5}, "placement_reserves"),
+    ("placement_reserves", [["home", 1]], "placement_reserves"),
+    ("min_ctr", 1.0, "min_ctr"),
+    ("min_ctr", "0.1", "min_ctr"),
+])
+def test_bad_placement_reserves_or_quality_floor_are_decode_errors(sample, field, value, says):
+    raw = body_of(encode_snapshot(sample))
+    raw[field] = value
+    with pytest.raises(SnapshotDecodeError, match=says):
+        decode_snapshot(envelope(msgpack.packb(raw, use_bin_type=True)))
 
 
 def test_empty_snapshot_round_trips():
