@@ -71,6 +71,8 @@ class SnapshotBuilder:
         self._admin_key = admin_key  # SHA-256 of the admin token, never the token: edges check explain calls
         self._reserve = reserve_cpm_micros
         self._placement_reserves = dict(placement_reserves or {})
+        # The least a billable unit can cost on any placement (the lowest reserve of all).
+        self._unit_floor = unit_cost_floor(min((reserve_cpm_micros, *self._placement_reserves.values())))
         self._min_ctr = min_ctr
         self._debounce = debounce_s
         self._refresh = refresh_s
@@ -191,8 +193,7 @@ class SnapshotBuilder:
             total_budget_micros=c["total_budget_micros"],
             timezone=c["timezone"],
             unit_ceiling_micros=unit_cost_ceiling(c["bid_type"], c["max_bid_micros"]),
-            # The least any placement's reserve lets a unit cost.
-            unit_floor_micros=unit_cost_floor(min(self._reserve, *self._placement_reserves.values())),
+            unit_floor_micros=self._unit_floor,
         )
 
     async def build_and_publish(self) -> None:
