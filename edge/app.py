@@ -239,11 +239,13 @@ def _record_segments(st: EdgeState, key: str, segments: list[str], now: float) -
 async def _record_profile(st: EdgeState, key: str, now: float, fields: list[tuple[str, int, int]],
                           op: str) -> None:
     try:
-        await st.profiles.record(key, now, fields)
+        evicted = await st.profiles.record(key, now, fields)
     except ProfileStoreDown:
         st.metrics.profile_store.labels(op, "failed").inc()
         return
     st.metrics.profile_store.labels(op, "ok").inc()
+    if evicted:  # a full profile gave up its stalest fields for these (edge.profile_store.MAX_FIELDS)
+        st.metrics.profile_store.labels(op, "evicted").inc(evicted)
 
 
 def _count_towards_caps(st: EdgeState, claims: dict, now: float) -> None:

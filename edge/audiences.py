@@ -22,12 +22,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from replication.segments import KEYWORD_PREFIX
 
 SEGMENT_TTL_S = 30 * 86_400
-_FIELD = "s:"
+SEGMENT_FIELD = "s:"  # a segment's field in the profile (the others are caps: edge.frequency)
 MAX_SEGMENTS_PER_USER = 200  # the freshest are used: a profile cannot blow up the interest dimension
 
 
 def segment_field(segment: str) -> str:
-    return _FIELD + segment
+    return SEGMENT_FIELD + segment
 
 
 def keyword_segments(keywords: Iterable[str], in_use: frozenset[str]) -> list[str]:
@@ -42,8 +42,8 @@ def to_record(segments: Iterable[str]) -> list[tuple[str, int, int]]:
 
 def fresh_segments(history: Mapping[str, Sequence[float]], now_s: float) -> tuple[str, ...]:
     """The segments the user was seen in within ``SEGMENT_TTL_S``, freshest first."""
-    seen = [(max(times), name[len(_FIELD):]) for name, times in history.items()
-            if name.startswith(_FIELD) and times and max(times) > now_s - SEGMENT_TTL_S]
+    seen = [(max(times), name[len(SEGMENT_FIELD):]) for name, times in history.items()
+            if name.startswith(SEGMENT_FIELD) and times and max(times) > now_s - SEGMENT_TTL_S]
     seen.sort(reverse=True)
     return tuple(name for _, name in seen[:MAX_SEGMENTS_PER_USER])
 

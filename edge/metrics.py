@@ -67,7 +67,8 @@ def build_metrics() -> EdgeMetrics:
         ivt_store=Gauge("adserver_ivt_store", "IVT store calls answered, failed, skipped (fail-open); list reloads",
                         ["state"], registry=r, multiprocess_mode="livesum"),
         profile_store=Counter("adserver_profile_store", "frequency-cap store calls by operation and result "
-                                "(ok, failed; failed reads are served by the fail-open or fail-closed policy)",
+                                "(ok, failed; failed reads are served by the fail-open or fail-closed policy; evicted: "
+                                "fields a full profile gave up for new ones)",
                                 ["op", "result"], registry=r),
     )
 

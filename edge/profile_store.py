@@ -24,6 +24,7 @@ from typing import Protocol
 import msgpack
 from redis.asyncio import Redis
 
+from edge.audiences import SEGMENT_FIELD
 from edge.frequency import appended
 from edge.redis_fast import Breaker, fast_fail_client
 
@@ -37,8 +38,9 @@ class ProfileStore(Protocol):
         """The user's field -> impression times. Raises ProfileStoreDown."""
         ...
 
-    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
-        """One impression, for each (field, times to keep, seconds to live). Raises ProfileStoreDown."""
+    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> int:
+        """One impression, for each (field, times to keep, seconds to live); returns how many fields a full
+        profile gave up for new ones (``MAX_FIELDS``). Raises ProfileStoreDown."""
         ...
 
     async def aclose(self) -> None: ...
@@ -58,47 +60,73 @@ class MemoryProfileStore:
             return {}
         return {k: list(v) for k, v in entry[1].items()}
 
-    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
+    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> int:
         expires, data = self._users.pop(user_key, (0.0, {}))
         if expires <= now_s:
             data = {}
+        evicted = 0
         for field, keep, ttl_s in fields:
             if field not in data and len(data) >= MAX_FIELDS:
-                continue
+                del data[stalest(data)]
+                evicted += 1
             data[field] = appended(data.get(field, ()), now_s, keep)
             expires = max(expires, now_s + ttl_s)
         self._users[user_key] = (expires, data)
         while len(self._users) > self._capacity:
             self._users.popitem(last=False)
+        return evicted
 
     async def aclose(self) -> None:
         return None
 
 
-# At most this many fields per user: a new field beyond it is not added (existing ones still update), so no
-# caller can grow a profile, and the one HGETALL per ad request, without bound.
+# At most this many fields per user, so no caller can grow a profile, and the one HGETALL per ad request,
+# without bound. A new field in a full profile takes the place of the least recently recorded one
+# (``stalest``): a segment's first (losing one only narrows targeting), a cap's only when no segment is left
+# (losing one lets its campaign be shown again). A profile that stopped growing instead would stop capping
+# every campaign the user met after it filled, and an active user's profile never expires.
 MAX_FIELDS = 512
 
-# KEYS[1]: the user's hash. ARGV: max fields, now, then (field, keep, ttl) triples. Appends now to each field's
-# msgpack list of times, keeps the newest `keep` (sorted: PoPs' clocks and workers may record out of order),
-# and never shortens the hash's TTL. (Redis runs Lua 5.1: no goto.)
+
+def stalest(profile: dict[str, list[float]]) -> str:
+    """The field a full profile gives up (see ``MAX_FIELDS``): the segment, else the cap, recorded longest
+    ago (by its newest time; ties by name, as the Lua script breaks them)."""
+    return min(profile, key=lambda f: (not f.startswith(SEGMENT_FIELD), profile[f][-1] if profile[f] else 0.0, f))
+
+
+# KEYS[1]: the user's hash. ARGV: max fields, now, SEGMENT_FIELD, then (field, keep, ttl) triples. Appends now
+# to each field's msgpack list of times, keeps the newest `keep` (sorted: PoPs' clocks and workers may record
+# out of order), and never shortens the hash's TTL. A new field in a full hash first removes ``stalest``'s
+# choice; returns how many fields it removed. (Redis runs Lua 5.1: no goto.)
 _RECORD_LUA = """
-local max_fields, now = tonumber(ARGV[1]), tonumber(ARGV[2])
-local longest = 0
-for i = 3, #ARGV, 3 do
+local max_fields, now, segment = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local longest, evicted = 0, 0
+for i = 4, #ARGV, 3 do
   local field, keep, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local raw = redis.call('HGET', KEYS[1], field)
-  if raw or redis.call('HLEN', KEYS[1]) < max_fields then
-    local times = raw and cmsgpack.unpack(raw) or {}
-    table.insert(times, now)
-    table.sort(times)
-    while #times > keep do table.remove(times, 1) end
-    redis.call('HSET', KEYS[1], field, cmsgpack.pack(times))
-    if ttl > longest then longest = ttl end
+  if not raw and redis.call('HLEN', KEYS[1]) >= max_fields then
+    local all = redis.call('HGETALL', KEYS[1])
+    local victim, rank, newest = nil, nil, nil
+    for j = 1, #all, 2 do
+      local name, seen = all[j], cmsgpack.unpack(all[j + 1])
+      local r = (string.sub(name, 1, #segment) == segment) and 0 or 1
+      local t = seen[#seen] or 0
+      if victim == nil or r < rank or (r == rank and (t < newest or (t == newest and name < victim))) then
+        victim, rank, newest = name, r, t
+      end
+    end
+    redis.call('HDEL', KEYS[1], victim)
+    evicted = evicted + 1
   end
+  local times = raw and cmsgpack.unpack(raw) or {}
+  table.insert(times, now)
+  table.sort(times)
+  while #times > keep do table.remove(times, 1) end
+  redis.call('HSET', KEYS[1], field, cmsgpack.pack(times))
+  if ttl > longest then longest = ttl end
 end
 if longest > 0 and redis.call('TTL', KEYS[1]) < longest then redis.call('EXPIRE', KEYS[1], longest) end
-return 1
+return evicted
 """
 
 
@@ -136,14 +164,14 @@ class RedisProfileStore:
         except Exception as exc:
             raise ProfileStoreDown(self._breaker.trip(now_s, exc)) from exc
 
-    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> None:
+    async def record(self, user_key: str, now_s: float, fields: Sequence[tuple[str, int, int]]) -> int:
         self._check(now_s)
-        args: list[object] = [MAX_FIELDS, repr(float(now_s))]
+        args: list[object] = [MAX_FIELDS, repr(float(now_s)), SEGMENT_FIELD]
         for field, keep, ttl_s in fields:
             args += [field, keep, ttl_s]
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._record(keys=[self.prefix + user_key], args=args)
+                return int(await self._record(keys=[self.prefix + user_key], args=args))
         except Exception as exc:
             raise ProfileStoreDown(self._breaker.trip(now_s, exc)) from exc
 

@@ -116,15 +116,27 @@ def test_a_frozen_redis_fails_fast_then_the_breaker_skips_it_until_it_is_back(ow
     asyncio.run(run())
 
 
-def test_a_profile_stops_growing_at_max_fields_but_known_fields_still_update(redis_url: str) -> None:
+def test_a_full_profile_gives_up_its_stalest_segment_then_its_stalest_cap_for_a_new_field(redis_url: str) -> None:
     async def run() -> None:
         redis, memory = store(redis_url), MemoryProfileStore()
         for s in (redis, memory):
-            await s.record("u", NOW, [(f"s:kw-{i}", 1, 3600) for i in range(MAX_FIELDS + 50)])
-            await s.record("u", NOW + 5, [("s:kw-0", 1, 3600), ("s:kw-new", 1, 3600)])
-            history = await s.history("u", NOW + 6)
-            assert len(history) == MAX_FIELDS
-            assert history["s:kw-0"] == [NOW + 5] and "s:kw-new" not in history
+            # Full: 500 caps, 12 segments, each recorded at its own time (segment s:kw-3 the longest ago).
+            assert await s.record("u", NOW, [(f"c:cmp{i}", 3, 86_400) for i in range(MAX_FIELDS - 12)]) == 0
+            for i in range(12):
+                await s.record("u", NOW + 100 - i, [(f"s:kw-{i}", 1, 3600)])
+            # A known field still updates and gives up nothing.
+            assert await s.record("u", NOW + 200, [("c:cmp0", 3, 86_400), ("s:kw-0", 1, 3600)]) == 0
+            # A new cap: the stalest segment (s:kw-11) makes room, not a cap.
+            assert await s.record("u", NOW + 300, [("c:new", 3, 86_400)]) == 1
+            history = await s.history("u", NOW + 301)
+            assert len(history) == MAX_FIELDS and history["c:new"] == [NOW + 300] and "s:kw-11" not in history
+            assert history["c:cmp0"] == [NOW, NOW + 200]
+            # Eleven more new fields take every segment's place; the next one takes the stalest cap's
+            # (recorded at NOW like 498 others: the first by name, c:cmp1, since c:cmp0 was seen again).
+            assert await s.record("u", NOW + 400, [(f"c:more{i}", 3, 86_400) for i in range(12)]) == 12
+            history = await s.history("u", NOW + 401)
+            assert len(history) == MAX_FIELDS and not any(f.startswith("s:") for f in history)
+            assert "c:cmp1" not in history and "c:cmp0" in history and "c:more11" in history
         await redis.aclose()
 
     asyncio.run(run())
