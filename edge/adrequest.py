@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from edge.auction import AdRequest
+from edge.tcf import BadConsent
+from edge.tcf import decode as decode_consent
 from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
 
 _PLACEMENT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -74,19 +76,29 @@ def _unknown(params: Mapping[str, str], known: frozenset[str]) -> list[ParamErro
     return [ParamError(unknown[0], f"unknown parameter; allowed: {sorted(known)}")] if unknown else []
 
 
-def consented(params: Mapping[str, str], errors: list[ParamError]) -> bool:
+def consented(params: Mapping[str, str], errors: list[ParamError], vendor_id: int = 0) -> bool:
     """Whether the user may be profiled: not under Global Privacy Control (gpc=1), and under GDPR (gdpr=1)
-    only with a TCF consent string. Bad flag values are added to ``errors``."""
+    only with a TCF v2 consent string that grants purposes 1, 3 and 4, and the vendor ``vendor_id`` if given
+    (``edge.tcf``). Bad flag values and a string that is not a TCF v2 one are added to ``errors``."""
     flags = {}
     for name in ("gdpr", "gpc"):
         raw = params.get(name, "0")
         if raw not in ("0", "1"):
             errors.append(ParamError(name, "must be 0 or 1"))
         flags[name] = raw == "1"
-    consent = params.get("gdpr_consent", "")
-    if consent and not _CONSENT.fullmatch(consent):
-        errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
-    return not flags["gpc"] and not (flags["gdpr"] and not consent)
+    raw_consent = params.get("gdpr_consent", "")
+    consent = None
+    if raw_consent:
+        if not _CONSENT.fullmatch(raw_consent):
+            errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
+        else:
+            try:
+                consent = decode_consent(raw_consent)
+            except BadConsent as exc:
+                errors.append(ParamError("gdpr_consent", f"not a TCF v2 consent string: {exc}"))
+    if flags["gpc"]:
+        return False
+    return not flags["gdpr"] or (consent is not None and consent.allows_profiling(vendor_id))
 
 
 _ADVERTISER = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -100,7 +112,7 @@ class PixelHit:
     user: str  # empty without consent: nothing is recorded
 
 
-def parse_pixel(params: Mapping[str, str]) -> PixelHit | list[ParamError]:
+def parse_pixel(params: Mapping[str, str], vendor_id: int = 0) -> PixelHit | list[ParamError]:
     """A retargeting pixel: ``adv`` (the advertiser's id), ``seg`` (its list's name, a term), ``user``."""
     errors = _unknown(params, PIXEL_KNOWN)
     advertiser = params.get("adv", "")
@@ -112,13 +124,13 @@ def parse_pixel(params: Mapping[str, str]) -> PixelHit | list[ParamError]:
     user = params.get("user", "")
     if not 1 <= len(user) <= 128:
         errors.append(ParamError("user", "required: 1-128 characters"))
-    personalized = consented(params, errors)
+    personalized = consented(params, errors, vendor_id)
     if errors:
         return errors
     return PixelHit(advertiser, segment, user if personalized else "")
 
 
-def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | list[ParamError]:
+def parse_ad_request(params: Mapping[str, str], max_slots: int, vendor_id: int = 0) -> AdRequest | list[ParamError]:
     errors = _unknown(params, KNOWN)
     placement = params.get("placement", "")
     if not _PLACEMENT.fullmatch(placement):
@@ -151,7 +163,7 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int) -> AdRequest | l
     # on an advertiser's retargeting list (or in a keyword segment) by naming it.
     interests = tuple(t for t in _terms(params.get("interests", ""), "interests", errors)
                       if not t.startswith((KEYWORD_PREFIX, RETARGETING_PREFIX)))
-    personalized = consented(params, errors)
+    personalized = consented(params, errors, vendor_id)
     if errors:
         return errors
     # Without consent the request is contextual only: no user id (frequency caps, profiles) and no

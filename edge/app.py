@@ -111,7 +111,7 @@ async def ads(request: Request) -> Response:
         st.metrics.requests.labels("not_ready").inc()
         return error(503, "no snapshot loaded yet")
     params = query_dict(request.scope["query_string"])
-    parsed = parse_ad_request(params, st.settings.edge_max_slots)
+    parsed = parse_ad_request(params, st.settings.edge_max_slots, st.settings.edge_tcf_vendor_id)
     if isinstance(parsed, list):
         st.metrics.requests.labels("bad_request").inc()
         return error(400, f"invalid ad request: {parsed[0].field}: {parsed[0].message}",
@@ -610,7 +610,7 @@ async def pixel(request: Request) -> Response:
     campaigns target as ``rt-<seg>`` from the next ad request on (the record is awaited). Without consent
     nothing is recorded; a store failure is counted and the pixel still answers."""
     st = edge_of(request)
-    hit = parse_pixel(request.query_params)
+    hit = parse_pixel(request.query_params, st.settings.edge_tcf_vendor_id)
     if isinstance(hit, list):
         st.metrics.profile_store.labels("pixel", "bad_request").inc()
         return error(400, f"invalid pixel: {hit[0].field}: {hit[0].message}",

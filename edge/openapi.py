@@ -70,7 +70,9 @@ def _q(name: str, schema: dict[str, Any], description: str, required: bool = Fal
 _CONSENT_PARAMS = (
     _q("gdpr", {"enum": ["0", "1"], "default": "0"}, "1 when GDPR applies"),
     _q("gdpr_consent", {"type": "string", "pattern": "^[A-Za-z0-9_.~-]{0,4096}$"},
-       "the TCF consent string; with gdpr=1 and none, the request is contextual only"),
+       "the TCF v2 consent string; with gdpr=1 a user is profiled only when it grants purposes 1, 3 and 4 "
+       "(and the vendor ADSERVER_EDGE_TCF_VENDOR_ID names, if set), else the request is contextual only; a "
+       "string that is not TCF v2 is a 400"),
     _q("gpc", {"enum": ["0", "1"], "default": "0"}, "1 for Global Privacy Control: contextual only"),
 )
 

@@ -44,6 +44,9 @@ SPECS = [
     s.Spec("EDGE_ATTRIBUTION_WINDOW_S", s.parse_int(60, 90 * 86_400), str(7 * 86_400),
            "click-through attribution window for conversions"),
     s.Spec("EDGE_MAX_SLOTS", s.parse_int(1, 20), "6", "most ad slots one request may ask for"),
+    s.Spec("EDGE_TCF_VENDOR_ID", s.parse_int(0, 65535), "0",
+           "this ad server's id on the IAB Global Vendor List: under GDPR a user is profiled only with that "
+           "vendor's consent as well as purposes 1, 3 and 4 (0: purposes only)"),
     s.Spec("EDGE_BEACON_ACK_TIMEOUT_S", s.parse_float(0.1), "3",
            "how long a beacon waits for JetStream to hold its event before answering 503 (retry)"),
     s.Spec("EDGE_ACCESS_LOG", s.parse_bool, "false", "write a JSON access line per request"),
@@ -91,6 +94,7 @@ class EdgeSettings:
     edge_click_ttl_s: int
     edge_attribution_window_s: int
     edge_max_slots: int
+    edge_tcf_vendor_id: int
     edge_beacon_ack_timeout_s: float
     edge_access_log: bool
     edge_reservation_ttl_s: int

@@ -31,6 +31,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, Route
 
 from adserver.demo import demo_campaigns
 from adserver.stack import LocalStack
+from edge.tcf import encode as tc_string_granting
 from edge.tokens import SigningKeys, verify
 
 pytestmark = pytest.mark.e2e
@@ -391,7 +392,7 @@ def test_cross_origin_page_sends_consent_and_large_ads_are_viewable_at_30_percen
     poll("the billboard to serve", lambda: ask(stack, "home-billboard", "970x250", 1, keywords="billboard-e2e"))
     before = settled_stats(stack)["store"]["by_type"]
 
-    tcf_string = "CQH1qAAQH1qAAAHABBENBKFgAP_gAEPgAAAAKRNV-G_fTWFiYDxyZZtcGAQHlpDXBQ.YAAAAAAAAAAA"
+    tcf_string = tc_string_granting([1, 3, 4]) + ".YAAAAAAAAAAA"  # core and publisher segments
     # Chromium's Local Network Access check treats a routed page as public and the PoP on 127.0.0.1 as
     # loopback; in production both are public, so the test grants what a real deployment never needs.
     ctx = new_context(browser, permissions=["local-network-access"])
@@ -440,12 +441,15 @@ def test_cross_origin_page_sends_consent_and_large_ads_are_viewable_at_30_percen
     assert (totals["impressions"], totals["viewable"]) == (1, 1)
 
 
+CONSENTED = tc_string_granting([1, 3, 4])  # a TC string with the purposes profiling needs
+
+
 def test_without_a_cmp_the_script_attributes_carry_consent_and_the_reader_id_needs_it(
         stack: LocalStack, browser: Browser) -> None:
     ctx = new_context(browser, permissions=["local-network-access"])
     pages = {
         "no-consent": 'data-gdpr="1"',
-        "consent": 'data-gdpr="1" data-gdpr-consent="CQH1qAAQH1qAAAHABBENBKFgAP_gAEPgAAAAKRNV"',
+        "consent": f'data-gdpr="1" data-gdpr-consent="{CONSENTED}"',
         "outside-gdpr": "",
     }
     ctx.route("http://blog.localhost/**", lambda route: route.fulfill(status=200, content_type="text/html", body=(
@@ -461,7 +465,7 @@ def test_without_a_cmp_the_script_attributes_carry_consent_and_the_reader_id_nee
     ctx.close()
     no_consent, consent, outside = asked
     assert no_consent["gdpr"] == ["1"] and "gdpr_consent" not in no_consent and "user" not in no_consent
-    assert consent["gdpr_consent"] == ["CQH1qAAQH1qAAAHABBENBKFgAP_gAEPgAAAAKRNV"] and consent["user"] == ["reader-7"]
+    assert consent["gdpr_consent"] == [CONSENTED] and consent["user"] == ["reader-7"]
     assert outside["gdpr"] == ["0"] and outside["gpc"] == ["0"] and outside["user"] == ["reader-7"]
 
 

@@ -322,6 +322,7 @@ def test_edge_region_pop_and_nats_url_reach_the_process(case: Case) -> None:
     assert settings.edge_pop == f"{case.release}-7d9f8b6c5d-x2x7q", "an empty pop must default to the pod name"
     assert settings.nats_url == values.get("natsUrl", "nats://nats:4222")
     assert settings.edge_hub_domain == values.get("hubDomain", "")
+    assert settings.edge_tcf_vendor_id == values.get("tcfVendorId", 0)
     if case.files:
         assert settings.nats_url == f"nats://nats-leaf.{values['region']}.svc:4222"
         # A leaf node with a JetStream domain of its own: snapshots come from the hub's domain.
@@ -546,6 +547,12 @@ def test_multiregion_edges_and_central_plane_agree_on_the_topology() -> None:
         assert env["ADSERVER_CP_LEAF_REGIONS"] == env["ADSERVER_CP_REGIONS"] == "eu,us"
 
 
+def test_the_tcf_vendor_id_reaches_the_edge() -> None:
+    case = next(c for c in DEFAULT_CASES if c.chart == "edge")
+    env = pod_env(render(case, {"tcfVendorId": 12_345}), pod_name=f"{case.release}-7d9f8b6c5d-x2x7q")
+    assert EdgeSettings.from_env(env).edge_tcf_vendor_id == 12_345  # rendered whole, not as 1.2345e+04
+
+
 def test_placement_reserves_and_the_quality_floor_reach_the_control_plane() -> None:
     case = next(c for c in DEFAULT_CASES if c.chart == "control-plane")
     default = ControlPlaneSettings.from_env(pod_env(render(case), pod_name="adserver-control-plane-0"))
@@ -568,6 +575,7 @@ SCHEMA_REFUSALS = [
     ("edge", {"signingKeys": {"value": "k1:dG9vLXNob3J0"}}, ["/signingKeys/value"]),
     ("edge", {"replicaCont": 3}, ["additional properties 'replicaCont' not allowed"]),
     ("edge", {"hubDomain": "hub.central"}, ["/hubDomain", "does not match pattern"]),
+    ("edge", {"tcfVendorId": 70000}, ["/tcfVendorId", "maximum"]),
     ("control-plane", {"regions": []}, ["/regions", "minItems"]),
     ("control-plane", {"regions": ["eu", "eu"]}, ["/regions"]),
     ("control-plane", {"grantSlice": 1.5}, ["/grantSlice", "maximum"]),

@@ -9,6 +9,7 @@ from starlette.datastructures import QueryParams
 
 from edge.adrequest import ParamError, parse_ad_request, query_dict
 from edge.auction import AdRequest
+from edge.tcf import encode
 
 BASE = {"placement": "home.top", "format": "300x250"}
 
@@ -118,19 +119,37 @@ def test_ascii_input_gives_a_request_or_named_errors(params):
 PERSONAL = {**BASE, "user": "u-1", "interests": "running", "keywords": "shoes"}
 
 
-@pytest.mark.parametrize(("extra", "personalized"), [
-    ({}, True),
-    ({"gdpr": "1", "gdpr_consent": "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}, True),
-    ({"gdpr": "1"}, False),  # GDPR applies and no consent string: contextual only
-    ({"gpc": "1"}, False),  # Global Privacy Control opts out everywhere
-    ({"gdpr": "0", "gpc": "1", "gdpr_consent": "CPXx"}, False),
+REFUSED = "COyfVVoOyfVVoADACHENAwCAAAAAAAAAAAAAE5QBgALgAqgD8AQACSwEygJyAnSAMABgAFkAgQCDASeAmYBOgAA"
+
+
+@pytest.mark.parametrize(("extra", "vendor", "personalized"), [
+    ({}, 0, True),
+    ({"gdpr": "1", "gdpr_consent": encode([1, 3, 4])}, 0, True),
+    ({"gdpr": "1"}, 0, False),  # GDPR applies and no consent string: contextual only
+    ({"gdpr": "1", "gdpr_consent": encode([1, 3])}, 0, False),  # no consent to select personalised ads
+    # A string from a CMP whose user refused everything (decoded by an independent implementation).
+    ({"gdpr": "1", "gdpr_consent": REFUSED}, 0, False),
+    ({"gdpr": "1", "gdpr_consent": encode([1, 3, 4], vendors=[12])}, 12, True),  # this ad server's vendor id
+    ({"gdpr": "1", "gdpr_consent": encode([1, 3, 4], vendors=[11])}, 12, False),  # another vendor's consent
+    ({"gdpr": "0", "gdpr_consent": encode([])}, 0, True),  # GDPR does not apply: the string decides nothing
+    ({"gpc": "1"}, 0, False),  # Global Privacy Control opts out everywhere
+    ({"gdpr": "0", "gpc": "1", "gdpr_consent": encode([1, 3, 4])}, 0, False),
 ])
-def test_without_consent_user_signals_are_dropped_but_context_stays(extra, personalized):
-    got = parse_ad_request({**PERSONAL, **extra}, 6)
+def test_without_consent_user_signals_are_dropped_but_context_stays(extra, vendor, personalized):
+    got = parse_ad_request({**PERSONAL, **extra}, 6, vendor)
     assert isinstance(got, AdRequest)
     assert got.personalized is personalized
     assert (got.user, got.interests) == (("u-1", ("running",)) if personalized else ("", ()))
     assert got.keywords == ("shoes",)  # contextual targeting survives
+
+
+@pytest.mark.parametrize(("consent", "says"), [
+    ("CPXxRfAPXx", "too short"),
+    ("BOEFEAyOEFEAyAHABDENAI4AAAB9vABAASA", "TCF version 1"),
+])
+def test_a_consent_string_that_is_not_tcf_v2_is_refused_naming_why(consent, says):
+    errors = parse_ad_request({**PERSONAL, "gdpr": "1", "gdpr_consent": consent}, 6)
+    assert isinstance(errors, list) and errors[0].field == "gdpr_consent" and says in errors[0].message
 
 
 def test_consent_flags_are_validated():

@@ -8,6 +8,7 @@ import pytest
 from control_plane.models import to_snapshot_campaign
 from edge.adrequest import PixelHit, parse_ad_request, parse_pixel
 from edge.audiences import SEGMENT_TTL_S, fresh_segments, keyword_segments, segment_field, to_record
+from edge.tcf import encode
 from replication.segments import owned_interest, retargeting_segment
 from replication.snapshot import build_snapshot
 
@@ -44,7 +45,9 @@ def test_the_pixel_parses_and_drops_the_user_without_consent():
     assert parse_pixel({"adv": "adv1", "seg": " Cart ", "user": "u1"}) == PixelHit("adv1", "cart", "u1")
     assert parse_pixel({"adv": "adv1", "seg": "cart", "user": "u1", "gpc": "1"}) == PixelHit("adv1", "cart", "")
     assert parse_pixel({"adv": "adv1", "seg": "cart", "user": "u1", "gdpr": "1"}).user == ""
-    assert parse_pixel({"adv": "adv1", "seg": "cart", "user": "u1", "gdpr": "1", "gdpr_consent": "CPx"}).user == "u1"
+    consenting = {"adv": "adv1", "seg": "cart", "user": "u1", "gdpr": "1", "gdpr_consent": encode([1, 3, 4])}
+    assert parse_pixel(consenting).user == "u1"
+    assert parse_pixel({**consenting, "gdpr_consent": encode([1, 3])}).user == ""  # no purpose 4
 
 
 @pytest.mark.parametrize(("params", "field"), [
