@@ -28,6 +28,7 @@ from edge.ctr import (
     NO_MODEL,
     ModelInputs,
     fill_ctrs,
+    mean_ecpm,
     model_inputs,
     predicted_ctr_one,
     prefetch_weights,
@@ -838,17 +839,24 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
             if o < out.shape[0] and out[o] == pos:
                 fate = _CAPPED
             else:
+                # The reserve holds against the candidate's mean eCPM (``worth``), not the score it ranks on,
+                # which carries the click model's exploration bonus: a publisher's floor is what an
+                # impression is expected to pay, and pricing (``_finish``) never charges past the bid.
                 if v < over.shape[0] and over[v] == pos:
                     ctr, score = over_ctr[v], over_score[v]
+                    worth = mean_ecpm(pos, values, ctr) if modelled and math.isnan(cpm[pos]) else score
                 elif modelled:
                     score = cpm[pos]
                     if math.isnan(score):
                         ctr, score = score_one(pos, records, values, mix, weights, shift, own, exploration)
+                        worth = mean_ecpm(pos, values, ctr)
                     else:  # a CPM campaign: its bid, and its CTR only if the walk reads it first (below)
                         ctr = math.nan
+                        worth = score
                 else:
                     ctr, score = ctrs[pos], scores[pos]
-                fate = _PASSED if score >= reserve and score > 0.0 else _RESERVE  # NaN fails too
+                    worth = score
+                fate = _PASSED if worth >= reserve and score > 0.0 else _RESERVE  # NaN fails too
         if explain:
             where[j] = pos  # a no-op when ``positions`` is already there (``_select``)
             fates[j] = fate

@@ -219,6 +219,13 @@ def score_one(pos: int, records: np.ndarray, values: np.ndarray, mix: np.ndarray
     return shrunk, values[pos, _PER_CTR] * ranking * 1000.0
 
 
+@njit(nogil=True, inline="always")
+def mean_ecpm(pos: int, values: np.ndarray, ctr: float) -> float:
+    """What a CPC or CPA campaign's impression is worth at its mean CTR (``score_one``'s first value), without
+    the exploration bonus its ranking score carries: the auction's reserve is held against this."""
+    return values[pos, _PER_CTR] * ctr * 1000.0
+
+
 @njit(nogil=True)
 def fill_ctrs(positions: np.ndarray, ctrs: np.ndarray, inputs: ModelInputs) -> None:
     """The mean CTR (``score_one``'s) of each candidate whose CTR is still NaN (a CPM campaign the auction

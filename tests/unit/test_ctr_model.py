@@ -146,7 +146,7 @@ def test_a_winner_pays_the_runner_ups_mean_ecpm_not_its_exploration_bonus(make_c
     a = make_campaign("a", advertiser_id="adv-a", bid_type="cpm", max_bid_micros=5_000_000)
     b = make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
                       creatives=[make_creative("kb", prior_ctr=0.02)])
-    model = ClickModel(1, 12, np.zeros(1 << 12, dtype=np.float32), {})
+    model = ClickModel.from_sparse(1, 12, [], [], {})  # untrained: every weight 0
     s = build_snapshot([a, b], version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
     request = AdRequest(placement="home", slots=2, format="300x250")
     result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"a": 10**12, "b": 10**12})
@@ -154,6 +154,21 @@ def test_a_winner_pays_the_runner_ups_mean_ecpm_not_its_exploration_bonus(make_c
     assert second.campaign.campaign_id == "b" and second.ctr == pytest.approx(0.02)
     assert second.ecpm_micros > 1.4 * ecpm_micros(b, 0.02)  # ranked with the bonus
     assert first.price_micros == pytest.approx(ecpm_micros(b, 0.02) / 1000, abs=1)  # 2,000 per impression
+
+
+def test_the_reserve_holds_against_the_mean_ecpm_not_the_exploration_bonus(make_campaign, make_creative):
+    # b's new creative ranks at about 3,000,000 per mille with its bonus, but its clicks are expected to be
+    # worth 2,000,000: under a reserve of 2,500,000 it is not shown, where the bonus alone would clear it.
+    b = make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
+                      creatives=[make_creative("kb", prior_ctr=0.02)])
+    model = ClickModel.from_sparse(1, 12, [], [], {})  # untrained: every weight 0
+    request = AdRequest(placement="home", slots=1, format="300x250")
+    for reserve, fate in ((2_500_000, Reason.BELOW_RESERVE), (1_500_000, None)):
+        s = build_snapshot([b], version=1, created_ms=0, reserve_cpm_micros=reserve, click_model=model)
+        result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"b": 10**12}, explain=True)
+        assert result.reasons.get("b") == fate
+        if fate is None:  # it pays the reserve per click at its mean CTR: 1,500,000 / (0.02 * 1000)
+            assert result.wins[0].price_micros == 75_000
 
 
 def test_without_a_model_the_priors_rank_as_before(make_campaign, make_creative):
