@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from control_plane.allocator import BudgetTerms
-from control_plane.models import is_servable, to_snapshot_campaign
+from control_plane.models import NO_CEILINGS, PriorCeilings, is_servable, to_snapshot_campaign
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
@@ -56,6 +56,7 @@ class SnapshotBuilder:
         reserve_cpm_micros: int,
         placement_reserves: dict[str, int] | None = None,
         min_ctr: float = 0.0,
+        prior_ceilings: PriorCeilings = NO_CEILINGS,
         clock: Clock = REAL_CLOCK,
         traffic_shape: tuple[float, ...] = (),
         admin_key: str = "",
@@ -74,6 +75,7 @@ class SnapshotBuilder:
         # The least a billable unit can cost on any placement (the lowest reserve of all).
         self._unit_floor = unit_cost_floor(min((reserve_cpm_micros, *self._placement_reserves.values())))
         self._min_ctr = min_ctr
+        self._ceilings = prior_ceilings
         self._debounce = debounce_s
         self._refresh = refresh_s
         self._campaigns: dict[str, tuple[dict, int]] = {}
@@ -200,7 +202,7 @@ class SnapshotBuilder:
         now = self._clock.now()
         started = time.perf_counter()
         servable = [
-            to_snapshot_campaign(value, revision)
+            to_snapshot_campaign(value, revision, self._ceilings)
             for value, revision in self._campaigns.values()
             if is_servable(value, now)
         ]

@@ -473,7 +473,22 @@ def epoch_s(iso: str | None) -> int:
     return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
 
 
-def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCampaign:
+@dataclass(frozen=True, slots=True)
+class PriorCeilings:
+    """The most an advertiser's declared priors count for in the auction. A creative's prior CTR ranks it
+    until the click model has seen enough of it, and a campaign's prior CVR turns its CPA bid into an eCPM
+    for good (the model does not learn conversions yet): unbounded, a claim of 0.99 would buy the top of
+    every ranking at a per-unit price divided by it. The API keeps what the advertiser declared."""
+
+    ctr: float = 1.0
+    cvr: float = 1.0
+
+
+NO_CEILINGS = PriorCeilings()
+
+
+def to_snapshot_campaign(campaign: dict[str, Any], revision: int,
+                         ceilings: PriorCeilings = NO_CEILINGS) -> SnapshotCampaign:
     t = campaign["targeting"]
     attribution = {**ATTRIBUTION_DEFAULTS, **(campaign.get("attribution") or {})}  # older records have none
     return SnapshotCampaign(
@@ -494,7 +509,7 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
         keywords=frozenset(t.get("keywords", [])),
         interests=frozenset(owned_interest(campaign["advertiser_id"], i) for i in t.get("interests", [])),
         placements=frozenset(t.get("placements", [])),
-        prior_cvr=float(campaign.get("prior_cvr", 0.02)),
+        prior_cvr=min(float(campaign.get("prior_cvr", 0.02)), ceilings.cvr),
         click_window_s=attribution["click_window_hours"] * 3600,
         view_window_s=attribution["view_window_hours"] * 3600,
         pacing=campaign.get("pacing", "even"),
@@ -504,7 +519,7 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int) -> SnapshotCam
         creatives=tuple(
             SnapshotCreative(
                 creative_id=k["id"], format=k["size"], headline=k["headline"], image_url=k["image_url"],
-                landing_url=k["landing_url"], cta=k["cta"], prior_ctr=float(k["prior_ctr"]),
+                landing_url=k["landing_url"], cta=k["cta"], prior_ctr=min(float(k["prior_ctr"]), ceilings.ctr),
                 alternatives=tuple(tuple((k.get("alternatives") or {}).get(name, ())) for name in COMPONENTS),
             )
             for k in campaign.get("creatives", [])

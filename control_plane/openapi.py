@@ -111,7 +111,8 @@ CREATIVE_INPUT = {
         "size": {"enum": sorted(models.SIZES)},
         "prior_ctr": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
                       "exclusiveMaximum": True, "default": 0.01,
-                      "description": "click-through rate to assume before the campaign has data"},
+                      "description": "click-through rate to assume before the campaign has data; the auction "
+                                     "counts it for at most the platform's ceiling (ADSERVER_CP_MAX_PRIOR_CTR)"},
 
         "alternatives": ALTERNATIVES,
     },
@@ -137,7 +138,8 @@ _CAMPAIGN_FIELDS: dict[str, Any] = {
                                    "a research baseline that can overspend, accepted only when the control plane "
                                    "allows baselines (otherwise 422)"},
     "prior_cvr": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "default": 0.02,
-                  "description": "conversion rate to assume before the campaign has data"},
+                  "description": "conversion rate to assume before the campaign has data; the auction counts it "
+                                 "for at most the platform's ceiling (ADSERVER_CP_MAX_PRIOR_CVR)"},
     "targeting": {"$ref": "#/components/schemas/Targeting"},
     "attribution": {"$ref": "#/components/schemas/Attribution"},
     "frequency_caps": {

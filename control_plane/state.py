@@ -25,6 +25,7 @@ from control_plane.builder import SnapshotBuilder
 from control_plane.click_trainer import ClickTrainer
 from control_plane.collector import Collector
 from control_plane.grants import GrantService
+from control_plane.models import PriorCeilings
 from control_plane.settings import ControlPlaneSettings
 from control_plane.shape_learner import ShapeLearner
 from control_plane.spend import SpendReplica
@@ -104,6 +105,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     store = await Store(js).open()
     builder = SnapshotBuilder(js, settings.cp_regions, reserve_cpm_micros=settings.cp_reserve_cpm_micros,
                               placement_reserves=settings.cp_placement_reserves, min_ctr=settings.cp_min_ctr,
+                              prior_ceilings=PriorCeilings(settings.cp_max_prior_ctr, settings.cp_max_prior_cvr),
                               clock=settings.clock, traffic_shape=settings.cp_traffic_shape,
                               admin_key=hash_token(settings.cp_admin_token)
                               if settings.cp_admin_token else "")

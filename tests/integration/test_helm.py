@@ -557,11 +557,14 @@ def test_placement_reserves_and_the_quality_floor_reach_the_control_plane() -> N
     case = next(c for c in DEFAULT_CASES if c.chart == "control-plane")
     default = ControlPlaneSettings.from_env(pod_env(render(case), pod_name="adserver-control-plane-0"))
     assert (default.cp_placement_reserves, default.cp_min_ctr) == ({}, 0.0)
-    floors = {"placementReserves": {"home": 3_000_000, "sports.top": 250_000}, "minCtr": 0.0005}
+    assert (default.cp_max_prior_ctr, default.cp_max_prior_cvr) == (0.05, 0.2)
+    floors = {"placementReserves": {"home": 3_000_000, "sports.top": 250_000}, "minCtr": 0.0005,
+              "maxPriorCtr": 0.03, "maxPriorCvr": 0.1}
     env = pod_env(render(case, floors), pod_name="adserver-control-plane-0")
     settings = ControlPlaneSettings.from_env(env)  # 3,000,000 rendered whole, not as 3e+06
     assert settings.cp_placement_reserves == {"home": 3_000_000, "sports.top": 250_000}
     assert settings.cp_min_ctr == 0.0005
+    assert (settings.cp_max_prior_ctr, settings.cp_max_prior_cvr) == (0.03, 0.1)
 
 
 # --- bad values are refused, with a message that names them -----------------------------------------------------
@@ -584,6 +587,7 @@ SCHEMA_REFUSALS = [
     ("control-plane", {"placementReserves": {"home": -1}}, ["/placementReserves/home", "minimum"]),
     ("control-plane", {"placementReserves": {"ho me": 5}}, ["invalid propertyName 'ho me'", "does not match pattern"]),
     ("control-plane", {"minCtr": 1}, ["/minCtr", "exclusiveMaximum"]),
+    ("control-plane", {"maxPriorCtr": 0}, ["/maxPriorCtr", "exclusiveMinimum"]),
     ("collector", {"leafRegions": "eu,us"}, ["/leafRegions", "want array"]),
     ("collector", {"store": {"url": ""}}, ["/store/url"]),
 ]

@@ -12,6 +12,7 @@ from control_plane.models import (
     MAX_AUTO_CPM_MICROS,
     MAX_MICROS,
     REQUIRED_CAMPAIGN_FIELDS,
+    PriorCeilings,
     Status,
     TransitionRefused,
     ValidationFailed,
@@ -430,3 +431,17 @@ def test_is_servable_only_when_active_and_not_ended():
     assert is_servable(stored_campaign(status="active"), 4_000_000_000)
     for status in ("draft", "pending_review", "paused", "completed", "rejected"):
         assert not is_servable(stored_campaign(status=status), 0)
+
+
+def test_declared_priors_count_for_no_more_than_the_platforms_ceilings():
+    record = {"id": "c", "advertiser_id": "a", "bid_type": "cpa", "max_bid_micros": 1, "daily_budget_micros": 1,
+              "total_budget_micros": 1, "start": None, "end": None, "timezone": "UTC", "targeting": {},
+              "prior_cvr": 0.9, "creatives": [
+                  {"id": "k1", "size": "300x250", "headline": "h", "image_url": "https://i.example/a.png",
+                   "landing_url": "https://l.example/", "cta": "Go", "prior_ctr": 0.99, "status": "active"},
+                  {"id": "k2", "size": "300x250", "headline": "h", "image_url": "https://i.example/a.png",
+                   "landing_url": "https://l.example/", "cta": "Go", "prior_ctr": 0.004, "status": "active"}]}
+    capped = to_snapshot_campaign(record, 1, PriorCeilings(ctr=0.05, cvr=0.2))
+    assert [k.prior_ctr for k in capped.creatives] == [0.05, 0.004] and capped.prior_cvr == 0.2
+    declared = to_snapshot_campaign(record, 1)  # no ceilings: as declared
+    assert [k.prior_ctr for k in declared.creatives] == [0.99, 0.004] and declared.prior_cvr == 0.9

@@ -195,6 +195,8 @@ def test_control_plane_placement_reserves_and_quality_floor():
     assert st.cp_placement_reserves == {"home": 250_000, "sports.top": 0}
     assert st.cp_min_ctr == 0.0005
     assert ControlPlaneSettings.from_env({}).cp_placement_reserves == {}
+    defaults = ControlPlaneSettings.from_env({})
+    assert (defaults.cp_max_prior_ctr, defaults.cp_max_prior_cvr) == (0.05, 0.2)
 
 
 @pytest.mark.parametrize(("key", "raw", "says"), [
@@ -205,6 +207,8 @@ def test_control_plane_placement_reserves_and_quality_floor():
     ("ADSERVER_CP_PLACEMENT_RESERVES", "home=1,home=2", "placement 'home' is named twice"),
     ("ADSERVER_CP_MIN_CTR", "1", "must be in [0, 1)"),
     ("ADSERVER_CP_MIN_CTR", "-0.1", "must be in [0, 1)"),
+    ("ADSERVER_CP_MAX_PRIOR_CTR", "0", "must be in (0, 1]"),
+    ("ADSERVER_CP_MAX_PRIOR_CVR", "1.5", "must be in (0, 1]"),
 ])
 def test_control_plane_bad_floors_are_named(key, raw, says):
     errors = settings_errors(ControlPlaneSettings.from_env, {key: raw})
