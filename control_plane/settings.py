@@ -155,6 +155,10 @@ class ControlPlaneSettings:
         unknown = sorted(set(loaded["cp_leaf_regions"]) - set(loaded["cp_regions"]))
         if unknown:
             raise s.SettingsError([f"ADSERVER_CP_LEAF_REGIONS: {', '.join(unknown)} not in ADSERVER_CP_REGIONS"])
+        if loaded["cp_min_ctr"] >= loaded["cp_max_prior_ctr"]:
+            # Every new creative starts at or below the ceiling: a floor there would leave nothing to show.
+            raise s.SettingsError([f"ADSERVER_CP_MIN_CTR={loaded['cp_min_ctr']}: must be below "
+                                   f"ADSERVER_CP_MAX_PRIOR_CTR={loaded['cp_max_prior_ctr']}"])
         return cls(**loaded)
 
     def __repr__(self) -> str:  # never print the admin token

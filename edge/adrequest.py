@@ -79,7 +79,8 @@ def _unknown(params: Mapping[str, str], known: frozenset[str]) -> list[ParamErro
 def consented(params: Mapping[str, str], errors: list[ParamError], vendor_id: int = 0) -> bool:
     """Whether the user may be profiled: not under Global Privacy Control (gpc=1), and under GDPR (gdpr=1)
     only with a TCF v2 consent string that grants purposes 1, 3 and 4, and the vendor ``vendor_id`` if given
-    (``edge.tcf``). Bad flag values and a string that is not a TCF v2 one are added to ``errors``."""
+    (``edge.tcf``). Bad flag values, and under GDPR a string that is not a TCF v2 one, are added to
+    ``errors``; where GDPR does not apply the string is not read."""
     flags = {}
     for name in ("gdpr", "gpc"):
         raw = params.get(name, "0")
@@ -87,18 +88,20 @@ def consented(params: Mapping[str, str], errors: list[ParamError], vendor_id: in
             errors.append(ParamError(name, "must be 0 or 1"))
         flags[name] = raw == "1"
     raw_consent = params.get("gdpr_consent", "")
-    consent = None
-    if raw_consent:
-        if not _CONSENT.fullmatch(raw_consent):
-            errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
-        else:
-            try:
-                consent = decode_consent(raw_consent)
-            except BadConsent as exc:
-                errors.append(ParamError("gdpr_consent", f"not a TCF v2 consent string: {exc}"))
+    if raw_consent and not _CONSENT.fullmatch(raw_consent):
+        errors.append(ParamError("gdpr_consent", "must be a TCF consent string (base64url, at most 4096 chars)"))
+        return False
     if flags["gpc"]:
         return False
-    return not flags["gdpr"] or (consent is not None and consent.allows_profiling(vendor_id))
+    if not flags["gdpr"]:
+        return True  # the string decides nothing, and is not read
+    if not raw_consent:
+        return False
+    try:
+        return decode_consent(raw_consent).allows_profiling(vendor_id)
+    except BadConsent as exc:
+        errors.append(ParamError("gdpr_consent", f"not a TCF v2 consent string: {exc}"))
+        return False
 
 
 _ADVERTISER = re.compile(r"[A-Za-z0-9_-]{1,64}")

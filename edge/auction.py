@@ -128,7 +128,7 @@ class AuctionResult(NamedTuple):
     reasons: Mapping[str, Reason] = _NONE
     # How many candidates each reason took out (always filled; metrics count these). Without ``explain``,
     # candidates ranked below what filling the slots needed are counted as outranked without being checked
-    # for budget or pacing.
+    # for the quality floor, budget or pacing (so ``below_quality`` counts only the candidates the walk met).
     reason_counts: Mapping[Reason, int] = _NONE
     candidates: int = 0
     no_fill: NoFill | None = None

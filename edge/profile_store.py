@@ -65,9 +65,10 @@ class MemoryProfileStore:
         if expires <= now_s:
             data = {}
         evicted = 0
+        written = {field for field, _, _ in fields}
         for field, keep, ttl_s in fields:
             if field not in data and len(data) >= MAX_FIELDS:
-                del data[stalest(data)]
+                del data[stalest(data, written)]
                 evicted += 1
             data[field] = appended(data.get(field, ()), now_s, keep)
             expires = max(expires, now_s + ttl_s)
@@ -88,19 +89,23 @@ class MemoryProfileStore:
 MAX_FIELDS = 512
 
 
-def stalest(profile: dict[str, list[float]]) -> str:
-    """The field a full profile gives up (see ``MAX_FIELDS``): the segment, else the cap, recorded longest
-    ago (by its newest time; ties by name, as the Lua script breaks them)."""
-    return min(profile, key=lambda f: (not f.startswith(SEGMENT_FIELD), profile[f][-1] if profile[f] else 0.0, f))
+def stalest(profile: dict[str, list[float]], keep: set[str]) -> str:
+    """The field a full profile gives up (see ``MAX_FIELDS``), of those not in ``keep`` (the ones this record
+    writes: several new segments at once must not push each other out): the segment, else the cap, recorded
+    longest ago (by its newest time; ties by name, which the Lua script compares in Redis's collation)."""
+    return min((f for f in profile if f not in keep),
+               key=lambda f: (not f.startswith(SEGMENT_FIELD), profile[f][-1] if profile[f] else 0.0, f))
 
 
 # KEYS[1]: the user's hash. ARGV: max fields, now, SEGMENT_FIELD, then (field, keep, ttl) triples. Appends now
 # to each field's msgpack list of times, keeps the newest `keep` (sorted: PoPs' clocks and workers may record
 # out of order), and never shortens the hash's TTL. A new field in a full hash first removes ``stalest``'s
-# choice; returns how many fields it removed. (Redis runs Lua 5.1: no goto.)
+# choice, never a field this call writes; returns how many fields it removed. Each such field scans the hash
+# (512 fields, in Redis's one thread): a full profile pays it once per new field. (Lua 5.1: no goto.)
 _RECORD_LUA = """
 local max_fields, now, segment = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local longest, evicted = 0, 0
+local longest, evicted, written = 0, 0, {}
+for i = 4, #ARGV, 3 do written[ARGV[i]] = true end
 for i = 4, #ARGV, 3 do
   local field, keep, ttl = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local raw = redis.call('HGET', KEYS[1], field)
@@ -108,11 +113,14 @@ for i = 4, #ARGV, 3 do
     local all = redis.call('HGETALL', KEYS[1])
     local victim, rank, newest = nil, nil, nil
     for j = 1, #all, 2 do
-      local name, seen = all[j], cmsgpack.unpack(all[j + 1])
-      local r = (string.sub(name, 1, #segment) == segment) and 0 or 1
-      local t = seen[#seen] or 0
-      if victim == nil or r < rank or (r == rank and (t < newest or (t == newest and name < victim))) then
-        victim, rank, newest = name, r, t
+      local name = all[j]
+      if not written[name] then
+        local seen = cmsgpack.unpack(all[j + 1])
+        local r = (string.sub(name, 1, #segment) == segment) and 0 or 1
+        local t = seen[#seen] or 0
+        if victim == nil or r < rank or (r == rank and (t < newest or (t == newest and name < victim))) then
+          victim, rank, newest = name, r, t
+        end
       end
     end
     redis.call('HDEL', KEYS[1], victim)

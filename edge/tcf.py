@@ -34,24 +34,30 @@ class Consent:
     _bits: str  # the core segment's bits, for vendor lookups
 
     def vendor(self, vendor_id: int) -> bool:
-        """Whether the user consented to this vendor (its id on the IAB's Global Vendor List)."""
+        """Whether the user consented to this vendor (its id on the IAB's Global Vendor List). A vendor
+        section cut short grants nothing. Only read when the edge is given its vendor id: a range-encoded
+        section of a 4 KB string is about 1,400 entries to walk."""
         bits, at = self._bits, _VENDORS_AT
-        highest = _uint(bits, at, 16)
-        if not 1 <= vendor_id <= highest:
+        try:
+            highest = _uint(bits, at, 16)
+            if not 1 <= vendor_id <= highest:
+                return False
+            if bits[at + 16] == "0":  # a bitfield: bit i - 1 is vendor i
+                _uint(bits, at + 17, highest)  # the whole field is there
+                return bits[at + 17 + vendor_id - 1] == "1"
+            at += 17
+            entries = _uint(bits, at, 12)
+            at += 12
+            found = False
+            for _ in range(entries):  # every entry, so that a section cut short grants nothing
+                is_range = _uint(bits, at, 1) == 1
+                first = _uint(bits, at + 1, 16)
+                last = _uint(bits, at + 17, 16) if is_range else first
+                found = found or first <= vendor_id <= last
+                at += 33 if is_range else 17
+            return found
+        except IndexError:
             return False
-        if bits[at + 16] == "0":  # a bitfield: bit i - 1 is vendor i
-            return bits[at + 17 + vendor_id - 1] == "1"
-        at += 17
-        entries = _uint(bits, at, 12)
-        at += 12
-        for _ in range(entries):
-            is_range = bits[at] == "1"
-            first = _uint(bits, at + 1, 16)
-            last = _uint(bits, at + 17, 16) if is_range else first
-            if first <= vendor_id <= last:
-                return True
-            at += 33 if is_range else 17
-        return False
 
     def allows_profiling(self, vendor_id: int = 0) -> bool:
         """Purposes 1, 3 and 4, and the vendor's consent when ``vendor_id`` is given (0: not checked)."""
@@ -65,7 +71,7 @@ def decode(tc_string: str) -> Consent:
         raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
     except (binascii.Error, ValueError) as exc:
         raise BadConsent("not base64url") from exc
-    bits = "".join(f"{byte:08b}" for byte in raw)
+    bits = bin(int.from_bytes(raw, "big"))[2:].zfill(len(raw) * 8)  # one C-level pass, not a format per byte
     if not raw:
         raise BadConsent("empty")
     version = _uint(bits, 0, _VERSION_BITS)
@@ -73,27 +79,7 @@ def decode(tc_string: str) -> Consent:
         raise BadConsent(f"TCF version {version}; only version 2 strings are read")
     if len(bits) < _VENDORS_AT + 17:
         raise BadConsent(f"its core segment is {len(raw)} bytes, too short for a TCF v2 string")
-    try:
-        _vendor_section_end(bits)  # a truncated section fails here, not on a later lookup
-    except IndexError as exc:
-        raise BadConsent("its vendor consent section is cut short") from exc
     return Consent(frozenset(i + 1 for i in range(_PURPOSES) if bits[_PURPOSES_AT + i] == "1"), bits)
-
-
-def _vendor_section_end(bits: str) -> int:
-    at = _VENDORS_AT
-    highest = _uint(bits, at, 16)
-    if bits[at + 16] == "0":
-        at += 17 + highest
-    else:
-        at += 17
-        entries = _uint(bits, at, 12)
-        at += 12
-        for _ in range(entries):
-            at += 33 if _uint(bits, at, 1) else 17
-    if at > len(bits):
-        raise IndexError(f"the vendor section ends at bit {at}, past the string's {len(bits)}")
-    return at
 
 
 def encode(purposes: Iterable[int], vendors: Iterable[int] = ()) -> str:

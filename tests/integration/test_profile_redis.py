@@ -131,12 +131,22 @@ def test_a_full_profile_gives_up_its_stalest_segment_then_its_stalest_cap_for_a_
             history = await s.history("u", NOW + 301)
             assert len(history) == MAX_FIELDS and history["c:new"] == [NOW + 300] and "s:kw-11" not in history
             assert history["c:cmp0"] == [NOW, NOW + 200]
-            # Eleven more new fields take every segment's place; the next one takes the stalest cap's
-            # (recorded at NOW like 498 others: the first by name, c:cmp1, since c:cmp0 was seen again).
+            # Several new segments at once do not push each other out: each takes an older field's place.
+            assert await s.record("u", NOW + 350, [("s:new-a", 1, 3600), ("s:new-b", 1, 3600)]) == 2
+            history = await s.history("u", NOW + 351)
+            assert {"s:new-a", "s:new-b"} <= history.keys() and "s:kw-10" not in history
+            # Twelve new caps take the place of every segment, the two new ones last, then of the stalest cap:
+            # one of those recorded at NOW (c:cmp0 was recorded again since; which of the tied ones goes is the
+            # store's tie-break: by name, in Redis's collation).
             assert await s.record("u", NOW + 400, [(f"c:more{i}", 3, 86_400) for i in range(12)]) == 12
             history = await s.history("u", NOW + 401)
             assert len(history) == MAX_FIELDS and not any(f.startswith("s:") for f in history)
-            assert "c:cmp1" not in history and "c:cmp0" in history and "c:more11" in history
+            assert "c:cmp0" in history and "c:more11" in history and "c:new" in history
+            assert sum(1 for i in range(1, MAX_FIELDS - 12) if f"c:cmp{i}" not in history) == 1
+            # Two new segments into a profile of caps only: the second must not push out the first (a
+            # segment, the likeliest victim) but a cap.
+            assert await s.record("u", NOW + 500, [("s:x", 1, 3600), ("s:y", 1, 3600)]) == 2
+            assert {"s:x", "s:y"} <= (await s.history("u", NOW + 501)).keys()
         await redis.aclose()
 
     asyncio.run(run())

@@ -150,6 +150,8 @@ def test_without_consent_user_signals_are_dropped_but_context_stays(extra, vendo
 def test_a_consent_string_that_is_not_tcf_v2_is_refused_naming_why(consent, says):
     errors = parse_ad_request({**PERSONAL, "gdpr": "1", "gdpr_consent": consent}, 6)
     assert isinstance(errors, list) and errors[0].field == "gdpr_consent" and says in errors[0].message
+    # Where GDPR does not apply the string decides nothing and is not read.
+    assert parse_ad_request({**PERSONAL, "gdpr": "0", "gdpr_consent": consent}, 6).personalized
 
 
 def test_consent_flags_are_validated():

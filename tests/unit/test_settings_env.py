@@ -199,6 +199,12 @@ def test_control_plane_placement_reserves_and_quality_floor():
     assert (defaults.cp_max_prior_ctr, defaults.cp_max_prior_cvr) == (0.05, 0.2)
 
 
+def test_a_quality_floor_at_or_above_the_prior_ceiling_is_refused():
+    errors = settings_errors(ControlPlaneSettings.from_env, {"ADSERVER_CP_MIN_CTR": "0.06"})
+    assert keys_in(errors) == ["ADSERVER_CP_MIN_CTR"] and "below ADSERVER_CP_MAX_PRIOR_CTR=0.05" in errors[0]
+    assert ControlPlaneSettings.from_env({"ADSERVER_CP_MIN_CTR": "0.06", "ADSERVER_CP_MAX_PRIOR_CTR": "0.1"})
+
+
 @pytest.mark.parametrize(("key", "raw", "says"), [
     ("ADSERVER_CP_PLACEMENT_RESERVES", "home", "'home': must be <placement>=<micros per mille>"),
     ("ADSERVER_CP_PLACEMENT_RESERVES", "ho me=5", "'ho me=5': must be <placement>=<micros per mille>"),

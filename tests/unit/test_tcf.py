@@ -38,7 +38,6 @@ def test_a_publisher_segment_after_the_core_is_ignored():
     ("not*base64", "not base64url"),
     ("CLcVDxRMWfGmWAVAHCENAXCk", "too short"),
     ("BOEFEAyOEFEAyAHABDENAI4AAAB9vABAASA", "TCF version 1"),  # a v1.1 string
-    (BITFIELD[:50], "cut short"),  # the vendor bitfield promises 115 bits
 ])
 def test_what_is_not_a_tcf_v2_string_is_named(tc_string, says):
     with pytest.raises(BadConsent, match=says):
@@ -51,3 +50,10 @@ def test_encode_makes_strings_the_reader_reads_back():
     assert consent.allows_profiling(vendor_id=700) and not consent.allows_profiling(vendor_id=8)
     assert not decode(encode([1, 3])).allows_profiling()
     assert encode([1, 3, 4]).startswith("C")  # version 2 in the first six bits, as CMPs' strings start
+
+
+def test_a_vendor_section_cut_short_grants_nothing():
+    assert decode(BITFIELD).vendor(2)
+    cut = decode(BITFIELD[:50])  # the vendor bitfield promises 115 bits; 66 are there
+    assert cut.purposes == {1, 3, 9, 10} and not cut.vendor(2) and not cut.vendor(115)
+    assert not decode(RANGES[:50]).vendor(23)  # its range entries are cut off
