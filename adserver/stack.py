@@ -157,6 +157,13 @@ class LocalStack:
 
         return run_sync(create_advertiser(self.nats_url, name))
 
+    def explain(self, token: str | None, **params: str) -> httpx.Response:
+        """A dry run of the first edge's auction (``/v1/ads`` with ``explain=1``) for ``params``, in the scope of
+        ``token``: the admin token, an advertiser's postback token, or none (refused)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.http.get(f"{self.edges[0].url}/v1/ads", params={"explain": "1", **params}, headers=headers,
+                             timeout=5)
+
     def launch_campaign(self, token: str, keyword: str, **fields: object) -> str:
         """Create, submit and approve a campaign targeting ``keyword`` (one 300x250 creative, a budget no run
         exhausts, unless ``fields`` say otherwise); returns its id once every edge serves it."""

@@ -66,13 +66,6 @@ def _min_ctr(raw: str) -> float:
     return value
 
 
-def _probability(raw: str) -> float:
-    value = float(raw)
-    if not 0 < value <= 1:
-        raise ValueError("must be in (0, 1]")
-    return value
-
-
 def _fraction(raw: str) -> float:
     value = float(raw)
     if not 0 < value <= 1:
@@ -98,9 +91,9 @@ SPECS = [
            "placements with a reserve of their own: <placement>=<micros per mille>, comma-separated"),
     s.Spec("CP_MIN_CTR", _min_ctr, "0",
            "quality floor: an ad whose predicted click-through rate is below it is not shown (0: none)"),
-    s.Spec("CP_MAX_PRIOR_CTR", _probability, "0.05",
+    s.Spec("CP_MAX_PRIOR_CTR", _fraction, "0.05",
            "the most a creative's declared prior click-through rate counts for in the auction"),
-    s.Spec("CP_MAX_PRIOR_CVR", _probability, "0.2",
+    s.Spec("CP_MAX_PRIOR_CVR", _fraction, "0.2",
            "the most a campaign's declared prior conversion rate counts for in the auction"),
     s.Spec("CP_GRANT_SLICE", _fraction, "0.05", "largest budget slice one edge process gets, as a fraction"),
     s.Spec("CP_LEASE_S", s.parse_float(1), "300",

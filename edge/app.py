@@ -292,8 +292,8 @@ def _explain(st: EdgeState, snapshot: Snapshot, parsed: AdRequest, scope: str | 
         for fate in fates:
             # A won price is the runner-up's eCPM: free, unlimited dry runs would map competitors' bids.
             fate.pop("price_micros", None)
-        seen = {f["campaign_id"] for f in fates}
-        fates += [{"campaign_id": cid, "fate": Reason.TARGETING.value} for cid in sorted(own) if cid not in seen]
+        not_retrieved = own - {f["campaign_id"] for f in fates}
+        fates += [{"campaign_id": cid, "fate": Reason.TARGETING.value} for cid in sorted(not_retrieved)]
     st.metrics.requests.labels("explain").inc()
     return _NoStoreJSON({"dry_run": True, "snapshot_version": snapshot.version, "candidates": candidates,
                          "fates": fates})

@@ -522,12 +522,8 @@ def run_auction(
     the slots and pricing the last one needs: each of those draws is independent, so skipping the ones
     nobody would look at changes no outcome's probability. With ``explain`` the walk goes on to the end and
     ``reasons`` gives every candidate's fate; the wins are the same either way for the same ``rng`` state."""
-    if reserve_cpm_micros is not None:
-        reserve = reserve_cpm_micros
-    elif snapshot.placement_reserves:  # a placement with a reserve of its own
-        reserve = snapshot.placement_reserves.get(request.placement, snapshot.reserve_cpm_micros)
-    else:
-        reserve = snapshot.reserve_cpm_micros
+    reserve = (snapshot.placement_reserves.get(request.placement, snapshot.reserve_cpm_micros)
+               if reserve_cpm_micros is None else reserve_cpm_micros)
     index, columns = snapshot.index, snapshot.columns
     assert index is not None and columns is not None  # built with every snapshot
     fmt = request.format
@@ -1086,7 +1082,9 @@ def _finish(snapshot: Snapshot, request: AdRequest, candidates: int,
                 else:
                     _mark(counts, marked, pending, _BUDGET)
                     advertisers.discard(pending.advertiser_id)
-                    for at, sibling in shelved:  # the advertiser has no slot: its passed-over campaigns do
+                    # The advertiser has no slot: its passed-over campaigns try, priced as the entry was above
+                    # (those lines stay inline there, where every auction runs them: see the docstring's end).
+                    for at, sibling in shelved:
                         _unmark(counts, marked, sibling, _SAME_ADVERTISER)
                         score, ctr = scores[at], ctrs[at]
                         price = _unit_price(sibling, ctr, score if score < pay else pay)

@@ -43,9 +43,8 @@ class Consent:
             highest = _uint(bits, at, 16)
             if not 1 <= vendor_id <= highest:
                 return False
-            if bits[at + 16] == "0":  # a bitfield: bit i - 1 is vendor i
-                _uint(bits, at + 17, highest)  # the whole field is there
-                return bits[at + 17 + vendor_id - 1] == "1"
+            if bits[at + 16] == "0":  # a bitfield: bit i - 1 is vendor i, if the whole field is there
+                return len(bits) >= at + 17 + highest and bits[at + 17 + vendor_id - 1] == "1"
             at += 17
             entries = _uint(bits, at, 12)
             at += 12
@@ -67,7 +66,8 @@ class Consent:
 
 def decode(tc_string: str) -> Consent:
     """The core segment of ``tc_string``: its version and purposes, read from its first 40 characters (30
-    bytes; a 4 KB string's whole segment took about 100 us), the vendors only when asked. Raises BadConsent
+    bytes; a 4 KB string's whole segment took about 100 us, 11 us this way, a one-off timing), the vendors only
+    when asked. Raises BadConsent
     naming what is wrong."""
     core = tc_string.split(".", 1)[0]
     bits = _bits(core[:_HEAD_CHARS])

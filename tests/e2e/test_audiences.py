@@ -88,8 +88,7 @@ def test_a_pages_keywords_put_its_reader_in_a_targeted_keyword_segment(stack: Lo
 
 def explained(s: LocalStack, token: str, keywords: str, user: str) -> dict[str, str] | None:
     """Campaign -> fate of a dry run for ``user`` with ``token``'s scope; None while the edge refuses it."""
-    r = httpx.get(f"{s.edges[0].url}/v1/ads", timeout=5, headers={"Authorization": f"Bearer {token}"},
-                  params={"placement": "aud", "format": "300x250", "keywords": keywords, "user": user, "explain": "1"})
+    r = s.explain(token, placement="aud", format="300x250", keywords=keywords, user=user)
     if r.status_code == 401:
         return None
     assert r.status_code == 200, r.text

@@ -23,12 +23,6 @@ def stack() -> Iterator[LocalStack]:
         yield s
 
 
-def explain(s: LocalStack, token: str | None, **extra: str) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.get(f"{s.edges[0].url}/v1/ads", params={**PARAMS, "explain": "1", **extra}, headers=headers,
-                     timeout=5)
-
-
 def fates(r: httpx.Response) -> dict[str, dict[str, Any]]:
     assert r.status_code == 200, r.text
     body = r.json()
@@ -47,13 +41,13 @@ def test_explain_names_every_candidates_fate_and_scopes_advertisers_to_their_own
         "landing_url": "https://shop.example.com/"}], targeting={"keywords": ["explshoes"]})
     r = httpx.post(f"{s.cp_url}/v1/postback-tokens", headers={"Authorization": f"Bearer {mine}"}, timeout=10)
     postback = r.json()["token"]
-    everything = fates(explain(s, s.admin_token))
+    everything = fates(s.explain(s.admin_token, **PARAMS))
     assert everything[winner]["fate"] == "won" and everything[winner]["price_micros"] > 0
     assert everything[outranked]["fate"] == "outranked"
     assert wrong_size not in everything  # a 160x600-only campaign is not even retrieved for a 300x250 slot
     # The advertiser's own view (its postback token reaches the edge with the next snapshot).
     deadline = time.monotonic() + 15
-    while (own := explain(s, postback)).status_code == 401:
+    while (own := s.explain(postback, **PARAMS)).status_code == 401:
         assert time.monotonic() < deadline, own.text
         time.sleep(0.2)
     # Its campaign the request's targeting leaves out (no 300x250 creative) is there too, as "targeting".
@@ -65,7 +59,7 @@ def test_explain_names_every_candidates_fate_and_scopes_advertisers_to_their_own
 
 def test_explain_refuses_without_a_valid_token(stack: LocalStack) -> None:
     for token in (None, "not-the-admin-token", "adv123.not-a-secret"):
-        r = explain(stack, token)
+        r = stack.explain(token, **PARAMS)
         assert r.status_code == 401, (token, r.text)
     r = httpx.get(f"{stack.edges[0].url}/v1/ads", params={**PARAMS, "explain": "yes"}, timeout=5)
     assert r.status_code == 400 and r.json()["fields"][0]["field"] == "explain"

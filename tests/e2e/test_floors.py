@@ -21,8 +21,7 @@ def stack() -> Iterator[LocalStack]:
 
 
 def fates(s: LocalStack, placement: str) -> dict[str, str]:
-    r = httpx.get(f"{s.edges[0].url}/v1/ads", timeout=5, headers={"Authorization": f"Bearer {s.admin_token}"},
-                  params={"placement": placement, "format": "300x250", "keywords": "floorkw", "explain": "1"})
+    r = s.explain(s.admin_token, placement=placement, format="300x250", keywords="floorkw")
     assert r.status_code == 200, r.text
     return {f["campaign_id"]: f["fate"] for f in r.json()["fates"]}
 
@@ -50,8 +49,7 @@ def test_a_declared_prior_ctr_counts_for_no_more_than_the_ceiling(stack: LocalSt
     claimed = s.launch_campaign(token, "priorkw", bid_type="cpc", max_bid_micros=100_000, creatives=[{
         "headline": "sure click", "size": "300x250", "image_url": "https://img.example.com/s.png",
         "landing_url": "https://shop.example.com/", "prior_ctr": 0.9}])
-    r = httpx.get(f"{s.edges[0].url}/v1/ads", timeout=5, headers={"Authorization": f"Bearer {s.admin_token}"},
-                  params={"placement": "standard", "format": "300x250", "keywords": "priorkw", "explain": "1"})
+    r = s.explain(s.admin_token, placement="standard", format="300x250", keywords="priorkw")
     [won] = [f for f in r.json()["fates"] if f["campaign_id"] == claimed]
     # Ranked at the default ceiling of 5%, not the 90% it declared: 100,000 a click at 5% is 5,000,000 per mille.
     assert won["fate"] == "won" and won["ctr"] == 0.05 and won["ecpm_micros"] == 5_000_000

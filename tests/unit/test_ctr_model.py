@@ -140,14 +140,22 @@ def test_the_auction_ranks_and_prices_with_the_models_ctr_per_placement(make_cam
     assert win.reserve_micros == expected_cost(win.campaign, win.ctr, win.price_micros)
 
 
+UNTRAINED = ClickModel.from_sparse(1, 12, [], [], {})  # every weight 0, no creative seen
+
+
+def _new_cpc_creative(make_campaign, make_creative):
+    """b: CPC at 100,000 a click, a creative with a prior CTR of 2% that the model has never seen, so it ranks
+    with the largest exploration bonus."""
+    return make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
+                         creatives=[make_creative("kb", prior_ctr=0.02)])
+
+
 def test_a_winner_pays_the_runner_ups_mean_ecpm_not_its_exploration_bonus(make_campaign, make_creative):
     # b's creative is new to the model (no impressions): it ranks on its prior CTR plus a bonus of about half of
     # it, worth 3,000,000 per mille where its clicks are expected to be worth 2,000,000. a outbids both.
     a = make_campaign("a", advertiser_id="adv-a", bid_type="cpm", max_bid_micros=5_000_000)
-    b = make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
-                      creatives=[make_creative("kb", prior_ctr=0.02)])
-    model = ClickModel.from_sparse(1, 12, [], [], {})  # untrained: every weight 0
-    s = build_snapshot([a, b], version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
+    b = _new_cpc_creative(make_campaign, make_creative)
+    s = build_snapshot([a, b], version=1, created_ms=0, reserve_cpm_micros=0, click_model=UNTRAINED)
     request = AdRequest(placement="home", slots=2, format="300x250")
     result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"a": 10**12, "b": 10**12})
     first, second = result.wins
@@ -159,12 +167,10 @@ def test_a_winner_pays_the_runner_ups_mean_ecpm_not_its_exploration_bonus(make_c
 def test_the_reserve_holds_against_the_mean_ecpm_not_the_exploration_bonus(make_campaign, make_creative):
     # b's new creative ranks at about 3,000,000 per mille with its bonus, but its clicks are expected to be
     # worth 2,000,000: under a reserve of 2,500,000 it is not shown, where the bonus alone would clear it.
-    b = make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
-                      creatives=[make_creative("kb", prior_ctr=0.02)])
-    model = ClickModel.from_sparse(1, 12, [], [], {})  # untrained: every weight 0
+    b = _new_cpc_creative(make_campaign, make_creative)
     request = AdRequest(placement="home", slots=1, format="300x250")
     for reserve, fate in ((2_500_000, Reason.BELOW_RESERVE), (1_500_000, None)):
-        s = build_snapshot([b], version=1, created_ms=0, reserve_cpm_micros=reserve, click_model=model)
+        s = build_snapshot([b], version=1, created_ms=0, reserve_cpm_micros=reserve, click_model=UNTRAINED)
         result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"b": 10**12}, explain=True)
         assert result.reasons.get("b") == fate
         if fate is None:  # it pays the reserve per click at its mean CTR: 1,500,000 / (0.02 * 1000)
