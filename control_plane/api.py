@@ -433,8 +433,9 @@ async def admin_stats(request: Request) -> Response:
         "traffic_shape": {"weights": list(cp.builder.traffic_shape),
                           "decisions_seen": cp.shape.decisions_seen if cp.shape else 0},
         "click_model": None if cp.clicks is None else {
-            "version": cp.clicks.version, "impressions": cp.clicks.model.trained, "clicks": cp.clicks.clicks,
+            "version": cp.clicks.version, "impressions": cp.clicks.model.seen, "clicks": cp.clicks.clicks,
             "creatives": len(cp.clicks.impressions), "creatives_with_variants": len(cp.clicks.variants.counts),
+            "with_site": cp.clicks.with_site, "with_segments": cp.clicks.with_segments,
             "nonzero_weights": 0 if cp.builder.click_model is None
             else int((cp.builder.click_model.weights != 0).sum())},
         "budget": budget,

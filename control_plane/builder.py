@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class SnapshotBuilder:
         self._debounce = debounce_s
         self._refresh = refresh_s
         self._campaigns: dict[str, tuple[dict, int]] = {}
+        self._prior_ctrs: dict[str, float] = {}  # of the last snapshot's creatives (``prior_of``)
         self._key_of: dict[str, str] = {}  # campaign id -> KV key
         self._postback: dict[str, list[str]] = {}  # advertiser id -> live postback token hashes
         self._dirty = asyncio.Event()
@@ -169,6 +171,11 @@ class SnapshotBuilder:
     def traffic_shape(self) -> tuple[float, ...]:
         return self._traffic_shape
 
+    def prior_of(self, creative_id: str) -> float:
+        """The declared prior CTR the last snapshot served a creative with (capped), NaN for one it did not
+        serve: the click trainer learns each impression with it."""
+        return self._prior_ctrs.get(creative_id, math.nan)
+
     def set_click_model(self, model: ClickModel) -> None:
         """A newly trained click model (control_plane.click_trainer): the next snapshot carries it."""
         self._click_model = model
@@ -213,6 +220,7 @@ class SnapshotBuilder:
                    id(self._click_model), tuple(sorted((a, tuple(h)) for a, h in self._postback.items() if h)))
         if content == self._published and self.stats.builds:
             return
+        self._prior_ctrs = {k.creative_id: k.prior_ctr for c in servable for k in c.creatives}
         # Versions only grow, even if the clock steps back: an edge ignores anything not newer.
         version = max(self.stats.version + 1, int(now * 1000))
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),

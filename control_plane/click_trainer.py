@@ -4,11 +4,18 @@
 Every ``every_s`` it reads the valid impressions served since its watermark that are at least
 ``label_delay_s`` old (a click comes seconds to minutes after its impression; waiting that long before
 calling an impression unclicked keeps late clicks from being learned as misses), each labelled by whether a
-valid click on it is stored, learns from them in time order (FTRL-Proximal, online: each impression once;
-and the creative variants' impressions and clicks per segment, for the edge's Thompson sampling), and gives
-the builder the new weights, which the next snapshot carries to every edge. On start it learns
-from the last ``history_s`` of impressions, so a restarted control plane serves a trained model again
-within one round. Training runs in a worker thread: the event loop keeps answering the API.
+valid click on it is stored and with the page's site and the user's segments from its decision event,
+learns from them in time order (FTRL-Proximal, online: each impression once; and the creative variants'
+impressions and clicks per segment, for the edge's Thompson sampling), and gives the builder the new weights,
+which the next snapshot carries to every edge. On start it learns from the last ``history_s`` of
+impressions, so a restarted control plane serves a trained model again within one round. Training runs in a
+worker thread: the event loop keeps answering the API.
+
+A model ships once it has learned from ``min_impressions`` impressions (and its Platt calibration, which
+needs some clicks, ``replication.ctr_model.fit_platt``, applies): before, an untrained model's 0.5 for every ad
+or a model of a handful of impressions would rank worse than the advertisers' declared priors, which the edge
+ranks on while a snapshot carries no model. Each impression is learned with its creative's declared prior CTR
+as the last snapshot served it (``prior_of``; a feature the model learns to weigh).
 
 Known limit: the watermark is on the time an impression was served. One stored more than ``label_delay_s``
 after that (the backlog of a region cut off from the hub for longer) is behind the watermark when it lands,
@@ -18,6 +25,7 @@ and is not learned; billing and reports still count it.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,14 +33,15 @@ from control_plane.builder import SnapshotBuilder
 from control_plane.periodic import every
 from control_plane.storage import EventStore, LabelledImpression
 from replication.clock import Clock
-from replication.ctr_model import Ftrl, Impression, country_of, impression_indexes, utc_hour
+from replication.ctr_model import Ftrl, Impression, country_of, utc_hour
 from replication.variants import Tally
 
 
 class ClickTrainer:
     def __init__(self, reports: EventStore, builder: SnapshotBuilder, clock: Clock,
                  run_storage: Callable[..., Awaitable[Any]], *, every_s: float, label_delay_s: float,
-                 history_s: float, batch: int = 200_000, model: Ftrl | None = None) -> None:
+                 history_s: float, batch: int = 200_000, model: Ftrl | None = None, min_impressions: int = 1_000,
+                 prior_of: Callable[[str], float] = lambda _: math.nan) -> None:
         self._reports = reports
         self._builder = builder
         self._clock = clock
@@ -41,21 +50,27 @@ class ClickTrainer:
         self.label_delay_s = label_delay_s
         self.history_s = history_s
         self.batch = batch
+        self.min_impressions = min_impressions
+        self._prior_of = prior_of
         self.model = model or Ftrl()
         self.impressions: dict[str, int] = {}  # creative id -> impressions learned from
         self.variants = Tally()  # per creative, segment and variant of its components: the edge's bandit arms
         self.watermark_ms: int | None = None
-        self.version = 0
+        self.version = 0  # of the last model shipped; 0 before the first
         self.clicks = 0
+        # Impressions learned with a site, and with segments: zero while decision events are off or lost.
+        self.with_site = 0
+        self.with_segments = 0
 
     def learn(self, rows: Sequence[LabelledImpression]) -> None:
-        bits = self.model.bits
         for r in rows:
             imp = Impression(r.campaign_id, r.creative_id, r.advertiser_id, r.placement, country_of(r.geo),
-                             r.device, utc_hour(r.ts_ms // 1000))
-            self.model.learn(impression_indexes(imp, bits), r.clicked)
+                             r.device, utc_hour(r.ts_ms // 1000), r.site, r.segments, self._prior_of(r.creative_id))
+            self.model.learn_impression(imp, r.clicked)
             self.impressions[r.creative_id] = self.impressions.get(r.creative_id, 0) + 1
             self.clicks += r.clicked
+            self.with_site += bool(r.site)
+            self.with_segments += bool(r.segments)
             self.variants.add(r.creative_id, r.device, r.variant, r.clicked, r.ts_ms)
 
     async def refresh(self) -> int:
@@ -75,7 +90,7 @@ class ClickTrainer:
             # with each batch learned, so a later batch failing does not make the next round learn this again.
             start_ms = self.watermark_ms = rows[-1].ts_ms + 1
         self.watermark_ms = end_ms
-        if learned:
+        if learned and self.model.seen >= self.min_impressions:
             self.version += 1
             # Exported in a worker thread too: copying the weights and the tally takes a while at scale.
             model = await asyncio.to_thread(

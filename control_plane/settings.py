@@ -110,6 +110,8 @@ SPECS = [
     s.Spec("CP_CTR_LABEL_DELAY_S", s.parse_float(0), "600",
            "how old an impression must be before it is learned as clicked or not (later clicks are missed)"),
     s.Spec("CP_CTR_HISTORY_S", s.parse_float(0), "86400", "impressions a starting control plane learns from first"),
+    s.Spec("CP_CTR_MIN_IMPRESSIONS", s.parse_int(1, 10**9), "1000",
+           "impressions the click model learns from before it ships (until then the edges rank on declared priors)"),
     s.Spec("CP_ALLOW_BASELINES", s.parse_bool, "false",
            "accept budget_mode=counter, the overspending research baseline (the simulator's negative control)"),
     s.Spec("CP_MAX_BODY_BYTES", s.parse_int(1024, 10_000_000), "65536", "largest request body accepted"),
@@ -139,6 +141,7 @@ class ControlPlaneSettings:
     cp_ctr_train_every_s: float
     cp_ctr_label_delay_s: float
     cp_ctr_history_s: float
+    cp_ctr_min_impressions: int
     cp_allow_baselines: bool
     cp_max_body_bytes: int
 

@@ -129,7 +129,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     trainer = cp.clicks = ClickTrainer(cp.reports, builder, settings.clock, cp.run_storage,
                                        every_s=settings.cp_ctr_train_every_s,
                                        label_delay_s=settings.cp_ctr_label_delay_s,
-                                       history_s=settings.cp_ctr_history_s)
+                                       history_s=settings.cp_ctr_history_s,
+                                       min_impressions=settings.cp_ctr_min_impressions, prior_of=builder.prior_of)
     cp.tasks.append(asyncio.create_task(supervise("click-model", trainer.run, cp.crashes), name="click-model"))
     if settings.cp_embedded_collector:
         collector = cp.collector = Collector(js, cp.reports, executor, clock=settings.clock)

@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from replication.ctr_model import split_segments
 from replication.events import Event, EventType
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class LabelledImpression:
     ts_ms: int
     clicked: bool
     variant: str = ""  # which combination of the creative's components was shown (replication.variants)
+    site: str = ""  # from the impression's decision event, "" without one (replication.events.Event.site)
+    segments: tuple[str, ...] = ()  # the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,8 @@ _EVENT_COLUMN_TYPES: dict[str, str] = {
     "device": "LowCardinality(String)",
     "user_key": "String",
     "variant": "LowCardinality(String)",
+    "site": "LowCardinality(String)",
+    "segments": "String",
 }
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Event))
@@ -258,6 +263,8 @@ SCHEMA_SQL: tuple[str, ...] = (
     # Columns added after the table first shipped: a no-op on a new table, a migration on an old one.
     f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS user_key String",
     f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS variant LowCardinality(String)",
+    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS site LowCardinality(String)",
+    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS segments String",
     CREATE_ROLLUP_SQL,
     CREATE_ROLLUP_VIEW_SQL,
 )
@@ -593,21 +600,30 @@ class SqlEventStore(ABC):
     def labelled_impressions(self, start_ms: int, end_ms: int, limit: int) -> list[LabelledImpression]:
         """Valid impressions served in [start_ms, end_ms), each once, oldest first (at most ``limit``), each
         with whether a valid click on it is stored: the click model's training rows. Invalid traffic is
-        left out on both sides, so bots teach the model nothing."""
+        left out on both sides, so bots teach the model nothing. The page's site and the user's segments come
+        from the impression's decision event (they are not in the signed impression token): "" and none
+        where it is missing (decision events off, or shed under pressure)."""
+        # A decision is made before its impression, within the impression token's lifetime (at most a day,
+        # ``EDGE_IMPRESSION_TTL_S``).
+        decided_from = int(start_ms) - 86_400_000
         sql = (
             # Aliases differ from the column names: ClickHouse would read a same-named alias in WHERE.
             "SELECT i.cid, i.kid, i.aid, i.plc, i.geo1, i.dev1, i.first_ms, c.impression_id != '' AS clicked, "
-            "i.var1 FROM (SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, "
+            "i.var1, d.site1, d.seg1 FROM (SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, "
             "any(advertiser_id) AS aid, any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, "
             "min(ts_ms) AS first_ms, any(variant) AS var1 "
             f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND {_VALID} AND ts_ms >= {int(start_ms)} "
             f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS i "
             f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
             f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS c ON i.impression_id = c.impression_id "
+            "LEFT JOIN (SELECT impression_id, any(site) AS site1, any(segments) AS seg1 "
+            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.DECISION}' AND ts_ms >= {decided_from} "
+            f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS d ON i.impression_id = d.impression_id "
             f"ORDER BY i.first_ms, i.impression_id LIMIT {int(limit)}"
         )
         return [LabelledImpression(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]),
-                                   bool(r[7]), str(r[8])) for r in self._query_rows(sql)]
+                                   bool(r[7]), str(r[8]), str(r[9]), split_segments(str(r[10])))
+                for r in self._query_rows(sql)]
 
     def stats(self) -> StoreStats:
         rows, unique, *per_type = (int(v) for v in self._query_rows(_STATS_SQL)[0])

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from edge.auction import AdRequest
 from edge.tcf import BadConsent
 from edge.tcf import decode as decode_consent
+from replication.ctr_model import site_of
 from replication.segments import KEYWORD_PREFIX, RETARGETING_PREFIX
 
 _PLACEMENT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -173,4 +174,4 @@ def parse_ad_request(params: Mapping[str, str], max_slots: int, vendor_id: int =
     # interest segments; page keywords, placement, geo and device still target.
     return AdRequest(placement=placement, slots=slots, format=fmt, user=user if personalized else "", geo=geo,
                      device=device, keywords=keywords, interests=interests if personalized else (), url=url,
-                     personalized=personalized)
+                     personalized=personalized, site=site_of(url) if url else "")

@@ -44,6 +44,7 @@ from edge.settings import EdgeSettings
 from edge.state import EdgeState, lifespan
 from edge.tokens import sign, verify
 from edge.touches import CLICK, VIEW
+from replication.ctr_model import join_segments
 from replication.events import (
     BidType,
     Event,
@@ -134,8 +135,9 @@ async def ads(request: Request) -> Response:
             # which segments (pages read elsewhere, other advertisers' lists) and caps any user id has.
             parsed = dataclasses.replace(parsed, user="")
     excluded, segments = await _personal(st, snapshot, parsed.user, now)
-    if segments:  # the user's fresh behavioural segments target like the page's interests
-        parsed = dataclasses.replace(parsed, interests=tuple(dict.fromkeys((*parsed.interests, *segments))))
+    if segments:  # the user's fresh behavioural segments target like the page's interests, and the model reads them
+        parsed = dataclasses.replace(parsed, interests=tuple(dict.fromkeys((*parsed.interests, *segments))),
+                                     segments=segments)
     if explaining:
         return _explain(st, snapshot, parsed, scope, now, excluded)
     if parsed.user and parsed.keywords and snapshot.segments_in_use:
@@ -159,6 +161,7 @@ async def ads(request: Request) -> Response:
     arms = snapshot.click_model.arms if snapshot.click_model is not None else {}
     segment = segment_of(parsed.device)
     # Every win's expected cost is held before its tokens are signed: the holds ride in them (claim "rsv").
+    joined_segments = join_segments(parsed.segments)
     holds = st.ledger.reserve_many([(w.campaign.campaign_id, w.reserve_micros) for w in result.wins], now_s=now)
     for win, hold in zip(result.wins, holds, strict=True):
         if hold is None:  # refused: the allowance or the lease ran out since the auction read it
@@ -193,7 +196,8 @@ async def ads(request: Request) -> Response:
             decisions.append((event_id, encode_decision_row(
                 event_id, int(now * 1000), settings.edge_region, settings.edge_pop, auction_id, impression_id,
                 c.campaign_id, k.creative_id, c.advertiser_id, parsed.placement, c.bid_type, win.price_micros,
-                parsed.geo, parsed.device, ivt_claims.get("usr", ""), shown.key if shown is not None else "")))
+                parsed.geo, parsed.device, ivt_claims.get("usr", ""), shown.key if shown is not None else "",
+                parsed.site, joined_segments)))
     if decisions:  # batched across requests into few messages (EdgeState.emit_decisions)
         st.emit_decisions(decisions)
     if not out:

@@ -94,6 +94,10 @@ class AdRequest:
     url: str = ""
     # False without consent (GDPR without a TCF string, or Global Privacy Control): no user-level signals.
     personalized: bool = True
+    site: str = ""  # the publisher: the host of ``url`` (``replication.ctr_model.site_of``), a click model feature
+    # The user's fresh behavioural segments, freshest first (``edge.audiences.fresh_segments``; they also join
+    # ``interests`` to target): the click model reads them.
+    segments: tuple[str, ...] = ()
 
     @property
     def country(self) -> str:
@@ -115,7 +119,7 @@ class Win(NamedTuple):
     # arrives.
     reserve_micros: int
     # The click-through rate the auction priced with: the creative's prior, or the click model's prediction for
-    # this context blended with that prior (ranking added an exploration bonus on top; pricing does not).
+    # this context (ranking added an exploration bonus on top; pricing does not).
     ctr: float = 0.0
 
 
@@ -534,7 +538,7 @@ def run_auction(
     fate, scores, ctrs, cpm = _per_format(columns, fmt, reserve, now_s)
     model = snapshot.click_model
     inputs = NO_MODEL if model is None else model_inputs(snapshot, fmt, request.placement, request.country,
-                                                         request.device, now_s)
+                                                         request.device, now_s, request.site, request.segments)
     overrides: dict[int, tuple[SnapshotCreative, ...]] = {}
     caps = _NO_CAPS
     plan = _plan(index, request)
@@ -551,7 +555,7 @@ def run_auction(
             if model is None:
                 return creative.prior_ctr, creative.prior_ctr
             return predicted_ctr_one(model, campaign, creative, request.placement, request.country,
-                                     request.device, now_s)
+                                     request.device, now_s, request.site, request.segments)
 
         caps = _caps(snapshot, index, plan, scores, fmt, capped, ctr_of, overrides)
     work = _WORK
@@ -795,7 +799,7 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
     long; laid out as ``_layout`` reads them, ``positions`` may be their place there) with: how many
     passed, how many of them the walk reads first (the best ``FIRST`` and their ties: only theirs of the CPM
     campaigns' CTRs are predicted here), and how many are sorted."""
-    records, values, mix, weights, shift, own, exploration = inputs
+    records, values, mix, columns, weights, shift, own, exploration = inputs
     modelled = records.shape[0] > 0
     out, over, over_ctr, over_score = caps
     m = positions.shape[0]
@@ -819,15 +823,14 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
             prefetch(fate_of, q)
             if modelled:
                 prefetch(cpm, q)
-                prefetch2(records, q, 0)
-                prefetch2(records, q, records.shape[1] - 1)
+                prefetch2(records, q, 0)  # its record: one cache line (``edge.ctr._records``)
             else:
                 prefetch(scores, q)
                 prefetch(ctrs, q)
         if modelled and j + _AHEAD // 2 < m:  # its record has arrived by now: the weights it reads
             q = positions[j + _AHEAD // 2]
             if fate_of[q] >= _RESERVE and math.isnan(cpm[q]):
-                prefetch_weights(q, records, mix, weights, shift)
+                prefetch_weights(q, records, mix, columns, weights, shift)
         pos = positions[j]
         fate = fate_of[pos]
         score = ctr = 0.0
@@ -848,7 +851,8 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
                 elif modelled:
                     score = cpm[pos]
                     if math.isnan(score):
-                        ctr, score = score_one(pos, records, values, mix, weights, shift, own, exploration)
+                        ctr, score = score_one(pos, records, values, mix, columns, weights, shift, own,
+                                               exploration)
                         worth = mean_ecpm(pos, values, ctr)
                     else:  # a CPM campaign: its bid, and its CTR only if the walk reads it first (below)
                         ctr = math.nan

@@ -152,7 +152,8 @@ OPENAPI: dict[str, Any] = {
                    "trimming (dropped without consent)"),
                 _q("user", {"type": "string", "maxLength": 128},
                    "a user id for frequency capping (dropped without consent)"),
-                _q("url", {"type": "string", "maxLength": 2048}, "the page URL"),
+                _q("url", {"type": "string", "maxLength": 2048},
+                   "the page URL: its host is the publisher site the click model learns from"),
                 *_CONSENT_PARAMS,
                 _q("explain", {"enum": ["0", "1", "false", "true"]},
                    "1: a dry run that says what happened to every candidate (won, or why not), and serves, "

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from replication.ctr_model import MAX_SITE
 from replication.variants import MAX_VARIANT_KEY
 from replication.wire import packb
 
@@ -88,6 +89,12 @@ class Event:
     # Which combination of the creative's components was shown ("h.i.c", replication.variants); empty for a
     # creative without alternatives. Clicks carry their impression's, so the trainer can credit it.
     variant: str = ""
+    # What the click model reads of the request besides the above, on decision events only (the trainer joins
+    # them to the impressions, ``control_plane.storage``): the page's site (``replication.ctr_model.site_of``)
+    # and the user's freshest segments, comma-separated (``replication.ctr_model.model_segments``; segment
+    # names hold no commas), only with consent.
+    site: str = ""
+    segments: str = ""
 
     @property
     def billable(self) -> bool:
@@ -96,7 +103,8 @@ class Event:
 
 _FIELDS = tuple(f.name for f in fields(Event))
 # Fields added after schema version 1 shipped, with their defaults: older messages simply lack them.
-_ADDED = {"user_key": "", "variant": ""}
+_ADDED = {"user_key": "", "variant": "", "site": "", "segments": ""}
+MAX_SEGMENTS_FIELD = 1024  # MODEL_SEGMENTS names, an advertiser's retargeting lists' among them
 if tuple(_ADDED) != _FIELDS[-len(_ADDED):]:  # encode_event trims them from the end: they must be last
     raise RuntimeError("fields added after schema version 1 must be Event's last fields")
 
@@ -168,20 +176,21 @@ def encode_event_row(event: Event) -> bytes:
     return packb(_values(event))
 
 
-if len(_FIELDS) != 20:  # encode_decision_row lists them by position
+if len(_FIELDS) != 22:  # encode_decision_row lists them by position
     raise RuntimeError("Event's fields changed: update encode_decision_row to match")
 
 
 def encode_decision_row(event_id: str, ts_ms: int, region: str, pop: str, auction_id: str, impression_id: str,
                         campaign_id: str, creative_id: str, advertiser_id: str, placement: str, bid_type: str,
-                        price_micros: int, geo: str, device: str, user_key: str, variant: str) -> bytes:
+                        price_micros: int, geo: str, device: str, user_key: str, variant: str, site: str = "",
+                        segments: str = "") -> bytes:
     """``encode_event_row`` of a decision (nothing billed, valid) without building its ``Event``: the edge
     writes one per ad served, and the frozen dataclass's constructor cost more than the encoding. Same
     fields in the same order (tested against ``encode_event_row``); the ad path has validated them."""
     return packb(_trimmed([
         event_id, EventType.DECISION, ts_ms, region, pop, auction_id, impression_id, campaign_id, creative_id,
         advertiser_id, placement, bid_type, price_micros, 0, 0, InvalidReason.NONE, geo, device, user_key,
-        variant]))
+        variant, site, segments]))
 
 
 _BATCH_HEAD = msgpack.packb(SCHEMA_VERSION) + msgpack.packb(BATCH)
@@ -254,11 +263,13 @@ def _from_values(version: Any, values: Any) -> Event:
             if not 0 <= value <= MAX_INT:
                 raise EventDecodeError(f"{name} out of range 0..{MAX_INT}")
         for name in ("event_id", "region", "pop", "auction_id", "impression_id", "campaign_id",
-                     "creative_id", "advertiser_id", "placement", "geo", "device", "user_key", "variant"):
+                     "creative_id", "advertiser_id", "placement", "geo", "device", "user_key", "variant", "site",
+                     "segments"):
             if not isinstance(raw[name], str):
                 raise EventDecodeError(f"{name} must be a string")
-        if len(raw["variant"]) > MAX_VARIANT_KEY:
-            raise EventDecodeError(f"variant longer than {MAX_VARIANT_KEY} characters")
+        for name, most in (("variant", MAX_VARIANT_KEY), ("site", MAX_SITE), ("segments", MAX_SEGMENTS_FIELD)):
+            if len(raw[name]) > most:
+                raise EventDecodeError(f"{name} longer than {most} characters")
     except ValueError as exc:
         if isinstance(exc, EventDecodeError):
             raise

@@ -11,13 +11,14 @@ from adserver.stack import LocalStack
 
 
 @contextlib.contextmanager
-def stack_with_redis(workdir: Path, **edge_env: str) -> Iterator[tuple[LocalStack, Proc]]:
+def stack_with_redis(workdir: Path, cp_env: dict[str, str] | None = None,
+                     **edge_env: str) -> Iterator[tuple[LocalStack, Proc]]:
     """IVT off (the tests drive beacons faster than any person), the region's Redis at the edge."""
     group = ProcessGroup(workdir)
     redis, redis_url = start_redis(group)
     env = {"ADSERVER_EDGE_IVT_ENABLED": "false", "ADSERVER_EDGE_REDIS_URL": redis_url, **edge_env}
     try:
-        with LocalStack(regions=("eu",), edge_env=env) as stack:
+        with LocalStack(regions=("eu",), edge_env=env, cp_env=cp_env or {}) as stack:
             yield stack, redis
     finally:
         group.stop_all()

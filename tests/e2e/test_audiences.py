@@ -1,7 +1,8 @@
 """Real-time audiences end to end, on a stack whose region has a real Redis: a retargeting pixel puts a
 consenting user in the advertiser's list and that advertiser's campaign reaches them on the next request, and
 only theirs (another advertiser naming the same list gets its own, empty one); a page's keywords put its
-reader in a keyword segment a campaign targets; without consent nothing is recorded or read."""
+reader in a keyword segment a campaign targets; without consent nothing is recorded or read. The click model
+learns the page's site and the user's segments of each impression."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with stack_with_redis(tmp_path_factory.mktemp("redis")) as (s, _):
+    # The click trainer runs every second on what is a second old, so a test can see what it learned.
+    cp_env = {"ADSERVER_CP_CTR_TRAIN_EVERY_S": "1", "ADSERVER_CP_CTR_LABEL_DELAY_S": "1"}
+    with stack_with_redis(tmp_path_factory.mktemp("redis"), cp_env) as (s, _):
         yield s
 
 
@@ -84,6 +87,31 @@ def test_a_pages_keywords_put_its_reader_in_a_targeted_keyword_segment(stack: Lo
         assert time.monotonic() < deadline, "the postback token never reached the edge"
         time.sleep(0.2)
     assert own == {segment: "targeting"}
+
+
+def test_the_click_model_learns_each_impressions_site_and_segments(stack: LocalStack) -> None:
+    """Neither is in the signed impression token: they ride the decision event, and the trainer joins it to
+    the impression in ClickHouse."""
+    s = stack
+    shop_id, shop = s.create_advertiser("Learner")
+    s.launch_campaign(shop, "sitepage", max_bid_micros=2_000_000, targeting={"interests": ["rt-visitors"]})
+    assert pixel(s, adv=shop_id, seg="visitors", user="fay").status_code == 200
+    before = s.admin_stats()["click_model"]
+    for _ in range(20):
+        r = httpx.get(f"{s.edges[0].url}/v1/ads", params={
+            "placement": "aud", "format": "300x250", "keywords": "sitepage", "user": "fay",
+            "url": "https://www.Blog.example/post"}, timeout=5)
+        assert r.status_code == 200, r.text
+        assert httpx.get(r.json()["ads"][0]["impression_url"], timeout=5).status_code == 204
+    deadline = time.monotonic() + 60
+    while True:
+        stats = s.admin_stats()["click_model"]
+        if stats["impressions"] - before["impressions"] >= 20:
+            break
+        assert time.monotonic() < deadline, f"the impressions were never learned: {stats}"
+        time.sleep(0.5)
+    assert stats["with_site"] - before["with_site"] == 20
+    assert stats["with_segments"] - before["with_segments"] == 20
 
 
 def explained(s: LocalStack, token: str, keywords: str, user: str) -> dict[str, str] | None:

@@ -18,7 +18,9 @@ CREATIVE = {"size": "300x250", "image_url": "https://img.example.com/a.png", "la
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[LocalStack]:
-    cp_env = {"ADSERVER_CP_CTR_TRAIN_EVERY_S": "1", "ADSERVER_CP_CTR_LABEL_DELAY_S": "2"}
+    # The model ships after 200 impressions here (1,000 by default): each test learns from 400.
+    cp_env = {"ADSERVER_CP_CTR_TRAIN_EVERY_S": "1", "ADSERVER_CP_CTR_LABEL_DELAY_S": "2",
+              "ADSERVER_CP_CTR_MIN_IMPRESSIONS": "200"}
     with LocalStack(regions=("eu",), edge_env={"ADSERVER_EDGE_IVT_ENABLED": "false"}, cp_env=cp_env) as s:
         yield s
 

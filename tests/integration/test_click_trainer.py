@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 from typing import Any
 
@@ -40,6 +41,21 @@ def test_labelled_impressions_are_unique_valid_and_labelled(store: ChdbStore) ->
     assert store.labelled_impressions(T0, T0 + MINUTE, limit=1)[0].creative_id == "k1"  # oldest first
 
 
+def test_an_impressions_site_and_segments_come_from_its_decision_event(store: ChdbStore) -> None:
+    """The signed impression token carries neither: the decision event of the same impression does, written
+    before it (earlier than the training window, within the token's life), and may be missing (decision events
+    off or shed), which leaves them empty."""
+    with_decision = impression_and_click(T0 + 10, "k1", True)
+    decision = dataclasses.replace(with_decision[0], event_id="dec:" + with_decision[0].impression_id,
+                                   type=EventType.DECISION, ts_ms=T0 - 30 * MINUTE, site="blog.example",
+                                   segments="kw-running,rt-adv-1-cart")
+    without = impression_and_click(T0 + 20, "k2", False)
+    store.insert_events([decision, *with_decision, *without], "b1")
+    rows = store.labelled_impressions(T0, T0 + MINUTE, limit=100)
+    assert [(r.creative_id, r.clicked, r.site, r.segments) for r in rows] == [
+        ("k1", True, "blog.example", ("kw-running", "rt-adv-1-cart")), ("k2", False, "", ())]
+
+
 class FakeClock:
     def __init__(self, now_s: float) -> None:
         self.t = now_s
@@ -70,13 +86,19 @@ def test_the_trainer_learns_each_labelled_impression_once_and_ships_the_model(st
     async def run_storage(fn: Any, *args: Any) -> Any:
         return fn(*args)
 
+    priors = {"good": 0.05, "bad": 0.01}
+    # A model is not shipped before it has learned from min_impressions: the edges keep ranking on the priors.
+    waiting = Builder()
+    held = ClickTrainer(store, waiting, clock, run_storage, every_s=60, label_delay_s=600, history_s=86_400,
+                        min_impressions=4_000)
+    assert asyncio.run(held.refresh()) == 3_000 and held.version == 0 and waiting.models == []
     trainer = ClickTrainer(store, builder, clock, run_storage, every_s=60, label_delay_s=600, history_s=86_400,
-                           batch=700)  # several full batches in one round
+                           batch=700, prior_of=lambda k: priors.get(k, math.nan))  # several full batches a round
     assert asyncio.run(trainer.refresh()) == 3_000
     assert trainer.impressions == {"good": 1_500, "bad": 1_500}
     model = builder.models[-1]
-    good = model.predict(Impression("c-good", "good", "adv-1", "top-banner", "NL", "mobile", 10))
-    bad = model.predict(Impression("c-bad", "bad", "adv-1", "top-banner", "NL", "mobile", 10))
+    good = model.predict(Impression("c-good", "good", "adv-1", "top-banner", "NL", "mobile", 10, prior_ctr=0.05))
+    bad = model.predict(Impression("c-bad", "bad", "adv-1", "top-banner", "NL", "mobile", 10, prior_ctr=0.01))
     assert good > 5 * bad and 0.15 < good < 0.45
     # The next round starts at the watermark: nothing new, nothing learned again, no new model.
     clock.t += 60

@@ -23,13 +23,21 @@ def fields(params, max_slots=6) -> list[str]:
 def test_valid_request_is_parsed_and_normalized():
     got = parse_ad_request(
         {**BASE, "slots": "3", "user": "u-1", "geo": "us-ca", "device": "Mobile", "keywords": "Shoes, boots,,shoes",
-         "interests": "running", "url": "https://news.example.com/a", "explain": "1"},
+         "interests": "running", "url": "https://www.News.example.com:8443/a", "explain": "1"},
         6,
     )
     assert got == AdRequest(placement="home.top", slots=3, format="300x250", user="u-1", geo="US-CA",
                             device="mobile", keywords=("shoes", "boots"), interests=("running",),
-                            url="https://news.example.com/a")
+                            url="https://www.News.example.com:8443/a", site="news.example.com")
     assert got.country == "US"
+
+
+@pytest.mark.parametrize(("url", "site"), [
+    ("", ""), ("/relative/path", ""), ("javascript:alert(1)", ""), ("https://[::1", ""),
+    ("http://user:pw@Shop.example/x?y#z", "shop.example"), ("https://" + "a" * 250 + ".example/", ""),
+])
+def test_the_site_is_the_pages_host_or_nothing(url, site):
+    assert parse_ad_request({**BASE, "url": url}, 6).site == site
 
 
 def test_minimal_request_defaults_to_one_slot():

@@ -5,6 +5,7 @@ benchmark on a small run."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from pathlib import Path
 
@@ -15,8 +16,12 @@ from hypothesis import strategies as st
 
 from adserver.bench_pctr import bench_pctr
 from edge.auction import AdRequest, Reason, ecpm_micros, expected_cost, run_auction
-from edge.ctr import PRIOR_IMPRESSIONS, blend, predicted_ctr_and_ecpm, predicted_ctr_one
+from edge.ctr import PRIOR_IMPRESSIONS, blend, model_inputs, predicted_ctr_and_ecpm, predicted_ctr_one
 from replication.ctr_model import (
+    BIAS,
+    MAX_CALIBRATION,
+    MODEL_SEGMENTS,
+    PRIOR,
     ClickModel,
     Ftrl,
     Impression,
@@ -24,8 +29,11 @@ from replication.ctr_model import (
     cross_hash,
     cross_hash_array,
     feature_indexes,
+    fit_intercept,
     impression_indexes,
     index_of,
+    segment_hash,
+    sigmoid,
     token_hash,
 )
 from replication.snapshot import SnapshotDecodeError, build_snapshot, decode_snapshot, encode_snapshot
@@ -95,25 +103,94 @@ def test_vectorized_edge_scoring_equals_the_scalar_one(make_campaign, make_creat
     model = ClickModel(1, 12, weights, {"c1-k1": 50, "c3-k1": 5_000})
     s = build_snapshot(campaigns, version=1, created_ms=0, reserve_cpm_micros=0, click_model=model)
     positions = np.arange(len(campaigns))
-    means, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW)
-    for pos in positions:
-        c = s.campaigns[pos]
-        mean, ranking = predicted_ctr_one(model, c, c.creatives[0], "home", "US", "mobile", NOW)
-        assert means[pos] == pytest.approx(mean, rel=1e-5)
-        assert scores[pos] == pytest.approx(ecpm_micros(c, ranking), rel=1e-5)  # ranked with the bonus
-        assert ranking > mean
+    for site, segments in (("", ()), ("blog.example", ("kw-a", "rt-adv-x", "kw-b", "kw-c", "kw-d"))):
+        means, scores = predicted_ctr_and_ecpm(s, positions, "300x250", "home", "US", "mobile", NOW, site, segments)
+        for pos in positions:
+            c = s.campaigns[pos]
+            mean, ranking = predicted_ctr_one(model, c, c.creatives[0], "home", "US", "mobile", NOW, site, segments)
+            assert means[pos] == pytest.approx(mean, rel=1e-5)
+            assert scores[pos] == pytest.approx(ecpm_micros(c, ranking), rel=1e-5)  # ranked with the bonus
+            assert ranking > mean
+            # What the edge serves is what the trainer's model predicts for the same impression: the same
+            # features, the declared prior among them, on both sides.
+            k = c.creatives[0]
+            trained = model.predict(Impression(c.campaign_id, k.creative_id, c.advertiser_id, "home", "US", "mobile",
+                                               12, site, segments, k.prior_ctr))
+            assert mean == pytest.approx(trained, rel=1e-5)
+
+
+def test_each_campaigns_model_record_is_one_cache_line(make_campaign):
+    s = build_snapshot([make_campaign(f"c{i}") for i in range(37)], version=1, created_ms=0, reserve_cpm_micros=0,
+                       click_model=ClickModel.from_sparse(1, 12, [], [], {}))
+    records = model_inputs(s, "300x250", "home", "US", "mobile", NOW)[0]
+    assert records.strides == (64, 8) and records.ctypes.data % 64 == 0  # one prefetch brings a whole record
+
+
+def test_the_model_learns_how_far_to_believe_the_declared_priors():
+    """The prior is a feature: where advertisers declare their creatives' CTRs truly, its weight grows towards
+    1 (a creative the model has never seen is predicted near its prior); where their claims are unrelated to
+    the clicks, it stays near 0 (such a creative is predicted at the average)."""
+    def train(honest: bool) -> ClickModel:
+        rng = random.Random(11)
+        model = Ftrl(bits=16)
+        for _ in range(60_000):
+            creative = rng.randrange(400)
+            true = 0.004 * (1 + creative % 10)  # 0.4% to 4%
+            declared = true if honest else 0.004 * (1 + rng.randrange(10))
+            imp = Impression(f"c{creative}", f"k{creative}", "adv", "p", "US", "mobile", 12, prior_ctr=declared)
+            model.learn_impression(imp, rng.random() < true)
+        return model.export(1, {})
+
+    def unseen(model: ClickModel, declared: float) -> float:
+        return model.predict(Impression("new", "new", "new-adv", "p", "US", "mobile", 12, prior_ctr=declared))
+
+    honest, liars = train(True), train(False)
+    # Seen here: 0.63 and 0.06 (the creatives' own weights explain part of what the honest priors say), and an
+    # unseen creative 3.0x and 1.1x as likely clicked at a declared 3.6% as at 0.6%.
+    assert float(honest.weights[index_of(PRIOR, 16)]) > 0.45
+    assert abs(float(liars.weights[index_of(PRIOR, 16)])) < 0.15
+    assert unseen(honest, 0.036) > 2.2 * unseen(honest, 0.006)
+    assert unseen(liars, 0.036) < 1.3 * unseen(liars, 0.006)
+
+
+def test_the_shipped_model_is_calibrated_on_impressions_it_has_not_learned():
+    """Every HOLDOUT_EVERY-th impression waits, unlearned, in the held-out queue; the shipped model's bias is
+    moved so that its mean prediction over that queue equals the recent click rate."""
+    model = Ftrl(bits=12, holdout_size=2_000)
+    rng = random.Random(2)
+    for i in range(30_000):
+        imp = Impression("c", f"k{i % 50}", "adv", f"p{i % 7}", "US", "mobile", 12)
+        model.learn_impression(imp, rng.random() < 0.03)
+    assert model.seen == 30_000 and len(model.held_out) == 2_000
+    assert model.trained == 30_000 - 2_000  # the queue's are learned only once they leave it
+    raw = model.weights()
+    b = model.calibration(raw)
+    shipped = model.export(1, {})
+    assert float(shipped.weights[index_of(BIAS, 12)]) == pytest.approx(float(raw[index_of(BIAS, 12)]) + b, abs=1e-6)
+    rate = float(model.recent_clicks[:30_000].mean())  # the window (100,000) is not full yet
+    held = [sigmoid(sum(float(shipped.weights[i]) * x for i, x in zip(idx, xs, strict=True)))
+            for idx, xs, _ in model.held_out]
+    assert sum(held) / len(held) == pytest.approx(rate, rel=1e-4)
+
+
+def test_the_intercept_fit_matches_the_rate_and_refuses_to_guess():
+    logits = np.random.default_rng(5).normal(-3.5, 1.0, 5_000)
+    b = fit_intercept(logits, 0.05, 100_000)
+    assert float((1 / (1 + np.exp(-(logits + b)))).mean()) == pytest.approx(0.05, rel=1e-6)
+    assert fit_intercept(logits, 0.05, 1_000) == 0.0  # 50 clicks: the rate is too noisy to calibrate to
+    assert fit_intercept(logits, 0.9, 100_000) == MAX_CALIBRATION  # a huge correction is capped
+
 
 
 def test_the_exploration_bonus_fades_with_impressions():
-    p, prior = np.array([0.02, 0.02]), np.array([0.02, 0.02])
-    means, ranking = blend(p, np.array([0.0, 1e6]), prior)
+    p = np.array([0.02, 0.02])
+    means, ranking = blend(p, np.array([0.0, 1e6]))
     fresh, known = ranking
     assert fresh > known > 0.02
     assert known == pytest.approx(0.02, rel=0.01)
-    assert means.tolist() == pytest.approx([0.02, 0.02])  # the bonus ranks; the mean prices
-    # With no impressions the model's own opinion counts for nothing: the prior (plus its bonus) decides.
-    assert blend(np.array([0.9]), np.array([0.0]), np.array([0.02]))[1][0] == pytest.approx(
-        0.02 + (0.02 * 0.98 / PRIOR_IMPRESSIONS) ** 0.5)
+    assert means.tolist() == pytest.approx([0.02, 0.02])  # the bonus ranks; the model's CTR prices
+    # A creative the model has never seen ranks one standard error of PRIOR_IMPRESSIONS impressions higher.
+    assert fresh == pytest.approx(0.02 + (0.02 * 0.98 / PRIOR_IMPRESSIONS) ** 0.5)
 
 
 def test_the_auction_ranks_and_prices_with_the_models_ctr_per_placement(make_campaign, make_creative):
@@ -140,22 +217,51 @@ def test_the_auction_ranks_and_prices_with_the_models_ctr_per_placement(make_cam
     assert win.reserve_micros == expected_cost(win.campaign, win.ctr, win.price_micros)
 
 
-UNTRAINED = ClickModel.from_sparse(1, 12, [], [], {})  # every weight 0, no creative seen
+def test_a_users_segment_and_the_pages_site_move_the_ranking(make_campaign, make_creative):
+    """An advertiser whose ads the readers of a segment click (advertiser x segment) wins those readers; a site
+    whose readers click more raises every CTR there, so a CPC bid outranks a CPM one it loses to elsewhere."""
+    a = make_campaign("a", advertiser_id="adv-a", bid_type="cpc", max_bid_micros=1_000_000,
+                      creatives=[make_creative("ka", prior_ctr=0.01)])
+    b = make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=900_000,
+                      creatives=[make_creative("kb", prior_ctr=0.01)])
+    flat = make_campaign("flat", advertiser_id="adv-f", bid_type="cpm", max_bid_micros=15_000_000)
+    bits = 16
+    weights = np.zeros(1 << bits, dtype=np.float32)
+    weights[index_of(BIAS, bits)] = math.log(0.01 / 0.99)
+    weights[index_of(cross_hash(token_hash("adv", "adv-b"), segment_hash("kw-run")), bits)] = 1.5
+    weights[index_of(context_hashes("p", "", "", 12, "clicky.example")["pub"], bits)] = 1.0
+    weights.flags.writeable = False
+    s = build_snapshot([a, b, flat], version=1, created_ms=0, reserve_cpm_micros=0,
+                       click_model=ClickModel(1, bits, weights, {"ka": 10**6, "kb": 10**6}))
+
+    def winner(**request: object) -> str:
+        result = run_auction(s, AdRequest(placement="p", slots=1, format="300x250", **request), now_s=NOW,
+                             rng=random.Random(1), allowance={"a": 10**12, "b": 10**12, "flat": 10**12})
+        return result.wins[0].campaign.campaign_id
+
+    assert winner() == "flat"  # 1% x 1,000,000 a click = 10,000,000 a mille, under flat's 15,000,000
+    assert winner(site="clicky.example") == "a"  # 2.7% there: 26,700,000 and 24,000,000
+    assert winner(site="clicky.example", segments=("kw-run",)) == "b"  # its readers click b 11.0%: 98,600,000
+    assert winner(site="clicky.example", segments=("kw-other",)) == "a"
+
+
+# A model that knows only that ads are clicked 2% of the time (its bias), and has seen no creative.
+FRESH = ClickModel.from_sparse(1, 12, [index_of(BIAS, 12)], [math.log(0.02 / 0.98)], {})
 
 
 def _new_cpc_creative(make_campaign, make_creative):
-    """b: CPC at 100,000 a click, a creative with a prior CTR of 2% that the model has never seen, so it ranks
-    with the largest exploration bonus."""
+    """b: CPC at 100,000 a click, a creative that the model has never seen (predicted at its 2% for all), so it
+    ranks with the largest exploration bonus."""
     return make_campaign("b", advertiser_id="adv-b", bid_type="cpc", max_bid_micros=100_000,
                          creatives=[make_creative("kb", prior_ctr=0.02)])
 
 
 def test_a_winner_pays_the_runner_ups_mean_ecpm_not_its_exploration_bonus(make_campaign, make_creative):
-    # b's creative is new to the model (no impressions): it ranks on its prior CTR plus a bonus of about half of
-    # it, worth 3,000,000 per mille where its clicks are expected to be worth 2,000,000. a outbids both.
+    # b's creative is new to the model (no impressions): it ranks on its predicted CTR plus a bonus of about half
+    # of it, worth 3,000,000 per mille where its clicks are expected to be worth 2,000,000. a outbids both.
     a = make_campaign("a", advertiser_id="adv-a", bid_type="cpm", max_bid_micros=5_000_000)
     b = _new_cpc_creative(make_campaign, make_creative)
-    s = build_snapshot([a, b], version=1, created_ms=0, reserve_cpm_micros=0, click_model=UNTRAINED)
+    s = build_snapshot([a, b], version=1, created_ms=0, reserve_cpm_micros=0, click_model=FRESH)
     request = AdRequest(placement="home", slots=2, format="300x250")
     result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"a": 10**12, "b": 10**12})
     first, second = result.wins
@@ -170,7 +276,7 @@ def test_the_reserve_holds_against_the_mean_ecpm_not_the_exploration_bonus(make_
     b = _new_cpc_creative(make_campaign, make_creative)
     request = AdRequest(placement="home", slots=1, format="300x250")
     for reserve, fate in ((2_500_000, Reason.BELOW_RESERVE), (1_500_000, None)):
-        s = build_snapshot([b], version=1, created_ms=0, reserve_cpm_micros=reserve, click_model=UNTRAINED)
+        s = build_snapshot([b], version=1, created_ms=0, reserve_cpm_micros=reserve, click_model=FRESH)
         result = run_auction(s, request, now_s=NOW, rng=random.Random(1), allowance={"b": 10**12}, explain=True)
         assert result.reasons.get("b") == fate
         if fate is None:  # it pays the reserve per click at its mean CTR: 1,500,000 / (0.02 * 1000)
@@ -186,9 +292,15 @@ def test_without_a_model_the_priors_rank_as_before(make_campaign, make_creative)
     assert [(w.campaign.campaign_id, w.ctr) for w in result.wins] == [("a", 0.05)]
 
 
-def test_feature_indexes_cover_bias_tokens_and_crosses():
+def test_feature_indexes_cover_bias_tokens_crosses_and_the_freshest_segments():
     ad = {"cm": token_hash("cm", "c"), "cr": token_hash("cr", "k"), "adv": token_hash("adv", "a")}
-    assert len(feature_indexes(ad, context_hashes("p", "US", "mobile", 3), 18)) == 1 + 3 + 4 + 3
+    context = context_hashes("p", "US", "mobile", 3, "news.example")
+    assert len(feature_indexes(ad, context, 18)) == 1 + 3 + 5 + 3
+    # Each segment on its own and crossed with the advertiser, only the freshest MODEL_SEGMENTS of them.
+    segments = tuple(f"kw-{i}" for i in range(MODEL_SEGMENTS + 3))
+    indexes = feature_indexes(ad, context, 18, segments)
+    assert len(indexes) == 1 + 3 + 5 + 3 + 2 * MODEL_SEGMENTS
+    assert indexes == feature_indexes(ad, context, 18, segments[:MODEL_SEGMENTS])
 
 
 def test_the_ground_truth_benchmark_beats_the_constant_and_random_on_a_small_run(tmp_path: Path):

@@ -102,7 +102,7 @@ def test_wrong_version():
         decode_event(wire(values_of(event()), version=SCHEMA_VERSION + 1))
 
 
-@pytest.mark.parametrize("delta", [-3, 17])
+@pytest.mark.parametrize("delta", [-5, 17])
 def test_wrong_field_count(delta):
     values = values_of(event())
     values = values[:delta] if delta < 0 else [*values, *["extra"] * delta]
@@ -113,11 +113,15 @@ def test_wrong_field_count(delta):
 def test_a_newer_writers_extra_fields_are_ignored_and_unused_new_fields_are_not_written():
     # Rolling upgrades: an edge newer than the collector may add fields; an event that does not use the
     # fields added since version 1 is written without them, so an older collector still reads it.
-    values = values_of(dataclasses.replace(event(), user_key="u1", variant="1.0.0"))
-    assert decode_event(wire([*values, "from", "the", "future"])).variant == "1.0.0"
-    _, written = msgpack.unpackb(encode_event(dataclasses.replace(event(), user_key="", variant="")))
-    assert len(written) == len(values) - 2
-    _, written = msgpack.unpackb(encode_event(dataclasses.replace(event(), user_key="u1", variant="")))
+    values = values_of(dataclasses.replace(event(), user_key="u1", variant="1.0.0", site="a.example",
+                                           segments="kw-a,kw-b"))
+    decoded = decode_event(wire([*values, "from", "the", "future"]))
+    assert (decoded.variant, decoded.site, decoded.segments) == ("1.0.0", "a.example", "kw-a,kw-b")
+    _, written = msgpack.unpackb(encode_event(event()))
+    assert len(written) == len(values) - 4
+    _, written = msgpack.unpackb(encode_event(dataclasses.replace(event(), user_key="u1")))
+    assert len(written) == len(values) - 3
+    _, written = msgpack.unpackb(encode_event(dataclasses.replace(event(), site="a.example")))
     assert len(written) == len(values) - 1
 
 
@@ -125,7 +129,7 @@ def test_an_event_from_before_user_key_decodes_with_no_user():
     # Messages written before user_key existed may still sit in a region's stream for days.
     values = values_of(dataclasses.replace(event(), user_key="u1"))
     assert decode_event(wire(values)).user_key == "u1"
-    assert decode_event(wire(values[:-2])) == dataclasses.replace(event(), user_key="")
+    assert decode_event(wire(values[:-4])) == dataclasses.replace(event(), user_key="")
 
 
 def test_values_not_a_list():
@@ -149,6 +153,10 @@ def test_values_not_a_list():
         ("bid_type", "cpx"),
         ("invalid_reason", "bot"),
         ("event_id", ""),
+        ("site", 5),
+        ("site", "s" * 254),
+        ("segments", ["kw-a"]),
+        ("segments", "k" * 1025),
     ],
 )
 def test_wrong_types(field, bad):
@@ -197,7 +205,7 @@ def test_a_batch_joined_from_rows_encoded_one_by_one_is_the_batch_packed_whole(s
     from replication.events import encode_event_batch, encode_event_row, join_event_rows
 
     batch = [dataclasses.replace(event(), event_id=f"dec:a-{i}", impression_id=f"a-{i}", user_key=f"u{i % 3}",
-                                 variant="0.1.0")
+                                 variant="0.1.0", site="a.example", segments="kw-a")
              for i in range(size)]
     whole = msgpack.packb([SCHEMA_VERSION, "batch", [values_of(e) for e in batch]], use_bin_type=True)
     assert join_event_rows([encode_event_row(e) for e in batch]) == whole
@@ -209,7 +217,8 @@ def test_a_batch_joined_from_rows_encoded_one_by_one_is_the_batch_packed_whole(s
 _TEXT = st.text(max_size=12)
 
 
-@given(ids=st.tuples(_TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT),
+@given(ids=st.tuples(_TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT,
+                    _TEXT, _TEXT),
        ts_ms=st.integers(0, 2**50), price=st.integers(0, 10**12), bid_type=st.sampled_from(list(BidType)))
 @settings(max_examples=200, deadline=None)
 def test_a_decision_row_is_the_decision_event_encoded(ids, ts_ms, price, bid_type):
@@ -218,13 +227,15 @@ def test_a_decision_row_is_the_decision_event_encoded(ids, ts_ms, price, bid_typ
     from replication.events import encode_decision_row, encode_event_row
 
     (event_id, region, pop, auction_id, impression_id, campaign_id, creative_id, advertiser_id, placement, geo,
-     device, user_key, variant) = ids
+     device, user_key, variant, site, segments) = ids
     row = encode_decision_row(event_id, ts_ms, region, pop, auction_id, impression_id, campaign_id, creative_id,
-                              advertiser_id, placement, str(bid_type), price, geo, device, user_key, variant)
+                              advertiser_id, placement, str(bid_type), price, geo, device, user_key, variant, site,
+                              segments)
     expected = Event(event_id=event_id, type=EventType.DECISION, ts_ms=ts_ms, region=region, pop=pop,
                      auction_id=auction_id, impression_id=impression_id, campaign_id=campaign_id,
                      creative_id=creative_id, advertiser_id=advertiser_id, placement=placement, bid_type=bid_type,
-                     price_micros=price, cost_micros=0, geo=geo, device=device, user_key=user_key, variant=variant)
+                     price_micros=price, cost_micros=0, geo=geo, device=device, user_key=user_key, variant=variant,
+                     site=site, segments=segments)
     assert row == encode_event_row(expected)
 
 
