@@ -15,6 +15,10 @@ logging policy, as the control plane would from the event stream, and is then ju
 - ``oracle_logloss_ratio``: the same ratio for the true probabilities, the floor no model can beat: the
   ground truth's effects are sized so that it sits near 0.8, the normalized entropy good production click
   models report;
+- ``pcvr_gap_left``: CPA conversion rates (``control_plane.cvr``) learned from simulated clicks and
+  conversions (``loadtest.ground_truth.TrueConversionModel``), judged on fresh clicks by log loss: the share
+  of the gap between the advertisers' declared rates and the true ones that the learned rates leave (0: as
+  good as the truth, 1: no better than declared); ``pcvr_calibration`` their mean over the true mean;
 - revenue per thousand requests and CTR when one slot is filled by eCPM as the edge ranks (the served CTR
   plus its exploration bonus), against a random pick and against the highest bid, with the revenue and
   clicks each would bring under the true model (CPM pays its bid per thousand, CPC its bid per click).
@@ -30,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from control_plane.cvr import Counts, conversion_rates
 from edge.ctr import blend
-from loadtest.ground_truth import Ad, Context, TrueClickModel
+from loadtest.ground_truth import Ad, Context, TrueClickModel, TrueConversionModel
 from replication.ctr_model import ClickModel, Ftrl, Impression, log_loss
 
 TRAIN = 200_000
@@ -115,6 +120,21 @@ def evaluate(truth: TrueClickModel, model: ClickModel, constant: float, n: int, 
     }
 
 
+def evaluate_cvr(world: TrueConversionModel, rng: random.Random, fresh_per_campaign: int) -> dict[str, float]:
+    counts = {cid: Counts(n, sum(world.converted(rng, cid, n))) for cid, n in world.clicks.items()}
+    learned = {**world.declared, **conversion_rates(counts, world.advertiser_of, world.declared)}
+    fresh = {cid: world.converted(rng, cid, fresh_per_campaign) for cid in world.truth}
+
+    def loss(rates: dict[str, float]) -> float:
+        return sum(log_loss(rates[cid], c) for cid, outcomes in fresh.items() for c in outcomes) / (
+            len(fresh) * fresh_per_campaign)
+
+    true_mean = sum(world.truth.values()) / len(world.truth)
+    return {"pcvr_gap_left": (loss(learned) - loss(world.truth)) / (loss(world.declared) - loss(world.truth)),
+            "pcvr_calibration": sum(learned.values()) / len(learned) / true_mean,
+            "declared_cvr_calibration": sum(world.declared.values()) / len(world.declared) / true_mean}
+
+
 def bench_pctr(*, rounds: int, say: Callable[[str], None], workdir: Path, train_n: int = TRAIN,
                eval_n: int = EVAL, **_: Any) -> dict[str, Any]:
     runs = []
@@ -130,6 +150,10 @@ def bench_pctr(*, rounds: int, say: Callable[[str], None], workdir: Path, train_
             f"(against the expected clicks {result['pctr_calibration_exact']:.3f}), "
             f"RPM {result['rpm_model']:,.0f} vs random {result['rpm_random']:,.0f}, "
             f"highest bid {result['rpm_highest_bid']:,.0f}")
+        result.update(evaluate_cvr(TrueConversionModel(seed=400 + r), random.Random(500 + r), 400))
+        say(f"pcvr round {r + 1}: learned rates leave {result['pcvr_gap_left']:.2f} of the declared rates' log "
+            f"loss gap to the truth, mean {result['pcvr_calibration']:.3f} of the true one (declared "
+            f"{result['declared_cvr_calibration']:.2f})")
         runs.append(result)
 
     def med(key: str) -> float:
@@ -142,6 +166,9 @@ def bench_pctr(*, rounds: int, say: Callable[[str], None], workdir: Path, train_
         "pctr_calibration": med("pctr_calibration"),
         "pctr_calibration_exact": med("pctr_calibration_exact"),
         "pctr_calibration_error": round(statistics.median(abs(r["pctr_calibration"] - 1) for r in runs), 4),
+        "pcvr_gap_left": med("pcvr_gap_left"),
+        "pcvr_calibration": med("pcvr_calibration"),
+        "declared_cvr_calibration": med("declared_cvr_calibration"),
         "rpm_ratio_vs_random": round(statistics.median(r["rpm_model"] / r["rpm_random"] for r in runs), 3),
         "rpm_ratio_vs_highest_bid": round(statistics.median(r["rpm_model"] / r["rpm_highest_bid"] for r in runs), 3),
         "ctr_ratio_vs_random": round(statistics.median(r["ctr_model"] / r["ctr_random"] for r in runs), 3),

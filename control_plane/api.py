@@ -438,6 +438,9 @@ async def admin_stats(request: Request) -> Response:
             "with_site": cp.clicks.with_site, "with_segments": cp.clicks.with_segments,
             "nonzero_weights": 0 if cp.builder.click_model is None
             else int((cp.builder.click_model.weights != 0).sum())},
+        "conversion_rates": None if cp.conversions is None else {
+            "clicks": cp.conversions.clicks, "converted": cp.conversions.converted,
+            "campaigns": cp.conversions.campaigns},
         "budget": budget,
     })
 

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from control_plane.allocator import BudgetTerms
-from control_plane.models import NO_CEILINGS, PriorCeilings, is_servable, to_snapshot_campaign
+from control_plane.models import NO_CEILINGS, PriorCeilings, declared_cvr, is_servable, to_snapshot_campaign
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
@@ -80,7 +80,8 @@ class SnapshotBuilder:
         self._debounce = debounce_s
         self._refresh = refresh_s
         self._campaigns: dict[str, tuple[dict, int]] = {}
-        self._prior_ctrs: dict[str, float] = {}  # of the last snapshot's creatives (``prior_of``)
+        self._prior_ctrs: dict[str, float] = {}  # every stored creative's, capped (``prior_of``)
+        self._cvrs: dict[str, float] = {}  # learned conversion rates (``set_conversion_rates``)
         self._key_of: dict[str, str] = {}  # campaign id -> KV key
         self._postback: dict[str, list[str]] = {}  # advertiser id -> live postback token hashes
         self._dirty = asyncio.Event()
@@ -145,6 +146,8 @@ class SnapshotBuilder:
             value = json.loads(entry.value)
             self._campaigns[entry.key] = (value, entry.revision or 0)
             self._key_of[value["id"]] = entry.key
+            for k in value.get("creatives", ()):  # kept after a campaign ends: its last impressions are learned
+                self._prior_ctrs[k["id"]] = min(float(k["prior_ctr"]), self._ceilings.ctr)
         return True
 
     def _apply_advertiser(self, entry: KeyValue.Entry) -> bool:
@@ -172,9 +175,27 @@ class SnapshotBuilder:
         return self._traffic_shape
 
     def prior_of(self, creative_id: str) -> float:
-        """The declared prior CTR the last snapshot served a creative with (capped), NaN for one it did not
-        serve: the click trainer learns each impression with it."""
+        """A creative's declared prior CTR, capped as the snapshots serve it (its latest; NaN for one never
+        stored): the click trainer learns each impression with it."""
         return self._prior_ctrs.get(creative_id, math.nan)
+
+    async def replayed(self) -> None:
+        """Until the campaign and advertiser stores have been read whole (what the first snapshot waits for)."""
+        await self._initial_done.wait()
+
+    def declared_cvrs(self) -> dict[str, tuple[str, float]]:
+        """Servable campaign -> (its advertiser, its declared prior conversion rate, capped): what the
+        conversion rates are learned towards (``control_plane.conversion_learner``)."""
+        now = self._clock.now()
+        return {value["id"]: (value["advertiser_id"], declared_cvr(value, self._ceilings))
+                for value, _ in self._campaigns.values() if is_servable(value, now)}
+
+    def set_conversion_rates(self, rates: dict[str, float]) -> None:
+        """Learned conversion rates by campaign (``control_plane.cvr``): the next snapshot carries them as the
+        campaigns' ``prior_cvr``, in place of what they declare."""
+        if rates != self._cvrs:
+            self._cvrs = rates
+            self._dirty.set()
 
     def set_click_model(self, model: ClickModel) -> None:
         """A newly trained click model (control_plane.click_trainer): the next snapshot carries it."""
@@ -209,7 +230,7 @@ class SnapshotBuilder:
         now = self._clock.now()
         started = time.perf_counter()
         servable = [
-            to_snapshot_campaign(value, revision, self._ceilings)
+            to_snapshot_campaign(value, revision, self._ceilings, self._cvrs.get(value["id"]))
             for value, revision in self._campaigns.values()
             if is_servable(value, now)
         ]
@@ -217,10 +238,10 @@ class SnapshotBuilder:
         # when nothing an edge serves from changed, publishing again would only make every edge decode the
         # same snapshot (seconds at 100,000 campaigns).
         content = (tuple(sorted((c.campaign_id, c.revision) for c in servable)), self._traffic_shape,
-                   id(self._click_model), tuple(sorted((a, tuple(h)) for a, h in self._postback.items() if h)))
+                   id(self._click_model), id(self._cvrs),
+                   tuple(sorted((a, tuple(h)) for a, h in self._postback.items() if h)))
         if content == self._published and self.stats.builds:
             return
-        self._prior_ctrs = {k.creative_id: k.prior_ctr for c in servable for k in c.creatives}
         # Versions only grow, even if the clock steps back: an edge ignores anything not newer.
         version = max(self.stats.version + 1, int(now * 1000))
         snapshot = build_snapshot(servable, version=version, created_ms=int(now * 1000),

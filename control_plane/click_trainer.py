@@ -11,11 +11,13 @@ which the next snapshot carries to every edge. On start it learns from the last 
 impressions, so a restarted control plane serves a trained model again within one round. Training runs in a
 worker thread: the event loop keeps answering the API.
 
-A model ships once it has learned from ``min_impressions`` impressions (and its Platt calibration, which
-needs some clicks, ``replication.ctr_model.fit_platt``, applies): before, an untrained model's 0.5 for every ad
-or a model of a handful of impressions would rank worse than the advertisers' declared priors, which the edge
-ranks on while a snapshot carries no model. Each impression is learned with its creative's declared prior CTR
-as the last snapshot served it (``prior_of``; a feature the model learns to weigh).
+A model ships once it has been given ``min_impressions`` impressions (the default, 10,000, is what its
+calibration needs: ``replication.ctr_model.MIN_HELD_OUT`` held out, one in ten): before, an untrained
+model's 0.5 for every ad, or a model of a handful of impressions, would rank worse than the advertisers'
+declared priors, which the edge ranks on while a snapshot carries no model. Each impression is learned with
+its creative's declared prior CTR, capped (``SnapshotBuilder.prior_of``: the latest of every campaign the
+control plane stores, so a campaign that has ended still has its last impressions learned with it; a feature
+the model learns to weigh), and the first round waits until the builder has read the campaigns.
 
 Known limit: the watermark is on the time an impression was served. One stored more than ``label_delay_s``
 after that (the backlog of a region cut off from the hub for longer) is behind the watermark when it lands,
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from control_plane.builder import SnapshotBuilder
+from control_plane.learning import StoreLearner
 from control_plane.periodic import every
 from control_plane.storage import EventStore, LabelledImpression
 from replication.clock import Clock
@@ -37,18 +40,13 @@ from replication.ctr_model import Ftrl, Impression, country_of, utc_hour
 from replication.variants import Tally
 
 
-class ClickTrainer:
+class ClickTrainer(StoreLearner):
     def __init__(self, reports: EventStore, builder: SnapshotBuilder, clock: Clock,
                  run_storage: Callable[..., Awaitable[Any]], *, every_s: float, label_delay_s: float,
-                 history_s: float, batch: int = 200_000, model: Ftrl | None = None, min_impressions: int = 1_000,
+                 history_s: float, batch: int = 200_000, model: Ftrl | None = None, min_impressions: int = 10_000,
                  prior_of: Callable[[str], float] = lambda _: math.nan) -> None:
-        self._reports = reports
-        self._builder = builder
-        self._clock = clock
-        self._run_storage = run_storage
-        self.every_s = every_s
-        self.label_delay_s = label_delay_s
-        self.history_s = history_s
+        super().__init__(reports, builder, clock, run_storage, every_s=every_s, label_delay_s=label_delay_s,
+                         history_s=history_s)
         self.batch = batch
         self.min_impressions = min_impressions
         self._prior_of = prior_of
@@ -99,4 +97,7 @@ class ClickTrainer:
         return learned
 
     async def run(self) -> None:
+        # The creatives' priors come from the builder's campaigns: a first round before it has read them would
+        # learn a day of impressions as if nobody had declared anything.
+        await self._builder.replayed()
         await every(self.every_s, self.refresh, "training the click model failed; keeping the current one")

@@ -487,8 +487,15 @@ class PriorCeilings:
 NO_CEILINGS = PriorCeilings()
 
 
-def to_snapshot_campaign(campaign: dict[str, Any], revision: int,
-                         ceilings: PriorCeilings = NO_CEILINGS) -> SnapshotCampaign:
+def declared_cvr(campaign: dict[str, Any], ceilings: PriorCeilings) -> float:
+    """The conversion rate a campaign declares, capped (``CP_MAX_PRIOR_CVR``)."""
+    return min(float(campaign.get("prior_cvr", 0.02)), ceilings.cvr)
+
+
+def to_snapshot_campaign(campaign: dict[str, Any], revision: int, ceilings: PriorCeilings = NO_CEILINGS,
+                         learned_cvr: float | None = None) -> SnapshotCampaign:
+    """The campaign as the snapshot carries it. Its ``prior_cvr`` is the learned conversion rate if there is
+    one (``control_plane.cvr``), else the declared one, capped."""
     t = campaign["targeting"]
     attribution = {**ATTRIBUTION_DEFAULTS, **(campaign.get("attribution") or {})}  # older records have none
     return SnapshotCampaign(
@@ -509,7 +516,7 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int,
         keywords=frozenset(t.get("keywords", [])),
         interests=frozenset(owned_interest(campaign["advertiser_id"], i) for i in t.get("interests", [])),
         placements=frozenset(t.get("placements", [])),
-        prior_cvr=min(float(campaign.get("prior_cvr", 0.02)), ceilings.cvr),
+        prior_cvr=learned_cvr if learned_cvr is not None else declared_cvr(campaign, ceilings),
         click_window_s=attribution["click_window_hours"] * 3600,
         view_window_s=attribution["view_window_hours"] * 3600,
         pacing=campaign.get("pacing", "even"),

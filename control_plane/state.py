@@ -24,6 +24,7 @@ from control_plane.auth import hash_token
 from control_plane.builder import SnapshotBuilder
 from control_plane.click_trainer import ClickTrainer
 from control_plane.collector import Collector
+from control_plane.conversion_learner import ConversionLearner
 from control_plane.grants import GrantService
 from control_plane.models import PriorCeilings
 from control_plane.settings import ControlPlaneSettings
@@ -52,6 +53,7 @@ class ControlPlaneState:
     collector: Collector | None = None
     shape: ShapeLearner | None = None
     clicks: ClickTrainer | None = None
+    conversions: ConversionLearner | None = None
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     crashes: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -132,6 +134,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                        history_s=settings.cp_ctr_history_s,
                                        min_impressions=settings.cp_ctr_min_impressions, prior_of=builder.prior_of)
     cp.tasks.append(asyncio.create_task(supervise("click-model", trainer.run, cp.crashes), name="click-model"))
+    rates = cp.conversions = ConversionLearner(cp.reports, builder, settings.clock, cp.run_storage,
+                                               every_s=settings.cp_cvr_every_s,
+                                               label_delay_s=settings.cp_cvr_label_delay_s,
+                                               history_s=settings.cp_cvr_history_s)
+    cp.tasks.append(asyncio.create_task(supervise("conversion-rates", rates.run, cp.crashes),
+                                        name="conversion-rates"))
     if settings.cp_embedded_collector:
         collector = cp.collector = Collector(js, cp.reports, executor, clock=settings.clock)
         cp.tasks.append(asyncio.create_task(supervise("collector", collector.run, cp.crashes), name="collector"))

@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
+from control_plane.cvr import Counts
 from replication.ctr_model import split_segments
 from replication.events import Event, EventType
 
@@ -139,6 +140,8 @@ class EventStore(Protocol):
 
     def labelled_impressions(self, start_ms: int, end_ms: int, limit: int) -> list[LabelledImpression]: ...
 
+    def click_conversions(self, start_ms: int, end_ms: int) -> dict[str, Counts]: ...
+
     def stats(self) -> StoreStats: ...
 
     def repair_rollup(self, since_ms: int) -> int: ...
@@ -191,7 +194,11 @@ _VALID = "invalid_reason = ''"
 _INVALID = "invalid_reason != ''"
 
 _COLUMN_SEP = ",\n"
-_EVENT_COLUMNS_DDL = _COLUMN_SEP.join(f"    {name} {_EVENT_COLUMN_TYPES[name]}" for name in EVENT_COLUMNS)
+# A consenting user's keyword segments are kept next to their user key only as long as the edge itself keeps
+# them in a profile (``edge.audiences.SEGMENT_TTL_S``, 30 days): the click trainer needs a day of them.
+_COLUMN_TTL = {"segments": " TTL toDateTime(ts) + INTERVAL 30 DAY"}
+_EVENT_COLUMNS_DDL = _COLUMN_SEP.join(f"    {name} {_EVENT_COLUMN_TYPES[name]}{_COLUMN_TTL.get(name, '')}"
+                                      for name in EVENT_COLUMNS)
 
 CREATE_DATABASE_SQL = f"CREATE DATABASE IF NOT EXISTS {DATABASE}"
 
@@ -264,7 +271,7 @@ SCHEMA_SQL: tuple[str, ...] = (
     f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS user_key String",
     f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS variant LowCardinality(String)",
     f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS site LowCardinality(String)",
-    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS segments String",
+    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS segments String{_COLUMN_TTL['segments']}",
     CREATE_ROLLUP_SQL,
     CREATE_ROLLUP_VIEW_SQL,
 )
@@ -597,28 +604,47 @@ class SqlEventStore(ABC):
                "GROUP BY campaign_id, hour HAVING sum(decisions) > 0")
         return [(str(row[0]), int(row[1]), int(row[2])) for row in self._query_rows(sql)]
 
-    def labelled_impressions(self, start_ms: int, end_ms: int, limit: int) -> list[LabelledImpression]:
+    def click_conversions(self, start_ms: int, end_ms: int) -> dict[str, Counts]:
+        """Campaign -> its valid clicks made in [start_ms, end_ms), each once, and how many of them a valid
+        conversion (made by now) is credited to: what ``control_plane.cvr`` learns conversion rates from.
+        Invalid traffic is left out on both sides."""
+        sql = (
+            "SELECT c.cid, count() AS clicks, countIf(v.impression_id != '') AS converted "
+            "FROM (SELECT impression_id, any(campaign_id) AS cid "
+            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' AND {_VALID} AND ts_ms >= {int(start_ms)} "
+            f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS c "
+            f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CONVERSION}' "
+            f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS v ON c.impression_id = v.impression_id "
+            "GROUP BY c.cid"
+        )
+        return {str(r[0]): Counts(int(r[1]), int(r[2])) for r in self._query_rows(sql)}
+
+    def labelled_impressions(self, start_ms: int, end_ms: int, limit: int,
+                             decided_within_ms: int = 3_600_000) -> list[LabelledImpression]:
         """Valid impressions served in [start_ms, end_ms), each once, oldest first (at most ``limit``), each
         with whether a valid click on it is stored: the click model's training rows. Invalid traffic is
         left out on both sides, so bots teach the model nothing. The page's site and the user's segments come
-        from the impression's decision event (they are not in the signed impression token): "" and none
-        where it is missing (decision events off, or shed under pressure)."""
-        # A decision is made before its impression, within the impression token's lifetime (at most a day,
-        # ``EDGE_IMPRESSION_TTL_S``).
-        decided_from = int(start_ms) - 86_400_000
+        from the impression's decision event (they are not in the signed impression token), made at most
+        ``decided_within_ms`` before the window (an impression token's life, ``EDGE_IMPRESSION_TTL_S``): ""
+        and none where it is missing (decision events off, or shed under pressure). Decisions are the
+        largest kind of event, one per ad served, so they are looked up by their id (the table's key) among
+        the impressions' and in the day partitions of that span only."""
+        impressions = (f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND {_VALID} "
+                       f"AND ts_ms >= {int(start_ms)} AND ts_ms < {int(end_ms)}")
+        decided_from = int(start_ms) - int(decided_within_ms)
         sql = (
             # Aliases differ from the column names: ClickHouse would read a same-named alias in WHERE.
             "SELECT i.cid, i.kid, i.aid, i.plc, i.geo1, i.dev1, i.first_ms, c.impression_id != '' AS clicked, "
             "i.var1, d.site1, d.seg1 FROM (SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, "
             "any(advertiser_id) AS aid, any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, "
-            "min(ts_ms) AS first_ms, any(variant) AS var1 "
-            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND {_VALID} AND ts_ms >= {int(start_ms)} "
-            f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS i "
+            f"min(ts_ms) AS first_ms, any(variant) AS var1 {impressions} GROUP BY impression_id) AS i "
             f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
             f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS c ON i.impression_id = c.impression_id "
             "LEFT JOIN (SELECT impression_id, any(site) AS site1, any(segments) AS seg1 "
-            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.DECISION}' AND ts_ms >= {decided_from} "
-            f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS d ON i.impression_id = d.impression_id "
+            f"FROM {EVENTS_TABLE} WHERE event_id IN (SELECT concat('dec:', impression_id) {impressions}) "
+            f"AND ts >= fromUnixTimestamp64Milli(toInt64({decided_from}), 'UTC') "
+            f"AND ts < fromUnixTimestamp64Milli(toInt64({int(end_ms)}), 'UTC') "
+            "GROUP BY impression_id) AS d ON i.impression_id = d.impression_id "
             f"ORDER BY i.first_ms, i.impression_id LIMIT {int(limit)}"
         )
         return [LabelledImpression(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]),

@@ -138,3 +138,29 @@ class TrueVariantModel:
                  + _normal(s, "i-dev", creative_id, image, device, sigma=0.25)
                  + _normal(s, "h-i", creative_id, headline, image, sigma=0.15))
         return 1.0 / (1.0 + math.exp(-logit))
+
+
+class TrueConversionModel:
+    """The hidden conversion rates of CPA campaigns: each advertiser's funnel sets a rate (log-odds spread
+    0.7 around 3%), each campaign varies a little around it (0.3); advertisers declare their campaigns' rates
+    optimistically (+0.7 on the log-odds, about double) and roughly (0.8), capped at 20% as the control plane
+    caps them; clicks per campaign are Pareto-skewed. ``control_plane.cvr`` sees only the counts."""
+
+    def __init__(self, seed: int = 1, *, advertisers: int = 60, campaigns_per_advertiser: int = 5) -> None:
+        rng = random.Random(seed)
+        self.truth: dict[str, float] = {}
+        self.declared: dict[str, float] = {}
+        self.advertiser_of: dict[str, str] = {}
+        self.clicks: dict[str, int] = {}
+        for a in range(advertisers):
+            funnel = rng.gauss(math.log(0.03 / 0.97), 0.7)
+            for c in range(campaigns_per_advertiser):
+                cid = f"c{a}-{c}"
+                self.advertiser_of[cid] = f"a{a}"
+                self.truth[cid] = 1 / (1 + math.exp(-(funnel + rng.gauss(0, 0.3))))
+                self.declared[cid] = min(0.2, 1 / (1 + math.exp(-(funnel + 0.7 + rng.gauss(0, 0.8)))))
+                self.clicks[cid] = int(rng.paretovariate(1.2) * 20)
+
+    def converted(self, rng: random.Random, campaign_id: str, clicks: int) -> list[bool]:
+        return [rng.random() < self.truth[campaign_id] for _ in range(clicks)]
+

@@ -4,7 +4,7 @@ The control plane trains it from impressions labelled by their clicks and ships 
 the edge scores every candidate with them (``edge.auction``), vectorized over the candidates.
 
 Features. Every impression has *ad* tokens (campaign, creative, advertiser) and *context* tokens (placement,
-publisher site, country, device, hour of day), and the user's behavioural *segments* (``edge.audiences``; the
+publisher site, country, device, hour of day), and the user's keyword *segments* (``edge.audiences``; the
 freshest ``MODEL_SEGMENTS``, only with consent). Each token hashes to 64 bits (BLAKE2b); a feature is a
 hash's top ``bits`` bits, an index into the weight vector. Besides the tokens on their own and a bias, a few
 *crosses* of an ad token with a context token let the model learn that a campaign does well on one placement
@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from replication.segments import KEYWORD_PREFIX
 from replication.variants import Arms
 
 MASK64 = (1 << 64) - 1
@@ -89,13 +90,17 @@ def site_of(url: str) -> str:
         host = urlsplit(url).hostname or ""
     except ValueError:  # a malformed URL (an unclosed IPv6 bracket): no site
         return ""
+    host = host.rstrip(".")  # "news.example." is the same site
     host = host[4:] if host.startswith("www.") else host
     return host if len(host) <= MAX_SITE else ""
 
 
 def model_segments(segments: Sequence[str]) -> tuple[str, ...]:
-    """The segments (freshest first) the model reads."""
-    return tuple(segments[:MODEL_SEGMENTS])
+    """The segments (freshest first) the model reads: the freshest ``MODEL_SEGMENTS`` of the keyword segments
+    (pages the user read). Not an advertiser's retargeting lists: they are its own (only it can target them,
+    ``replication.segments``), and crossed with every advertiser in a shared model they would teach its
+    rivals' rankings who its visitors are."""
+    return tuple(s for s in segments if s.startswith(KEYWORD_PREFIX))[:MODEL_SEGMENTS]
 
 
 def join_segments(segments: Sequence[str]) -> str:
@@ -158,8 +163,13 @@ def ad_hashes(campaign_id: str, creative_id: str, advertiser_id: str) -> dict[st
 
 
 def context_hashes(placement: str, country: str, device: str, hour: int, site: str = "") -> dict[str, int]:
-    return {"pl": token_hash("pl", placement), "geo": token_hash("geo", country), "dev": token_hash("dev", device),
-            "hr": token_hash("hr", str(hour)), "pub": token_hash("pub", site)}
+    """The context's tokens; a site only when there is one: an empty site's weight would be learned as a second
+    bias wherever sites are missing (decision events off) and be absent from every request that names one."""
+    context = {"pl": token_hash("pl", placement), "geo": token_hash("geo", country),
+               "dev": token_hash("dev", device), "hr": token_hash("hr", str(hour))}
+    if site:
+        context["pub"] = token_hash("pub", site)
+    return context
 
 
 def segment_hash(segment: str) -> int:

@@ -93,9 +93,13 @@ def test_the_click_model_learns_each_impressions_site_and_segments(stack: LocalS
     """Neither is in the signed impression token: they ride the decision event, and the trainer joins it to
     the impression in ClickHouse."""
     s = stack
-    shop_id, shop = s.create_advertiser("Learner")
-    s.launch_campaign(shop, "sitepage", max_bid_micros=2_000_000, targeting={"interests": ["rt-visitors"]})
-    assert pixel(s, adv=shop_id, seg="visitors", user="fay").status_code == 200
+    _, shop = s.create_advertiser("Learner")
+    s.launch_campaign(shop, "sitepage", max_bid_micros=2_000_000, targeting={"interests": ["kw-gardening"]})
+    assert served(s, "gardening", "fay") is None  # nothing targets the keyword itself; the visit is recorded
+    deadline = time.monotonic() + 5
+    while served(s, "sitepage", "fay") is None:  # recorded in the background: a moment later
+        assert time.monotonic() < deadline, "the keyword segment never reached the user's profile"
+        time.sleep(0.05)
     before = s.admin_stats()["click_model"]
     for _ in range(20):
         r = httpx.get(f"{s.edges[0].url}/v1/ads", params={
@@ -106,12 +110,11 @@ def test_the_click_model_learns_each_impressions_site_and_segments(stack: LocalS
     deadline = time.monotonic() + 60
     while True:
         stats = s.admin_stats()["click_model"]
-        if stats["impressions"] - before["impressions"] >= 20:
+        if stats["with_site"] - before["with_site"] >= 20:
             break
-        assert time.monotonic() < deadline, f"the impressions were never learned: {stats}"
+        assert time.monotonic() < deadline, f"the impressions were never learned with their site: {stats}"
         time.sleep(0.5)
-    assert stats["with_site"] - before["with_site"] == 20
-    assert stats["with_segments"] - before["with_segments"] == 20
+    assert stats["with_segments"] - before["with_segments"] >= 20
 
 
 def explained(s: LocalStack, token: str, keywords: str, user: str) -> dict[str, str] | None:

@@ -8,12 +8,14 @@ import asyncio
 import dataclasses
 import math
 import random
+import time
 from typing import Any
 
 import pytest
-from test_storage import T0, make_event  # the sibling module: pytest puts this directory on sys.path
+from test_storage import HOUR, T0, make_event  # the sibling module: pytest puts this directory on sys.path
 
 from control_plane.click_trainer import ClickTrainer
+from control_plane.cvr import Counts
 from control_plane.storage import ChdbStore
 from replication.ctr_model import ClickModel, Impression
 from replication.events import EventType, InvalidReason
@@ -44,16 +46,42 @@ def test_labelled_impressions_are_unique_valid_and_labelled(store: ChdbStore) ->
 def test_an_impressions_site_and_segments_come_from_its_decision_event(store: ChdbStore) -> None:
     """The signed impression token carries neither: the decision event of the same impression does, written
     before it (earlier than the training window, within the token's life), and may be missing (decision events
-    off or shed), which leaves them empty."""
-    with_decision = impression_and_click(T0 + 10, "k1", True)
-    decision = dataclasses.replace(with_decision[0], event_id="dec:" + with_decision[0].impression_id,
-                                   type=EventType.DECISION, ts_ms=T0 - 30 * MINUTE, site="blog.example",
-                                   segments="kw-running,rt-adv-1-cart")
-    without = impression_and_click(T0 + 20, "k2", False)
-    store.insert_events([decision, *with_decision, *without], "b1")
-    rows = store.labelled_impressions(T0, T0 + MINUTE, limit=100)
+    off or shed), which leaves them empty. Segments are kept 30 days (a column TTL), like the edge's profiles."""
+    def served(t0: int, creative: str, clicked: bool, decided: int, **decision: Any) -> list:
+        events = impression_and_click(t0, creative, clicked)
+        return [*events, dataclasses.replace(events[0], event_id="dec:" + events[0].impression_id,
+                                             type=EventType.DECISION, ts_ms=decided, **decision)]
+
+    now = int(time.time() * 1000) // MINUTE * MINUTE
+    store.insert_events([
+        *served(now + 10, "k1", True, now - 30 * MINUTE, site="blog.example", segments="kw-running,kw-shoes"),
+        *impression_and_click(now + 20, "k2", False),  # its decision event never arrived
+        *served(now + 30, "k3", False, now - 2 * HOUR, site="late.example"),  # decided before the token's life
+        *served(T0 + 10, "old", False, T0 - MINUTE, site="old.example", segments="kw-running"),
+    ], "b1")
+    rows = store.labelled_impressions(now, now + MINUTE, limit=100)
     assert [(r.creative_id, r.clicked, r.site, r.segments) for r in rows] == [
-        ("k1", True, "blog.example", ("kw-running", "rt-adv-1-cart")), ("k2", False, "", ())]
+        ("k1", True, "blog.example", ("kw-running", "kw-shoes")), ("k2", False, "", ()), ("k3", False, "", ())]
+    (old,) = store.labelled_impressions(T0, T0 + MINUTE, limit=100)
+    assert (old.site, old.segments) == ("old.example", ())  # more than 30 days old: its segments are gone
+
+
+def test_click_conversions_count_each_valid_click_once_and_whether_it_converted(store: ChdbStore) -> None:
+    def click(ts_ms: int, campaign: str, **kw: Any) -> Any:
+        return make_event(EventType.CLICK, ts_ms, campaign_id=campaign, **kw)
+
+    def converts(c: Any, ts_ms: int, n: int = 1, **kw: Any) -> list:
+        return [dataclasses.replace(c, event_id=f"cnv:{c.impression_id}:{i}", type=EventType.CONVERSION,
+                                    ts_ms=ts_ms, **kw) for i in range(n)]
+
+    a1, a2, a3 = click(T0, "a"), click(T0 + 1, "a"), click(T0 + 2, "a")
+    b1, bot = click(T0 + 3, "b"), click(T0 + 4, "b", invalid_reason=InvalidReason.KNOWN_BOT)
+    late = click(T0 + 2 * MINUTE, "a")  # after the window: not counted
+    store.insert_events([a1, a2, a3, b1, bot, late, dataclasses.replace(a1)], "b1")  # a1 stored twice
+    store.insert_events([*converts(a1, T0 + 5 * MINUTE, n=2),  # two conversions of one click: converted once
+                         *converts(a2, T0 + 6 * MINUTE, invalid_reason=InvalidReason.KNOWN_BOT),
+                         *converts(bot, T0 + 7 * MINUTE)], "b2")
+    assert store.click_conversions(T0, T0 + MINUTE) == {"a": Counts(3, 1), "b": Counts(1, 0)}
 
 
 class FakeClock:
@@ -93,7 +121,8 @@ def test_the_trainer_learns_each_labelled_impression_once_and_ships_the_model(st
                         min_impressions=4_000)
     assert asyncio.run(held.refresh()) == 3_000 and held.version == 0 and waiting.models == []
     trainer = ClickTrainer(store, builder, clock, run_storage, every_s=60, label_delay_s=600, history_s=86_400,
-                           batch=700, prior_of=lambda k: priors.get(k, math.nan))  # several full batches a round
+                           batch=700, prior_of=lambda k: priors.get(k, math.nan),  # several full batches a round
+                           min_impressions=1_000)
     assert asyncio.run(trainer.refresh()) == 3_000
     assert trainer.impressions == {"good": 1_500, "bad": 1_500}
     model = builder.models[-1]

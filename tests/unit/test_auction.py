@@ -916,13 +916,14 @@ def test_one_compiled_version_serves_every_path(make_campaign, make_creative, mo
         auction_module.warm_up(snapshot)
         for capped in (NOTHING_CAPPED, Capped(campaigns=frozenset({"c0"})),
                        Capped(creatives={"c1": frozenset({"c1-a"})})):
-            for request in (req(slots=2, keywords=("kw",)), req(format="1x1"), req(keywords=("kw", "other"))):
+            for request in (req(slots=2, keywords=("kw",)), req(format="1x1"), req(keywords=("kw", "other")),
+                            req(keywords=("kw",), site="blog.example", segments=("kw-a", "kw-b"))):
                 for explain in (False, True):
                     run_auction(snapshot, request, now_s=NOW, rng=random.Random(1), allowance=rich(
                         *(c.campaign_id for c in campaigns)), capped=capped, explain=explain)
     # No snapshot and no request compiled anything more: what warm_up compiled served every path.
     assert (list(auction_module._select.signatures), list(auction_module.fill_ctrs.signatures)) == compiled
-    assert len(calls) >= 4 * 3 * 2 * 2 and "1x1" in calls  # the kernel's calls were all checked
+    assert len(calls) >= 4 * 3 * 2 * 3 and "1x1" in calls  # the kernel's calls were all checked
 
 
 def test_the_kernels_ask_for_scattered_reads_ahead(make_campaign):

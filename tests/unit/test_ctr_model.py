@@ -296,11 +296,13 @@ def test_feature_indexes_cover_bias_tokens_crosses_and_the_freshest_segments():
     ad = {"cm": token_hash("cm", "c"), "cr": token_hash("cr", "k"), "adv": token_hash("adv", "a")}
     context = context_hashes("p", "US", "mobile", 3, "news.example")
     assert len(feature_indexes(ad, context, 18)) == 1 + 3 + 5 + 3
-    # Each segment on its own and crossed with the advertiser, only the freshest MODEL_SEGMENTS of them.
-    segments = tuple(f"kw-{i}" for i in range(MODEL_SEGMENTS + 3))
+    assert len(feature_indexes(ad, context_hashes("p", "US", "mobile", 3), 18)) == 1 + 3 + 4 + 3  # no site
+    # Each keyword segment on its own and crossed with the advertiser, only the freshest MODEL_SEGMENTS of
+    # them; an advertiser's retargeting lists are its own, not the shared model's.
+    segments = ("rt-adv-1-cart", *(f"kw-{i}" for i in range(MODEL_SEGMENTS + 3)))
     indexes = feature_indexes(ad, context, 18, segments)
     assert len(indexes) == 1 + 3 + 5 + 3 + 2 * MODEL_SEGMENTS
-    assert indexes == feature_indexes(ad, context, 18, segments[:MODEL_SEGMENTS])
+    assert indexes == feature_indexes(ad, context, 18, segments[1:MODEL_SEGMENTS + 1])
 
 
 def test_the_ground_truth_benchmark_beats_the_constant_and_random_on_a_small_run(tmp_path: Path):
