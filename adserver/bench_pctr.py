@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from control_plane.cvr import Counts, conversion_rates
+from control_plane.cvr import Counts, by_advertiser, conversion_rate
 from edge.ctr import blend
 from loadtest.ground_truth import Ad, Context, TrueClickModel, TrueConversionModel
 from replication.ctr_model import ClickModel, Ftrl, Impression, log_loss
@@ -122,7 +122,9 @@ def evaluate(truth: TrueClickModel, model: ClickModel, constant: float, n: int, 
 
 def evaluate_cvr(world: TrueConversionModel, rng: random.Random, fresh_per_campaign: int) -> dict[str, float]:
     counts = {cid: Counts(n, sum(world.converted(rng, cid, n))) for cid, n in world.clicks.items()}
-    learned = {**world.declared, **conversion_rates(counts, world.advertiser_of, world.declared)}
+    advertisers = by_advertiser(counts, world.advertiser_of)
+    learned = {cid: conversion_rate(counts[cid], advertisers[world.advertiser_of[cid]], prior)
+               for cid, prior in world.declared.items()}
     fresh = {cid: world.converted(rng, cid, fresh_per_campaign) for cid in world.truth}
 
     def loss(rates: dict[str, float]) -> float:

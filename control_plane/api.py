@@ -439,7 +439,7 @@ async def admin_stats(request: Request) -> Response:
             "nonzero_weights": 0 if cp.builder.click_model is None
             else int((cp.builder.click_model.weights != 0).sum())},
         "conversion_rates": None if cp.conversions is None else {
-            "clicks": cp.conversions.clicks, "converted": cp.conversions.converted,
+            "clicks": cp.conversions.clicks, "conversions": cp.conversions.conversions,
             "campaigns": cp.conversions.campaigns},
         "budget": budget,
     })

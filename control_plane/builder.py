@@ -22,6 +22,8 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from control_plane.allocator import BudgetTerms
+from control_plane.cvr import NONE as NO_COUNTS
+from control_plane.cvr import Counts, by_advertiser, conversion_rate
 from control_plane.models import NO_CEILINGS, PriorCeilings, declared_cvr, is_servable, to_snapshot_campaign
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
@@ -81,7 +83,8 @@ class SnapshotBuilder:
         self._refresh = refresh_s
         self._campaigns: dict[str, tuple[dict, int]] = {}
         self._prior_ctrs: dict[str, float] = {}  # every stored creative's, capped (``prior_of``)
-        self._cvrs: dict[str, float] = {}  # learned conversion rates (``set_conversion_rates``)
+        self._cvr_counts: dict[str, Counts] = {}  # CPA campaigns' clicks and conversions (``set_conversion_counts``)
+        self._cvr_version = 0  # bumped when they change: the next snapshot is built
         self._key_of: dict[str, str] = {}  # campaign id -> KV key
         self._postback: dict[str, list[str]] = {}  # advertiser id -> live postback token hashes
         self._dirty = asyncio.Event()
@@ -183,19 +186,28 @@ class SnapshotBuilder:
         """Until the campaign and advertiser stores have been read whole (what the first snapshot waits for)."""
         await self._initial_done.wait()
 
-    def declared_cvrs(self) -> dict[str, tuple[str, float]]:
-        """Servable campaign -> (its advertiser, its declared prior conversion rate, capped): what the
-        conversion rates are learned towards (``control_plane.conversion_learner``)."""
-        now = self._clock.now()
-        return {value["id"]: (value["advertiser_id"], declared_cvr(value, self._ceilings))
-                for value, _ in self._campaigns.values() if is_servable(value, now)}
-
-    def set_conversion_rates(self, rates: dict[str, float]) -> None:
-        """Learned conversion rates by campaign (``control_plane.cvr``): the next snapshot carries them as the
-        campaigns' ``prior_cvr``, in place of what they declare."""
-        if rates != self._cvrs:
-            self._cvrs = rates
+    def set_conversion_counts(self, counts: dict[str, Counts]) -> None:
+        """CPA campaigns' clicks and billed conversions (``control_plane.conversion_learner``): the next snapshot
+        carries each CPA campaign's learned rate (``_learned_cvr``) as its ``prior_cvr``."""
+        if counts != self._cvr_counts:
+            self._cvr_counts = counts
+            self._cvr_version += 1
             self._dirty.set()
+
+    def _learned_cvrs(self) -> Callable[[dict], float | None]:
+        """Per stored campaign record, its learned conversion rate (``control_plane.cvr.conversion_rate``): CPA
+        campaigns' only (no other bid prices with one), shrunk towards their advertiser's counts (over every
+        campaign the store has, ended ones too) and their declared prior; None for the others."""
+        advertisers = by_advertiser(self._cvr_counts,
+                                    {value["id"]: value["advertiser_id"] for value, _ in self._campaigns.values()})
+
+        def learned(value: dict) -> float | None:
+            if value["bid_type"] != "cpa":
+                return None
+            return conversion_rate(self._cvr_counts.get(value["id"], NO_COUNTS),
+                                   advertisers.get(value["advertiser_id"], NO_COUNTS),
+                                   declared_cvr(value, self._ceilings))
+        return learned
 
     def set_click_model(self, model: ClickModel) -> None:
         """A newly trained click model (control_plane.click_trainer): the next snapshot carries it."""
@@ -229,8 +241,9 @@ class SnapshotBuilder:
     async def build_and_publish(self) -> None:
         now = self._clock.now()
         started = time.perf_counter()
+        learned_cvr = self._learned_cvrs()
         servable = [
-            to_snapshot_campaign(value, revision, self._ceilings, self._cvrs.get(value["id"]))
+            to_snapshot_campaign(value, revision, self._ceilings, learned_cvr(value))
             for value, revision in self._campaigns.values()
             if is_servable(value, now)
         ]
@@ -238,7 +251,7 @@ class SnapshotBuilder:
         # when nothing an edge serves from changed, publishing again would only make every edge decode the
         # same snapshot (seconds at 100,000 campaigns).
         content = (tuple(sorted((c.campaign_id, c.revision) for c in servable)), self._traffic_shape,
-                   id(self._click_model), id(self._cvrs),
+                   id(self._click_model), self._cvr_version,
                    tuple(sorted((a, tuple(h)) for a, h in self._postback.items() if h)))
         if content == self._published and self.stats.builds:
             return

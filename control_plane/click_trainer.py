@@ -44,11 +44,12 @@ class ClickTrainer(StoreLearner):
     def __init__(self, reports: EventStore, builder: SnapshotBuilder, clock: Clock,
                  run_storage: Callable[..., Awaitable[Any]], *, every_s: float, label_delay_s: float,
                  history_s: float, batch: int = 200_000, model: Ftrl | None = None, min_impressions: int = 10_000,
-                 prior_of: Callable[[str], float] = lambda _: math.nan) -> None:
+                 prior_of: Callable[[str], float] = lambda _: math.nan, decision_lookback_s: float = 3_600) -> None:
         super().__init__(reports, builder, clock, run_storage, every_s=every_s, label_delay_s=label_delay_s,
                          history_s=history_s)
         self.batch = batch
         self.min_impressions = min_impressions
+        self.decision_lookback_ms = int(decision_lookback_s * 1000)
         self._prior_of = prior_of
         self.model = model or Ftrl()
         self.impressions: dict[str, int] = {}  # creative id -> impressions learned from
@@ -78,7 +79,8 @@ class ClickTrainer(StoreLearner):
         start_ms = self.watermark_ms if self.watermark_ms is not None else end_ms - int(self.history_s * 1000)
         learned = 0
         while start_ms < end_ms:
-            rows = await self._run_storage(self._reports.labelled_impressions, start_ms, end_ms, self.batch)
+            rows = await self._run_storage(self._reports.labelled_impressions, start_ms, end_ms, self.batch,
+                                           self.decision_lookback_ms)
             await asyncio.to_thread(self.learn, rows)
             learned += len(rows)
             if len(rows) < self.batch:

@@ -1,16 +1,23 @@
-"""Learned conversion rates: what share of a campaign's clicks convert, for CPA eCPM (bid x pCTR x pCVR). Pure.
+"""Learned conversion rates: how many billed conversions a CPA campaign's click brings, for CPA eCPM (bid x pCTR
+x pCVR) and the cost a CPA win reserves (``edge.auction.expected_cost``). Pure.
+
+What is counted is what a CPA campaign pays for: every billed conversion credited to one of its impressions
+(several per click where the advertiser's postbacks name several orders; a conversion credited to an ad that
+was only seen, by view-through attribution), per valid click on its impressions. Only CPA campaigns count:
+their conversions cost them, so an advertiser cannot raise its rate with conversions it does not pay for
+(a CPC campaign's pixel, say).
 
 Conversions are rare (a few per hundred clicks), so a campaign's own rate is noise until it has had many
 clicks. Each campaign's rate is therefore shrunk, Beta-binomial style, towards its advertiser's rate, and the
 advertiser's towards the campaign's declared prior (capped by the control plane, ``CP_MAX_PRIOR_CVR``): with
-``n`` clicks and ``k`` of them converted, ``(k + K m) / (n + K)`` where ``m`` is the level above and ``K``
+``n`` clicks and ``k`` conversions, ``(k + K m) / (n + K)`` where ``m`` is the level above and ``K``
 (``PRIOR_CLICKS``) how many clicks the level above is worth. A new campaign of a known advertiser starts at
 the advertiser's rate, not at whatever it declares; an advertiser nobody has clicked yet at its declared
 prior. The declared prior is a claim (and often optimistic: declaring more makes a CPA bid rank higher), the
 data decides once there is enough of it.
 
-The counts are of clicks whose conversion had time to arrive (``control_plane.conversion_learner``'s label
-delay); a conversion later than that is missed, so the rates lean low by the share of conversions that
+The counts are of impressions old enough for their conversions to have come (``control_plane.conversion_learner``'s
+label delay); a conversion later than that is missed, so the rates lean low by the share of conversions that
 take longer.
 """
 
@@ -25,27 +32,27 @@ PRIOR_CLICKS = 50.0
 @dataclass(frozen=True, slots=True)
 class Counts:
     clicks: int
-    converted: int  # of those clicks, how many converted (at least once)
+    conversions: int  # billed, credited to the same impressions
 
 
-def conversion_rates(counts: Mapping[str, Counts], advertiser_of: Mapping[str, str],
-                     declared: Mapping[str, float]) -> dict[str, float]:
-    """Each campaign of ``declared`` (campaign id -> its declared, capped, prior) whose advertiser has clicks in
-    ``counts`` (campaign id -> its clicks and conversions): its shrunk rate. Campaigns of advertisers without
-    clicks are left out: they keep their declared prior."""
-    by_advertiser: dict[str, list[int]] = {}
+NONE = Counts(0, 0)
+
+
+def by_advertiser(counts: Mapping[str, Counts], advertiser_of: Mapping[str, str]) -> dict[str, Counts]:
+    """Campaign counts summed per advertiser (campaigns ``advertiser_of`` does not know are left out)."""
+    totals: dict[str, tuple[int, int]] = {}
     for campaign_id, c in counts.items():
         advertiser = advertiser_of.get(campaign_id)
         if advertiser is not None:
-            total = by_advertiser.setdefault(advertiser, [0, 0])
-            total[0] += c.clicks
-            total[1] += c.converted
-    rates: dict[str, float] = {}
-    for campaign_id, prior in declared.items():
-        advertiser = by_advertiser.get(advertiser_of.get(campaign_id, ""))
-        if advertiser is None or not advertiser[0]:
-            continue
-        level = (advertiser[1] + PRIOR_CLICKS * prior) / (advertiser[0] + PRIOR_CLICKS)
-        own = counts.get(campaign_id, Counts(0, 0))
-        rates[campaign_id] = (own.converted + PRIOR_CLICKS * level) / (own.clicks + PRIOR_CLICKS)
-    return rates
+            clicks, conversions = totals.get(advertiser, (0, 0))
+            totals[advertiser] = (clicks + c.clicks, conversions + c.conversions)
+    return {a: Counts(*t) for a, t in totals.items()}
+
+
+def conversion_rate(own: Counts, advertiser: Counts, declared: float) -> float:
+    """A campaign's rate from its own counts and its advertiser's (its own among them), shrunk towards its
+    declared prior; the declared prior itself while the advertiser has had no click."""
+    if not advertiser.clicks:
+        return declared
+    level = (advertiser.conversions + PRIOR_CLICKS * declared) / (advertiser.clicks + PRIOR_CLICKS)
+    return (own.conversions + PRIOR_CLICKS * level) / (own.clicks + PRIOR_CLICKS)

@@ -111,9 +111,12 @@ SPECS = [
            "how old an impression must be before it is learned as clicked or not (later clicks are missed)"),
     s.Spec("CP_CTR_HISTORY_S", s.parse_float(0), "86400", "impressions a starting control plane learns from first"),
     s.Spec("CP_CVR_EVERY_S", s.parse_float(1), "300", "seconds between learning the campaigns' conversion rates"),
-    s.Spec("CP_CVR_LABEL_DELAY_S", s.parse_float(0), "86400",
-           "how old a click must be before it counts as converted or not (later conversions are missed)"),
+    s.Spec("CP_CVR_LABEL_DELAY_S", s.parse_float(0), "604800",
+           "how old an impression must be before its conversions count (later ones are missed)"),
     s.Spec("CP_CVR_HISTORY_S", s.parse_float(1), "2592000", "how far back clicks are counted for conversion rates"),
+    s.Spec("CP_CTR_DECISION_LOOKBACK_S", s.parse_float(1), "3600",
+           "how long before its impression a decision event may have been made (at least the edges' "
+           "EDGE_IMPRESSION_TTL_S): the click model reads an impression's site and segments from it"),
     s.Spec("CP_CTR_MIN_IMPRESSIONS", s.parse_int(1, 10**9), "10000",
            "impressions the click model learns from before it ships (until then the edges rank on declared priors)"),
     s.Spec("CP_ALLOW_BASELINES", s.parse_bool, "false",
@@ -146,6 +149,7 @@ class ControlPlaneSettings:
     cp_ctr_label_delay_s: float
     cp_ctr_history_s: float
     cp_ctr_min_impressions: int
+    cp_ctr_decision_lookback_s: float
     cp_cvr_every_s: float
     cp_cvr_label_delay_s: float
     cp_cvr_history_s: float

@@ -132,7 +132,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                                        every_s=settings.cp_ctr_train_every_s,
                                        label_delay_s=settings.cp_ctr_label_delay_s,
                                        history_s=settings.cp_ctr_history_s,
-                                       min_impressions=settings.cp_ctr_min_impressions, prior_of=builder.prior_of)
+                                       min_impressions=settings.cp_ctr_min_impressions, prior_of=builder.prior_of,
+                                       decision_lookback_s=settings.cp_ctr_decision_lookback_s)
     cp.tasks.append(asyncio.create_task(supervise("click-model", trainer.run, cp.crashes), name="click-model"))
     rates = cp.conversions = ConversionLearner(cp.reports, builder, settings.clock, cp.run_storage,
                                                every_s=settings.cp_cvr_every_s,

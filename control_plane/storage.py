@@ -138,7 +138,8 @@ class EventStore(Protocol):
 
     def hourly_decisions(self, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]: ...
 
-    def labelled_impressions(self, start_ms: int, end_ms: int, limit: int) -> list[LabelledImpression]: ...
+    def labelled_impressions(self, start_ms: int, end_ms: int, limit: int,
+                             decided_within_ms: int = 3_600_000) -> list[LabelledImpression]: ...
 
     def click_conversions(self, start_ms: int, end_ms: int) -> dict[str, Counts]: ...
 
@@ -605,17 +606,21 @@ class SqlEventStore(ABC):
         return [(str(row[0]), int(row[1]), int(row[2])) for row in self._query_rows(sql)]
 
     def click_conversions(self, start_ms: int, end_ms: int) -> dict[str, Counts]:
-        """Campaign -> its valid clicks made in [start_ms, end_ms), each once, and how many of them a valid
-        conversion (made by now) is credited to: what ``control_plane.cvr`` learns conversion rates from.
-        Invalid traffic is left out on both sides."""
+        """CPA campaign -> the valid clicks on its valid impressions served in [start_ms, end_ms), each once,
+        and the billed conversions (made by now) credited to those impressions, each once (by event id;
+        view-through ones and several per click included): what ``control_plane.cvr`` learns conversion
+        rates from. Campaigns without a click are left out."""
         sql = (
-            "SELECT c.cid, count() AS clicks, countIf(v.impression_id != '') AS converted "
+            "SELECT i.cid, countIf(c.impression_id != '') AS clicks, sum(v.n) AS conversions "
             "FROM (SELECT impression_id, any(campaign_id) AS cid "
-            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' AND {_VALID} AND ts_ms >= {int(start_ms)} "
-            f"AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS c "
-            f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CONVERSION}' "
-            f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS v ON c.impression_id = v.impression_id "
-            "GROUP BY c.cid"
+            f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND bid_type = 'cpa' AND {_VALID} "
+            f"AND ts_ms >= {int(start_ms)} AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS i "
+            f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
+            f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS c ON i.impression_id = c.impression_id "
+            f"LEFT JOIN (SELECT impression_id, uniqExact(event_id) AS n FROM {EVENTS_TABLE} "
+            f"WHERE type = '{EventType.CONVERSION}' AND {_VALID} AND cost_micros > 0 AND ts_ms >= {int(start_ms)} "
+            "GROUP BY impression_id) AS v ON i.impression_id = v.impression_id "
+            "GROUP BY i.cid HAVING clicks > 0"
         )
         return {str(r[0]): Counts(int(r[1]), int(r[2])) for r in self._query_rows(sql)}
 
@@ -625,7 +630,8 @@ class SqlEventStore(ABC):
         with whether a valid click on it is stored: the click model's training rows. Invalid traffic is
         left out on both sides, so bots teach the model nothing. The page's site and the user's segments come
         from the impression's decision event (they are not in the signed impression token), made at most
-        ``decided_within_ms`` before the window (an impression token's life, ``EDGE_IMPRESSION_TTL_S``): ""
+        ``decided_within_ms`` before the window (``CP_CTR_DECISION_LOOKBACK_S``: at least an impression token's
+        life, ``EDGE_IMPRESSION_TTL_S``): ""
         and none where it is missing (decision events off, or shed under pressure). Decisions are the
         largest kind of event, one per ad served, so they are looked up by their id (the table's key) among
         the impressions' and in the day partitions of that span only."""

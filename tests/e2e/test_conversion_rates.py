@@ -1,5 +1,5 @@
 """Learned conversion rates end to end: clicks and conversions through a real edge land in ClickHouse, the
-control plane counts each CPA campaign's converted clicks, shrinks them towards what its advertiser declared
+control plane counts each CPA campaign's clicks and billed conversions, shrinks them towards what it declared
 (``control_plane.cvr``), and the next snapshot prices the campaign's bid with the learned rate."""
 
 from __future__ import annotations
@@ -63,4 +63,4 @@ def test_a_cpa_bid_is_priced_with_the_conversion_rate_its_clicks_show(stack: Loc
     while (ecpm := won_ecpm(s)) != pytest.approx(BID * 0.02 * learned * 1000, rel=1e-3):
         assert time.monotonic() < deadline, f"the learned rate never reached the edge: {ecpm}, {s.admin_stats()}"
         time.sleep(0.5)
-    assert s.admin_stats()["conversion_rates"] == {"clicks": 40, "converted": 2, "campaigns": 1}
+    assert s.admin_stats()["conversion_rates"] == {"clicks": 40, "conversions": 2, "campaigns": 1}

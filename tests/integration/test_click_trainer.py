@@ -15,10 +15,11 @@ import pytest
 from test_storage import HOUR, T0, make_event  # the sibling module: pytest puts this directory on sys.path
 
 from control_plane.click_trainer import ClickTrainer
+from control_plane.conversion_learner import ConversionLearner
 from control_plane.cvr import Counts
-from control_plane.storage import ChdbStore
+from control_plane.storage import EVENTS_TABLE, ChdbStore
 from replication.ctr_model import ClickModel, Impression
-from replication.events import EventType, InvalidReason
+from replication.events import BidType, EventType, InvalidReason
 
 pytestmark = pytest.mark.integration
 MINUTE = 60_000
@@ -62,26 +63,63 @@ def test_an_impressions_site_and_segments_come_from_its_decision_event(store: Ch
     rows = store.labelled_impressions(now, now + MINUTE, limit=100)
     assert [(r.creative_id, r.clicked, r.site, r.segments) for r in rows] == [
         ("k1", True, "blog.example", ("kw-running", "kw-shoes")), ("k2", False, "", ()), ("k3", False, "", ())]
+    store._exec(f"OPTIMIZE TABLE {EVENTS_TABLE} FINAL")  # a TTL is applied when parts merge: merge them now
     (old,) = store.labelled_impressions(T0, T0 + MINUTE, limit=100)
     assert (old.site, old.segments) == ("old.example", ())  # more than 30 days old: its segments are gone
 
 
-def test_click_conversions_count_each_valid_click_once_and_whether_it_converted(store: ChdbStore) -> None:
-    def click(ts_ms: int, campaign: str, **kw: Any) -> Any:
-        return make_event(EventType.CLICK, ts_ms, campaign_id=campaign, **kw)
+def test_click_conversions_count_a_cpa_campaigns_clicks_and_billed_conversions(store: ChdbStore) -> None:
+    """Per CPA campaign, over its impressions served in the window: valid clicks, each once, and the billed
+    conversions credited to those impressions, each once: several for one click, and view-through ones."""
+    def served(ts_ms: int, campaign: str, bid_type: BidType = BidType.CPA, **kw: Any) -> Any:
+        return make_event(EventType.IMPRESSION, ts_ms, campaign_id=campaign, bid_type=bid_type, **kw)
 
-    def converts(c: Any, ts_ms: int, n: int = 1, **kw: Any) -> list:
-        return [dataclasses.replace(c, event_id=f"cnv:{c.impression_id}:{i}", type=EventType.CONVERSION,
-                                    ts_ms=ts_ms, **kw) for i in range(n)]
+    def then(imp: Any, kind: EventType, ts_ms: int, tag: str = "", **kw: Any) -> Any:
+        return dataclasses.replace(imp, event_id=f"{kind.value[:3]}:{imp.impression_id}{tag}", type=kind,
+                                   ts_ms=ts_ms, **kw)
 
-    a1, a2, a3 = click(T0, "a"), click(T0 + 1, "a"), click(T0 + 2, "a")
-    b1, bot = click(T0 + 3, "b"), click(T0 + 4, "b", invalid_reason=InvalidReason.KNOWN_BOT)
-    late = click(T0 + 2 * MINUTE, "a")  # after the window: not counted
-    store.insert_events([a1, a2, a3, b1, bot, late, dataclasses.replace(a1)], "b1")  # a1 stored twice
-    store.insert_events([*converts(a1, T0 + 5 * MINUTE, n=2),  # two conversions of one click: converted once
-                         *converts(a2, T0 + 6 * MINUTE, invalid_reason=InvalidReason.KNOWN_BOT),
-                         *converts(bot, T0 + 7 * MINUTE)], "b2")
-    assert store.click_conversions(T0, T0 + MINUTE) == {"a": Counts(3, 1), "b": Counts(1, 0)}
+    a1, a2, a3, seen = served(T0, "a"), served(T0 + 1, "a"), served(T0 + 2, "a"), served(T0 + 3, "a")
+    bot = served(T0 + 4, "a", invalid_reason=InvalidReason.KNOWN_BOT)
+    cpc = served(T0 + 5, "c", bid_type=BidType.CPC)
+    late = served(T0 + 2 * MINUTE, "a")  # served after the window
+    clicks = [then(i, EventType.CLICK, T0 + 10_000) for i in (a1, a2, a3, bot, cpc, late)]
+    billed = {"cost_micros": 1_000_000}
+    conversions = [
+        then(a1, EventType.CONVERSION, T0 + 5 * MINUTE, ":order-1", **billed),
+        then(a1, EventType.CONVERSION, T0 + 6 * MINUTE, ":order-2", **billed),  # a second order of the click
+        then(seen, EventType.CONVERSION, T0 + 6 * MINUTE, ":view", **billed),  # credited to a view
+        then(a2, EventType.CONVERSION, T0 + 7 * MINUTE, ":bot", invalid_reason=InvalidReason.KNOWN_BOT, **billed),
+        then(a3, EventType.CONVERSION, T0 + 7 * MINUTE, ":free"),  # not billed
+        then(bot, EventType.CONVERSION, T0 + 7 * MINUTE, ":x", **billed),
+        then(cpc, EventType.CONVERSION, T0 + 7 * MINUTE, ":cpc"),  # a CPC campaign's: costs it nothing
+    ]
+    store.insert_events([a1, a2, a3, seen, bot, cpc, late, *clicks, dataclasses.replace(clicks[0])], "b1")
+    store.insert_events([*conversions, dataclasses.replace(conversions[0])], "b2")  # one stored twice
+    assert store.click_conversions(T0, T0 + MINUTE) == {"a": Counts(3, 3)}
+
+
+def test_the_conversion_learner_hands_the_counts_to_the_builder(store: ChdbStore) -> None:
+    imp = make_event(EventType.IMPRESSION, T0, campaign_id="a", bid_type=BidType.CPA)
+    store.insert_events([imp, dataclasses.replace(imp, event_id="cli:x", type=EventType.CLICK, ts_ms=T0 + 1)],
+                        "b1")
+
+    class Counting:
+        counts: dict = {}
+
+        def set_conversion_counts(self, counts: dict) -> None:
+            self.counts = counts
+
+    async def run_storage(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    builder = Counting()
+    learner = ConversionLearner(store, builder, FakeClock(T0 / 1000 + 3_600), run_storage,  # type: ignore[arg-type]
+                                every_s=60, label_delay_s=600, history_s=86_400)
+    assert asyncio.run(learner.refresh()) == {"a": Counts(1, 0)} == builder.counts
+    assert (learner.clicks, learner.conversions, learner.campaigns) == (1, 0, 1)
+    young = ConversionLearner(store, builder, FakeClock(T0 / 1000 + 60), run_storage,  # type: ignore[arg-type]
+                              every_s=60, label_delay_s=600, history_s=86_400)
+    assert asyncio.run(young.refresh()) == {}  # the impression is younger than the label delay
 
 
 class FakeClock:

@@ -9,23 +9,23 @@ import random
 import pytest
 
 from adserver.bench_pctr import evaluate_cvr
-from control_plane.cvr import PRIOR_CLICKS, Counts, conversion_rates
+from control_plane.cvr import NONE, PRIOR_CLICKS, Counts, by_advertiser, conversion_rate
 from loadtest.ground_truth import TrueConversionModel
 
 
 def test_a_campaign_is_shrunk_towards_its_advertiser_and_the_advertiser_towards_the_declared_prior():
-    counts = {"a1": Counts(clicks=1_000, converted=10), "a2": Counts(clicks=0, converted=0)}
-    advertiser_of = {"a1": "adv-a", "a2": "adv-a", "b1": "adv-b"}
-    declared = {"a1": 0.2, "a2": 0.2, "b1": 0.2}
-    rates = conversion_rates(counts, advertiser_of, declared)
-    level = (10 + PRIOR_CLICKS * 0.2) / (1_000 + PRIOR_CLICKS)  # the advertiser's 1% pulled a little to 20%
-    assert rates["a1"] == pytest.approx((10 + PRIOR_CLICKS * level) / (1_000 + PRIOR_CLICKS))
-    assert 0.01 < rates["a1"] < 0.02
-    assert rates["a2"] == pytest.approx(level)  # a new campaign starts at its advertiser's rate
-    assert "b1" not in rates  # an advertiser nobody has clicked keeps its declared prior
-    # A handful of clicks barely moves a campaign off its level.
-    few = conversion_rates({"a1": Counts(4, 4)}, advertiser_of, declared)["a1"]
-    assert 0.2 < few < 0.35
+    counts = {"a1": Counts(clicks=1_000, conversions=10), "old": Counts(clicks=200, conversions=2)}
+    advertisers = by_advertiser(counts, {"a1": "adv-a", "old": "adv-a", "stranger": "adv-x"})
+    assert advertisers == {"adv-a": Counts(1_200, 12)}
+    level = (12 + PRIOR_CLICKS * 0.2) / (1_200 + PRIOR_CLICKS)  # the advertiser's 1% pulled a little to 20%
+    rate = conversion_rate(counts["a1"], advertisers["adv-a"], 0.2)
+    assert rate == pytest.approx((10 + PRIOR_CLICKS * level) / (1_000 + PRIOR_CLICKS))
+    assert 0.01 < rate < 0.02
+    assert conversion_rate(NONE, advertisers["adv-a"], 0.2) == pytest.approx(level)  # a new campaign: its level
+    assert conversion_rate(NONE, NONE, 0.2) == 0.2  # an advertiser nobody has clicked: what it declares
+    # A handful of clicks barely moves a campaign off its level; several conversions per click count each.
+    assert 0.2 < conversion_rate(Counts(4, 4), Counts(4, 4), 0.2) < 0.35
+    assert conversion_rate(Counts(400, 800), Counts(400, 800), 0.2) > 1.5
 
 
 def test_learned_rates_predict_conversions_better_than_the_declared_ones():
