@@ -27,7 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.adrequest import parse_ad_request, parse_pixel, query_dict
+from edge.adrequest import RepeatedParameter, parse_ad_request, parse_pixel, query_dict
 from edge.attribution import Model, NoCredit, Touch, attribute, user_key
 from edge.auction import AdRequest, Reason, run_auction
 from edge.audiences import fresh_segments, keyword_segments, to_record
@@ -111,7 +111,12 @@ async def ads(request: Request) -> Response:
     if snapshot is None:
         st.metrics.requests.labels("not_ready").inc()
         return error(503, "no snapshot loaded yet")
-    params = query_dict(request.scope["query_string"])
+    try:
+        params = query_dict(request.scope["query_string"])
+    except RepeatedParameter as repeated:
+        st.metrics.requests.labels("bad_request").inc()
+        return error(400, f"invalid ad request: {repeated.name}: given more than once",
+                     [{"field": repeated.name, "message": "given more than once"}])
     parsed = parse_ad_request(params, st.settings.edge_max_slots, st.settings.edge_tcf_vendor_id)
     if isinstance(parsed, list):
         st.metrics.requests.labels("bad_request").inc()

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 
-from edge.adrequest import ParamError, parse_ad_request, query_dict
+from edge.adrequest import ParamError, RepeatedParameter, parse_ad_request, query_dict
 from edge.auction import AdRequest
 from edge.tcf import encode
 
@@ -183,11 +183,19 @@ _QUERY_BYTES = st.lists(st.sampled_from([b"a", b"b", b"=", b"&", b"+", b"%", b"%
 @given(_QUERY_BYTES)
 @settings(max_examples=400, deadline=None)
 def test_query_dict_reads_a_query_exactly_as_starlette_does(raw):
-    """The ad path parses its query itself (Starlette's QueryParams costs more per lookup): the last of
-    repeated names wins, blanks are kept, escapes and '+' decode, as in ``dict(QueryParams(raw))``."""
-    assert query_dict(raw) == dict(QueryParams(raw))
+    """The ad path parses its query itself (Starlette's QueryParams costs more per lookup): blanks are kept,
+    escapes and '+' decode, as in ``dict(QueryParams(raw))``; a repeated name is refused, by name."""
+    names = [name for name, _ in QueryParams(raw).multi_items()]
+    if len(set(names)) == len(names):
+        assert query_dict(raw) == dict(QueryParams(raw))
+    else:
+        with pytest.raises(RepeatedParameter) as refused:
+            query_dict(raw)
+        assert refused.value.name == next(n for i, n in enumerate(names) if n in names[:i])
 
 
-def test_query_dict_takes_the_last_of_repeated_names_and_keeps_blank_values():
-    assert query_dict(b"slots=1&slots=2&user=&gpc") == {"slots": "2", "user": "", "gpc": ""}
+def test_query_dict_keeps_blank_values_and_refuses_a_name_given_twice():
+    assert query_dict(b"slots=2&user=&gpc") == {"slots": "2", "user": "", "gpc": ""}
     assert query_dict(b"keywords=caf%C3%A9+cr%C3%A8me") == {"keywords": "café crème"}
+    with pytest.raises(RepeatedParameter, match="explain"):  # the first one, unchecked, used to slip through
+        query_dict(b"placement=x&explain=%C2%91J&explain=")
