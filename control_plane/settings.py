@@ -163,7 +163,7 @@ class ControlPlaneSettings:
         if unknown:
             raise s.SettingsError([f"ADSERVER_CP_LEAF_REGIONS: {', '.join(unknown)} not in ADSERVER_CP_REGIONS"])
         if loaded["cp_min_ctr"] >= loaded["cp_max_prior_ctr"]:
-            # Every new creative starts at or below the ceiling: a floor there would leave nothing to show.
+            # Until a click model ships every ad is predicted at its capped prior: a floor there would leave nothing.
             raise s.SettingsError([f"ADSERVER_CP_MIN_CTR={loaded['cp_min_ctr']}: must be below "
                                    f"ADSERVER_CP_MAX_PRIOR_CTR={loaded['cp_max_prior_ctr']}"])
         return cls(**loaded)

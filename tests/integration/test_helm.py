@@ -611,6 +611,8 @@ TEMPLATE_REFUSALS = [
     ("collector", {"leafRegions": ["ap"]}, ['leafRegions names "ap"', "not in regions (eu, us)"]),
     ("control-plane", {"leafRegions": ["eu", "ap"]}, ['leafRegions names "ap"', "not in regions (eu, us)"]),
     ("control-plane", {"replicaCount": 2}, ["replicaCount is 2", "one process per data directory"]),
+    ("control-plane", {"minCtr": 0.05}, ["minCtr (0.05) must be below maxPriorCtr (0.05)"]),
+    ("control-plane", {"minCtr": 0.02, "maxPriorCtr": 0.01}, ["minCtr (0.02) must be below maxPriorCtr (0.01)"]),
     ("control-plane", {"collector": {"embedded": False}}, ["collector.embedded is false", "chdb"]),
     ("control-plane", {"store": {"url": "https://ads:pw@ch:8443/ads"}}, ["must not carry credentials"]),
     ("control-plane", {"store": {"url": "http://ch:9000/ads"}}, ["native-protocol port", "8123"]),

@@ -175,6 +175,9 @@ release that renders also starts.
 {{- if and .Values.ingress.enabled (not .Values.ingress.hostname) -}}
 {{- fail "control-plane: ingress.enabled needs ingress.hostname" -}}
 {{- end -}}
+{{- if ge (float64 .Values.minCtr) (float64 .Values.maxPriorCtr) -}}
+{{- fail (printf "control-plane: minCtr (%v) must be below maxPriorCtr (%v): until a click model ships, every ad is predicted at its declared prior, capped at maxPriorCtr, so a floor there would leave nothing to show (the process refuses ADSERVER_CP_MIN_CTR >= ADSERVER_CP_MAX_PRIOR_CTR)" .Values.minCtr .Values.maxPriorCtr) -}}
+{{- end -}}
 {{- range .Values.leafRegions -}}
 {{- if not (has . $.Values.regions) -}}
 {{- fail (printf "control-plane: leafRegions names %q, which is not in regions (%s); add it to regions or drop it from leafRegions (ADSERVER_CP_LEAF_REGIONS must be a subset of ADSERVER_CP_REGIONS)" . (join ", " $.Values.regions)) -}}
