@@ -157,6 +157,11 @@ class AllowanceBook:
         self._forget_settled()
         return credits
 
+    def awaits_return(self, account_id: str) -> bool:
+        """Whether a return to this account would still be credited: it is known and not settled."""
+        acct = self.accounts.get(account_id)
+        return acct is not None and not acct.settled
+
     def reclaim_dead(self, now_s: float) -> list[Credit]:
         """Accounts whose holder is gone: lease over for ``grace_s`` while its region kept renewing."""
         credits = []
