@@ -192,6 +192,14 @@ if set(EVENT_COLUMNS) != set(_EVENT_COLUMN_TYPES):
 _INT_COLUMNS = frozenset(name for name, ch_type in _EVENT_COLUMN_TYPES.items() if "Int" in ch_type)
 
 _VALID = "invalid_reason = ''"
+
+
+def _in_window(start_ms: int | str, end_ms: int | str | None = None) -> str:
+    """Events made in [start_ms, end_ms) (or since ``start_ms``), written on ``ts``, the partition key's column
+    (``ts_ms`` to the millisecond): a bound on ``ts_ms`` alone prunes no partition, and the table is ordered by
+    event id, so every such query read the whole table's ``ts_ms``. Bounds may be SQL expressions."""
+    since = f"ts >= fromUnixTimestamp64Milli(toInt64({start_ms}), 'UTC')"
+    return since if end_ms is None else f"{since} AND ts < fromUnixTimestamp64Milli(toInt64({end_ms}), 'UTC')"
 _INVALID = "invalid_reason != ''"
 
 _COLUMN_SEP = ",\n"
@@ -286,13 +294,13 @@ WITH
 conv AS (
     SELECT event_id, user_key, ts_ms, value_micros FROM {EVENTS_TABLE}
     WHERE type = '{EventType.CONVERSION}' AND {_VALID} AND advertiser_id = {{adv}} AND user_key != ''
-      AND ts_ms >= {{lo}} AND ts_ms < {{hi}}
+      AND {_in_window("{lo}", "{hi}")}
     LIMIT 1 BY event_id
 ),
 touch AS (
     SELECT event_id, user_key, ts_ms, campaign_id FROM {EVENTS_TABLE}
     WHERE type IN ('{EventType.IMPRESSION}', '{EventType.CLICK}') AND {_VALID} AND advertiser_id = {{adv}}
-      AND user_key != '' AND ts_ms >= {{lo}} - {{lookback}} AND ts_ms < {{hi}}
+      AND user_key != '' AND {_in_window("{lo} - {lookback}", "{hi}")}
     LIMIT 1 BY event_id
 ),
 pairs AS (
@@ -614,11 +622,11 @@ class SqlEventStore(ABC):
             "SELECT i.cid, countIf(c.impression_id != '') AS clicks, sum(v.n) AS conversions "
             "FROM (SELECT impression_id, any(campaign_id) AS cid "
             f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND bid_type = 'cpa' AND {_VALID} "
-            f"AND ts_ms >= {int(start_ms)} AND ts_ms < {int(end_ms)} GROUP BY impression_id) AS i "
+            f"AND {_in_window(int(start_ms), int(end_ms))} GROUP BY impression_id) AS i "
             f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
-            f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS c ON i.impression_id = c.impression_id "
+            f"AND {_VALID} AND {_in_window(int(start_ms))}) AS c ON i.impression_id = c.impression_id "
             f"LEFT JOIN (SELECT impression_id, uniqExact(event_id) AS n FROM {EVENTS_TABLE} "
-            f"WHERE type = '{EventType.CONVERSION}' AND {_VALID} AND cost_micros > 0 AND ts_ms >= {int(start_ms)} "
+            f"WHERE type = '{EventType.CONVERSION}' AND {_VALID} AND cost_micros > 0 AND {_in_window(int(start_ms))} "
             "GROUP BY impression_id) AS v ON i.impression_id = v.impression_id "
             "GROUP BY i.cid HAVING clicks > 0"
         )
@@ -636,7 +644,7 @@ class SqlEventStore(ABC):
         largest kind of event, one per ad served, so they are looked up by their id (the table's key) among
         the impressions' and in the day partitions of that span only."""
         impressions = (f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND {_VALID} "
-                       f"AND ts_ms >= {int(start_ms)} AND ts_ms < {int(end_ms)}")
+                       f"AND {_in_window(int(start_ms), int(end_ms))}")
         decided_from = int(start_ms) - int(decided_within_ms)
         sql = (
             # Aliases differ from the column names: ClickHouse would read a same-named alias in WHERE.
@@ -645,11 +653,10 @@ class SqlEventStore(ABC):
             "any(advertiser_id) AS aid, any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, "
             f"min(ts_ms) AS first_ms, any(variant) AS var1 {impressions} GROUP BY impression_id) AS i "
             f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
-            f"AND {_VALID} AND ts_ms >= {int(start_ms)}) AS c ON i.impression_id = c.impression_id "
+            f"AND {_VALID} AND {_in_window(int(start_ms))}) AS c ON i.impression_id = c.impression_id "
             "LEFT JOIN (SELECT impression_id, any(site) AS site1, any(segments) AS seg1 "
             f"FROM {EVENTS_TABLE} WHERE event_id IN (SELECT concat('dec:', impression_id) {impressions}) "
-            f"AND ts >= fromUnixTimestamp64Milli(toInt64({decided_from}), 'UTC') "
-            f"AND ts < fromUnixTimestamp64Milli(toInt64({int(end_ms)}), 'UTC') "
+            f"AND {_in_window(decided_from, int(end_ms))} "
             "GROUP BY impression_id) AS d ON i.impression_id = d.impression_id "
             f"ORDER BY i.first_ms, i.impression_id LIMIT {int(limit)}"
         )
