@@ -567,6 +567,23 @@ def test_placement_reserves_and_the_quality_floor_reach_the_control_plane() -> N
     assert (settings.cp_max_prior_ctr, settings.cp_max_prior_cvr) == (0.03, 0.1)
 
 
+def test_the_learners_settings_reach_the_control_plane() -> None:
+    """Each setting of the click model's and the conversion rates' learning, rendered so that the process parses
+    it: 2,592,000 whole (Helm holds values as float64, and would print 2.592e+06), 0.5 as it is."""
+    case = next(c for c in DEFAULT_CASES if c.chart == "control-plane")
+    default = ControlPlaneSettings.from_env(pod_env(render(case), pod_name="adserver-control-plane-0"))
+    assert (default.cp_ctr_min_impressions, default.cp_cvr_history_s, default.cp_cvr_label_delay_s) == (
+        10_000, 2_592_000, 604_800)
+    learning = {"ctrTrainEveryS": 0.5 + 1, "ctrLabelDelayS": 30, "ctrHistoryS": 3_600, "ctrMinImpressions": 2_500_000,
+                "ctrDecisionLookbackS": 86_400, "cvrEveryS": 120, "cvrLabelDelayS": 0.5, "cvrHistoryS": 7_776_000}
+    env = pod_env(render(case, {"learning": learning}), pod_name="adserver-control-plane-0")
+    assert env["ADSERVER_CP_CVR_HISTORY_S"] == "7776000" and env["ADSERVER_CP_CVR_LABEL_DELAY_S"] == "0.5"
+    s = ControlPlaneSettings.from_env(env)
+    assert (s.cp_ctr_train_every_s, s.cp_ctr_label_delay_s, s.cp_ctr_history_s, s.cp_ctr_min_impressions,
+            s.cp_ctr_decision_lookback_s, s.cp_cvr_every_s, s.cp_cvr_label_delay_s, s.cp_cvr_history_s) == (
+        1.5, 30, 3_600, 2_500_000, 86_400, 120, 0.5, 7_776_000)
+
+
 # --- bad values are refused, with a message that names them -----------------------------------------------------
 
 SCHEMA_REFUSALS = [
@@ -588,6 +605,8 @@ SCHEMA_REFUSALS = [
     ("control-plane", {"placementReserves": {"ho me": 5}}, ["invalid propertyName 'ho me'", "does not match pattern"]),
     ("control-plane", {"minCtr": 1}, ["/minCtr", "exclusiveMaximum"]),
     ("control-plane", {"maxPriorCtr": 0}, ["/maxPriorCtr", "exclusiveMinimum"]),
+    ("control-plane", {"learning": {"ctrMinImpressions": 0}}, ["/learning/ctrMinImpressions", "minimum"]),
+    ("control-plane", {"learning": {"cvrEverys": 5}}, ["additional properties 'cvrEverys' not allowed"]),
     ("collector", {"leafRegions": "eu,us"}, ["/leafRegions", "want array"]),
     ("collector", {"store": {"url": ""}}, ["/store/url"]),
 ]

@@ -184,3 +184,11 @@ release that renders also starts.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+A number as the process's settings parse it: whole ones as digits (Helm reads values as float64, which prints
+2592000 as 2.592e+06, and an integer setting refuses that), others as they are.
+*/}}
+{{- define "cp.number" -}}
+{{- if eq (float64 (int64 .)) (float64 .) -}}{{ int64 . }}{{- else -}}{{ . }}{{- end -}}
+{{- end -}}
