@@ -24,7 +24,14 @@ from nats.js.kv import KeyValue
 from control_plane.allocator import BudgetTerms
 from control_plane.cvr import NONE as NO_COUNTS
 from control_plane.cvr import Counts, by_advertiser, conversion_rate
-from control_plane.models import NO_CEILINGS, PriorCeilings, declared_cvr, is_servable, to_snapshot_campaign
+from control_plane.models import (
+    NO_CEILINGS,
+    PriorCeilings,
+    declared_ctr,
+    declared_cvr,
+    is_servable,
+    to_snapshot_campaign,
+)
 from replication import subjects as S
 from replication.clock import REAL_CLOCK, Clock
 from replication.ctr_model import ClickModel
@@ -150,7 +157,7 @@ class SnapshotBuilder:
             self._campaigns[entry.key] = (value, entry.revision or 0)
             self._key_of[value["id"]] = entry.key
             for k in value.get("creatives", ()):  # kept after a campaign ends: its last impressions are learned
-                self._prior_ctrs[k["id"]] = min(float(k["prior_ctr"]), self._ceilings.ctr)
+                self._prior_ctrs[k["id"]] = declared_ctr(k, self._ceilings)
         return True
 
     def _apply_advertiser(self, entry: KeyValue.Entry) -> bool:

@@ -487,6 +487,11 @@ class PriorCeilings:
 NO_CEILINGS = PriorCeilings()
 
 
+def declared_ctr(creative: dict[str, Any], ceilings: PriorCeilings) -> float:
+    """The click-through rate a creative declares, capped (``CP_MAX_PRIOR_CTR``)."""
+    return min(float(creative["prior_ctr"]), ceilings.ctr)
+
+
 def declared_cvr(campaign: dict[str, Any], ceilings: PriorCeilings) -> float:
     """The conversion rate a campaign declares, capped (``CP_MAX_PRIOR_CVR``)."""
     return min(float(campaign.get("prior_cvr", 0.02)), ceilings.cvr)
@@ -526,7 +531,7 @@ def to_snapshot_campaign(campaign: dict[str, Any], revision: int, ceilings: Prio
         creatives=tuple(
             SnapshotCreative(
                 creative_id=k["id"], format=k["size"], headline=k["headline"], image_url=k["image_url"],
-                landing_url=k["landing_url"], cta=k["cta"], prior_ctr=min(float(k["prior_ctr"]), ceilings.ctr),
+                landing_url=k["landing_url"], cta=k["cta"], prior_ctr=declared_ctr(k, ceilings),
                 alternatives=tuple(tuple((k.get("alternatives") or {}).get(name, ())) for name in COMPONENTS),
             )
             for k in campaign.get("creatives", [])

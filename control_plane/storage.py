@@ -194,6 +194,13 @@ _INT_COLUMNS = frozenset(name for name, ch_type in _EVENT_COLUMN_TYPES.items() i
 _VALID = "invalid_reason = ''"
 
 
+def _clicked_since(start_ms: int) -> str:
+    """The impressions a valid click since ``start_ms`` was made on, each once: what labels an impression
+    clicked (the click model) and counts a CPA campaign's clicks (its conversion rate)."""
+    return (f"SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' AND {_VALID} "
+            f"AND {_in_window(start_ms)}")
+
+
 def _in_window(start_ms: int | str, end_ms: int | str | None = None) -> str:
     """Events made in [start_ms, end_ms) (or since ``start_ms``), written on ``ts``, the partition key's column
     (``ts_ms`` to the millisecond): a bound on ``ts_ms`` alone prunes no partition, and the table is ordered by
@@ -623,8 +630,7 @@ class SqlEventStore(ABC):
             "FROM (SELECT impression_id, any(campaign_id) AS cid "
             f"FROM {EVENTS_TABLE} WHERE type = '{EventType.IMPRESSION}' AND bid_type = 'cpa' AND {_VALID} "
             f"AND {_in_window(int(start_ms), int(end_ms))} GROUP BY impression_id) AS i "
-            f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
-            f"AND {_VALID} AND {_in_window(int(start_ms))}) AS c ON i.impression_id = c.impression_id "
+            f"LEFT JOIN ({_clicked_since(int(start_ms))}) AS c ON i.impression_id = c.impression_id "
             f"LEFT JOIN (SELECT impression_id, uniqExact(event_id) AS n FROM {EVENTS_TABLE} "
             f"WHERE type = '{EventType.CONVERSION}' AND {_VALID} AND cost_micros > 0 AND {_in_window(int(start_ms))} "
             "GROUP BY impression_id) AS v ON i.impression_id = v.impression_id "
@@ -652,8 +658,7 @@ class SqlEventStore(ABC):
             "i.var1, d.site1, d.seg1 FROM (SELECT impression_id, any(campaign_id) AS cid, any(creative_id) AS kid, "
             "any(advertiser_id) AS aid, any(placement) AS plc, any(geo) AS geo1, any(device) AS dev1, "
             f"min(ts_ms) AS first_ms, any(variant) AS var1 {impressions} GROUP BY impression_id) AS i "
-            f"LEFT JOIN (SELECT DISTINCT impression_id FROM {EVENTS_TABLE} WHERE type = '{EventType.CLICK}' "
-            f"AND {_VALID} AND {_in_window(int(start_ms))}) AS c ON i.impression_id = c.impression_id "
+            f"LEFT JOIN ({_clicked_since(int(start_ms))}) AS c ON i.impression_id = c.impression_id "
             "LEFT JOIN (SELECT impression_id, any(site) AS site1, any(segments) AS seg1 "
             f"FROM {EVENTS_TABLE} WHERE event_id IN (SELECT concat('dec:', impression_id) {impressions}) "
             f"AND {_in_window(decided_from, int(end_ms))} "

@@ -847,19 +847,17 @@ def _sift(positions: np.ndarray, fate_of: np.ndarray, scores: np.ndarray, ctrs: 
                 # impression is expected to pay, and pricing (``_finish``) never charges past the bid.
                 if v < over.shape[0] and over[v] == pos:
                     ctr, score = over_ctr[v], over_score[v]
-                    worth = mean_ecpm(pos, values, ctr) if modelled and math.isnan(cpm[pos]) else score
                 elif modelled:
                     score = cpm[pos]
                     if math.isnan(score):
                         ctr, score = score_one(pos, records, values, mix, columns, weights, shift, own,
                                                exploration)
-                        worth = mean_ecpm(pos, values, ctr)
                     else:  # a CPM campaign: its bid, and its CTR only if the walk reads it first (below)
                         ctr = math.nan
-                        worth = score
                 else:
                     ctr, score = ctrs[pos], scores[pos]
-                    worth = score
+                # A CPM campaign's worth is its bid, as is a campaign's ranked on without a click model.
+                worth = mean_ecpm(pos, values, ctr) if modelled and math.isnan(cpm[pos]) else score
                 fate = _PASSED if worth >= reserve and score > 0.0 else _RESERVE  # NaN fails too
         if explain:
             where[j] = pos  # a no-op when ``positions`` is already there (``_select``)

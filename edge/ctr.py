@@ -40,15 +40,13 @@ from replication.ctr_model import (
     SALT,
     SEGMENT_CROSS,
     ClickModel,
-    ad_hashes,
+    Impression,
     context_hashes,
-    feature_indexes,
     index_array,
     index_of,
     model_segments,
     prior_value,
     segment_hash,
-    sigmoid,
     token_hash,
     utc_hour,
 )
@@ -301,12 +299,10 @@ def predicted_ctr_one(model: ClickModel, campaign: SnapshotCampaign, creative: S
                       segments: tuple[str, ...] = ()) -> tuple[float, float]:
     """(mean CTR, ranking CTR) for one campaign and a creative of its choosing (a capped best creative's
     stand-in), as ``predicted_ctr_and_ecpm`` computes them."""
-    ad = ad_hashes(campaign.campaign_id, creative.creative_id, campaign.advertiser_id)
-    context = context_hashes(placement, country, device, utc_hour(now_s), site)
-    logit = float(sum(float(model.weights[i]) for i in feature_indexes(ad, context, model.bits, segments)))
-    logit += float(model.weights[index_of(PRIOR, model.bits)]) * prior_value(creative.prior_ctr)
+    p = model.predict(Impression(campaign.campaign_id, creative.creative_id, campaign.advertiser_id, placement,
+                                 country, device, utc_hour(now_s), site, segments, creative.prior_ctr))
     seen = np.array([float(model.impressions.get(creative.creative_id, 0))])
-    mean, ranking = blend(np.array([sigmoid(logit)]), seen)
+    mean, ranking = blend(np.array([p]), seen)
     return float(mean[0]), float(ranking[0])
 
 

@@ -154,12 +154,8 @@ class Impression:
     prior_ctr: float = PRIOR_REF  # the creative's declared prior CTR (NaN: none known)
 
     def ad_hashes(self) -> dict[str, int]:
-        return ad_hashes(self.campaign_id, self.creative_id, self.advertiser_id)
-
-
-def ad_hashes(campaign_id: str, creative_id: str, advertiser_id: str) -> dict[str, int]:
-    return {"cm": token_hash("cm", campaign_id), "cr": token_hash("cr", creative_id),
-            "adv": token_hash("adv", advertiser_id)}
+        return {"cm": token_hash("cm", self.campaign_id), "cr": token_hash("cr", self.creative_id),
+                "adv": token_hash("adv", self.advertiser_id)}
 
 
 def context_hashes(placement: str, country: str, device: str, hour: int, site: str = "") -> dict[str, int]:
